@@ -1,0 +1,1 @@
+"""Edit operators: edit plans, reversible in-place weight edits, safetensors checkpoints."""

@@ -1,0 +1,170 @@
+"""Save an edited model as an ordinary Hugging Face checkpoint with a manifest, and check its reload.
+
+The directory holds safetensors weights, config, tokenizer and ``edit_manifest.json`` (source model
+and the sha256 of its weights, the plan, the scores that chose it, package version, time). It is
+written to a temporary directory beside the target and renamed, so an interrupted save never leaves
+half a checkpoint. ``AutoModelForCausalLM.from_pretrained(out)`` loads it with none of our code.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from editor.edit.plan import EditPlan
+from editor.errors import UserError
+from editor.io import write_json_atomic
+from editor.model.store import sha256_file
+
+MANIFEST = "edit_manifest.json"
+MANIFEST_FORMAT = "lmedit-checkpoint"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+def weight_files_sha256(path: str | Path) -> dict[str, str]:
+    """sha256 of each weight file of a model directory (or of a single weight file)."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    return {p.name: sha256_file(p) for p in files}
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """sha256 over parameter names and bytes, for sources without local weight files (hub cache)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def describe_source(loaded) -> dict:
+    """Manifest entry for the model an edit started from (a ``LoadedModel``)."""
+    source = {"model": loaded.name, "kind": loaded.kind, "path": str(loaded.path) if loaded.path else None,
+              "family": loaded.arch.model_type}
+    if loaded.path is not None:
+        source["weights_sha256"] = weight_files_sha256(loaded.path)
+    else:
+        source["state_dict_sha256"] = state_dict_sha256(loaded.model)
+    store_info = loaded.info.get("store")
+    if store_info:
+        source["store_origin"] = store_info
+    return source
+
+
+def _check_saveable(model: nn.Module) -> None:
+    if getattr(model, "peft_config", None):
+        raise UserError("this model carries peft adapters; call merge_and_unload() before saving a checkpoint")
+    if getattr(model.config, "quantization_config", None) is not None:
+        raise UserError("this model is quantised and cannot be saved as plain safetensors; load it de-quantised")
+
+
+def save_checkpoint(
+    model: nn.Module,
+    tokenizer,
+    out: str | Path,
+    plan: EditPlan | None = None,
+    source: dict | None = None,
+    scores: dict | list | None = None,
+    force: bool = False,
+    extra: dict | None = None,
+) -> Path:
+    """Write ``model`` (already edited in place) to ``out`` atomically and return the path."""
+    from editor import __version__
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise UserError(f"{out} already exists; pass --force (force=True) to overwrite it")
+    _check_saveable(model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "lmedit_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "source": source or {},
+            "plan": (plan or EditPlan()).to_json(),
+            "scores": scores,
+            "weights_sha256": weight_files_sha256(tmp),
+            **(extra or {}),
+        }
+        write_json_atomic(tmp / MANIFEST, manifest)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_manifest(path: str | Path) -> dict:
+    file = Path(path) / MANIFEST
+    if not file.is_file():
+        raise UserError(f"{path} has no {MANIFEST}; it was not written by lmedit")
+    return json.loads(file.read_text())
+
+
+# Reload check --------------------------------------------------------------------------------
+
+# Runs in a fresh interpreter that imports only torch, transformers and safetensors: the proof that
+# the checkpoint needs none of our code.
+_PLAIN_RELOAD = r"""
+import sys, torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+ckpt, io_dir, dtype, attn = sys.argv[1:5]
+batch = load_file(io_dir + "/inputs.safetensors")
+model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=getattr(torch, dtype), attn_implementation=attn)
+model.eval()
+with torch.no_grad():
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+assert not any(m == "editor" or m.startswith("editor.") for m in sys.modules), "lmedit code was imported"
+save_file({"logits": logits.float().contiguous()}, io_dir + "/logits.safetensors")
+"""
+
+
+def plain_reload_logits(path: str | Path, inputs: dict, dtype: torch.dtype = torch.float32,
+                        attn_implementation: str = "eager") -> torch.Tensor:
+    """Logits of ``path`` loaded by plain transformers in a separate Python process."""
+    from safetensors.torch import load_file, save_file
+
+    with tempfile.TemporaryDirectory(prefix="lmedit-reload-") as io_dir:
+        save_file({k: v.detach().cpu().contiguous() for k, v in inputs.items()}, f"{io_dir}/inputs.safetensors")
+        env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1"}
+        proc = subprocess.run(
+            [sys.executable, "-I", "-c", _PLAIN_RELOAD, str(path), io_dir, str(dtype).removeprefix("torch."),
+             attn_implementation],
+            capture_output=True, text=True, env=env,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"plain transformers could not reload {path}:\n{proc.stderr[-2000:]}")
+        return load_file(f"{io_dir}/logits.safetensors")["logits"]
+
+
+@torch.no_grad()
+def reload_difference(model: nn.Module, path: str | Path, inputs: dict) -> float:
+    """Max |logit difference| between the in-memory ``model`` and ``path`` reloaded by plain transformers."""
+    attn = getattr(model.config, "_attn_implementation", None) or "eager"
+    mine = model(**{k: v.to(model.device) for k, v in inputs.items()}).logits.float().cpu()
+    theirs = plain_reload_logits(path, inputs, dtype=model.dtype, attn_implementation=attn)
+    mask = inputs["attention_mask"].bool().cpu()
+    return (mine - theirs)[mask].abs().max().item()

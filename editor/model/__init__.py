@@ -1,0 +1,1 @@
+"""Model access: the architecture table, loading and the model store, activation capture."""

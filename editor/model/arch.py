@@ -1,0 +1,248 @@
+"""The architecture table: where each model family keeps its heads, neurons and norms.
+
+All per-family knowledge lives in ``ARCHITECTURES``, keyed by ``config.model_type``. Adding a family
+is one ``ArchSpec`` entry; nothing else in the package branches on the family. Paths are checked
+against the transformers modeling files (and the TransformerLens converters, REFERENCE.md section 2).
+
+Two facts hold for every family and are therefore not table fields:
+
+* a head is the slice ``h*head_dim:(h+1)*head_dim`` of the INPUT of the attention output
+  projection (grouped-query attention does not change this);
+* a neuron is input feature ``k`` of the MLP output projection; its coefficient is that input.
+
+Head counts and ``head_dim`` come from ``config`` (never from modules, which transformers moved);
+projection orientation is decided by type (``Conv1D`` stores ``[in, out]``), never by shape.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from editor.errors import UserError
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Module paths and behaviour of one family. Layer-relative paths start below ``layers.N``."""
+
+    layers: str  # the ModuleList of decoder layers
+    embed: str  # token embedding
+    final_norm: str  # norm before the unembedding
+    unembed: str  # output head (W_U)
+    attn: str  # attention module; returns (output, probabilities)
+    attn_out: str  # attention output projection; its input holds the heads side by side
+    mlp_in: tuple[str, ...]  # projections reading the MLP input: (gate, up) if gated, else (fc_in,)
+    mlp_out: str  # MLP output projection; its input holds the neuron coefficients
+    attn_norm: str  # norm in front of attention
+    mlp_norm: str | None  # norm whose INPUT is the MLP's residual stream; None: the MLP reads ln(layer input)
+    norm: str  # "layernorm", "rms", or "rms_plus_one" (Gemma multiplies by 1 + weight)
+    gated: bool = False  # coefficient = act(gate) * up
+    act_attrs: tuple[str, ...] = ("hidden_act",)  # config attribute naming the MLP activation
+    attn_post_norm: str | None = None  # norm on the attention output before the residual add (Gemma 2/3)
+    mlp_post_norm: str | None = None  # norm on the MLP output before the residual add (Gemma 2/3)
+    parallel_residual: bool | str = False  # attention and MLP both read the layer input; str: config flag
+    embed_scale_sqrt_hidden: bool = False  # embeddings multiplied by sqrt(hidden_size) (Gemma)
+    logit_softcap_attr: str | None = None  # config attribute of the tanh soft-cap on final logits
+
+
+_GPT2 = ArchSpec(
+    layers="transformer.h", embed="transformer.wte", final_norm="transformer.ln_f", unembed="lm_head",
+    attn="attn", attn_out="attn.c_proj", mlp_in=("mlp.c_fc",), mlp_out="mlp.c_proj",
+    attn_norm="ln_1", mlp_norm="ln_2", norm="layernorm", act_attrs=("activation_function",),
+)
+_GPTJ = ArchSpec(
+    layers="transformer.h", embed="transformer.wte", final_norm="transformer.ln_f", unembed="lm_head",
+    attn="attn", attn_out="attn.out_proj", mlp_in=("mlp.fc_in",), mlp_out="mlp.fc_out",
+    attn_norm="ln_1", mlp_norm=None, norm="layernorm", act_attrs=("activation_function",),
+    parallel_residual=True,
+)
+_GPT_NEOX = ArchSpec(
+    layers="gpt_neox.layers", embed="gpt_neox.embed_in", final_norm="gpt_neox.final_layer_norm",
+    unembed="embed_out", attn="attention", attn_out="attention.dense", mlp_in=("mlp.dense_h_to_4h",),
+    mlp_out="mlp.dense_4h_to_h", attn_norm="input_layernorm",
+    # In both residual modes the input of post_attention_layernorm is what the MLP reads.
+    mlp_norm="post_attention_layernorm", norm="layernorm", parallel_residual="use_parallel_residual",
+)
+_LLAMA = ArchSpec(
+    layers="model.layers", embed="model.embed_tokens", final_norm="model.norm", unembed="lm_head",
+    attn="self_attn", attn_out="self_attn.o_proj", mlp_in=("mlp.gate_proj", "mlp.up_proj"),
+    mlp_out="mlp.down_proj", attn_norm="input_layernorm", mlp_norm="post_attention_layernorm",
+    norm="rms", gated=True,
+)
+_GEMMA = ArchSpec(
+    layers="model.layers", embed="model.embed_tokens", final_norm="model.norm", unembed="lm_head",
+    attn="self_attn", attn_out="self_attn.o_proj", mlp_in=("mlp.gate_proj", "mlp.up_proj"),
+    mlp_out="mlp.down_proj", attn_norm="input_layernorm", mlp_norm="post_attention_layernorm",
+    norm="rms_plus_one", gated=True, act_attrs=("hidden_activation", "hidden_act"),
+    embed_scale_sqrt_hidden=True,
+)
+# Gemma 2/3: "post_attention_layernorm" normalises the attention OUTPUT; the MLP's pre-norm is
+# "pre_feedforward_layernorm". A head's or neuron's contribution passes through the post norm.
+_GEMMA2 = ArchSpec(
+    layers="model.layers", embed="model.embed_tokens", final_norm="model.norm", unembed="lm_head",
+    attn="self_attn", attn_out="self_attn.o_proj", mlp_in=("mlp.gate_proj", "mlp.up_proj"),
+    mlp_out="mlp.down_proj", attn_norm="input_layernorm", mlp_norm="pre_feedforward_layernorm",
+    norm="rms_plus_one", gated=True, act_attrs=("hidden_activation", "hidden_act"),
+    attn_post_norm="post_attention_layernorm", mlp_post_norm="post_feedforward_layernorm",
+    embed_scale_sqrt_hidden=True, logit_softcap_attr="final_logit_softcapping",
+)
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    "gpt2": _GPT2,
+    "gptj": _GPTJ,
+    "gpt_neox": _GPT_NEOX,
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
+    "qwen2": _LLAMA,
+    "qwen3": _LLAMA,  # q_norm/k_norm act inside attention and do not move heads or neurons
+    "gemma": _GEMMA,
+    "gemma2": _GEMMA2,
+    "gemma3_text": _GEMMA2,
+}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain transformers model under a peft wrapper (``base_model.model.``), or ``model``."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def input_dim(proj: nn.Module) -> int:
+    """Weight dimension that indexes input features: ``Conv1D`` stores ``[in, out]``, Linear ``[out, in]``.
+
+    Decided by type, never by shape (GPT-2's ``attn.c_proj`` is square).
+    """
+    if isinstance(proj, Conv1D):
+        return 0
+    if isinstance(proj, nn.Linear):
+        return 1
+    raise UserError(
+        f"cannot address a {type(proj).__name__} projection by input feature; only nn.Linear and "
+        "transformers Conv1D are supported (merge LoRA adapters or de-quantise the model first)"
+    )
+
+
+def weight_in_slice(proj: nn.Module, cols: slice | int) -> torch.Tensor:
+    """View of ``proj``'s weight for input features ``cols``, shaped ``[n_in, out]`` for every type."""
+    if isinstance(cols, int):
+        cols = slice(cols, cols + 1)
+    return proj.weight[cols, :] if input_dim(proj) == 0 else proj.weight[:, cols].T
+
+
+def in_features(proj: nn.Module) -> int:
+    """Number of input features of a projection (orientation by type)."""
+    return weight_in_slice(proj, slice(None)).shape[0]
+
+
+class Arch:
+    """An ``ArchSpec`` bound to one model, with sizes read from its config."""
+
+    def __init__(self, model: nn.Module):
+        self.model = unwrap(model)
+        self.config = self.model.config
+        model_type = getattr(self.config, "model_type", None)
+        if model_type not in ARCHITECTURES:
+            raise UserError(
+                f"model family {model_type!r} is not in the architecture table; supported: "
+                f"{', '.join(sorted(ARCHITECTURES))}. Add one ArchSpec entry to ARCHITECTURES in "
+                "editor/model/arch.py"
+            )
+        self.model_type: str = model_type
+        self.spec: ArchSpec = ARCHITECTURES[model_type]
+        c = self.config
+        self.layers: nn.ModuleList = self.model.get_submodule(self.spec.layers)
+        self.n_layers: int = len(self.layers)
+        self.d_model: int = c.hidden_size
+        self.n_heads: int = c.num_attention_heads
+        self.n_kv_heads: int = getattr(c, "num_key_value_heads", None) or self.n_heads
+        self.head_dim: int = getattr(c, "head_dim", None) or self.d_model // self.n_heads
+        self.vocab_size: int = c.vocab_size
+
+    # Modules ---------------------------------------------------------------------------------
+    def layer_module(self, layer: int, path: str) -> nn.Module:
+        self.check_layer(layer)
+        return self.layers[layer].get_submodule(path)
+
+    def attn_out(self, layer: int) -> nn.Module:
+        return self.layer_module(layer, self.spec.attn_out)
+
+    def mlp_out(self, layer: int) -> nn.Module:
+        return self.layer_module(layer, self.spec.mlp_out)
+
+    def attn(self, layer: int) -> nn.Module:
+        return self.layer_module(layer, self.spec.attn)
+
+    def mlp_norm(self, layer: int) -> nn.Module | None:
+        return None if self.spec.mlp_norm is None else self.layer_module(layer, self.spec.mlp_norm)
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.model.get_submodule(self.spec.final_norm)
+
+    @property
+    def unembed(self) -> nn.Module:
+        return self.model.get_submodule(self.spec.unembed)
+
+    # Sizes and components ----------------------------------------------------------------------
+    def d_ffn(self, layer: int = 0) -> int:
+        """FFN width (input features of the MLP output projection)."""
+        return in_features(self.mlp_out(layer))
+
+    def head_slice(self, head: int) -> slice:
+        """Columns of the attention output projection's input that belong to ``head``."""
+        if not 0 <= head < self.n_heads:
+            raise UserError(f"head {head} out of range: the model has {self.n_heads} heads per layer")
+        return slice(head * self.head_dim, (head + 1) * self.head_dim)
+
+    def check_layer(self, layer: int) -> None:
+        if not 0 <= layer < self.n_layers:
+            raise UserError(f"layer {layer} out of range: the model has {self.n_layers} layers (0-{self.n_layers - 1})")
+
+    def check_neuron(self, layer: int, neuron: int) -> None:
+        width = self.d_ffn(layer)
+        if not 0 <= neuron < width:
+            raise UserError(f"neuron {neuron} out of range: layer {layer} has {width} FFN neurons")
+
+    @property
+    def parallel_residual(self) -> bool:
+        flag = self.spec.parallel_residual
+        return bool(getattr(self.config, flag, False)) if isinstance(flag, str) else flag
+
+    @property
+    def activation(self) -> str | None:
+        for attr in self.spec.act_attrs:
+            value = getattr(self.config, attr, None)
+            if value:
+                return str(value)
+        return None
+
+    @property
+    def embed_scale(self) -> float:
+        return math.sqrt(self.d_model) if self.spec.embed_scale_sqrt_hidden else 1.0
+
+    @property
+    def logit_softcap(self) -> float | None:
+        attr = self.spec.logit_softcap_attr
+        return getattr(self.config, attr, None) if attr else None
+
+    def describe(self) -> dict:
+        """Sizes a user asks for (``lmedit models info``)."""
+        return {
+            "family": self.model_type,
+            "layers": self.n_layers,
+            "heads": self.n_heads,
+            "kv_heads": self.n_kv_heads,
+            "head_dim": self.head_dim,
+            "d_model": self.d_model,
+            "ffn": self.d_ffn(0),
+            "vocab": self.vocab_size,
+            "activation": self.activation,
+            "gated_mlp": self.spec.gated,
+            "norm": self.spec.norm,
+            "parallel_residual": self.parallel_residual,
+        }

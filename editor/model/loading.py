@@ -1,0 +1,172 @@
+"""Load any causal LM a user names: a store alias, a local directory, a ``.gguf`` file or a hub id."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from editor.errors import UserError
+from editor.model import store
+from editor.model.arch import Arch
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer, its architecture entry and where it came from."""
+
+    model: nn.Module
+    tokenizer: object
+    arch: Arch
+    name: str  # what the user named
+    path: Path | None  # local directory or file the weights came from, when there is one
+    kind: str  # "alias", "directory", "gguf" or "hub"
+    info: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def describe(self) -> dict:
+        params = sum(p.numel() for p in self.model.parameters())
+        return {"model": self.name, "kind": self.kind, "path": str(self.path) if self.path else None,
+                **self.arch.describe(), "parameters": params, "dtype": str(self.model.dtype).removeprefix("torch.")}
+
+
+def _quiet_transformers():
+    # Loading reports (unused keys, GGUF progress) are noise for a CLI user; errors still raise.
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def _resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype | str:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        # Half precision on CPU is slow and imprecise: default to float32 there.
+        return torch.float32 if device == "cpu" else "auto"
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} requested but no CUDA device is available; use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise UserError(f"unknown device {device!r}; choose auto, cpu, cuda or cuda:N")
+    return device
+
+
+def load_gguf(path: Path, dtype: torch.dtype = torch.float32):
+    """Load a ``.gguf`` file as a plain (serialisable) transformers model and its tokenizer.
+
+    transformers de-quantises GGUF weights but marks the model as "quantized with gguf" and refuses
+    ``save_pretrained``; rebuilding from the config without ``quantization_config`` and loading the
+    state dict strictly gives the same weights in a model that saves normally.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    path = Path(path)
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except Exception as exc:  # transformers raises many types for unreadable or unsupported GGUF
+        raise UserError(f"could not load GGUF file {path}: {exc}") from exc
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = str(path)
+    plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    plain.load_state_dict(loaded.state_dict(), strict=True)
+    plain.tie_weights()
+    plain.eval()
+    return plain, tokenizer
+
+
+def _from_pretrained(source: str | Path, dtype, device: str, device_map: str | None,
+                     attn_implementation: str, trust_remote_code: bool, offline_hint: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    kwargs = dict(dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+    if device_map:
+        kwargs["device_map"] = device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        hint = (f"; it is not a store alias ({', '.join(store.ALIASES)}) nor an existing local path, "
+                "and the hub may be unreachable") if offline_hint else ""
+        raise UserError(f"could not load model {str(source)!r}: {str(exc).splitlines()[0]}{hint}") from exc
+    if not device_map:
+        model.to(device)
+    return model, tokenizer
+
+
+def load_model(
+    name: str = store.DEFAULT_MODEL,
+    device: str = "cpu",
+    dtype: str | torch.dtype = "auto",
+    attn_implementation: str = "eager",
+    trust_remote_code: bool = False,
+    pull: bool = True,
+) -> LoadedModel:
+    """Load ``name`` for editing and attribution.
+
+    ``name`` is a store alias (pulled on first use when ``pull``), a local Hugging Face directory,
+    a ``.gguf`` file, or a hub id. ``device="auto"`` uses ``device_map="auto"`` (accelerate) when
+    CUDA is present, so models larger than one GPU spread over GPUs and CPU. Eager attention is the
+    default because only it returns attention probabilities; remote code runs only when asked.
+    """
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise UserError(f"unknown device {device!r}; choose auto, cpu, cuda or cuda:N")
+    device_map = "auto" if device == "auto" and torch.cuda.is_available() else None
+    device = _resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype, device)
+    info: dict = {}
+    if name in store.ALIASES:
+        if not store.is_cached(name):
+            if not pull:
+                raise UserError(f"{name} is not in the store yet; run `lmedit models pull {name}`")
+            store.pull(name)
+        path, kind = store.model_dir(name), "alias"
+        info["store"] = store.provenance(path)
+        model, tokenizer = _from_pretrained(path, torch_dtype, device, device_map, attn_implementation,
+                                            trust_remote_code, offline_hint=False)
+    else:
+        local = Path(name).expanduser()
+        if local.suffix == ".gguf":
+            if not local.is_file():
+                raise UserError(f"GGUF file not found: {local}")
+            path, kind = local, "gguf"
+            model, tokenizer = load_gguf(local, torch_dtype if isinstance(torch_dtype, torch.dtype) else torch.float32)
+            model.config._attn_implementation = attn_implementation
+            model.to(device)
+        elif local.exists():
+            if not (local / "config.json").is_file():
+                raise UserError(f"{local} is not a Hugging Face model directory (no config.json)")
+            path, kind = local, "directory"
+            model, tokenizer = _from_pretrained(local, torch_dtype, device, device_map, attn_implementation,
+                                                trust_remote_code, offline_hint=False)
+        elif name.startswith((".", "/", "~")) or name.count("/") > 1:
+            raise UserError(f"no such model directory or file: {name}")
+        else:
+            path, kind = None, "hub"
+            model, tokenizer = _from_pretrained(name, torch_dtype, device, device_map, attn_implementation,
+                                                trust_remote_code, offline_hint=True)
+    model.eval()
+    if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # batching needs a pad token; masks keep it inert
+    return LoadedModel(model=model, tokenizer=tokenizer, arch=Arch(model), name=name, path=path, kind=kind, info=info)

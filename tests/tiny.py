@@ -1,0 +1,61 @@
+"""Tiny randomly initialised models, one per family of the architecture table, and a char tokenizer."""
+
+from __future__ import annotations
+
+import string
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import (GPT2Config, GPTJConfig, GPTNeoXConfig, LlamaConfig, MistralConfig, Qwen2Config,
+                          Qwen3Config, GemmaConfig, Gemma2Config, Gemma3TextConfig)
+
+VOCAB = ["<pad>", "<eos>", "<unk>"] + list(string.digits + string.ascii_letters + " +-*/=:?.,'")
+V = len(VOCAB)
+COMMON_LLAMA = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                    pad_token_id=0, eos_token_id=1, bos_token_id=1)
+
+# name -> config factory. Gemma entries use head_dim != hidden/heads on purpose.
+CONFIGS = {
+    "gpt2": lambda: GPT2Config(vocab_size=V, n_embd=32, n_layer=3, n_head=4, n_positions=128,
+                               pad_token_id=0, eos_token_id=1, bos_token_id=1),
+    "gptj": lambda: GPTJConfig(vocab_size=V, n_embd=32, n_layer=3, n_head=4, rotary_dim=4, n_positions=128,
+                               pad_token_id=0, eos_token_id=1, bos_token_id=1),
+    "gpt_neox": lambda: GPTNeoXConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                      num_attention_heads=4, use_parallel_residual=True, attention_bias=True,
+                                      max_position_embeddings=128, pad_token_id=0, eos_token_id=1, bos_token_id=1),
+    "gpt_neox_sequential": lambda: GPTNeoXConfig(vocab_size=V, hidden_size=32, intermediate_size=64,
+                                                 num_hidden_layers=3, num_attention_heads=4,
+                                                 use_parallel_residual=False, max_position_embeddings=128,
+                                                 pad_token_id=0, eos_token_id=1, bos_token_id=1),
+    "llama": lambda: LlamaConfig(**COMMON_LLAMA),
+    "mistral": lambda: MistralConfig(**COMMON_LLAMA),
+    "qwen2": lambda: Qwen2Config(**COMMON_LLAMA),
+    "qwen3": lambda: Qwen3Config(**COMMON_LLAMA, head_dim=8),
+    "gemma": lambda: GemmaConfig(**COMMON_LLAMA, head_dim=16),
+    "gemma2": lambda: Gemma2Config(**COMMON_LLAMA, head_dim=16, final_logit_softcapping=30.0,
+                                   attn_logit_softcapping=50.0, sliding_window=8),
+    "gemma3_text": lambda: Gemma3TextConfig(**COMMON_LLAMA, head_dim=16, sliding_window=8),
+}
+FAMILIES = list(CONFIGS)
+
+
+def tiny_model(family: str, seed: int = 0, attn_implementation: str = "eager"):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(CONFIGS[family](), attn_implementation=attn_implementation)
+    # Random init leaves norms at 1 (or 0 for Gemma) and biases at 0: perturb them so the tests
+    # exercise every term (biases, norm weights, Gemma's 1 + weight).
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+
+    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(VOCAB)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
