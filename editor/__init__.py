@@ -1,17 +1,28 @@
-"""lmedit: attribution-driven editing and pruning of Hugging Face causal language models."""
+"""lmedit: attribution-driven editing and pruning of Hugging Face causal language models.
+
+The public API is imported lazily so that ``lmedit --help`` does not pay for importing torch.
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-from editor.errors import UserError
-from editor.model.arch import ARCHITECTURES, Arch, ArchSpec
-from editor.model.loading import LoadedModel, load_model
-from editor.model.capture import Captured, capture
-from editor.edit.plan import Edit, EditPlan, parse_component
-from editor.edit.weights import AppliedEdits, apply_plan
-from editor.edit.checkpoint import save_checkpoint
+_API = {
+    "UserError": "editor.errors",
+    "ARCHITECTURES": "editor.model.arch", "Arch": "editor.model.arch", "ArchSpec": "editor.model.arch",
+    "LoadedModel": "editor.model.loading", "load_model": "editor.model.loading",
+    "Captured": "editor.model.capture", "capture": "editor.model.capture", "encode": "editor.model.capture",
+    "Edit": "editor.edit.plan", "KeepOnly": "editor.edit.plan", "EditPlan": "editor.edit.plan",
+    "parse_component": "editor.edit.plan",
+    "AppliedEdits": "editor.edit.weights", "apply_plan": "editor.edit.weights", "intervene": "editor.edit.weights",
+    "save_checkpoint": "editor.edit.checkpoint", "describe_source": "editor.edit.checkpoint",
+    "reload_difference": "editor.edit.checkpoint",
+}
 
-__all__ = [
-    "__version__", "UserError", "ARCHITECTURES", "Arch", "ArchSpec", "LoadedModel", "load_model",
-    "Captured", "capture", "Edit", "EditPlan", "parse_component", "AppliedEdits", "apply_plan",
-    "save_checkpoint",
-]
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(import_module(_API[name]), name)
+    raise AttributeError(f"module 'editor' has no attribute {name!r}")

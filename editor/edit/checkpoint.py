@@ -22,7 +22,7 @@ from torch import nn
 
 from editor.edit.plan import EditPlan
 from editor.errors import UserError
-from editor.io import write_json_atomic
+from editor.io import default_mode, write_json_atomic
 from editor.model.store import sha256_file
 
 MANIFEST = "edit_manifest.json"
@@ -51,7 +51,7 @@ def state_dict_sha256(model: nn.Module) -> str:
 def describe_source(loaded) -> dict:
     """Manifest entry for the model an edit started from (a ``LoadedModel``)."""
     source = {"model": loaded.name, "kind": loaded.kind, "path": str(loaded.path) if loaded.path else None,
-              "family": loaded.arch.model_type}
+              "family": loaded.arch.model_type, "dtype": str(loaded.model.dtype).removeprefix("torch.")}
     if loaded.path is not None:
         source["weights_sha256"] = weight_files_sha256(loaded.path)
     else:
@@ -103,6 +103,9 @@ def save_checkpoint(
             **(extra or {}),
         }
         write_json_atomic(tmp / MANIFEST, manifest)
+        os.chmod(tmp, default_mode(directory=True))
+        for file in tmp.iterdir():
+            os.chmod(file, default_mode())
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)

