@@ -63,7 +63,7 @@ _GPTJ = ArchSpec(
 )
 _GPT_NEOX = ArchSpec(
     layers="gpt_neox.layers", embed="gpt_neox.embed_in", final_norm="gpt_neox.final_layer_norm",
-    unembed="embed_out", attn="attention", attn_out="attention.dense", mlp_in=("mlp.dense_h_to_4h",),
+    unembed="lm_head", attn="attention", attn_out="attention.dense", mlp_in=("mlp.dense_h_to_4h",),
     mlp_out="mlp.dense_4h_to_h", attn_norm="input_layernorm",
     # In both residual modes the input of post_attention_layernorm is what the MLP reads.
     mlp_norm="post_attention_layernorm", norm="layernorm", parallel_residual="use_parallel_residual",

@@ -1,0 +1,124 @@
+"""Typed attribution results: ranked records, JSON, CSV and a layers x heads heatmap."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from editor.io import write_text_atomic
+
+
+@dataclass
+class ComponentScores:
+    """Scores of every head or neuron: ``columns[name]`` is a ``[layers, per_layer]`` tensor.
+
+    ``primary`` names the column that ranks components (descending). Components are named ``L.I``.
+    """
+
+    kind: str  # "head", "neuron" (FFN) or "attn_neuron" (attention value neuron: head dimension)
+    method: str
+    primary: str
+    columns: dict[str, torch.Tensor]
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.columns[self.primary].shape)  # type: ignore[return-value]
+
+    def name(self, flat: int) -> str:
+        per = self.shape[1]
+        return f"{flat // per}.{flat % per}"
+
+    def ranked(self, top: int | None = None, by: str | None = None, absolute: bool = False) -> list[dict]:
+        """Records ``{"component", "layer", "index", "rank", <columns>}`` best first."""
+        key = self.columns[by or self.primary].flatten()
+        order = torch.argsort(key.abs() if absolute else key, descending=True, stable=True)
+        if top is not None:
+            order = order[:top]
+        flat = {name: col.flatten() for name, col in self.columns.items()}
+        per = self.shape[1]
+        out = []
+        for rank, i in enumerate(order.tolist(), 1):
+            rec = {"rank": rank, self.kind: f"{i // per}.{i % per}", "layer": i // per, "index": i % per}
+            rec.update({name: round(float(col[i]), 7) for name, col in flat.items()})
+            out.append(rec)
+        return out
+
+    def top_components(self, k: int, by: str | None = None) -> list[str]:
+        return [r[self.kind] for r in self.ranked(k, by)]
+
+    def to_json(self, top: int | None = 50) -> dict:
+        return {
+            "kind": self.kind, "method": self.method, "primary": self.primary, "shape": list(self.shape),
+            "meta": self.meta, "top": self.ranked(top),
+            "columns": {name: col.tolist() for name, col in self.columns.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ComponentScores":
+        return cls(kind=data["kind"], method=data["method"], primary=data["primary"],
+                   columns={k: torch.tensor(v) for k, v in data["columns"].items()}, meta=data.get("meta", {}))
+
+    def to_csv(self) -> str:
+        rows = self.ranked()
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue()
+
+    def save(self, out_dir: str | Path, stem: str | None = None, top: int = 50) -> dict[str, Path]:
+        """Write ``<stem>.json``, ``<stem>.csv`` and, for heads, ``<stem>.png``; return the paths."""
+        out_dir = Path(out_dir)
+        stem = stem or f"{self.kind}_{self.method}"
+        paths = {
+            "json": write_text_atomic(out_dir / f"{stem}.json", json.dumps(self.to_json(top), indent=1) + "\n"),
+            "csv": write_text_atomic(out_dir / f"{stem}.csv", self.to_csv()),
+        }
+        if self.kind == "head":
+            paths["png"] = heatmap(self.columns[self.primary], out_dir / f"{stem}.png",
+                                   title=f"{self.method}: {self.primary}")
+        return paths
+
+    def table(self, top: int = 10) -> str:
+        """A readable ranked table for the terminal."""
+        rows = self.ranked(top)
+        cols = [self.kind] + list(self.columns)
+        cells = [[str(r[self.kind])] + [f"{r[c]:.4g}" for c in self.columns] for r in rows]
+        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)] if cells else [len(c) for c in cols]
+        lines = ["  ".join(c.rjust(w) for c, w in zip(["rank"] + cols, [4] + widths))]
+        for rank, row in enumerate(cells, 1):
+            lines.append("  ".join(v.rjust(w) for v, w in zip([str(rank)] + row, [4] + widths)))
+        return "\n".join(lines)
+
+
+def heatmap(matrix: torch.Tensor, path: str | Path, title: str = "") -> Path:
+    """A layers x heads heatmap PNG (diverging colours centred on 0)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = matrix.detach().float().cpu().numpy()
+    layers, heads = m.shape
+    fig, ax = plt.subplots(figsize=(max(4, heads * 0.45 + 2), max(3, layers * 0.22 + 1.5)))
+    bound = float(abs(m).max()) or 1.0
+    im = ax.imshow(m, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto", interpolation="nearest")
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_xticks(range(heads))
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,96 @@
+"""Prompt/answer examples: from a built-in task or a local JSONL/CSV file, and their gold tokens."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from editor.errors import UserError
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    answer: str | None = None
+    meta: dict | None = None
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def _from_records(records: list[dict], where: str) -> list[Example]:
+    out = []
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not rec["prompt"]:
+            raise UserError(f"{where}: record {i + 1} has no non-empty 'prompt' field")
+        answer = rec.get("answer")
+        meta = {k: v for k, v in rec.items() if k not in ("prompt", "answer")} or None
+        out.append(Example(rec["prompt"], None if answer in (None, "") else str(answer), meta))
+    if not out:
+        raise UserError(f"{where}: no examples")
+    return out
+
+
+def read_file(path: str | Path) -> list[Example]:
+    """A ``.jsonl`` (one object per line) or ``.csv`` (header row) file with ``prompt`` and optional ``answer``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"data file not found: {path}")
+    if path.suffix == ".jsonl":
+        records = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+    elif path.suffix == ".csv":
+        with open(path, newline="") as f:
+            records = list(csv.DictReader(f))
+    else:
+        raise UserError(f"{path}: expected a .jsonl or .csv file")
+    return _from_records(records, str(path))
+
+
+def load_examples(spec: str, n: int | None = None, seed: int = 0) -> list[Example]:
+    """``spec`` is a built-in task name (``arithmetic``, ``arithmetic:2``) or a local file path."""
+    from editor.tasks import arithmetic
+
+    name, _, arg = spec.partition(":")
+    if name == "arithmetic":
+        digits = int(arg) if arg else 1
+        return arithmetic.generate(n=n or 64, digits=digits, seed=seed)
+    examples = read_file(spec)
+    return examples[:n] if n else examples
+
+
+def _answer_ids(tokenizer, prompt: str, answer: str) -> list[int]:
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    full_ids = tokenizer(prompt + answer)["input_ids"]
+    if len(full_ids) > len(prompt_ids) and full_ids[: len(prompt_ids)] == prompt_ids:
+        return full_ids[len(prompt_ids):]
+    return tokenizer(answer, add_special_tokens=False)["input_ids"]  # answer merged with the prompt's end
+
+
+def fit_to_tokenizer(tokenizer, examples: list[Example]) -> list[Example]:
+    """Move a leading space of the answer into the prompt when the tokenizer makes it its own token.
+
+    " 12" is one token for GPT-2 but " ", "1", "2" for SmolLM; the answer's first token should be
+    its first digit or word, not a bare space, so the prompt takes the space in that case.
+    """
+    out = []
+    for ex in examples:
+        if ex.answer and ex.answer[0].isspace() and ex.answer.strip():
+            ids = _answer_ids(tokenizer, ex.prompt, ex.answer)
+            if len(ids) > 1 and not tokenizer.decode(ids[:1]).strip():
+                stripped = ex.answer.lstrip()
+                ex = Example(ex.prompt + ex.answer[: len(ex.answer) - len(stripped)], stripped, ex.meta)
+        out.append(ex)
+    return out
+
+
+def gold_token_ids(tokenizer, examples: list[Example]) -> list[int | None]:
+    """First token of each answer as the model would see it right after the prompt."""
+    return [None if ex.answer is None else _answer_ids(tokenizer, ex.prompt, ex.answer)[0] for ex in examples]
