@@ -92,19 +92,32 @@ class Readout:
             v = v - v.mean(-1, keepdim=True)
         return v * self.gain
 
-    def logits(self, vectors: torch.Tensor) -> torch.Tensor:
-        """``[B, ..., d]`` candidate residual vectors (row b uses prompt b's sigma) -> ``[B, ..., V]``."""
-        shape = (-1,) + (1,) * (vectors.dim() - 1)
-        z = (self.direction(vectors) / self.sigma.view(shape)) @ self.W_U.T
-        if self.b_U is not None:
-            z = z + self.b_U
-        return self.cap(z)
+    def pre_logits(self, vectors: torch.Tensor, prompt: int | None = None) -> torch.Tensor:
+        """Logits before any soft-cap; linear in the vectors.
+
+        Row b of ``vectors`` uses prompt b's sigma, or every vector uses prompt ``prompt``'s.
+        """
+        if prompt is None:
+            sigma = self.sigma.view((-1,) + (1,) * (vectors.dim() - 1))
+        else:
+            sigma = self.sigma[prompt]
+        z = (self.direction(vectors) / sigma) @ self.W_U.T
+        return z if self.b_U is None else z + self.b_U
+
+    def logits(self, vectors: torch.Tensor, prompt: int | None = None) -> torch.Tensor:
+        """``[B, ..., d]`` candidate residual vectors -> ``[B, ..., V]``."""
+        return self.cap(self.pre_logits(vectors, prompt))
 
     def cap(self, z: torch.Tensor) -> torch.Tensor:
         return z if self.softcap is None else self.softcap * torch.tanh(z / self.softcap)
 
-    def logprob(self, vectors: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """log p(target_b | v) for ``[B, ..., d]`` vectors and ``[B]`` target ids -> ``[B, ...]``."""
-        z = self.logits(vectors)
+    def logprob(self, vectors: torch.Tensor, targets: torch.Tensor, prompt: int | None = None) -> torch.Tensor:
+        """log p(target | v) for ``[B, ..., d]`` vectors and ``[B]`` target ids -> ``[B, ...]``.
+
+        With ``prompt``, ``vectors`` is ``[..., d]`` and ``targets`` one id, all for that prompt.
+        """
+        z = self.logits(vectors, prompt)
+        if prompt is not None:
+            return z[..., int(targets)] - torch.logsumexp(z, dim=-1)
         idx = targets.view((-1,) + (1,) * (z.dim() - 1)).expand(*z.shape[:-1], 1)
         return z.gather(-1, idx).squeeze(-1) - torch.logsumexp(z, dim=-1)

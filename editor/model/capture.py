@@ -13,6 +13,9 @@ Capture points, each ``[batch, (position,) layer, ...]``:
 * ``resid_post``  layer output
 * ``head_out``    ``[.., layer, head, d_model]``: each head's slice of the projection input times
                   its weight slice; excludes the projection bias and any post-attention norm
+* ``attn_z``      ``[.., layer, heads * head_dim]``: input of the attention output projection
+                  (each head's attention-weighted values; feature ``h*head_dim + j`` is an
+                  attention value neuron)
 * ``neuron_coef`` ``[.., layer, d_ffn]``: input of the MLP output projection (``act(gate) * up``
                   for gated MLPs, ``act(fc_in x)`` otherwise)
 * ``attn_probs``  ``[.., layer, head, key_position]``: attention of the chosen query positions
@@ -31,7 +34,7 @@ from editor.errors import UserError
 from editor.model.arch import Arch, weight_in_slice
 
 POINTS: tuple[str, ...] = (
-    "resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post", "head_out", "neuron_coef", "attn_probs",
+    "resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post", "head_out", "attn_z", "neuron_coef", "attn_probs",
 )
 
 
@@ -126,6 +129,9 @@ class _Hooks:
             if "attn_out" in want:
                 self.handles.append(o_proj.register_forward_hook(
                     lambda mod, args, out, layer=layer: self._keep("attn_out", layer, out)))
+            if "attn_z" in want:
+                self.handles.append(o_proj.register_forward_pre_hook(
+                    lambda mod, args, layer=layer: self._keep("attn_z", layer, args[0])))
             if "head_out" in want:
                 self.handles.append(o_proj.register_forward_pre_hook(self._head_hook(layer, o_proj)))
             if "mlp_out" in want:
