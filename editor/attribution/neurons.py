@@ -4,16 +4,20 @@ Score of neuron k in layer l (REFERENCE.md 1): ``logp(w | x + m_k f_k) - logp(w 
 residual the sublayer reads (``x_mid`` for FFN neurons, ``x_in`` for attention value neurons),
 ``m_k`` the coefficient (input of the output projection) and ``f_k`` its value vector.
 
-The exact fast path (REFERENCE.md 7): with the final-norm scale frozen, candidate logits are linear,
-``z(x + m f) = z(x) + (m / sigma) u_k`` with ``u_k = W_U (g * f_k)`` independent of the prompt. The
-log-sum-exp is decided by tokens near the top, and token v can move by at most
-``|m / sigma| * ||W_U[v]|| * ||g * f_k||`` (Cauchy-Schwarz). Tokens that cannot come within
-``margin`` (default 40 nats) of the top are skipped: they change the log-sum-exp by less than
-``vocab * e^-margin`` (about 2e-13 for the default model). ``u_k`` is only computed for tokens that
-survive for some prompt of the batch. ``margin=None`` computes the full vocabulary.
+The exact fast path. With the final-norm scale frozen, candidate logits are linear:
+``z(x + m f_k) = z(x) + (m / sigma) u_k`` with ``u_k = W_U (g * f_k)`` independent of the prompt
+(REFERENCE.md 7), so one ``[neurons, vocab]`` product per layer serves every prompt. What remains
+per (prompt, neuron) is ``log E_p[exp(a u_k)]`` under the base softmax ``p``. Pruning the vocabulary
+by a logit margin does not help on small models (the whole logit range of SmolLM2 is under 40
+nats, so every token survives); instead the expectation is expanded in ``a``: the moments
+``E_p[u_k^j]`` are matrix products shared by all neurons, and the Taylor remainder is bounded by
+``D^n e^D / n!`` with ``D = |a| max_v |u_kv|``. Pairs whose bound exceeds ``tol`` (a few percent,
+mostly in the last layer) are summed over the whole vocabulary. ``tol=None`` sums every pair.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -52,44 +56,45 @@ def _layer_terms(arch: Arch, readout: Readout, got, kind: str, layer: int):
 
 @torch.no_grad()
 def _scores_exact_fast(readout: Readout, base: torch.Tensor, values: torch.Tensor, a: torch.Tensor,
-                       targets: torch.Tensor, margin: float | None) -> tuple[torch.Tensor, float]:
-    """``[B, F]`` scores and the mean number of vocabulary tokens kept per prompt."""
-    W_U = readout.W_U
-    V = W_U.shape[0]
-    a = a / readout.sigma[:, None]  # candidate pre-logits = z0 + a[b, k] * u_k
+                       targets: torch.Tensor, tol: float | None, order: int = 6) -> tuple[torch.Tensor, float]:
+    """``[B, F]`` scores and the fraction of (prompt, neuron) pairs that needed the full sum.
+
+    Score = ``a u_kw - log E_p[exp(a u_k)]`` with ``p`` the base softmax (``a`` includes 1/sigma).
+    The expectation is a Taylor series in ``a`` whose moments ``E_p[u_k^j]`` are matrix products
+    shared by all prompts; the remainder is bounded by ``D^n e^D / n!`` with ``D = |a| max_v |u_kv|``.
+    Pairs whose bound exceeds ``tol`` (and every pair under a logit soft-cap, which is not
+    polynomial) are summed over the whole vocabulary instead.
+    """
+    a = a / readout.sigma[:, None]
     D = readout.direction(values)  # [F, d]
+    U = D @ readout.W_U.T  # [F, V]: u_k for every neuron, independent of the prompt
     z0 = readout.pre_logits(base)  # [B, V]
     zc0 = readout.cap(z0)
     lse0 = torch.logsumexp(zc0, dim=-1)
     rows = torch.arange(len(targets), device=z0.device)
-    if margin is None:
-        keep = torch.ones_like(zc0, dtype=torch.bool)
-    else:
-        s = D.norm(dim=-1)  # [F]
-        r = W_U.norm(dim=-1)  # [V]
-        eps = (a.abs() * s).amax(dim=1)  # [B]: largest possible shift per unit token norm
-        top = zc0.argmax(dim=-1)
-        lower = zc0[rows, top] - eps * r[top]  # the top token alone keeps the LSE above this
-        keep = zc0 + eps[:, None] * r >= (lower - margin)[:, None]
-    keep[rows, targets] = True
-    union = keep.any(dim=0).nonzero().squeeze(1)  # tokens some prompt needs
-    U = D @ W_U[union].T  # [F, |S|]
-    position = torch.full((V,), -1, dtype=torch.long, device=z0.device)
-    position[union] = torch.arange(len(union), device=z0.device)
+    target_shift = a * U[:, targets].T  # [B, F]: a * u_{k, w_b} (exact when there is no soft-cap)
+    exact = torch.ones_like(a, dtype=torch.bool)
     scores = torch.empty_like(a)
-    chunk = max(1, CHUNK_ELEMENTS // max(1, len(union)))
-    for b in range(len(targets)):
-        cols = position[keep[b].nonzero().squeeze(1)]
-        tokens = union[cols]
-        t = int(targets[b])
-        ut = U[:, position[t]]  # [F]
-        zt_new = readout.cap(z0[b, t] + a[b] * ut)
-        for k0 in range(0, U.shape[0], chunk):
-            k1 = k0 + chunk
-            Z = readout.cap(z0[b, tokens][None, :] + a[b, k0:k1, None] * U[k0:k1][:, cols])
-            lse_new = torch.logsumexp(Z, dim=-1)
-            scores[b, k0:k1] = (zt_new[k0:k1] - lse_new) - (zc0[b, t] - lse0[b])
-    return scores, float(keep.sum(1).float().mean())
+    if tol is not None and readout.softcap is None:
+        p = torch.softmax(zc0, dim=-1)  # [B, V]
+        delta = a.abs() * U.abs().amax(dim=1)  # [B, F]: largest |shift| of any token
+        series = torch.ones_like(a, dtype=torch.float64)
+        power = torch.ones_like(U)
+        for j in range(1, order):
+            power = power * U
+            series += (a.double() ** j / math.factorial(j)) * (p @ power.T).double()
+        remainder = delta.double() ** order * torch.exp(delta.double()) / math.factorial(order)
+        exact = remainder * torch.exp(delta.double()) > tol
+        scores = (target_shift.double() - torch.log(series)).float()
+    else:
+        target_shift = readout.cap(z0[rows, targets][:, None] + target_shift) - zc0[rows, targets][:, None]
+    pairs = exact.nonzero()
+    chunk = max(1, CHUNK_ELEMENTS // U.shape[1])
+    for i in range(0, len(pairs), chunk):
+        b, k = pairs[i:i + chunk].unbind(1)
+        Z = readout.cap(z0[b] + a[b, k, None] * U[k])  # [n, V]
+        scores[b, k] = target_shift[b, k] - (torch.logsumexp(Z, dim=-1) - lse0[b])
+    return scores, float(exact.float().mean())
 
 
 @torch.no_grad()
@@ -107,49 +112,70 @@ def _scores_vector_by_vector(readout: Readout, base, values, a, targets, chunk: 
 @torch.no_grad()
 def neuron_logprob_increase(model, tokenizer, examples: list[Example], kind: str = "mlp", target: str = "auto",
                             batch_size: int = 16, topk: int = 10, layers: list[int] | None = None,
-                            margin: float | None = 40.0, method: str = "fast", progress: bool = True) -> ComponentScores:
+                            tol: float | None = 1e-6, method: str = "fast", group_size: int = 256,
+                            progress: bool = True) -> ComponentScores:
     """Score every FFN neuron (``kind="mlp"``) or attention value neuron (``kind="attn"``) of ``layers``.
 
     Returns mean/std/top-k counts of the score over prompts and ``coef_mean``, the mean coefficient.
-    ``method="reference"`` runs the slow vector-by-vector computation (tests and benchmarks).
+    Prompts are captured in groups of ``group_size``; per layer, one vocabulary projection serves the
+    whole group. ``method="reference"`` runs the slow vector-by-vector computation.
     """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {list(KINDS)}")
     arch = Arch(model)
     layers = list(range(arch.n_layers)) if layers is None else list(layers)
+    for layer in layers:
+        arch.check_layer(layer)
     width = arch.d_ffn() if kind == "mlp" else arch.n_heads * arch.head_dim
+    coef_point = "neuron_coef" if kind == "mlp" else "attn_z"
     n = len(examples)
-    scores = torch.zeros(n, arch.n_layers, width)
-    coefs = torch.zeros(n, arch.n_layers, width)
-    kept = []
-    for batch in prompt_batches(tokenizer, examples, batch_size, model_device(model), f"{KINDS[kind]} scores", progress):
-        got = capture(model, batch.inputs, what=_points(arch, kind))
-        targets = batch.targets(got.logits, target)
-        readout = Readout(arch, got.resid_post[:, -1], attn_out=got.tensors.get("attn_out"),
-                          mlp_out=got.tensors.get("mlp_out"))
-        rows = slice(batch.start, batch.start + len(batch.examples))
-        bar = progress_bar(len(layers), "layers", "layer", enabled=progress and len(layers) > 1)
-        for layer in layers:
-            base, values, a = _layer_terms(arch, readout, got, kind, layer)
+    scores = torch.zeros(n, len(layers), width)
+    coefs = torch.zeros(n, len(layers), width)
+    exact_fraction = []
+    for g0 in range(0, n, group_size):
+        group = examples[g0:g0 + group_size]
+        got, targets = _capture_group(model, tokenizer, group, arch, kind, layers, target, batch_size, progress)
+        readout = Readout(arch, got["resid_post"][:, -1], attn_out=got.get("attn_out"), mlp_out=got.get("mlp_out"))
+        view = _Group(got)
+        bar = progress_bar(len(layers), f"{KINDS[kind]} scores", "layer", enabled=progress)
+        for i, layer in enumerate(layers):
+            base, values, a = _layer_terms(arch, readout, view, kind, layer)
             if method == "reference":
                 s = _scores_vector_by_vector(readout, base, values, a, targets)
             else:
-                s, k = _scores_exact_fast(readout, base, values, a, targets, margin)
-                kept.append(k)
-            scores[rows, layer] = s.cpu()
-            coefs[rows, layer] = (got.neuron_coef if kind == "mlp" else got.attn_z)[:, layer].float().cpu()
+                s, frac = _scores_exact_fast(readout, base, values, a, targets, tol)
+                exact_fraction.append(frac)
+            scores[g0:g0 + len(group), i] = s.cpu()
+            coefs[g0:g0 + len(group), i] = got[coef_point][:, layer].float().cpu()
             bar.update(1)
         bar.close()
+    result = _aggregate(scores, KINDS[kind], "logprob_increase", topk,
+                        {"target": target, "prompts": n, "tol": tol, "method": method})
+    # keep the layer axis complete (unscored layers are zeros; meta["layers"] says which were scored)
     sel = torch.tensor(layers)
-    result = _aggregate(scores[:, sel], KINDS[kind], "logprob_increase", topk,
-                        {"target": target, "prompts": n, "margin": margin, "method": method})
-    # keep the layer axis complete: unscored layers are zeros and say so in meta
-    for name, col in list(result.columns.items()):
+    for name, col in list(result.columns.items()) + [("coef_mean", coefs.mean(0))]:
         full = torch.zeros(arch.n_layers, width)
         full[sel] = col
         result.columns[name] = full
-    full_coef = torch.zeros(arch.n_layers, width)
-    full_coef[sel] = coefs[:, sel].mean(0)
-    result.columns["coef_mean"] = full_coef
     result.meta.update({"layers": layers, "head_dim": arch.head_dim if kind == "attn" else None,
-                        "mean_tokens_kept": (sum(kept) / len(kept)) if kept else None, "vocab": arch.vocab_size})
+                        "exact_sum_fraction": (sum(exact_fraction) / len(exact_fraction)) if exact_fraction else None})
     return result
 
+
+def _capture_group(model, tokenizer, examples, arch, kind, layers, target, batch_size, progress):
+    """Capture what the scores need for a group of prompts; all tensors concatenated over prompts."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    targets = []
+    for batch in prompt_batches(tokenizer, examples, batch_size, model_device(model), "capture", progress):
+        got = capture(model, batch.inputs, what=_points(arch, kind))
+        targets.append(batch.targets(got.logits, target))
+        for name, tensor in got.tensors.items():
+            parts.setdefault(name, []).append(tensor)
+    return {name: torch.cat(ts) for name, ts in parts.items()}, torch.cat(targets)
+
+
+class _Group:
+    """Attribute access to a dict of captured tensors (what ``_layer_terms`` reads)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.__dict__.update(tensors)
