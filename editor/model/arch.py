@@ -134,6 +134,11 @@ def weight_in_slice(proj: nn.Module, cols: slice | int) -> torch.Tensor:
     return proj.weight[cols, :] if input_dim(proj) == 0 else proj.weight[:, cols].T
 
 
+def weight_out_rows(proj: nn.Module) -> torch.Tensor:
+    """``proj``'s weight as ``[out, in]`` for every type: row k is what output feature k reads."""
+    return proj.weight.T if input_dim(proj) == 0 else proj.weight
+
+
 def in_features(proj: nn.Module) -> int:
     """Number of input features of a projection (orientation by type)."""
     return weight_in_slice(proj, slice(None)).shape[0]
@@ -176,6 +181,13 @@ class Arch:
 
     def attn(self, layer: int) -> nn.Module:
         return self.layer_module(layer, self.spec.attn)
+
+    def mlp_in(self, layer: int) -> list[nn.Module]:
+        return [self.layer_module(layer, path) for path in self.spec.mlp_in]
+
+    def mlp_input_norm(self, layer: int) -> nn.Module:
+        """The norm whose output the MLP reads (the attention norm for GPT-J's shared ln_1)."""
+        return self.layer_module(layer, self.spec.mlp_norm or self.spec.attn_norm)
 
     def mlp_norm(self, layer: int) -> nn.Module | None:
         return None if self.spec.mlp_norm is None else self.layer_module(layer, self.spec.mlp_norm)

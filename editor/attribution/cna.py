@@ -1,0 +1,43 @@
+"""Comparative Neuron Analysis: the same neuron importance in two conditions, ranked by the difference.
+
+Conditions (REFERENCE.md 1): (a) the model vs the model with some heads zeroed, (b) prompt set A vs
+prompt set B aligned pair by pair ("woman" vs "man"), (c) two models (base vs fine-tuned). Each
+neuron gets both importances (mean log-probability increase), both mean coefficients, and
+``diff = importance_a - importance_b``. Targets: the gold answer token when every prompt has one,
+else each condition's own top-1 prediction.
+"""
+
+from __future__ import annotations
+
+from editor.attribution.neurons import neuron_logprob_increase
+from editor.attribution.results import ComponentScores
+from editor.edit.plan import EditPlan
+from editor.edit.weights import intervene
+from editor.errors import UserError
+from editor.tasks.examples import Example
+
+
+def cna(model, tokenizer, examples: list[Example], *, examples_b: list[Example] | None = None,
+        ablate: EditPlan | None = None, model_b=None, kind: str = "mlp", **score_kwargs) -> ComponentScores:
+    """Exactly one of ``examples_b``, ``ablate`` or ``model_b`` defines condition B."""
+    given = [x is not None for x in (examples_b, ablate, model_b)]
+    if sum(given) != 1:
+        raise UserError("CNA needs exactly one second condition: paired prompts, heads to zero, or a second model")
+    a = neuron_logprob_increase(model, tokenizer, examples, kind=kind, **score_kwargs)
+    if examples_b is not None:
+        if len(examples_b) != len(examples):
+            raise UserError(f"paired prompt sets differ in size: {len(examples)} vs {len(examples_b)}")
+        mode, b = "paired_prompts", neuron_logprob_increase(model, tokenizer, examples_b, kind=kind, **score_kwargs)
+    elif ablate is not None:
+        mode = "heads_zeroed"
+        with intervene(model, ablate):
+            b = neuron_logprob_increase(model, tokenizer, examples, kind=kind, **score_kwargs)
+    else:
+        mode, b = "two_models", neuron_logprob_increase(model_b, tokenizer, examples, kind=kind, **score_kwargs)
+    return ComponentScores(
+        kind=a.kind, method="cna", primary="diff",
+        columns={"diff": a.columns["mean"] - b.columns["mean"], "importance_a": a.columns["mean"],
+                 "importance_b": b.columns["mean"], "coef_a": a.columns["coef_mean"], "coef_b": b.columns["coef_mean"]},
+        meta={"mode": mode, "condition_b": ablate.to_json() if ablate is not None else None,
+              "a": a.meta, "b": b.meta},
+    )

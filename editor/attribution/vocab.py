@@ -1,0 +1,31 @@
+"""Project components to the vocabulary: which tokens a neuron or head pushes up (and down)."""
+
+from __future__ import annotations
+
+import torch
+
+from editor.attribution.readout import norm_weight
+from editor.model.arch import Arch, weight_in_slice
+
+
+@torch.no_grad()
+def project(arch: Arch, tokenizer, vector: torch.Tensor, k: int = 10) -> dict[str, list[str]]:
+    """Top and bottom ``k`` tokens of ``W_U (g * v)`` for a residual-stream direction ``v``."""
+    v = vector.float()
+    if arch.spec.norm == "layernorm":
+        v = v - v.mean()
+    z = arch.unembed.weight.float() @ (v * norm_weight(arch, arch.final_norm))
+    top, bottom = z.topk(k).indices.tolist(), (-z).topk(k).indices.tolist()
+    decode = lambda ids: [tokenizer.decode([i]) for i in ids]  # noqa: E731
+    return {"top": decode(top), "bottom": decode(bottom)}
+
+
+def neuron_tokens(arch: Arch, tokenizer, layer: int, index: int, kind: str = "neuron", k: int = 10) -> dict:
+    """Tokens promoted by an FFN neuron's value vector (or an attention value neuron's W_O row)."""
+    proj = arch.mlp_out(layer) if kind == "neuron" else arch.attn_out(layer)
+    return project(arch, tokenizer, weight_in_slice(proj, index)[0], k)
+
+
+def head_tokens(arch: Arch, tokenizer, mean_output: torch.Tensor, k: int = 10) -> dict:
+    """Tokens promoted by a head's mean output vector (its output depends on the input)."""
+    return project(arch, tokenizer, mean_output, k)
