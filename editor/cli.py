@@ -233,3 +233,148 @@ def verify(checkpoint, device):
     loaded = load_model(name, device=device, dtype=source.get("dtype", "auto"))
     apply_plan(loaded.model, plan)
     _verify(loaded.model, loaded.tokenizer, checkpoint)
+
+
+# attribute --------------------------------------------------------------------------------------
+def _layers(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise UserError(f"bad --layers {text!r}: write e.g. 20-29 or 3,5,7")
+        out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    return out
+
+
+def data_options(func):
+    @click.option("--data", "-d", default="arithmetic", show_default=True,
+                  help="Built-in task (arithmetic, arithmetic:2 for 2-digit operands) or a local .jsonl/.csv "
+                       "file with a 'prompt' field and an optional 'answer' field.")
+    @click.option("--n", "n_prompts", type=click.IntRange(1), default=64, show_default=True,
+                  help="Number of prompts (built-in tasks generate this many; files are truncated).")
+    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--target", type=click.Choice(["auto", "gold", "top1"]), default="auto", show_default=True,
+                  help="Token whose log-probability is scored: the gold answer, or the model's top-1.")
+    @click.option("--top", type=click.IntRange(1), default=20, show_default=True, help="Rows to print and rank.")
+    @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+    @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+                  help="Output directory [default: checkpoints/attribution/<model>].")
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def _examples(data: str, n: int, seed: int):
+    from editor.tasks.examples import load_examples
+
+    return load_examples(data, n=n, seed=seed)
+
+
+def _out_dir(out: Path | None) -> Path:
+    if out is not None:
+        return out
+    model = click.get_current_context().params.get("model") or DEFAULT_MODEL
+    stem = Path(model).stem if model.endswith(".gguf") else Path(model.rstrip("/")).name
+    return Path("checkpoints") / "attribution" / stem
+
+
+def _report(scores, out: Path, stem: str, top: int, loaded=None, tokens: bool = False) -> None:
+    click.echo(scores.table(top))
+    if tokens and loaded is not None:
+        from editor.attribution.vocab import neuron_tokens
+
+        click.echo("\ntop tokens of the leading components:")
+        for rec in scores.ranked(min(top, 10)):
+            toks = neuron_tokens(loaded.arch, loaded.tokenizer, rec["layer"], rec["index"], kind=scores.kind, k=6)
+            click.echo(f"  {rec[scores.kind]:>9}  + {toks['top']}")
+    paths = scores.save(out, stem, top=max(top, 50))
+    click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+@main.group(cls=LmeditGroup)
+def attribute():
+    """Score heads and neurons for a behaviour (log-probability increase, ablation, CNA)."""
+
+
+@attribute.command("heads")
+@model_options
+@data_options
+@click.option("--method", type=click.Choice(["static", "ablation", "both"]), default="static", show_default=True,
+              help="static: log-probability increase (direct effect, fast); ablation: zero each head (exact).")
+def attribute_heads(load, data, n_prompts, seed, target, top, batch_size, out, method):
+    """Score every attention head; write JSON, CSV and a layers x heads heatmap PNG."""
+    from editor.attribution.heads import head_ablation_scan, head_logprob_increase
+
+    examples = _examples(data, n_prompts, seed)
+    loaded = load()
+    out = _out_dir(out)
+    if method in ("static", "both"):
+        scores = head_logprob_increase(loaded.model, loaded.tokenizer, examples, target=target, batch_size=batch_size)
+        scores.meta.update({"model": loaded.name, "data": data})
+        _report(scores, out, "heads_static", top)
+    if method in ("ablation", "both"):
+        scores = head_ablation_scan(loaded.model, loaded.tokenizer, examples, batch_size=batch_size)
+        scores.meta.update({"model": loaded.name, "data": data})
+        click.echo(f"accuracy without ablation: {scores.meta['base_acc']:.3f}")
+        _report(scores, out, "heads_ablation", top)
+
+
+@attribute.command("neurons")
+@model_options
+@data_options
+@click.option("--kind", type=click.Choice(["mlp", "attn"]), default="mlp", show_default=True,
+              help="mlp: FFN neurons; attn: attention value neurons (head dimensions, index = head*head_dim + j).")
+@click.option("--layers", help="Layers to score, e.g. 20-29 or 3,5,7 [default: all].")
+@click.option("--query/--no-query", default=False, help="Also score query neurons for the top 10 FFN value neurons.")
+def attribute_neurons(load, data, n_prompts, seed, target, top, batch_size, out, kind, layers, query):
+    """Score every neuron by log-probability increase; write JSON and CSV."""
+    from editor.attribution.neurons import neuron_logprob_increase
+    from editor.attribution.query import query_neurons
+
+    examples = _examples(data, n_prompts, seed)
+    loaded = load()
+    out = _out_dir(out)
+    scores = neuron_logprob_increase(loaded.model, loaded.tokenizer, examples, kind=kind, target=target,
+                                     batch_size=batch_size, layers=_layers(layers))
+    scores.meta.update({"model": loaded.name, "data": data})
+    _report(scores, out, f"{scores.kind}s_logprob", top, loaded, tokens=True)
+    if query:
+        if kind != "mlp":
+            raise UserError("--query works with --kind mlp (FFN value neurons)")
+        q = query_neurons(loaded.model, loaded.tokenizer, examples, scores, batch_size=batch_size)
+        click.echo("\nquery neurons:")
+        _report(q, out, "neurons_query", top)
+
+
+@attribute.command("cna")
+@model_options
+@data_options
+@click.option("--kind", type=click.Choice(["mlp", "attn"]), default="mlp", show_default=True)
+@click.option("--layers", help="Layers to score, e.g. 17-29 [default: all].")
+@click.option("--data-b", help="Condition B: prompts aligned pair by pair with --data (same count).")
+@click.option("--ablate-heads", metavar="L.H,...", help="Condition B: the same model with these heads zeroed.")
+@click.option("--model-b", help="Condition B: a second model of the same architecture.")
+def attribute_cna(load, data, n_prompts, seed, target, top, batch_size, out, kind, layers, data_b, ablate_heads, model_b):
+    """Comparative Neuron Analysis between two conditions, ranked by the importance difference."""
+    from editor.attribution.cna import cna
+    from editor.edit.plan import EditPlan
+    from editor.model.loading import load_model
+
+    if sum(x is not None for x in (data_b, ablate_heads, model_b)) != 1:
+        raise UserError("give exactly one of --data-b, --ablate-heads, --model-b")
+    examples = _examples(data, n_prompts, seed)
+    kwargs = dict(kind=kind, target=target, batch_size=batch_size, layers=_layers(layers))
+    if data_b is not None:
+        kwargs["examples_b"] = _examples(data_b, n_prompts, seed)
+    if ablate_heads is not None:
+        kwargs["ablate"] = EditPlan().zero("head", _components(ablate_heads, "head"))
+    loaded = load()
+    if model_b is not None:
+        kwargs["model_b"] = load_model(model_b, device=str(loaded.device)).model
+    scores = cna(loaded.model, loaded.tokenizer, examples, **kwargs)
+    scores.meta.update({"model": loaded.name, "data": data, "data_b": data_b, "model_b": model_b})
+    _report(scores, out or _out_dir(None), f"{scores.kind}s_cna", top, loaded, tokens=True)
