@@ -80,3 +80,25 @@ def test_gguf_file_loads_to_the_same_model(loaded, inputs, tmp_path):
         a = loaded.model(**inputs).logits
         b = from_gguf.model(**inputs).logits
     assert torch.equal(a, b)
+
+
+def test_default_model_attribution_end_to_end(loaded, tmp_path):
+    """Static and ablation head scores, and neuron scores, on real arithmetic prompts."""
+    from editor.attribution.heads import head_ablation_scan, head_ablation_scan_naive, head_logprob_increase
+    from editor.attribution.neurons import neuron_logprob_increase
+    from editor.tasks.examples import load_examples
+
+    examples = load_examples("arithmetic", n=8)
+    static = head_logprob_increase(loaded.model, loaded.tokenizer, examples, progress=False)
+    assert static.shape == (30, 9) and static.columns["mean"].abs().max() > 0.01
+    fast = head_ablation_scan(loaded.model, loaded.tokenizer, examples[:4], progress=False)
+    heads = [(0, 8), (21, 2), (29, 4)]
+    naive = head_ablation_scan_naive(loaded.model, loaded.tokenizer, examples[:4], heads=heads, progress=False)
+    for layer, head in heads:
+        assert abs(fast.columns["logp_drop"][layer, head] - naive.columns["logp_drop"][layer, head]) <= 1e-5
+    fast_n = neuron_logprob_increase(loaded.model, loaded.tokenizer, examples[:2], layers=[29], progress=False)
+    ref = neuron_logprob_increase(loaded.model, loaded.tokenizer, examples[:2], layers=[29], method="reference",
+                                  progress=False)
+    assert (fast_n.columns["mean"][29] - ref.columns["mean"][29]).abs().max() <= 1e-4
+    paths = static.save(tmp_path, "heads")
+    assert paths["png"].stat().st_size > 1000

@@ -89,8 +89,8 @@ def _gold_or_top1(batch, logits: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def head_ablation_scan_naive(model, tokenizer, examples: list[Example], batch_size: int = 16,
-                             progress: bool = True) -> ComponentScores:
-    """Reference scan: one full forward pass of the batch per zeroed head."""
+                             heads: list[tuple[int, int]] | None = None, progress: bool = True) -> ComponentScores:
+    """Reference scan: one full forward pass of the batch per zeroed head (``heads``: a subset; others NaN)."""
     arch = Arch(model)
     base_lp, base_ok, abl_lp, abl_ok = [], [], [], []
     for batch in prompt_batches(tokenizer, examples, batch_size, model_device(model), "ablation (naive)", progress):
@@ -98,13 +98,12 @@ def head_ablation_scan_naive(model, tokenizer, examples: list[Example], batch_si
         clean = model(**inputs, use_cache=False).logits[:, -1]
         gold = _gold_or_top1(batch, clean)
         lp, ok = _last_logprobs(clean, gold)
-        b_lp = torch.empty(len(gold), arch.n_layers, arch.n_heads)
-        b_ok = torch.empty_like(b_lp)
-        for layer in range(arch.n_layers):
-            for head in range(arch.n_heads):
-                with intervene(model, EditPlan().zero("head", [(layer, head)])):
-                    logits = model(**inputs, use_cache=False).logits[:, -1]
-                b_lp[:, layer, head], b_ok[:, layer, head] = (t.cpu() for t in _last_logprobs(logits, gold))
+        b_lp = torch.full((len(gold), arch.n_layers, arch.n_heads), float("nan"))
+        b_ok = torch.full_like(b_lp, float("nan"))
+        for layer, head in heads or [(l, h) for l in range(arch.n_layers) for h in range(arch.n_heads)]:
+            with intervene(model, EditPlan().zero("head", [(layer, head)])):
+                logits = model(**inputs, use_cache=False).logits[:, -1]
+            b_lp[:, layer, head], b_ok[:, layer, head] = (t.cpu() for t in _last_logprobs(logits, gold))
         base_lp.append(lp.cpu()), base_ok.append(ok.cpu()), abl_lp.append(b_lp), abl_ok.append(b_ok)
     return _scan_result(torch.cat(base_lp), torch.cat(base_ok), torch.cat(abl_lp), torch.cat(abl_ok),
                         {"prompts": len(examples), "scan": "naive"})

@@ -1,0 +1,69 @@
+"""``lmedit attribute`` on a tiny local model with a local data file."""
+
+import json
+
+from click.testing import CliRunner
+
+from editor.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _data(tmp_path, name="data.jsonl", gender="woman"):
+    path = tmp_path / name
+    rows = [{"prompt": f"A {gender} is a", "answer": " nurse"}, {"prompt": "12+3=", "answer": "15"},
+            {"prompt": "7*8=", "answer": "56"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_attribute_heads_writes_json_csv_png(tiny_dir, tmp_path):
+    out = tmp_path / "out"
+    result = run("attribute", "heads", "--model", tiny_dir, "--data", _data(tmp_path), "--method", "both",
+                 "--top", "3", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "rank" in result.output and "accuracy without ablation" in result.output
+    for stem in ("heads_static", "heads_ablation"):
+        data = json.loads((out / f"{stem}.json").read_text())
+        assert data["kind"] == "head" and data["shape"] == [3, 4]
+        assert (out / f"{stem}.csv").is_file() and (out / f"{stem}.png").stat().st_size > 1000
+    static = json.loads((out / "heads_static.json").read_text())
+    assert static["meta"]["prompts"] == 3 and static["meta"]["data"].endswith("data.jsonl")
+
+
+def test_attribute_neurons_with_query_and_csv_data(tiny_dir, tmp_path):
+    csv = tmp_path / "d.csv"
+    csv.write_text("prompt,answer\n12+3=,15\n7*8=,56\nab,c\n")
+    out = tmp_path / "out"
+    result = run("attribute", "neurons", "--model", tiny_dir, "--data", csv, "--layers", "1-2", "--query",
+                 "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "top tokens" in result.output and "query neurons" in result.output
+    data = json.loads((out / "neurons_logprob.json").read_text())
+    assert data["meta"]["layers"] == [1, 2]
+    assert all(r["layer"] in (1, 2) for r in data["top"][:5])
+    assert (out / "neurons_query.csv").is_file()
+
+
+def test_attribute_cna_modes(tiny_dir, tmp_path):
+    a, b = _data(tmp_path, "a.jsonl", "woman"), _data(tmp_path, "b.jsonl", "man")
+    for extra in (["--data-b", b], ["--ablate-heads", "1.1"], ["--model-b", tiny_dir]):
+        out = tmp_path / f"cna{len(extra[1].__str__())}"
+        result = run("attribute", "cna", "--model", tiny_dir, "--data", a, *extra, "--out", out)
+        assert result.exit_code == 0, result.output
+        data = json.loads((out / "neurons_cna.json").read_text())
+        assert set(data["columns"]) == {"diff", "importance_a", "importance_b", "coef_a", "coef_b"}
+    result = run("attribute", "cna", "--model", tiny_dir, "--data", a)
+    assert result.exit_code == 2 and "exactly one" in result.output
+
+
+def test_attribute_user_errors(tiny_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "no prompt"}\n')
+    for args, message in [(["--data", bad], "no non-empty 'prompt'"), (["--data", tmp_path / "nope.jsonl"], "not found"),
+                          (["--data", _data(tmp_path), "--layers", "x-3"], "bad --layers")]:
+        result = run("attribute", "neurons", "--model", tiny_dir, *args)
+        assert result.exit_code == 2, result.output
+        assert message in result.output and "Traceback" not in result.output
