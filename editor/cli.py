@@ -329,7 +329,7 @@ def attribute_heads(load, data, n_prompts, seed, target, top, batch_size, out, m
 @click.option("--kind", type=click.Choice(["mlp", "attn"]), default="mlp", show_default=True,
               help="mlp: FFN neurons; attn: attention value neurons (head dimensions, index = head*head_dim + j).")
 @click.option("--layers", help="Layers to score, e.g. 20-29 or 3,5,7 [default: all].")
-@click.option("--query/--no-query", default=False, help="Also score query neurons for the top 10 FFN value neurons.")
+@click.option("--query/--no-query", default=False, help="Also score query neurons (lower FFN neurons) for the top 10 value neurons.")
 def attribute_neurons(load, data, n_prompts, seed, target, top, batch_size, out, kind, layers, query):
     """Score every neuron by log-probability increase; write JSON and CSV."""
     from editor.attribution.neurons import neuron_logprob_increase
@@ -343,8 +343,6 @@ def attribute_neurons(load, data, n_prompts, seed, target, top, batch_size, out,
     scores.meta.update({"model": loaded.name, "data": data})
     _report(scores, out, f"{scores.kind}s_logprob", top, loaded, tokens=True)
     if query:
-        if kind != "mlp":
-            raise UserError("--query works with --kind mlp (FFN value neurons)")
         q = query_neurons(loaded.model, loaded.tokenizer, examples, scores, batch_size=batch_size)
         click.echo("\nquery neurons:")
         _report(q, out, "neurons_query", top)

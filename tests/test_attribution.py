@@ -170,3 +170,19 @@ def test_results_serialise(tmp_path, tokenizer):
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ranked = [r["mean"] for r in scores.ranked()]
     assert ranked == sorted(ranked, reverse=True) and len(ranked) == 12
+
+
+@torch.no_grad()
+def test_query_keys_of_attention_value_neurons_follow_grouped_query_attention(tokenizer):
+    model = tiny.tiny_model("llama")  # 4 heads, 2 KV heads, head_dim 8
+    arch = Arch(model)
+    key = value_keys(arch, 1, 3 * arch.head_dim + 5, kind="attn_neuron")  # head 3 -> KV head 1, dim 5
+    layer = model.model.layers[1]
+    torch.testing.assert_close(key[0], layer.self_attn.v_proj.weight[arch.head_dim + 5] * layer.input_layernorm.weight)
+    values = neuron_logprob_increase(model, tokenizer, EXAMPLES, kind="attn", layers=[2], progress=False)
+    q = query_neurons(model, tokenizer, EXAMPLES, values, top_values=2, progress=False)
+    assert q.columns["query_score"][:2].abs().max() > 0 and q.columns["query_score"][2:].abs().max() == 0
+    from editor.errors import UserError
+
+    with pytest.raises(UserError, match="fuses"):
+        value_keys(Arch(tiny.tiny_model("gpt2")), 1, 0, kind="attn_neuron")

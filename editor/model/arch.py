@@ -39,6 +39,7 @@ class ArchSpec:
     mlp_in: tuple[str, ...]  # projections reading the MLP input: (gate, up) if gated, else (fc_in,)
     mlp_out: str  # MLP output projection; its input holds the neuron coefficients
     attn_norm: str  # norm in front of attention
+    attn_v: str | None  # value projection (a separate Linear); None where Q, K, V are fused
     mlp_norm: str | None  # norm whose INPUT is the MLP's residual stream; None: the MLP reads ln(layer input)
     norm: str  # "layernorm", "rms", or "rms_plus_one" (Gemma multiplies by 1 + weight)
     gated: bool = False  # coefficient = act(gate) * up
@@ -53,31 +54,33 @@ class ArchSpec:
 _GPT2 = ArchSpec(
     layers="transformer.h", embed="transformer.wte", final_norm="transformer.ln_f", unembed="lm_head",
     attn="attn", attn_out="attn.c_proj", mlp_in=("mlp.c_fc",), mlp_out="mlp.c_proj",
-    attn_norm="ln_1", mlp_norm="ln_2", norm="layernorm", act_attrs=("activation_function",),
+    attn_norm="ln_1", attn_v=None, mlp_norm="ln_2", norm="layernorm", act_attrs=("activation_function",),
 )
 _GPTJ = ArchSpec(
     layers="transformer.h", embed="transformer.wte", final_norm="transformer.ln_f", unembed="lm_head",
     attn="attn", attn_out="attn.out_proj", mlp_in=("mlp.fc_in",), mlp_out="mlp.fc_out",
-    attn_norm="ln_1", mlp_norm=None, norm="layernorm", act_attrs=("activation_function",),
+    attn_norm="ln_1", attn_v="attn.v_proj", mlp_norm=None, norm="layernorm", act_attrs=("activation_function",),
     parallel_residual=True,
 )
 _GPT_NEOX = ArchSpec(
     layers="gpt_neox.layers", embed="gpt_neox.embed_in", final_norm="gpt_neox.final_layer_norm",
     unembed="lm_head", attn="attention", attn_out="attention.dense", mlp_in=("mlp.dense_h_to_4h",),
-    mlp_out="mlp.dense_4h_to_h", attn_norm="input_layernorm",
+    mlp_out="mlp.dense_4h_to_h", attn_norm="input_layernorm", attn_v=None,
     # In both residual modes the input of post_attention_layernorm is what the MLP reads.
     mlp_norm="post_attention_layernorm", norm="layernorm", parallel_residual="use_parallel_residual",
 )
 _LLAMA = ArchSpec(
     layers="model.layers", embed="model.embed_tokens", final_norm="model.norm", unembed="lm_head",
     attn="self_attn", attn_out="self_attn.o_proj", mlp_in=("mlp.gate_proj", "mlp.up_proj"),
-    mlp_out="mlp.down_proj", attn_norm="input_layernorm", mlp_norm="post_attention_layernorm",
+    mlp_out="mlp.down_proj", attn_norm="input_layernorm", attn_v="self_attn.v_proj",
+    mlp_norm="post_attention_layernorm",
     norm="rms", gated=True,
 )
 _GEMMA = ArchSpec(
     layers="model.layers", embed="model.embed_tokens", final_norm="model.norm", unembed="lm_head",
     attn="self_attn", attn_out="self_attn.o_proj", mlp_in=("mlp.gate_proj", "mlp.up_proj"),
-    mlp_out="mlp.down_proj", attn_norm="input_layernorm", mlp_norm="post_attention_layernorm",
+    mlp_out="mlp.down_proj", attn_norm="input_layernorm", attn_v="self_attn.v_proj",
+    mlp_norm="post_attention_layernorm",
     norm="rms_plus_one", gated=True, act_attrs=("hidden_activation", "hidden_act"),
     embed_scale_sqrt_hidden=True,
 )
@@ -86,7 +89,8 @@ _GEMMA = ArchSpec(
 _GEMMA2 = ArchSpec(
     layers="model.layers", embed="model.embed_tokens", final_norm="model.norm", unembed="lm_head",
     attn="self_attn", attn_out="self_attn.o_proj", mlp_in=("mlp.gate_proj", "mlp.up_proj"),
-    mlp_out="mlp.down_proj", attn_norm="input_layernorm", mlp_norm="pre_feedforward_layernorm",
+    mlp_out="mlp.down_proj", attn_norm="input_layernorm", attn_v="self_attn.v_proj",
+    mlp_norm="pre_feedforward_layernorm",
     norm="rms_plus_one", gated=True, act_attrs=("hidden_activation", "hidden_act"),
     attn_post_norm="post_attention_layernorm", mlp_post_norm="post_feedforward_layernorm",
     embed_scale_sqrt_hidden=True, logit_softcap_attr="final_logit_softcapping",
