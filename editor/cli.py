@@ -285,11 +285,15 @@ def _out_dir(out: Path | None) -> Path:
 def _report(scores, out: Path, stem: str, top: int, loaded=None, tokens: bool = False) -> None:
     click.echo(scores.table(top))
     if tokens and loaded is not None:
-        from editor.attribution.vocab import neuron_tokens
+        from editor.attribution.vocab import head_tokens, neuron_tokens
 
         click.echo("\ntop tokens of the leading components:")
         for rec in scores.ranked(min(top, 10)):
-            toks = neuron_tokens(loaded.arch, loaded.tokenizer, rec["layer"], rec["index"], kind=scores.kind, k=6)
+            if scores.kind == "head":
+                toks = head_tokens(loaded.arch, loaded.tokenizer,
+                                   scores.vectors["mean_output"][rec["layer"], rec["index"]], k=6)
+            else:
+                toks = neuron_tokens(loaded.arch, loaded.tokenizer, rec["layer"], rec["index"], kind=scores.kind, k=6)
             click.echo(f"  {rec[scores.kind]:>9}  + {toks['top']}")
     paths = scores.save(out, stem, top=max(top, 50))
     click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -315,7 +319,7 @@ def attribute_heads(load, data, n_prompts, seed, target, top, batch_size, out, m
     if method in ("static", "both"):
         scores = head_logprob_increase(loaded.model, loaded.tokenizer, examples, target=target, batch_size=batch_size)
         scores.meta.update({"model": loaded.name, "data": data})
-        _report(scores, out, "heads_static", top)
+        _report(scores, out, "heads_static", top, loaded, tokens=True)
     if method in ("ablation", "both"):
         scores = head_ablation_scan(loaded.model, loaded.tokenizer, examples, batch_size=batch_size)
         scores.meta.update({"model": loaded.name, "data": data})

@@ -186,3 +186,20 @@ def test_query_keys_of_attention_value_neurons_follow_grouped_query_attention(to
 
     with pytest.raises(UserError, match="fuses"):
         value_keys(Arch(tiny.tiny_model("gpt2")), 1, 0, kind="attn_neuron")
+
+
+@torch.no_grad()
+def test_vocabulary_projection(tokenizer):
+    from editor.attribution.vocab import neuron_tokens, project
+
+    model = tiny.tiny_model("llama")
+    arch = Arch(model)
+    target = tokenizer.convert_tokens_to_ids("7")
+    direction = arch.unembed.weight[target] / model.model.norm.weight  # g * v = W_U[7]
+    got = project(arch, tokenizer, direction, k=3)
+    scores = arch.unembed.weight @ arch.unembed.weight[target]
+    assert got["top"][0] == tokenizer.decode([int(scores.argmax())])
+    assert got["bottom"][0] == tokenizer.decode([int(scores.argmin())])
+    f = model.model.layers[1].mlp.down_proj.weight[:, 4]
+    expected = (arch.unembed.weight @ (f * model.model.norm.weight)).topk(2).indices.tolist()
+    assert neuron_tokens(arch, tokenizer, 1, 4, k=2)["top"] == [tokenizer.decode([i]) for i in expected]

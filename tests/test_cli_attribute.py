@@ -25,6 +25,7 @@ def test_attribute_heads_writes_json_csv_png(tiny_dir, tmp_path):
                  "--top", "3", "--out", out)
     assert result.exit_code == 0, result.output
     assert "rank" in result.output and "accuracy without ablation" in result.output
+    assert "top tokens of the leading components" in result.output
     for stem in ("heads_static", "heads_ablation"):
         data = json.loads((out / f"{stem}.json").read_text())
         assert data["kind"] == "head" and data["shape"] == [3, 4]

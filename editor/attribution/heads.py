@@ -34,6 +34,7 @@ def head_logprob_increase(model, tokenizer, examples: list[Example], target: str
     arch = Arch(model)
     points = ["resid_pre", "head_out", "resid_post"] + (["attn_out"] if arch.spec.attn_post_norm else [])
     per_prompt = []
+    output_sum = torch.zeros(arch.n_layers, arch.n_heads, arch.d_model)
     for batch in prompt_batches(tokenizer, examples, batch_size, model_device(model), "head scores", progress):
         got = capture(model, batch.inputs, what=points)
         targets = batch.targets(got.logits, target)
@@ -46,8 +47,11 @@ def head_logprob_increase(model, tokenizer, examples: list[Example], target: str
             logp = readout.logprob(vectors, targets)  # [B, H + 1]
             scores[:, layer] = (logp[:, 1:] - logp[:, :1]).cpu()
         per_prompt.append(scores)
+        output_sum += got.head_out.float().sum(0).cpu()
     scores = torch.cat(per_prompt)  # [N, L, H]
-    return _aggregate(scores, "head", "logprob_increase", topk, {"target": target, "prompts": len(examples)})
+    result = _aggregate(scores, "head", "logprob_increase", topk, {"target": target, "prompts": len(examples)})
+    result.vectors["mean_output"] = output_sum / len(examples)  # for projecting heads to the vocabulary
+    return result
 
 
 def _aggregate(scores: torch.Tensor, kind: str, method: str, topk: int, meta: dict) -> ComponentScores:

@@ -25,6 +25,7 @@ class ComponentScores:
     primary: str
     columns: dict[str, torch.Tensor]
     meta: dict = field(default_factory=dict)
+    vectors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # not serialised
 
     @property
     def shape(self) -> tuple[int, int]:
