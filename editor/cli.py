@@ -145,9 +145,13 @@ def models_info(model, device, dtype, trust_remote_code, as_json):
 
 
 # edit / verify ----------------------------------------------------------------------------------
+def _model_stem(model: str) -> str:
+    """A directory-friendly name for what the user passed as --model."""
+    return Path(model).stem if model.endswith(".gguf") else Path(model.rstrip("/")).name
+
+
 def _default_out(model: str) -> Path:
-    stem = Path(model).stem if model.endswith(".gguf") else Path(model.rstrip("/")).name
-    return Path("checkpoints") / f"{stem}-edited"
+    return Path("checkpoints") / f"{_model_stem(model)}-edited"
 
 
 @main.command()
@@ -278,8 +282,7 @@ def _out_dir(out: Path | None) -> Path:
     if out is not None:
         return out
     model = click.get_current_context().params.get("model") or DEFAULT_MODEL
-    stem = Path(model).stem if model.endswith(".gguf") else Path(model.rstrip("/")).name
-    return Path("checkpoints") / "attribution" / stem
+    return Path("checkpoints") / "attribution" / _model_stem(model)
 
 
 def _report(scores, out: Path, stem: str, top: int, loaded=None, tokens: bool = False) -> None:
