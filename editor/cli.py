@@ -252,24 +252,27 @@ def _layers(text: str | None) -> list[int] | None:
     return out
 
 
-def data_options(func):
-    @click.option("--data", "-d", default="arithmetic", show_default=True,
-                  help="Built-in task (arithmetic, arithmetic:2 for 2-digit operands) or a local .jsonl/.csv "
-                       "file with a 'prompt' field and an optional 'answer' field.")
-    @click.option("--n", "n_prompts", type=click.IntRange(1), default=64, show_default=True,
-                  help="Number of prompts (built-in tasks generate this many; files are truncated).")
-    @click.option("--seed", type=int, default=0, show_default=True)
-    @click.option("--target", type=click.Choice(["auto", "gold", "top1"]), default="auto", show_default=True,
-                  help="Token whose log-probability is scored: the gold answer, or the model's top-1.")
-    @click.option("--top", type=click.IntRange(1), default=20, show_default=True, help="Rows to print and rank.")
-    @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
-    @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-                  help="Output directory [default: checkpoints/attribution/<model>].")
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        return func(*args, **kwargs)
+_DATA_OPTIONS = [
+    click.option("--data", "-d", default="arithmetic", show_default=True,
+                 help="Built-in task (arithmetic, arithmetic:2 for 2-digit operands) or a local .jsonl/.csv "
+                      "file with a 'prompt' field and an optional 'answer' field."),
+    click.option("--n", "n_prompts", type=click.IntRange(1), default=64, show_default=True,
+                 help="Number of prompts (built-in tasks generate this many; files are truncated)."),
+    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--target", type=click.Choice(["auto", "gold", "top1"]), default="auto", show_default=True,
+                 help="Token whose log-probability is scored: the gold answer, or the model's top-1."),
+    click.option("--top", type=click.IntRange(1), default=20, show_default=True, help="Rows to print and rank."),
+    click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True),
+    click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+                 help="Output directory [default: checkpoints/attribution/<model>]."),
+]
 
-    return wrapper
+
+def data_options(func):
+    """--data, --n, --seed, --target, --top, --batch-size, --out, shared by the attribute commands."""
+    for option in reversed(_DATA_OPTIONS):
+        func = option(func)
+    return func
 
 
 def _examples(data: str, n: int, seed: int):

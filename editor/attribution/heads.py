@@ -87,10 +87,6 @@ def _scan_result(base_lp, base_ok, abl_lp, abl_ok, meta) -> ComponentScores:
     )
 
 
-def _gold_or_top1(batch, logits: torch.Tensor) -> torch.Tensor:
-    return batch.targets(logits, "auto")
-
-
 @torch.no_grad()
 def head_ablation_scan_naive(model, tokenizer, examples: list[Example], batch_size: int = 16,
                              heads: list[tuple[int, int]] | None = None, progress: bool = True) -> ComponentScores:
@@ -100,7 +96,7 @@ def head_ablation_scan_naive(model, tokenizer, examples: list[Example], batch_si
     for batch in prompt_batches(tokenizer, examples, batch_size, model_device(model), "ablation (naive)", progress):
         inputs = with_position_ids(model, batch.inputs)
         clean = model(**inputs, use_cache=False).logits[:, -1]
-        gold = _gold_or_top1(batch, clean)
+        gold = batch.targets(clean, "auto")
         lp, ok = _last_logprobs(clean, gold)
         b_lp = torch.full((len(gold), arch.n_layers, arch.n_heads), float("nan"))
         b_ok = torch.full_like(b_lp, float("nan"))
@@ -182,7 +178,7 @@ def head_ablation_scan(model, tokenizer, examples: list[Example], batch_size: in
         finally:
             for h in handles:
                 h.remove()
-        gold = _gold_or_top1(batch, clean)
+        gold = batch.targets(clean, "auto")
         lp, ok = _last_logprobs(clean, gold)
         b_lp = torch.empty(n, arch.n_layers, arch.n_heads)
         b_ok = torch.empty_like(b_lp)

@@ -26,7 +26,7 @@ from editor.attribution.heads import _aggregate
 from editor.attribution.readout import Readout
 from editor.attribution.results import ComponentScores
 from editor.model.arch import Arch, weight_in_slice
-from editor.model.capture import capture
+from editor.model.capture import Captured, capture
 from editor.tasks.examples import Example
 
 KINDS = {"mlp": "neuron", "attn": "attn_neuron"}
@@ -136,7 +136,7 @@ def neuron_logprob_increase(model, tokenizer, examples: list[Example], kind: str
         group = examples[g0:g0 + group_size]
         got, targets = _capture_group(model, tokenizer, group, arch, kind, layers, target, batch_size, progress)
         readout = Readout(arch, got["resid_post"][:, -1], attn_out=got.get("attn_out"), mlp_out=got.get("mlp_out"))
-        view = _Group(got)
+        view = Captured(positions=None, layers=layers, tensors=got)
         bar = progress_bar(len(layers), f"{KINDS[kind]} scores", "layer", enabled=progress)
         for i, layer in enumerate(layers):
             base, values, a = _layer_terms(arch, readout, view, kind, layer)
@@ -173,9 +173,3 @@ def _capture_group(model, tokenizer, examples, arch, kind, layers, target, batch
             parts.setdefault(name, []).append(tensor)
     return {name: torch.cat(ts) for name, ts in parts.items()}, torch.cat(targets)
 
-
-class _Group:
-    """Attribute access to a dict of captured tensors (what ``_layer_terms`` reads)."""
-
-    def __init__(self, tensors: dict[str, torch.Tensor]):
-        self.__dict__.update(tensors)

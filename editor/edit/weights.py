@@ -36,7 +36,8 @@ def resolve(arch: Arch, plan: EditPlan) -> list[ProjectionEdit]:
     grouped: dict[tuple[str, int], tuple[list[int], list[float]]] = {}
     for (kind, layer, index), factor in sorted(plan.factors(arch.n_layers, arch.n_heads, arch.d_ffn).items()):
         if kind == "head":
-            cols = range(arch.head_slice(index).start, arch.head_slice(index).stop)
+            head = arch.head_slice(index)
+            cols = range(head.start, head.stop)
         else:
             cols = range(index, index + 1)
         feats, facs = grouped.setdefault((kind, layer), ([], []))
