@@ -78,11 +78,9 @@ def _components_raw(text: str | None) -> list[str]:
 
 
 def _print_table(rows: list[dict], columns: list[str]) -> None:
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
-    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
-    for row in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    from editor.tables import format_table
+
+    click.echo(format_table(rows, columns))
 
 
 @click.group(cls=LmeditGroup, context_settings={"help_option_names": ["-h", "--help"]})

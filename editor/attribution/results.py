@@ -88,14 +88,11 @@ class ComponentScores:
 
     def table(self, top: int = 10) -> str:
         """A readable ranked table for the terminal."""
-        rows = self.ranked(top)
-        cols = [self.kind] + list(self.columns)
-        cells = [[str(r[self.kind])] + [f"{r[c]:.4g}" for c in self.columns] for r in rows]
-        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)] if cells else [len(c) for c in cols]
-        lines = ["  ".join(c.rjust(w) for c, w in zip(["rank"] + cols, [4] + widths))]
-        for rank, row in enumerate(cells, 1):
-            lines.append("  ".join(v.rjust(w) for v, w in zip([str(rank)] + row, [4] + widths)))
-        return "\n".join(lines)
+        from editor.tables import format_table
+
+        rows = [{"rank": rank, self.kind: r[self.kind], **{c: f"{r[c]:.4g}" for c in self.columns}}
+                for rank, r in enumerate(self.ranked(top), 1)]
+        return format_table(rows, ["rank", self.kind, *self.columns], right=True)
 
 
 def heatmap(matrix: torch.Tensor, path: str | Path, title: str = "") -> Path:

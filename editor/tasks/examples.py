@@ -66,7 +66,7 @@ def load_examples(spec: str, n: int | None = None, seed: int = 0) -> list[Exampl
     return examples[:n] if n else examples
 
 
-def _answer_ids(tokenizer, prompt: str, answer: str) -> list[int]:
+def answer_ids(tokenizer, prompt: str, answer: str) -> list[int]:
     prompt_ids = tokenizer(prompt)["input_ids"]
     full_ids = tokenizer(prompt + answer)["input_ids"]
     if len(full_ids) > len(prompt_ids) and full_ids[: len(prompt_ids)] == prompt_ids:
@@ -83,7 +83,7 @@ def fit_to_tokenizer(tokenizer, examples: list[Example]) -> list[Example]:
     out = []
     for ex in examples:
         if ex.answer and ex.answer[0].isspace() and ex.answer.strip():
-            ids = _answer_ids(tokenizer, ex.prompt, ex.answer)
+            ids = answer_ids(tokenizer, ex.prompt, ex.answer)
             if len(ids) > 1 and not tokenizer.decode(ids[:1]).strip():
                 stripped = ex.answer.lstrip()
                 ex = Example(ex.prompt + ex.answer[: len(ex.answer) - len(stripped)], stripped, ex.meta)
@@ -93,4 +93,4 @@ def fit_to_tokenizer(tokenizer, examples: list[Example]) -> list[Example]:
 
 def gold_token_ids(tokenizer, examples: list[Example]) -> list[int | None]:
     """First token of each answer as the model would see it right after the prompt."""
-    return [None if ex.answer is None else _answer_ids(tokenizer, ex.prompt, ex.answer)[0] for ex in examples]
+    return [None if ex.answer is None else answer_ids(tokenizer, ex.prompt, ex.answer)[0] for ex in examples]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import defaultdict
 from pathlib import Path
 
 from editor.errors import UserError
@@ -59,3 +60,14 @@ def build(templates: list[str] | None = None, professions: list[tuple[str, str]]
             raise UserError(f"gender template {t!r} has no {{g}} placeholder")
     return [Example(t.format(g=g), f" {prof}", {"template": ti, "gender": g, "profession": prof, "lean": lean})
             for ti, t in enumerate(templates) for g in GENDERS for prof, lean in professions]
+
+
+def profession_gaps(profession, lean, logprob_woman, logprob_man) -> dict[str, tuple[str, float]]:
+    """profession -> (lean, mean over its templates of logp(profession | lean) - logp(profession | other))."""
+    gaps, leans = defaultdict(list), {}
+    for prof, side, w, m in zip(profession, lean, logprob_woman, logprob_man):
+        if side not in GENDERS:
+            raise ValueError(f"lean must be 'woman' or 'man', got {side!r}")
+        gaps[prof].append(w - m if side == "woman" else m - w)
+        leans[prof] = side
+    return {prof: (leans[prof], sum(g) / len(g)) for prof, g in gaps.items()}

@@ -1,0 +1,1 @@
+"""Evaluation harness: batched scoring, metrics as ``evaluate`` modules, before/after reports."""

@@ -1,0 +1,344 @@
+"""The evaluation harness: each task turns batched model scores into metric-module inputs.
+
+Tasks are configured by small dataclasses (``--set task.key=value`` on the command line); metrics
+are local ``evaluate`` modules in ``editor/evaluation/metrics``, loaded with ``evaluate.load(path)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import time
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+from editor.errors import UserError
+from editor.evaluation.results import Change, Comparison, Evaluation, Measure, TaskResult
+from editor.evaluation.scoring import greedy_answers, score_continuations, score_text
+from editor.tasks import arithmetic, gender, icl
+from editor.tasks.examples import Example, fit_to_tokenizer, read_file
+from editor.tasks.guard import GUARD_SHA256, guard_text
+
+METRICS_DIR = Path(__file__).parent / "metrics"
+
+
+@lru_cache(maxsize=None)
+def load_metric(name: str):
+    """A local metric module, loaded the way ``evaluate`` loads any other."""
+    import evaluate
+
+    logging.getLogger("evaluate").setLevel(logging.ERROR)
+    path = METRICS_DIR / name
+    if not (path / f"{name}.py").is_file():
+        raise UserError(f"no metric module {name!r} in {METRICS_DIR}")
+    return evaluate.load(str(path), keep_in_memory=True)
+
+
+# Task configurations ------------------------------------------------------------------------------
+@dataclass
+class ArithmeticConfig:
+    n: int = 200
+    digits: int = 1
+    ops: str = "+-*/"
+    operands: str = "numerals"
+    shots: int = 0
+    seed: int = 0
+    data: str | None = None  # a local .jsonl/.csv file instead of generated prompts
+
+
+@dataclass
+class GenderConfig:
+    templates: str = "all"  # "all" or template indices, e.g. "0-3" or "0,2,5"
+    professions: str | None = None  # a .csv/.jsonl file with profession,lean; default: REFERENCE.md lists
+    seed: int = 0
+
+
+@dataclass
+class IclConfig:
+    n: int = 100
+    k: int = 2
+    order: str = "random"
+    data: str = "builtin"
+    seed: int = 0
+
+
+@dataclass
+class GuardConfig:
+    window: int = 256
+    block: int = 32  # tokens the bootstrap keeps together
+
+
+@dataclass
+class Context:
+    """What every task runner gets besides its configuration."""
+
+    model: object
+    tokenizer: object
+    batch_size: int = 32
+    progress: bool = True
+    padding_side: str = "left"
+    reference: Evaluation | None = None  # the unedited model's evaluation, for agreement measures
+    self_reference: bool = False  # this model IS the reference (agreement with itself = 1)
+
+    def continuations(self, examples: list[Example], desc: str):
+        return score_continuations(self.model, self.tokenizer, [e.prompt for e in examples],
+                                   [e.answer for e in examples], self.batch_size, self.padding_side,
+                                   self.progress, desc)
+
+
+def _measure(result: dict, key: str | None, unit: str, better: str, per_unit: list[float], **kw) -> Measure:
+    prefix = f"{key}_" if key else ""
+    value = result[key] if key else result.get("value", result.get("accuracy"))
+    return Measure(value=float(value), low=float(result[f"{prefix}low"]), high=float(result[f"{prefix}high"]),
+                   n=int(result[f"{prefix}n"]), unit=unit, better=better, per_unit=[float(x) for x in per_unit], **kw)
+
+
+def _accuracy(hits: list[bool], unit: str) -> Measure:
+    r = load_metric("accuracy_interval").compute(predictions=[int(h) for h in hits], references=[1] * len(hits))
+    return _measure(r, None, unit, "higher", [float(h) for h in hits])
+
+
+# Arithmetic ---------------------------------------------------------------------------------------
+def _answer_matches(generated: str, answer: str) -> bool:
+    """The greedy text starts with the answer and the answer is not the prefix of a longer number/word."""
+    text, gold = generated.strip(), answer.strip()
+    return text.startswith(gold) and (len(text) == len(gold) or not text[len(gold)].isalnum())
+
+
+def run_arithmetic(ctx: Context, cfg: ArithmeticConfig) -> TaskResult:
+    if cfg.data:
+        examples = read_file(cfg.data)[:cfg.n]
+        if any(e.answer is None for e in examples):
+            raise UserError(f"{cfg.data}: every arithmetic example needs an 'answer'")
+    else:
+        examples = arithmetic.generate(cfg.n, cfg.digits, cfg.ops, cfg.seed, cfg.operands, cfg.shots)
+    examples = fit_to_tokenizer(ctx.tokenizer, examples)
+    scored = ctx.continuations(examples, "arithmetic: teacher forcing")
+    max_new = max(len(s.targets) for s in scored) + 1
+    greedy = greedy_answers(ctx.model, ctx.tokenizer, [e.prompt for e in examples], max_new, ctx.batch_size,
+                            ctx.progress, "arithmetic: greedy answers")
+    tokens = [ok for s in scored for ok in s.correct]
+    r = load_metric("accuracy_interval").compute(predictions=[p for s in scored for p in s.top1],
+                                                 references=[t for s in scored for t in s.targets])
+    measures = {
+        "token_accuracy": _measure(r, None, "answer token", "higher", [float(x) for x in tokens]),
+        "answer_accuracy": _accuracy([all(s.correct) for s in scored], "prompt"),
+        "exact_match": _accuracy([_answer_matches(g, e.answer) for g, e in zip(greedy, examples)], "prompt"),
+    }
+    by_op: dict[str, list[bool]] = {}
+    for e, s in zip(examples, scored):
+        by_op.setdefault((e.meta or {}).get("op", "all"), []).extend(s.correct)
+    details = {"token_accuracy_by_op": {op: sum(v) / len(v) for op, v in by_op.items()},
+               "samples": [{"prompt": e.prompt, "answer": e.answer, "greedy": g} for e, g in zip(examples[:8], greedy)]}
+    return TaskResult("arithmetic", dataclasses.asdict(cfg), measures, 0.0, details)
+
+
+# Gender -------------------------------------------------------------------------------------------
+def _indices(text: str, size: int, what: str) -> list[int]:
+    if text == "all":
+        return list(range(size))
+    out = []
+    for part in str(text).split(","):
+        lo, sep, hi = part.strip().partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise UserError(f"bad {what} {text!r}: write all, 0-3 or 0,2,5")
+        out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    if not out or any(i >= size for i in out):
+        raise UserError(f"{what} {text!r}: indices must be in 0..{size - 1}")
+    return out
+
+
+def run_gender(ctx: Context, cfg: GenderConfig) -> TaskResult:
+    templates = [gender.TEMPLATES[i] for i in _indices(cfg.templates, len(gender.TEMPLATES), "gender templates")]
+    professions = gender.read_professions(cfg.professions) if cfg.professions else gender.default_professions()
+    examples = gender.build(templates, professions)
+    scored = ctx.continuations(examples, "gender")
+    rows: dict[tuple, dict] = {}
+    for e, s in zip(examples, scored):
+        rows.setdefault((e.meta["template"], e.meta["profession"]), {"lean": e.meta["lean"]})[e.meta["gender"]] = s.total
+    keys = list(rows)
+    inputs = {"profession": [k[1] for k in keys], "lean": [rows[k]["lean"] for k in keys],
+              "logprob_woman": [rows[k]["woman"] for k in keys], "logprob_man": [rows[k]["man"] for k in keys]}
+    r = load_metric("gender_bias").compute(**inputs, seed=cfg.seed)
+    gaps = gender.profession_gaps(**inputs)
+    measures = {}
+    for key, keep in (("bias", None), ("bias_woman_leaning", "woman"), ("bias_man_leaning", "man")):
+        per = [g for side, g in gaps.values() if keep in (None, side)]
+        measures[key] = _measure(r, key, "profession", "zero", per)
+    details = {"gap_by_profession": {p: g for p, (_, g) in gaps.items()}, "templates": templates}
+    return TaskResult("gender", dataclasses.asdict(cfg), measures, 0.0, details)
+
+
+# In-context learning ------------------------------------------------------------------------------
+def _icl_predictions(ctx: Context, examples: list[Example], desc: str) -> list[int]:
+    """Index of the candidate label with the highest total log-probability, per prompt."""
+    prompts, conts = [], []
+    for e in examples:
+        for c in e.meta["candidates"]:
+            prompts.append(e.prompt)
+            conts.append(c)
+    probe = [Example(p, c) for p, c in zip(prompts, conts)]
+    scored = ctx.continuations(fit_to_tokenizer(ctx.tokenizer, probe), desc)
+    out, i = [], 0
+    for e in examples:
+        k = len(e.meta["candidates"])
+        totals = [s.total for s in scored[i:i + k]]
+        out.append(max(range(k), key=totals.__getitem__))
+        i += k
+    return out
+
+
+def run_icl(ctx: Context, cfg: IclConfig) -> TaskResult:
+    pool = icl.load_pool(cfg.data)
+    sets = {
+        "unrelated": icl.build(pool, cfg.n, cfg.k, icl.UNRELATED_LABELS, "balanced", cfg.order, cfg.seed),
+        "imbalanced": icl.build(pool, cfg.n, cfg.k, icl.UNRELATED_LABELS, "imbalanced", cfg.order, cfg.seed + 1),
+        "natural": icl.build(pool, cfg.n, cfg.k, None, "balanced", cfg.order, cfg.seed + 2),
+    }
+    metric, measures = load_metric("label_bias"), {}
+    for name, examples in sets.items():
+        preds = _icl_predictions(ctx, examples, f"icl: {name}")
+        gold = [e.meta["gold"] for e in examples]
+        majority = [e.meta["majority"] for e in examples]
+        last = [e.meta["last"] if name != "imbalanced" else -1 for e in examples]
+        r = metric.compute(predictions=preds, references=gold, majority=majority, last=last)
+        if name == "unrelated":
+            measures["accuracy"] = _measure(r, "accuracy", "prompt", "higher", [float(p == g) for p, g in zip(preds, gold)])
+            measures["recency_bias"] = _measure(r, "recency_bias", "prompt", "zero",
+                                                [float(p == m) - float(g == m) for p, g, m in zip(preds, gold, last)])
+        elif name == "imbalanced":
+            measures["majority_label_bias"] = _measure(r, "majority_label_bias", "prompt", "zero",
+                                                       [float(p == m) - float(g == m) for p, g, m in zip(preds, gold, majority)])
+        else:
+            measures["accuracy_natural_labels"] = _measure(r, "accuracy", "prompt", "higher",
+                                                           [float(p == g) for p, g in zip(preds, gold)])
+    details = {"labels": {"unrelated": list(icl.UNRELATED_LABELS), "natural": list(pool.classes)},
+               "example_prompt": sets["unrelated"][0].prompt}
+    return TaskResult("icl", dataclasses.asdict(cfg), measures, 0.0, details)
+
+
+# Capability guard ---------------------------------------------------------------------------------
+def run_guard(ctx: Context, cfg: GuardConfig) -> TaskResult:
+    scores = score_text(ctx.model, ctx.tokenizer, guard_text(), cfg.window, progress=ctx.progress)
+    interval = load_metric("mean_interval")
+    r = interval.compute(values=scores.nll, statistic="exp_mean", block_size=cfg.block)
+    measures = {"perplexity": _measure(r, None, "token", "lower", scores.nll, statistic="exp_mean", block=cfg.block)}
+    reference = None
+    if ctx.self_reference:
+        reference = scores.top1
+    elif ctx.reference is not None and "guard" in ctx.reference.tasks:
+        reference = ctx.reference.tasks["guard"].details.get("top1")
+    if reference is not None:
+        if len(reference) != len(scores.top1):
+            raise UserError("the reference model read the guard text as a different number of tokens; "
+                            "agreement needs the same tokenizer")
+        agree = [float(a == b) for a, b in zip(scores.top1, reference)]
+        r = interval.compute(values=agree, block_size=cfg.block)
+        measures["top1_agreement"] = _measure(r, None, "token", "higher", agree, block=cfg.block)
+    details = {"top1": scores.top1, "text_sha256": GUARD_SHA256}
+    return TaskResult("guard", dataclasses.asdict(cfg), measures, 0.0, details)
+
+
+@dataclass(frozen=True)
+class Task:
+    config: type
+    run: Callable[[Context, object], TaskResult]
+    summary: str
+
+
+TASKS: dict[str, Task] = {
+    "arithmetic": Task(ArithmeticConfig, run_arithmetic, "teacher-forced answer-token accuracy and greedy exact match"),
+    "gender": Task(GenderConfig, run_gender, "log-probability gap of professions toward their stereotyped gender"),
+    "icl": Task(IclConfig, run_icl, "in-context classification: accuracy, majority-label and recency bias"),
+    "guard": Task(GuardConfig, run_guard, "perplexity and top-1 agreement on a fixed English text"),
+}
+
+
+def parse_tasks(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in names if t not in TASKS]
+    if unknown or not names:
+        raise UserError(f"unknown task(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(TASKS)}")
+    return list(dict.fromkeys(names))
+
+
+def configs(tasks: list[str], settings: dict[str, object] | None = None) -> dict[str, object]:
+    """Each task's configuration with ``{"task.key": value}`` overrides, checked against its fields."""
+    out = {name: TASKS[name].config() for name in tasks}
+    for dotted, value in (settings or {}).items():
+        task, _, key = dotted.partition(".")
+        if task not in TASKS:
+            raise UserError(f"--set {dotted}: unknown task {task!r}; choose from {', '.join(TASKS)}")
+        if task not in out:
+            continue  # a setting for a task not being run is harmless
+        known = {f.name: f for f in fields(out[task])}
+        if key not in known:
+            raise UserError(f"--set {dotted}: {task} has no setting {key!r}; it has {', '.join(known)}")
+        setattr(out[task], key, _coerce(known[key], value, dotted))
+    return out
+
+
+def _coerce(f: dataclasses.Field, value, where: str):
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and "None" in kind):
+        return None
+    try:
+        if kind.startswith("int"):
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"--set {where}: expected {kind.split(' ')[0]}, got {value!r}") from None
+    return str(value)
+
+
+def evaluate_model(model, tokenizer, tasks: dict[str, object], name: str = "model", batch_size: int = 32,
+                   progress: bool = True, reference: Evaluation | None = None, self_reference: bool = False,
+                   padding_side: str = "left", log: Callable[[str], None] | None = None) -> Evaluation:
+    """Run each configured task on ``model`` (a ``{name: config}`` dict from :func:`configs`)."""
+    model.eval()
+    ctx = Context(model, tokenizer, batch_size, progress, padding_side, reference, self_reference)
+    results = {}
+    for task_name, cfg in tasks.items():
+        start = time.perf_counter()
+        result = TASKS[task_name].run(ctx, cfg)
+        result.seconds = round(time.perf_counter() - start, 2)
+        results[task_name] = result
+        if log:
+            log(f"  {task_name}: {result.seconds:.1f} s")
+    return Evaluation(name, results, {"batch_size": batch_size})
+
+
+def compare(before: Evaluation, after: Evaluation, seed: int = 0) -> Comparison:
+    """Paired change of every measure both evaluations have on the same units."""
+    metric = load_metric("paired_change")
+    changes: dict[str, dict[str, Change]] = {}
+    for name, task in after.tasks.items():
+        if name not in before.tasks:
+            continue
+        for key, a in task.measures.items():
+            b = before.tasks[name].measures.get(key)
+            if b is None or b.per_unit is None or a.per_unit is None or len(b.per_unit) != len(a.per_unit):
+                continue
+            r = metric.compute(before=b.per_unit, after=a.per_unit, statistic=a.statistic, block_size=a.block, seed=seed)
+            changes.setdefault(name, {})[key] = Change(float(r["change"]), float(r["low"]), float(r["high"]), int(r["n"]))
+    return Comparison(before, after, changes)
+
+
+def evaluate_against(load_model: Callable[[str], object], model: str, base: str, tasks: dict[str, object],
+                     batch_size: int = 32, progress: bool = True, log: Callable[[str], None] | None = None) -> Comparison:
+    """Evaluate ``base`` then ``model`` (one in memory at a time) and compare them unit by unit."""
+    log = log or (lambda _msg: None)
+    log(f"evaluating the base {base}")
+    loaded = load_model(base)
+    before = evaluate_model(loaded.model, loaded.tokenizer, tasks, base, batch_size, progress,
+                            self_reference=True, log=log)
+    del loaded
+    gc.collect()
+    log(f"evaluating {model}")
+    loaded = load_model(model)
+    after = evaluate_model(loaded.model, loaded.tokenizer, tasks, model, batch_size, progress, reference=before, log=log)
+    return compare(before, after)

@@ -1,0 +1,162 @@
+"""Batched, padded model scoring: continuation log-probabilities, greedy answers, text perplexity.
+
+Rows are sorted by length so a batch pads little; position ids count real tokens only, so left and
+right padding give the same numbers (checked in the tests).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+from editor.attribution.common import model_device, progress_bar
+from editor.errors import UserError
+from editor.tasks.examples import answer_ids
+
+
+@dataclass
+class Continuation:
+    """Teacher-forced scores of one continuation, per token: gold id, log-probability, model's top-1."""
+
+    targets: list[int]
+    logprobs: list[float]
+    top1: list[int]
+
+    @property
+    def correct(self) -> list[bool]:
+        return [t == p for t, p in zip(self.targets, self.top1)]
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.logprobs))
+
+
+def _pad(rows: list[list[int]], pad_id: int, side: str, device) -> dict:
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        ids[i, span] = torch.tensor(row)
+        mask[i, span] = 1
+    inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    return inputs
+
+
+def _forward(model, inputs: dict, keep_last: int | None) -> torch.Tensor:
+    params = inspect.signature(model.forward).parameters
+    extra = {}
+    if "position_ids" in params:
+        extra["position_ids"] = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    if keep_last is not None and "logits_to_keep" in params:
+        extra["logits_to_keep"] = keep_last
+    logits = model(**inputs, **extra, use_cache=False).logits
+    return logits if keep_last is None else logits[:, -keep_last:]
+
+
+def _pad_id(tokenizer) -> int:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return 0 if pad is None else pad
+
+
+@torch.no_grad()
+def score_continuations(model, tokenizer, prompts: list[str], continuations: list[str], batch_size: int = 32,
+                        padding_side: str = "left", progress: bool = True, desc: str = "scoring") -> list[Continuation]:
+    """Log-probability of each continuation token after its prompt, and whether it was the top-1.
+
+    The input for (prompt, continuation) is the prompt followed by all but the last continuation
+    token, so pairs that share that input (single-token candidates of one prompt) share a forward.
+    """
+    if len(prompts) != len(continuations):
+        raise ValueError("prompts and continuations differ in length")
+    seq_index: dict[tuple[int, ...], int] = {}
+    pairs = []  # (sequence index, continuation ids)
+    for prompt, cont in zip(prompts, continuations):
+        p_ids = tokenizer(prompt)["input_ids"]
+        c_ids = answer_ids(tokenizer, prompt, cont)
+        if not c_ids or not p_ids:
+            raise UserError(f"empty prompt or continuation: {prompt!r} + {cont!r}")
+        seq = tuple(p_ids + c_ids[:-1])
+        pairs.append((seq_index.setdefault(seq, len(seq_index)), c_ids))
+    seqs = list(seq_index)
+    users: list[list[int]] = [[] for _ in seqs]  # pairs reading each sequence
+    for j, (s, _) in enumerate(pairs):
+        users[s].append(j)
+    need = [max(len(pairs[j][1]) for j in users[s]) for s in range(len(seqs))]  # positions kept from the end
+    order = sorted(range(len(seqs)), key=lambda s: len(seqs[s]))
+    out: list[Continuation | None] = [None] * len(pairs)
+    device, pad = model_device(model), _pad_id(tokenizer)
+    bar = progress_bar(len(seqs), desc, "seq", progress)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        inputs = _pad([list(seqs[s]) for s in chunk], pad, padding_side, device)
+        k = max(need[s] for s in chunk)
+        logits = _forward(model, inputs, k if padding_side == "left" else None)
+        for i, s in enumerate(chunk):
+            end = k if padding_side == "left" else len(seqs[s])
+            logp = logits[i, end - need[s]:end].float().log_softmax(-1).cpu()
+            for j in users[s]:
+                c_ids = pairs[j][1]
+                rows, target = logp[need[s] - len(c_ids):], torch.tensor(c_ids)
+                lp = rows.gather(-1, target[:, None])[:, 0]
+                out[j] = Continuation(c_ids, lp.tolist(), rows.argmax(-1).tolist())
+        bar.update(len(chunk))
+    bar.close()
+    return out  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 32,
+                   progress: bool = True, desc: str = "generating") -> list[str]:
+    """Greedy continuations (decoded, special tokens dropped) of each prompt, left-padded batches."""
+    device, pad = model_device(model), _pad_id(tokenizer)
+    encoded = [tokenizer(p)["input_ids"] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    out: list[str] = [""] * len(prompts)
+    bar = progress_bar(len(prompts), desc, "prompt", progress)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        inputs = _pad([encoded[i] for i in chunk], pad, "left", device)
+        generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                   pad_token_id=pad, temperature=None, top_p=None, top_k=None)
+        new = generated[:, inputs["input_ids"].shape[1]:]
+        for i, row in zip(chunk, new):
+            out[i] = tokenizer.decode(row, skip_special_tokens=True)
+        bar.update(len(chunk))
+    bar.close()
+    return out
+
+
+@dataclass
+class TextScores:
+    """Per predicted token of a text: negative log-likelihood and the model's top-1 token id."""
+
+    nll: list[float]
+    top1: list[int]
+
+
+@torch.no_grad()
+def score_text(model, tokenizer, text: str, window: int = 256, batch_size: int = 2, progress: bool = True,
+               desc: str = "guard text") -> TextScores:
+    """Next-token NLL over ``text`` in consecutive windows of ``window`` tokens (each window's first
+    token has no context and is not scored)."""
+    ids = tokenizer(text)["input_ids"]
+    windows = [ids[i:i + window] for i in range(0, len(ids), window)]
+    windows = [w for w in windows if len(w) > 1]
+    device, pad = model_device(model), _pad_id(tokenizer)
+    nll, top1 = [], []
+    bar = progress_bar(len(windows), desc, "window", progress)
+    for start in range(0, len(windows), batch_size):
+        chunk = windows[start:start + batch_size]
+        inputs = _pad(chunk, pad, "right", device)
+        logits = _forward(model, inputs, None)
+        for i, w in enumerate(chunk):
+            rows = logits[i, :len(w) - 1].float().log_softmax(-1)
+            target = torch.tensor(w[1:], device=rows.device)
+            nll.extend((-rows.gather(-1, target[:, None])[:, 0]).tolist())
+            top1.extend(rows.argmax(-1).tolist())
+        bar.update(len(chunk))
+    bar.close()
+    return TextScores(nll, top1)
