@@ -40,9 +40,9 @@ def model_options(func):
     def wrapper(*args, model, device, dtype, trust_remote_code, **kwargs):
         from editor.model.loading import load_model
 
-        def load():
-            click.echo(f"loading {model} ...", err=True)
-            return load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        def load(name: str | None = None):
+            click.echo(f"loading {name or model} ...", err=True)
+            return load_model(name or model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
 
         return func(*args, load=load, **kwargs)
 
@@ -384,3 +384,50 @@ def attribute_cna(load, data, n_prompts, seed, target, top, batch_size, out, kin
     scores = cna(loaded.model, loaded.tokenizer, examples, **kwargs)
     scores.meta.update({"model": loaded.name, "data": data, "data_b": data_b, "model_b": model_b})
     _report(scores, out or _out_dir(None), f"{scores.kind}s_cna", top, loaded, tokens=True)
+
+
+# evaluate ---------------------------------------------------------------------------------------
+def _settings(items: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise UserError(f"bad --set {item!r}: write TASK.KEY=VALUE, e.g. arithmetic.digits=2")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@main.command("evaluate")
+@model_options
+@click.option("--tasks", default="arithmetic,gender,icl,guard", show_default=True,
+              help="Comma-separated tasks: arithmetic, gender, icl, guard.")
+@click.option("--against", metavar="BASE",
+              help="Compare with this model [default: the base named in the checkpoint's manifest, if any].")
+@click.option("--alone", is_flag=True, help="Evaluate only --model, even when its manifest names a base.")
+@click.option("--set", "settings", multiple=True, metavar="TASK.KEY=VALUE",
+              help="Task setting, e.g. arithmetic.digits=2, icl.n=200, gender.templates=0-3 (repeatable).")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory for evaluation.json/.md [default: checkpoints/eval/<model>].")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def evaluate_cmd(load, tasks, against, alone, settings, batch_size, out, quiet):
+    """Evaluate a model on tasks, or an edited checkpoint against its base, with 95% intervals."""
+    from editor.edit.checkpoint import base_model_of
+    from editor.evaluation.harness import configs, evaluate_against, evaluate_model, parse_tasks
+
+    model = click.get_current_context().params.get("model") or DEFAULT_MODEL
+    task_configs = configs(parse_tasks(tasks), _settings(settings))
+    if against and alone:
+        raise UserError("--against and --alone exclude each other")
+    base = None if alone else (against or base_model_of(model))
+    log = functools.partial(click.echo, err=True)
+    if base:
+        if not against:
+            log(f"comparing against the base named in the manifest: {base}")
+        result = evaluate_against(load, model, base, task_configs, batch_size, not quiet, log)
+    else:
+        loaded = load()
+        result = evaluate_model(loaded.model, loaded.tokenizer, task_configs, model, batch_size, not quiet, log=log)
+    click.echo(result.table())
+    paths = result.save(out or Path("checkpoints") / "eval" / _model_stem(model))
+    click.echo("wrote " + ", ".join(str(p) for p in paths.values()))

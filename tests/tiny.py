@@ -12,21 +12,21 @@ from transformers import (GPT2Config, GPTJConfig, GPTNeoXConfig, LlamaConfig, Mi
 VOCAB = ["<pad>", "<eos>", "<unk>"] + list(string.digits + string.ascii_letters + " +-*/=:?.,'")
 V = len(VOCAB)
 COMMON_LLAMA = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                     pad_token_id=0, eos_token_id=1, bos_token_id=1)
 
 # name -> config factory. Gemma entries use head_dim != hidden/heads on purpose.
 CONFIGS = {
-    "gpt2": lambda: GPT2Config(vocab_size=V, n_embd=32, n_layer=3, n_head=4, n_positions=128,
+    "gpt2": lambda: GPT2Config(vocab_size=V, n_embd=32, n_layer=3, n_head=4, n_positions=1024,
                                pad_token_id=0, eos_token_id=1, bos_token_id=1),
-    "gptj": lambda: GPTJConfig(vocab_size=V, n_embd=32, n_layer=3, n_head=4, rotary_dim=4, n_positions=128,
+    "gptj": lambda: GPTJConfig(vocab_size=V, n_embd=32, n_layer=3, n_head=4, rotary_dim=4, n_positions=1024,
                                pad_token_id=0, eos_token_id=1, bos_token_id=1),
     "gpt_neox": lambda: GPTNeoXConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                                       num_attention_heads=4, use_parallel_residual=True, attention_bias=True,
-                                      max_position_embeddings=128, pad_token_id=0, eos_token_id=1, bos_token_id=1),
+                                      max_position_embeddings=1024, pad_token_id=0, eos_token_id=1, bos_token_id=1),
     "gpt_neox_sequential": lambda: GPTNeoXConfig(vocab_size=V, hidden_size=32, intermediate_size=64,
                                                  num_hidden_layers=3, num_attention_heads=4,
-                                                 use_parallel_residual=False, max_position_embeddings=128,
+                                                 use_parallel_residual=False, max_position_embeddings=1024,
                                                  pad_token_id=0, eos_token_id=1, bos_token_id=1),
     "llama": lambda: LlamaConfig(**COMMON_LLAMA),
     "mistral": lambda: MistralConfig(**COMMON_LLAMA),

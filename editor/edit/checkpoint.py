@@ -171,3 +171,20 @@ def reload_difference(model: nn.Module, path: str | Path, inputs: dict) -> float
     theirs = plain_reload_logits(path, inputs, dtype=model.dtype, attn_implementation=attn)
     mask = inputs["attention_mask"].bool().cpu()
     return (mine - theirs)[mask].abs().max().item()
+
+
+def base_model_of(checkpoint: str | Path) -> str | None:
+    """What to load as the unedited base of an lmedit checkpoint, from its manifest (None if unknown)."""
+    path = Path(checkpoint)
+    if not (path / MANIFEST).is_file():
+        return None
+    source = read_manifest(path).get("source") or {}
+    if source.get("kind") in ("alias", "hub"):
+        return source.get("model")
+    local = source.get("path")
+    if local and Path(local).exists():
+        return local
+    if source.get("model"):
+        raise UserError(f"the base of {checkpoint} ({local or source['model']}) is not on this machine; "
+                        "pass --against BASE")
+    return None

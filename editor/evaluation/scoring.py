@@ -56,6 +56,22 @@ def _forward(model, inputs: dict, keep_last: int | None) -> torch.Tensor:
     return logits if keep_last is None else logits[:, -keep_last:]
 
 
+def context_length(model) -> int | None:
+    """Longest input the model's position embeddings allow (None when unknown)."""
+    config = model.config
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
+    return None
+
+
+def _check_context(model, longest: int) -> None:
+    limit = context_length(model)
+    if limit is not None and longest > limit:
+        raise UserError(f"an input of {longest} tokens exceeds the model's context of {limit} tokens; "
+                        "use fewer demonstrations or shorter prompts")
+
+
 def _pad_id(tokenizer) -> int:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return 0 if pad is None else pad
@@ -86,6 +102,7 @@ def score_continuations(model, tokenizer, prompts: list[str], continuations: lis
         users[s].append(j)
     need = [max(len(pairs[j][1]) for j in users[s]) for s in range(len(seqs))]  # positions kept from the end
     order = sorted(range(len(seqs)), key=lambda s: len(seqs[s]))
+    _check_context(model, len(seqs[order[-1]]))
     out: list[Continuation | None] = [None] * len(pairs)
     device, pad = model_device(model), _pad_id(tokenizer)
     bar = progress_bar(len(seqs), desc, "seq", progress)
@@ -114,6 +131,7 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, ba
     device, pad = model_device(model), _pad_id(tokenizer)
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    _check_context(model, len(encoded[order[-1]]) + max_new_tokens)
     out: list[str] = [""] * len(prompts)
     bar = progress_bar(len(prompts), desc, "prompt", progress)
     for start in range(0, len(order), batch_size):
@@ -143,6 +161,7 @@ def score_text(model, tokenizer, text: str, window: int = 256, batch_size: int =
     """Next-token NLL over ``text`` in consecutive windows of ``window`` tokens (each window's first
     token has no context and is not scored)."""
     ids = tokenizer(text)["input_ids"]
+    window = min(window, context_length(model) or window)
     windows = [ids[i:i + window] for i in range(0, len(ids), window)]
     windows = [w for w in windows if len(w) > 1]
     device, pad = model_device(model), _pad_id(tokenizer)

@@ -1,0 +1,193 @@
+"""Evaluation harness: metric modules on hand-made inputs, scoring exactness, before/after comparison."""
+
+import json
+import math
+
+import evaluate
+import pytest
+import torch
+
+import tiny
+from editor.edit.checkpoint import save_checkpoint
+from editor.edit.plan import EditPlan
+from editor.edit.weights import apply_plan
+from editor.evaluation import harness
+from editor.evaluation.harness import METRICS_DIR, compare, configs, evaluate_model
+from editor.evaluation.results import load_result
+from editor.evaluation.scoring import greedy_answers, score_continuations, score_text
+from editor.errors import UserError
+
+# Metric modules, loaded the way a user loads any evaluate module -----------------------------------
+
+
+def metric(name):
+    return evaluate.load(str(METRICS_DIR / name), keep_in_memory=True)
+
+
+def test_accuracy_interval_wilson():
+    r = metric("accuracy_interval").compute(predictions=[1] * 8 + [0, 0], references=[1] * 10)
+    assert r["accuracy"] == 0.8 and r["n"] == 10
+    assert r["low"] == pytest.approx(0.4902, abs=1e-4) and r["high"] == pytest.approx(0.9433, abs=1e-4)
+    r = metric("accuracy_interval").compute(predictions=[3, 4], references=[3, 4])
+    assert r["accuracy"] == 1.0 and r["high"] == 1.0 and r["low"] == pytest.approx(0.3424, abs=1e-4)
+
+
+def test_mean_interval():
+    m = metric("mean_interval")
+    r = m.compute(values=[2.0] * 7)
+    assert (r["value"], r["low"], r["high"], r["n"]) == (2.0, 2.0, 2.0, 7)
+    r = m.compute(values=[0.0, 1.0, 2.0, 3.0], statistic="exp_mean", block_size=2)
+    assert r["value"] == pytest.approx(math.exp(1.5))
+    assert math.exp(0.5) <= r["low"] <= r["value"] <= r["high"] <= math.exp(2.5)  # block means are 0.5 and 2.5
+
+
+def test_label_bias():
+    # gold 0,1,0,1; the model says 0 everywhere; majority label 0 on rows 0-1, last label 1 everywhere.
+    r = metric("label_bias").compute(predictions=[0, 0, 0, 0], references=[0, 1, 0, 1], majority=[0, 0, -1, -1],
+                                     last=[1, 1, 1, 1])
+    assert r["accuracy"] == 0.5 and r["accuracy_n"] == 4
+    assert r["majority_label_bias"] == 0.5 and r["majority_label_bias_n"] == 2  # predicted 2/2, gold 1/2
+    assert r["recency_bias"] == -0.5 and r["recency_bias_n"] == 4  # predicted 0/4, gold 2/4
+    assert r["recency_bias_low"] == pytest.approx(-0.5) and r["recency_bias_high"] < 0
+
+
+def test_gender_bias():
+    r = metric("gender_bias").compute(
+        profession=["nurse", "nurse", "driver", "driver", "maid"], lean=["woman", "woman", "man", "man", "woman"],
+        logprob_woman=[-1.0, -2.0, -6.0, -5.0, -3.0], logprob_man=[-3.0, -3.0, -4.0, -4.0, -3.0])
+    # nurse: mean(2, 1) = 1.5; driver: mean(2, 1) = 1.5; maid: 0
+    assert r["bias"] == pytest.approx(1.0) and r["bias_n"] == 3
+    assert r["bias_woman_leaning"] == pytest.approx(0.75) and r["bias_man_leaning"] == pytest.approx(1.5)
+    assert r["bias_man_leaning_low"] == r["bias_man_leaning_high"] == pytest.approx(1.5)
+
+
+def test_paired_change():
+    m = metric("paired_change")
+    r = m.compute(before=[1.0, 0.0, 1.0], after=[1.0, 0.0, 1.0])
+    assert (r["change"], r["low"], r["high"], r["n"]) == (0.0, 0.0, 0.0, 3)
+    r = m.compute(before=[0.0] * 5, after=[1.0] * 5)
+    assert (r["change"], r["low"], r["high"]) == (1.0, 1.0, 1.0)
+    r = m.compute(before=[1.0, 1.0], after=[2.0, 2.0], statistic="exp_mean")
+    assert r["change"] == pytest.approx(math.e**2 - math.e)
+
+
+# Scoring ------------------------------------------------------------------------------------------
+PROMPTS = ["The sum of 3 and 5 is", "ab", "A woman works as a", "Q: What is 7 times 8? A:", "ab"]
+CONTS = [" 8", "c d", " nurse", " 56", "x"]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma2"])
+def test_continuations_match_one_unpadded_forward(family, tokenizer):
+    model = tiny.tiny_model(family).eval()
+    left = score_continuations(model, tokenizer, PROMPTS, CONTS, batch_size=3, progress=False)
+    right = score_continuations(model, tokenizer, PROMPTS, CONTS, batch_size=3, padding_side="right", progress=False)
+    for (p, c), a, b in zip(zip(PROMPTS, CONTS), left, right):
+        ids = tokenizer(p + c, return_tensors="pt")["input_ids"]
+        n = len(tokenizer(p)["input_ids"])
+        with torch.no_grad():
+            logp = model(ids).logits[0].log_softmax(-1)
+        target = ids[0, n:]
+        expected = logp[n - 1:-1].gather(-1, target[:, None])[:, 0]
+        assert a.targets == b.targets == target.tolist()
+        torch.testing.assert_close(torch.tensor(a.logprobs), expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.tensor(b.logprobs), expected, atol=1e-5, rtol=0)
+        assert a.top1 == b.top1 == logp[n - 1:-1].argmax(-1).tolist()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_greedy_batched_equals_stepwise_argmax(family, tokenizer):
+    model = tiny.tiny_model(family).eval()
+    batched = greedy_answers(model, tokenizer, PROMPTS, 4, batch_size=5, progress=False)
+    for prompt, text in zip(PROMPTS, batched):
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        for _ in range(4):
+            with torch.no_grad():
+                ids = torch.cat([ids, model(ids).logits[:, -1:].argmax(-1)], dim=1)
+        assert text == tokenizer.decode(ids[0, -4:], skip_special_tokens=True)
+
+
+def test_text_scores_match_manual(tokenizer):
+    model = tiny.tiny_model("llama").eval()
+    text = "the quick brown fox jumps over the lazy dog " * 3
+    scores = score_text(model, tokenizer, text, window=50, progress=False)
+    ids = tokenizer(text)["input_ids"]
+    expected = []
+    for start in range(0, len(ids), 50):
+        w = torch.tensor(ids[start:start + 50])[None]
+        with torch.no_grad():
+            logp = model(w).logits[0].log_softmax(-1)
+        expected += (-logp[:-1].gather(-1, w[0, 1:, None])[:, 0]).tolist()
+    assert scores.nll == pytest.approx(expected, abs=1e-5)
+
+
+def test_answer_matching():
+    assert harness._answer_matches(" 12.\nThe", " 12")
+    assert harness._answer_matches("8", "8")
+    assert not harness._answer_matches("123", "12")
+    assert not harness._answer_matches(" 1", " 12")
+
+
+# Harness ------------------------------------------------------------------------------------------
+SMALL = {"arithmetic.n": 12, "icl.n": 6, "gender.templates": "0,3", "guard.window": 512}
+ALL = ["arithmetic", "gender", "icl", "guard"]
+
+
+def test_left_and_right_padding_give_the_same_evaluation(tokenizer):
+    model = tiny.tiny_model("gpt2").eval()
+    cfg = configs(ALL, SMALL)
+    left = evaluate_model(model, tokenizer, cfg, batch_size=4, progress=False)
+    right = evaluate_model(model, tokenizer, cfg, batch_size=4, progress=False, padding_side="right")
+    for name, task in left.tasks.items():
+        for key, m in task.measures.items():
+            assert m.value == pytest.approx(right.tasks[name].measures[key].value, abs=1e-5), (name, key)
+
+
+def test_settings_are_checked():
+    cfg = configs(["arithmetic", "icl"], {"arithmetic.digits": "2", "icl.order": "grouped", "gender.seed": "1"})
+    assert cfg["arithmetic"].digits == 2 and cfg["icl"].order == "grouped" and "gender" not in cfg
+    with pytest.raises(UserError, match="has no setting 'digit'"):
+        configs(["arithmetic"], {"arithmetic.digit": "2"})
+    with pytest.raises(UserError, match="expected int"):
+        configs(["arithmetic"], {"arithmetic.n": "many"})
+    with pytest.raises(UserError, match="unknown task"):
+        harness.parse_tasks("arithmetic,poetry")
+
+
+def test_checkpoint_against_itself_shows_zero_change(tmp_path, tokenizer):
+    from editor.model.loading import load_model
+
+    model = tiny.tiny_model("llama")
+    with apply_plan(model, EditPlan().zero("head", ["1.2"]).scale("neuron", ["2.5"], 0.5)):
+        path = save_checkpoint(model, tokenizer, tmp_path / "ck")
+    cfg = configs(ALL, SMALL)
+    comparison = harness.evaluate_against(load_model, str(path), str(path), cfg, batch_size=8, progress=False)
+    assert set(comparison.changes) == set(ALL)
+    for task, changes in comparison.changes.items():
+        for key, change in changes.items():
+            assert (change.value, change.low, change.high) == (0.0, 0.0, 0.0), (task, key)
+    agreement = comparison.after.tasks["guard"].measures["top1_agreement"]
+    assert agreement.value == 1.0 and agreement.n > 100
+    saved = comparison.save(tmp_path / "out")
+    again = load_result(saved["json"])
+    assert again.table() == comparison.table()
+    assert "| guard | top1_agreement |" in saved["md"].read_text()
+
+
+def test_an_edit_shows_up_as_a_change(tokenizer):
+    model = tiny.tiny_model("llama").eval()
+    cfg = configs(["guard"], {"guard.window": 512})
+    before = evaluate_model(model, tokenizer, cfg, progress=False, self_reference=True)
+    with apply_plan(model, EditPlan().zero("head", ["0.0", "1.1", "2.3"])):
+        after = evaluate_model(model, tokenizer, cfg, progress=False, reference=before)
+    change = compare(before, after).changes["guard"]
+    assert change["perplexity"].value != 0 and change["top1_agreement"].value < 0
+    assert change["top1_agreement"].value == pytest.approx(after.tasks["guard"].measures["top1_agreement"].value - 1)
+
+
+def test_evaluation_json_round_trip(tmp_path, tokenizer):
+    model = tiny.tiny_model("qwen2").eval()
+    ev = evaluate_model(model, tokenizer, configs(["arithmetic"], {"arithmetic.n": 8}), "tiny", progress=False)
+    paths = ev.save(tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert data["tasks"]["arithmetic"]["measures"]["answer_accuracy"]["n"] == 8
+    assert load_result(paths["json"]).table() == ev.table()
