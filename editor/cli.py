@@ -431,3 +431,27 @@ def evaluate_cmd(load, tasks, against, alone, settings, batch_size, out, quiet):
     click.echo(result.table())
     paths = result.save(out or Path("checkpoints") / "eval" / _model_stem(model))
     click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+# run --------------------------------------------------------------------------------------------
+@main.command("run")
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe value, e.g. --set data.n_eval=50 --set model=./my-model (repeatable).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory [default: the recipe's out, else checkpoints/<name>].")
+@click.option("--fresh", is_flag=True, help="Delete the run directory's cached steps and start again.")
+def run_cmd(recipe, overrides, out, fresh):
+    """Run a YAML recipe end to end; finished steps are cached, so a re-run resumes."""
+    from editor.recipes import run_recipe
+    from editor.tables import format_table
+
+    target, result = run_recipe(recipe, overrides, fresh=fresh, log=functools.partial(click.echo, err=True), out=out)
+    summary = result["summary"]
+    click.echo("\nsteps:")
+    click.echo(format_table([{**s, "seconds": "cached" if s["cached"] else s["seconds"]} for s in result["steps"]],
+                            ["name", "seconds"]))
+    if summary.get("rows"):
+        click.echo("\nsummary:")
+        click.echo(format_table(summary["rows"], list(summary["rows"][0])))
+    click.echo(f"\nrun directory: {target}  (report: {target / 'report.html'})")

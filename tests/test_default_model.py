@@ -102,3 +102,24 @@ def test_default_model_attribution_end_to_end(loaded, tmp_path):
     assert (fast_n.columns["mean"][29] - ref.columns["mean"][29]).abs().max() <= 1e-4
     paths = static.save(tmp_path, "heads")
     assert paths["png"].stat().st_size > 1000
+
+
+def test_default_model_evaluation(loaded):
+    """All four tasks on the real model (reduced sizes): sane ranges, padding-independent numbers."""
+    from editor.evaluation.harness import configs, evaluate_model
+
+    cfg = configs(["arithmetic", "gender", "icl", "guard"],
+                  {"arithmetic.n": 24, "icl.n": 12, "gender.templates": "0,4"})
+    left = evaluate_model(loaded.model, loaded.tokenizer, cfg, batch_size=8, progress=False, self_reference=True)
+    right = evaluate_model(loaded.model, loaded.tokenizer, configs(["arithmetic"], {"arithmetic.n": 24}),
+                           batch_size=8, progress=False, padding_side="right")
+    m = left.tasks
+    for key in ("token_accuracy", "answer_accuracy", "exact_match"):
+        assert m["arithmetic"].measures[key].value == right.tasks["arithmetic"].measures[key].value
+    assert m["arithmetic"].measures["token_accuracy"].n >= 24
+    # SmolLM2 writes "8" after "3+5=" for at least some one-digit sums; a broken scorer gets 0.
+    assert 0 < m["arithmetic"].measures["token_accuracy"].value <= 1
+    assert m["gender"].measures["bias"].n == 31
+    assert 1 < m["guard"].measures["perplexity"].value < 200  # a working LM on plain English
+    assert m["guard"].measures["top1_agreement"].value == 1.0
+    assert m["icl"].measures["accuracy_natural_labels"].n == 12

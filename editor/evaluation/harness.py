@@ -137,7 +137,7 @@ def run_arithmetic(ctx: Context, cfg: ArithmeticConfig) -> TaskResult:
 
 
 # Gender -------------------------------------------------------------------------------------------
-def _indices(text: str, size: int, what: str) -> list[int]:
+def parse_indices(text: str, size: int, what: str = "indices") -> list[int]:
     if text == "all":
         return list(range(size))
     out = []
@@ -152,7 +152,7 @@ def _indices(text: str, size: int, what: str) -> list[int]:
 
 
 def run_gender(ctx: Context, cfg: GenderConfig) -> TaskResult:
-    templates = [gender.TEMPLATES[i] for i in _indices(cfg.templates, len(gender.TEMPLATES), "gender templates")]
+    templates = [gender.TEMPLATES[i] for i in parse_indices(cfg.templates, len(gender.TEMPLATES), "gender templates")]
     professions = gender.read_professions(cfg.professions) if cfg.professions else gender.default_professions()
     examples = gender.build(templates, professions)
     scored = ctx.continuations(examples, "gender")
@@ -298,13 +298,16 @@ def _coerce(f: dataclasses.Field, value, where: str):
 def evaluate_model(model, tokenizer, tasks: dict[str, object], name: str = "model", batch_size: int = 32,
                    progress: bool = True, reference: Evaluation | None = None, self_reference: bool = False,
                    padding_side: str = "left", log: Callable[[str], None] | None = None) -> Evaluation:
-    """Run each configured task on ``model`` (a ``{name: config}`` dict from :func:`configs`)."""
+    """Run each configured task on ``model`` (a ``{name: config}`` dict from :func:`configs`).
+
+    A key ``task@label`` runs ``task`` once more under another name (e.g. a second prompt set).
+    """
     model.eval()
     ctx = Context(model, tokenizer, batch_size, progress, padding_side, reference, self_reference)
     results = {}
     for task_name, cfg in tasks.items():
         start = time.perf_counter()
-        result = TASKS[task_name].run(ctx, cfg)
+        result = TASKS[task_name.split("@")[0]].run(ctx, cfg)  # "gender@choice": a second gender set
         result.seconds = round(time.perf_counter() - start, 2)
         results[task_name] = result
         if log:

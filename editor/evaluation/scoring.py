@@ -156,10 +156,11 @@ class TextScores:
 
 
 @torch.no_grad()
-def score_text(model, tokenizer, text: str, window: int = 256, batch_size: int = 2, progress: bool = True,
+def score_text(model, tokenizer, text: str, window: int = 256, batch_size: int = 1, progress: bool = True,
                desc: str = "guard text") -> TextScores:
     """Next-token NLL over ``text`` in consecutive windows of ``window`` tokens (each window's first
-    token has no context and is not scored)."""
+    token has no context and is not scored). Windows are long enough to keep the CPU busy one at a
+    time; batching them only adds a large logits tensor."""
     ids = tokenizer(text)["input_ids"]
     window = min(window, context_length(model) or window)
     windows = [ids[i:i + window] for i in range(0, len(ids), window)]
@@ -172,9 +173,9 @@ def score_text(model, tokenizer, text: str, window: int = 256, batch_size: int =
         inputs = _pad(chunk, pad, "right", device)
         logits = _forward(model, inputs, None)
         for i, w in enumerate(chunk):
-            rows = logits[i, :len(w) - 1].float().log_softmax(-1)
+            rows = logits[i, :len(w) - 1].float()
             target = torch.tensor(w[1:], device=rows.device)
-            nll.extend((-rows.gather(-1, target[:, None])[:, 0]).tolist())
+            nll.extend(torch.nn.functional.cross_entropy(rows, target, reduction="none").tolist())
             top1.extend(rows.argmax(-1).tolist())
         bar.update(len(chunk))
     bar.close()

@@ -1,0 +1,47 @@
+"""YAML recipes: whole pipelines (score, edit, evaluate, report) as one command, ``lmedit run``."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+from editor.errors import UserError
+from editor.recipes.schema import apply_overrides, from_dict, read_yaml
+
+
+def _kinds() -> dict:
+    from editor.recipes import arithmetic_prune, gender_debias, icl_heads
+
+    return {"arithmetic-prune": (arithmetic_prune.ArithmeticPrune, arithmetic_prune.run),
+            "gender-debias": (gender_debias.GenderDebias, gender_debias.run),
+            "icl-heads": (icl_heads.IclHeads, icl_heads.run)}
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()):
+    """Read, override (``key.sub=value``) and validate a recipe; returns its config dataclass."""
+    raw = apply_overrides(read_yaml(path), list(overrides))
+    kinds = _kinds()
+    kind = raw.get("recipe")
+    if kind not in kinds:
+        raise UserError(f"{path}: 'recipe' must be one of {', '.join(kinds)}, got {kind!r}")
+    return from_dict(kinds[kind][0], raw, where=Path(path).name)
+
+
+def run_recipe(path: str | Path, overrides=(), fresh: bool = False, log: Callable[[str], None] = print,
+               out: str | Path | None = None) -> tuple[Path, dict]:
+    """Run (or resume) a recipe; returns the run directory and the recipe's summary."""
+    from editor.model.loading import load_model
+    from editor.recipes.run import Run
+
+    cfg = load_recipe(path, overrides)
+    resolved = dataclasses.asdict(cfg)
+    target = Path(out or cfg.out or Path("checkpoints") / cfg.name)
+
+    def load():
+        log(f"loading {cfg.model} ...")
+        return load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+
+    run = Run.open(target, resolved, fresh=fresh, log=log, load=load)
+    summary = _kinds()[cfg.recipe][1](run, cfg)
+    return target, {"summary": summary, "steps": [dataclasses.asdict(s) for s in run.steps]}

@@ -1,0 +1,93 @@
+"""What every recipe shares: common settings, cached evaluation steps, random component choices."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+from editor.attribution.results import ComponentScores
+from editor.edit.plan import EditPlan
+from editor.edit.weights import apply_plan
+from editor.errors import UserError
+from editor.evaluation.harness import evaluate_model
+from editor.evaluation.results import Evaluation
+from editor.recipes.run import Run
+
+RecipeKind = Literal["arithmetic-prune", "gender-debias", "icl-heads"]
+
+
+@dataclass
+class Common:
+    """Keys every recipe has. ``out`` defaults to ``checkpoints/<name>``."""
+
+    recipe: RecipeKind
+    name: str
+    model: str = "smollm2-135m"
+    seed: int = 0
+    batch_size: int = 16
+    device: str = "cpu"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    out: str | None = None
+
+    def check(self, where: str) -> None:
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise UserError(f"{where}.name: a plain directory name, got {self.name!r}")
+        if self.batch_size < 1:
+            raise UserError(f"{where}.batch_size: must be >= 1")
+
+
+def evaluation_step(run: Run, name: str, tasks: dict, plan: EditPlan | None = None,
+                    reference: Evaluation | None = None) -> Evaluation:
+    """Evaluate the run's model (with ``plan`` applied, then restored) as a cached step.
+
+    Without ``reference`` the model counts as its own reference (top-1 agreement 1 on the guard).
+    """
+    def compute():
+        lm = run.model
+        edits = apply_plan(lm.model, plan) if plan is not None and plan.edits else None
+        try:
+            ev = evaluate_model(lm.model, lm.tokenizer, tasks, name, run.recipe["batch_size"], progress=True,
+                                reference=reference, self_reference=reference is None)
+        finally:
+            if edits is not None:
+                edits.restore()
+        return ev.to_json()
+
+    return Evaluation.from_json(run.step(name, compute))
+
+
+def scores_step(run: Run, name: str, fn) -> ComponentScores:
+    """A cached attribution step; the full score matrices are kept and also written as JSON/CSV/PNG."""
+    def compute():
+        scores = fn()
+        scores.save(run.path("attribution"), name)
+        return scores.to_json(top=50)
+
+    return ComponentScores.from_json(run.step(name, compute))
+
+
+def random_components(total: list[str], k: int, seed: int) -> list[str]:
+    return random.Random(seed).sample(total, k)
+
+
+def all_heads(n_layers: int, n_heads: int) -> list[str]:
+    return [f"{l}.{h}" for l in range(n_layers) for h in range(n_heads)]
+
+
+def neurons_in(layers: list[int], width: int) -> list[str]:
+    return [f"{l}.{i}" for l in layers for i in range(width)]
+
+
+def layer_range(pair: list[int], n_layers: int, where: str) -> list[int]:
+    if len(pair) != 2 or not 0 <= pair[0] <= pair[1] < n_layers:
+        raise UserError(f"{where}: [first, last] with 0 <= first <= last < {n_layers}, got {pair}")
+    return list(range(pair[0], pair[1] + 1))
+
+
+def ranked_in_layers(scores: ComponentScores, layers: list[int]) -> list[str]:
+    """Components of ``layers`` only (unscored layers hold zeros), best first by the primary column."""
+    column = scores.columns[scores.primary][layers]
+    width = column.shape[1]
+    order = column.flatten().argsort(descending=True, stable=True).tolist()
+    return [f"{layers[i // width]}.{i % width}" for i in order]

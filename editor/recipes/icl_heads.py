@@ -1,0 +1,187 @@
+"""Recipe ``icl-heads``: find in-context heads, show the collapse when they are cut, reduce label bias.
+
+Heads are scored on foo/bar classification prompts (static log-probability increase and the exact
+ablation scan). Zeroing the top ~1-5% is compared with zeroing as many random heads (several seeds).
+Rescaling the in-context heads' outputs is the label-bias reduction; its majority-label and recency
+bias are reported before and after. Scoring and evaluation use disjoint halves of the sentence pool.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Literal
+
+from editor.attribution.heads import head_ablation_scan, head_logprob_increase
+from editor.attribution.vocab import head_tokens
+from editor.edit.plan import EditPlan
+from editor.errors import UserError
+from editor.evaluation.harness import GuardConfig, IclConfig, compare
+from editor.io import write_text_atomic
+from editor.recipes.common import Common, all_heads, evaluation_step, random_components, scores_step
+from editor.recipes.report import Report, bar_plot, line_plot
+from editor.recipes.run import Run
+from editor.tasks import icl
+from editor.tasks.examples import Example
+
+
+@dataclass
+class Data:
+    n_score: int = 16  # prompts the heads are scored on
+    n_eval: int = 60  # queries per evaluation setting (balanced, imbalanced, natural labels)
+    k: int = 2  # demonstrations per label
+    pool: str = "builtin"  # the sentence pool: builtin, a .jsonl/.csv file, or a datasets name
+
+
+@dataclass
+class Cut:
+    rank_by: Literal["ablation", "static"] = "ablation"
+    fractions: list[float] = field(default_factory=lambda: [0.01, 0.05])  # share of all heads zeroed
+    random_seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+
+
+@dataclass
+class Rescale:
+    fraction: float = 0.01  # the in-context heads: this share of all heads, best ranked
+    factors: list[float] = field(default_factory=lambda: [0.5, 1.5])
+
+
+@dataclass
+class IclHeads(Common):
+    data: Data = field(default_factory=Data)
+    cut: Cut = field(default_factory=Cut)
+    rescale: Rescale = field(default_factory=Rescale)
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        for f in self.cut.fractions + [self.rescale.fraction]:
+            if not 0 < f < 1:
+                raise UserError(f"{where}: head fractions must be in (0, 1), got {f}")
+
+
+def _split_pool(pool: icl.Pool, seed: int) -> tuple[icl.Pool, icl.Pool]:
+    rng = random.Random(seed)
+    halves: tuple[list[int], list[int]] = ([], [])
+    for members in pool.by_class():
+        members = members[:]
+        rng.shuffle(members)
+        halves[0].extend(members[: len(members) // 2])
+        halves[1].extend(members[len(members) // 2:])
+    return tuple(icl.Pool([pool.sentences[i] for i in sorted(h)], [pool.labels[i] for i in sorted(h)], pool.classes)
+                 for h in halves)  # type: ignore[return-value]
+
+
+def run(run: Run, cfg: IclHeads) -> dict:
+    fractions = sorted(set(cfg.cut.fractions))
+    factors = list(dict.fromkeys(cfg.rescale.factors))
+    run.plan(["static_scores", "ablation_scores", "evaluate_base", *[f"cut_{f:g}" for f in fractions],
+              *[f"rescale_{x:g}" for x in factors], "report"])
+    score_pool, eval_pool = _split_pool(icl.load_pool(cfg.data.pool), cfg.seed)
+    eval_file = run.path("data", "eval_pool.jsonl")
+    write_text_atomic(eval_file, "".join(json.dumps({"sentence": s, "label": eval_pool.classes[y]}) + "\n"
+                                         for s, y in zip(eval_pool.sentences, eval_pool.labels)))
+    examples = icl.build(score_pool, cfg.data.n_score, cfg.data.k, icl.UNRELATED_LABELS, seed=cfg.seed)
+    bs = cfg.batch_size
+    def static_scores():
+        lm = run.model
+        scores = head_logprob_increase(lm.model, lm.tokenizer, examples, target="gold", batch_size=bs)
+        mean_output = scores.vectors["mean_output"]  # not serialised: keep each head's top tokens instead
+        scores.meta["top_tokens"] = {f"{l}.{h}": head_tokens(lm.arch, lm.tokenizer, mean_output[l, h], k=6)["top"]
+                                     for l in range(mean_output.shape[0]) for h in range(mean_output.shape[1])}
+        return scores
+
+    static = scores_step(run, "static_scores", static_scores)
+    ablation = scores_step(run, "ablation_scores", lambda: head_ablation_scan(
+        run.model.model, run.model.tokenizer, examples, batch_size=bs))
+    ranking = ablation if cfg.cut.rank_by == "ablation" else static
+    n_layers, n_heads = ranking.shape
+    total = n_layers * n_heads
+    ranked = ranking.top_components(total)
+    tasks = {"icl": IclConfig(n=cfg.data.n_eval, k=cfg.data.k, data=str(eval_file), seed=cfg.seed + 1),
+             "guard": GuardConfig()}
+    base = evaluation_step(run, "evaluate_base", tasks)
+
+    cuts = []
+    for f in fractions:
+        n = max(1, round(f * total))
+
+        def cut(n=n, f=f):
+            top = evaluation_step(run, f"cut_{f:g}_top", tasks, EditPlan(note=f"top {n} heads").zero("head", ranked[:n]),
+                                  reference=base)
+            rand = [evaluation_step(run, f"cut_{f:g}_random{s}", tasks,
+                                    EditPlan(note=f"random {n} heads, seed {s}").zero(
+                                        "head", random_components(all_heads(n_layers, n_heads), n, s)), reference=base)
+                    for s in cfg.cut.random_seeds]
+            acc = [ev.tasks["icl"].measures["accuracy"].value for ev in rand]
+            return {"fraction": f, "heads": n, "zeroed": ranked[:n],
+                    "accuracy_top": top.tasks["icl"].measures["accuracy"].value, "accuracy_random": acc}
+
+        cuts.append(run.step(f"cut_{f:g}", cut))
+
+    n_icl = max(1, round(cfg.rescale.fraction * total))
+    rescaled = {}
+    for x in factors:
+        plan = EditPlan(note=f"rescale the top {n_icl} in-context heads by {x}").scale("head", ranked[:n_icl], x)
+        rescaled[x] = evaluation_step(run, f"rescale_{x:g}", tasks, plan, reference=base)
+    comparisons = {x: compare(base, ev, cfg.seed) for x, ev in rescaled.items()}
+    for x, c in comparisons.items():
+        c.save(run.out, f"evaluation_rescale_{x:g}")
+    summary = _summary(base, cuts, rescaled, n_icl)
+    run.step("report", lambda: _report(run, cfg, static, ablation, ranked, cuts, comparisons, summary))
+    return summary
+
+
+def _summary(base, cuts, rescaled, n_icl) -> dict:
+    acc0 = base.tasks["icl"].measures["accuracy"].value
+    rows = [{"edit": "none", "heads": 0, "accuracy": round(acc0, 4), "random_heads_accuracy": "-"}]
+    for c in cuts:
+        rows.append({"edit": f"zero top {c['fraction']:.0%}", "heads": c["heads"], "accuracy": round(c["accuracy_top"], 4),
+                     "random_heads_accuracy": " / ".join(f"{a:.3f}" for a in c["accuracy_random"])})
+    bias = [{"edit": "none", **_biases(base)}] + [{"edit": f"scale top {n_icl} heads x{x:g}", **_biases(ev)}
+                                                  for x, ev in rescaled.items()]
+    return {"rows": rows, "bias_rows": bias, "in_context_heads": n_icl}
+
+
+def _biases(ev) -> dict:
+    m = ev.tasks["icl"].measures
+    return {"accuracy": round(m["accuracy"].value, 4), "majority_label_bias": round(m["majority_label_bias"].value, 4),
+            "recency_bias": round(m["recency_bias"].value, 4),
+            "perplexity": round(ev.tasks["guard"].measures["perplexity"].value, 3)}
+
+
+def _report(run, cfg, static, ablation, ranked, cuts, comparisons, summary) -> dict:
+    from editor.attribution.results import heatmap
+
+    rep = Report(f"icl-heads: {cfg.model}")
+    rep.paragraph(f"Heads scored on {cfg.data.n_score} foo/bar prompts ({cfg.data.k} demonstrations per label) from one "
+                  f"half of the sentence pool; evaluated on {cfg.data.n_eval} queries per setting from the other half. "
+                  f"Ranking: {cfg.cut.rank_by}.")
+    rep.heading("Accuracy when in-context heads are zeroed, against random heads")
+    rep.table(summary["rows"], list(summary["rows"][0]))
+    groups = {"none": [summary["rows"][0]["accuracy"]]}
+    for c in cuts:
+        groups[f"top {c['heads']}"] = [c["accuracy_top"]]
+        groups[f"random {c['heads']}"] = c["accuracy_random"]
+    rep.image(bar_plot(groups, "in-context accuracy (foo/bar)", "zeroing top vs random heads"),
+              "foo/bar accuracy after zeroing the top heads and as many random heads (dots: seeds)")
+    rep.heading("Label-bias reduction: rescaled in-context heads")
+    rep.table(summary["bias_rows"], list(summary["bias_rows"][0]))
+    for x, c in comparisons.items():
+        rep.heading(f"Before and after scaling by {x:g}", level=3)
+        rep.comparison(c)
+    for scores, name in ((ablation, "ablation_scores"), (static, "static_scores")):
+        png = heatmap(scores.columns[scores.primary], run.path("attribution", f"{name}.png"),
+                      title=f"{scores.method}: {scores.primary}")
+        rep.image(png, f"Head scores ({scores.method}, {scores.primary}), layers x heads")
+    rep.heading("Top heads")
+    rows = []
+    for name in ranked[:8]:
+        layer, head = map(int, name.split("."))
+        rows.append({"head": name, "logp_drop": round(float(ablation.columns["logp_drop"][layer, head]), 4),
+                     "acc_drop": round(float(ablation.columns["acc_drop"][layer, head]), 4),
+                     "static": round(float(static.columns["mean"][layer, head]), 4),
+                     "top tokens (mean output)": " ".join(static.meta["top_tokens"][name])})
+    rep.table(rows, list(rows[0]))
+    rep.write(run.path("report.html"))
+    return {"report": str(run.path("report.html"))}

@@ -1,0 +1,132 @@
+"""Recipe files: YAML checked against dataclass schemas; unknown keys and bad values name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from editor.errors import UserError
+
+
+def _describe(tp) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (list, tuple):
+        return f"a list of {_describe(get_args(tp)[0])}"
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            type(None): "null"}.get(tp, str(tp))
+
+
+def _convert(tp, value, where: str):
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for option in get_args(tp):
+            try:
+                return _convert(option, value, where)
+            except UserError:
+                continue
+        raise UserError(f"{where}: expected {_describe(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise UserError(f"{where}: expected one of {_describe(tp)}, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            raise UserError(f"{where}: expected {_describe(tp)}, got {value!r}")
+        return [_convert(get_args(tp)[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is Any:
+        return value
+    raise UserError(f"{where}: expected {_describe(tp)}, got {value!r}")
+
+
+def from_dict(cls, data, where: str = "recipe"):
+    """Build dataclass ``cls`` from ``data``; every unknown key or wrongly typed value is an error."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise UserError(f"{where}: unknown key {key!r}; known keys: {', '.join(names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _convert(hints[f.name], data[f.name], f"{where}.{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise UserError(f"{where}: missing key {f.name!r}")
+    obj = cls(**kwargs)
+    check = getattr(obj, "check", None)
+    if check:
+        check(where)
+    return obj
+
+
+def to_dict(obj) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """``key.sub=value`` assignments (values parsed as YAML scalars) applied to a raw recipe mapping."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"bad --set {item!r}: write KEY=VALUE, e.g. prune.fraction=0.1")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise UserError(f"bad --set {item!r}: the value is not valid YAML") from None
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                raise UserError(f"--set {key}: {part!r} is not a section")
+            node = node[part]
+        node[parts[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a recipe is a mapping of keys to values")
+    return data
+
+
+
