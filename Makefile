@@ -26,13 +26,15 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
-## Pull the default model, zero three heads, save a checkpoint, reload it with plain transformers.
+## Pull the default model, zero three heads, save a checkpoint, reload it with plain transformers,
+## then evaluate it against its base (before/after table with intervals).
 demo: install
 	$(BIN)/lmedit models pull smollm2-135m
 	$(BIN)/lmedit edit --model smollm2-135m --zero-heads 3.1,5.2,17.4 --scale-neurons 20.771=0.5 \
 		--out checkpoints/demo --force
 	@echo "--- checkpoints/demo/edit_manifest.json"
 	@cat checkpoints/demo/edit_manifest.json
+	$(BIN)/lmedit evaluate --model checkpoints/demo --quiet
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -20,7 +20,7 @@ from editor.errors import UserError
 from editor.evaluation.harness import GenderConfig, GuardConfig, compare, parse_indices
 from editor.io import write_text_atomic
 from editor.recipes.common import Common, evaluation_step, layer_range, ranked_in_layers, scores_step
-from editor.recipes.report import Report, line_plot
+from editor.recipes.report import Report, layer_counts_plot, line_plot
 from editor.recipes.run import Run
 from editor.tasks import gender
 from editor.tasks.examples import Example
@@ -28,8 +28,8 @@ from editor.tasks.examples import Example
 
 @dataclass
 class Split:
-    choose_templates: str = "0-3"  # templates whose prompts choose the neurons
-    eval_templates: str = "4-7"  # held-out templates for the evaluation
+    choose_templates: str | int = "0-3"  # templates whose prompts choose the neurons
+    eval_templates: str | int = "4-7"  # held-out templates for the evaluation
     choose_fraction: float = 0.5  # share of each lean's professions used to choose; the rest are held out
 
 
@@ -57,6 +57,7 @@ class GenderDebias(Common):
         if not 0 < self.split.choose_fraction < 1:
             raise UserError(f"{where}.split.choose_fraction: in (0, 1)")
         for key in ("choose_templates", "eval_templates"):
+            setattr(self.split, key, str(getattr(self.split, key)))
             parse_indices(getattr(self.split, key), len(gender.TEMPLATES), f"{where}.split.{key}")
 
 
@@ -173,6 +174,9 @@ def _report(run, cfg, neurons, order, comparison, summary, checkpoint) -> dict:
                          "perplexity change": (ks, [r["perplexity_change"] for r in rows])},
                         "neurons edited (k)", "nats / relative change", "bias and capability against k"),
               "Bias (held-out and choice set) and relative guard perplexity change against k (k = 0: base)")
+    top = order[:max(r["k"] for r in rows)]
+    rep.image(layer_counts_plot(top, neurons.shape[0], f"layers of the top {len(top)} CNA neurons"),
+              f"Where the top {len(top)} CNA neurons (largest k of the sweep) sit")
     rep.heading("Top CNA neurons and the tokens they promote")
     lm = run.model
     table = []

@@ -135,3 +135,22 @@ def bar_plot(groups: dict[str, list[float]], ylabel: str, title: str) -> bytes:
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     return figure_png(fig)
+
+
+def layer_counts_plot(components: list[str], n_layers: int, title: str) -> bytes:
+    """How many of ``components`` (``L.I`` names) sit in each layer, as a bar chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = [0] * n_layers
+    for name in components:
+        counts[int(name.split(".")[0])] += 1
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    ax.bar(range(n_layers), counts, color="#8fb3d9")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("neurons")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    return figure_png(fig)

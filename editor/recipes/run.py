@@ -60,6 +60,8 @@ class Run:
         self.planned = names
         done = [n for n in names if self._file(n).is_file()]
         self.log(f"run {self.out}: {len(names)} steps" + (f", {len(done)} already done" if done else ""))
+        for i, name in enumerate(names, 1):
+            self.log(f"  {i}. {name}" + ("  (done)" if name in done else ""))
 
     def _file(self, name: str) -> Path:
         return self.out / "steps" / f"{name}.json"

@@ -1,0 +1,148 @@
+"""Recipes end to end on a tiny model: outputs, caching and resume, schema errors, the HTML report."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from editor.cli import main
+from editor.edit.checkpoint import reload_difference
+from editor.errors import UserError
+from editor.model.capture import encode
+from editor.model.loading import load_model
+from editor.recipes import load_recipe, run_recipe
+
+RECIPES = {
+    "arithmetic-prune": ["data.n_score=6", "data.n_eval=10", "neurons.layers=[1, 2]", "random_seeds=[1, 2]",
+                         "heads.zero_fraction=0.25", "neurons.keep_fraction=0.2"],
+    "gender-debias": ["edit.ks=[2, 6]", "split.choose_templates=0-1", "split.eval_templates=4"],
+    "icl-heads": ["data.n_score=4", "data.n_eval=6", "cut.fractions=[0.1, 0.25]", "cut.random_seeds=[1, 2]",
+                  "rescale.fraction=0.1", "rescale.factors=[0.5]"],
+}
+
+
+def overrides(kind, model):
+    return [f"model={model}", "batch_size=4", *RECIPES[kind]]
+
+
+def quiet(_msg):
+    pass
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    import tiny
+
+    path = tmp_path_factory.mktemp("models") / "tiny-llama"
+    tiny.tiny_model("llama").save_pretrained(path)
+    tiny.char_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", list(RECIPES))
+def test_recipe_end_to_end(kind, tiny_model_dir, tmp_path):
+    out = tmp_path / kind
+    target, result = run_recipe(f"recipes/{kind}.yaml", overrides(kind, tiny_model_dir), log=quiet, out=out)
+    assert target == out and all(not s["cached"] for s in result["steps"])
+    for name in ("recipe.yaml", "report.html", "steps/recipe.sha256"):
+        assert (out / name).is_file(), name
+    assert any(out.glob("evaluation*.json")) and any((out / "attribution").glob("*.json"))
+    html = (out / "report.html").read_text()
+    assert "<table>" in html and html.count("data:image/png;base64,") >= 2 and "http" not in html.split("<script>")[0]
+    if kind != "icl-heads":
+        lm = load_model(str(out / "checkpoint"))
+        manifest = json.loads((out / "checkpoint" / "edit_manifest.json").read_text())
+        assert manifest["plan"]["edits"] and manifest["recipe"]["recipe"] == kind
+        inputs = encode(lm.tokenizer, ["A woman works as a", "12+3="], padding_side="left")
+        assert reload_difference(lm.model, out / "checkpoint", inputs) == 0.0
+        base = load_model(str(tiny_model_dir))
+        with torch.no_grad():
+            assert not torch.equal(base.model(**inputs).logits, lm.model(**inputs).logits)  # the edit is in the weights
+    # A second run finds every step done; deleting the last two resumes only those.
+    _, again = run_recipe(f"recipes/{kind}.yaml", overrides(kind, tiny_model_dir), log=quiet, out=out)
+    assert all(s["cached"] for s in again["steps"])
+    assert again["summary"] == result["summary"]
+    (out / "steps" / "report.json").unlink()
+    _, resumed = run_recipe(f"recipes/{kind}.yaml", overrides(kind, tiny_model_dir), log=quiet, out=out)
+    assert [s["name"] for s in resumed["steps"] if not s["cached"]] == ["report"]
+
+
+def test_a_run_directory_belongs_to_one_recipe(tiny_model_dir, tmp_path):
+    kind = "gender-debias"
+    out = tmp_path / "run"
+    run_recipe(f"recipes/{kind}.yaml", overrides(kind, tiny_model_dir), log=quiet, out=out)
+    changed = overrides(kind, tiny_model_dir) + ["edit.factor=0.5"]
+    with pytest.raises(UserError, match="different recipe"):
+        run_recipe(f"recipes/{kind}.yaml", changed, log=quiet, out=out)
+    _, fresh = run_recipe(f"recipes/{kind}.yaml", changed, fresh=True, log=quiet, out=out)
+    assert not any(s["cached"] for s in fresh["steps"])
+
+
+@pytest.mark.parametrize("change,message", [
+    (["heads.kep_fraction=0.1"], "unknown key 'kep_fraction'; known keys: method, zero_fraction"),
+    (["colour=red"], "unknown key 'colour'"),
+    (["heads.method=magic"], "arithmetic-prune.yaml.heads.method: expected one of 'ablation' | 'static'"),
+    (["data.n_eval=many"], "data.n_eval: expected an integer"),
+    (["random_seeds=3"], "random_seeds: expected a list of an integer"),
+    (["neurons.keep_fraction=0"], "keep_fraction: in (0, 1]"),
+    (["name=../x"], "a plain directory name"),
+    (["recipe=bake"], "'recipe' must be one of"),
+    (["seed"], "write KEY=VALUE"),
+])
+def test_schema_errors_name_the_key(change, message):
+    with pytest.raises(UserError) as err:
+        load_recipe("recipes/arithmetic-prune.yaml", change)
+    assert message in str(err.value)
+
+
+def test_every_shipped_recipe_is_valid():
+    for kind in RECIPES:
+        cfg = load_recipe(f"recipes/{kind}.yaml")
+        assert cfg.recipe == kind and cfg.model == "smollm2-135m"
+
+
+def test_cli_run_reports_errors_in_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("recipe: icl-heads\nname: x\ncut:\n  fractions: [0.01]\n  rank: static\n")
+    result = CliRunner().invoke(main, ["run", str(bad)])
+    assert result.exit_code == 2 and "Error: bad.yaml.cut: unknown key 'rank'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_run_prints_steps_and_summary(tiny_model_dir, tmp_path):
+    args = ["run", "recipes/icl-heads.yaml", "--out", str(tmp_path / "r")]
+    for item in overrides("icl-heads", tiny_model_dir):
+        args += ["--set", item]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "steps:" in result.output and "summary:" in result.output and "report.html" in result.output
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.mark.skipif(_chromium() is None and not os.environ.get("CI"),
+                    reason="chromium is not installed (CI installs the Debian packages chromium and chromium-driver)")
+def test_report_renders_in_headless_chromium(tiny_model_dir, tmp_path):
+    browser = _chromium()
+    assert browser, "CI must install chromium (see .ci/run)"
+    out = tmp_path / "ih"
+    run_recipe("recipes/icl-heads.yaml", overrides("icl-heads", tiny_model_dir), log=quiet, out=out)
+    # No network: a page that needed any would fail to load its images here.
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}",
+                          "--virtual-time-budget=10000", "--dump-dom", (out / "report.html").as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    body = re.search(r"<body([^>]*)>", dom).group(1)
+    attrs = dict(re.findall(r'data-([a-z-]+)="(\d+)"', body))
+    assert int(attrs["images"]) >= 3 and attrs["images-ok"] == attrs["images"]
+    assert int(attrs["tables"]) >= 3 and attrs["tables-shown"] == attrs["tables"]
