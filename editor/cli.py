@@ -455,3 +455,79 @@ def run_cmd(recipe, overrides, out, fresh):
         click.echo("\nsummary:")
         click.echo(format_table(summary["rows"], list(summary["rows"][0])))
     click.echo(f"\nrun directory: {target}  (report: {target / 'report.html'})")
+
+
+# lora -------------------------------------------------------------------------------------------
+@main.group(cls=LmeditGroup)
+def lora():
+    """Train LoRA adapters with peft and compare neuron coefficients with the base model."""
+
+
+@lora.command("train")
+@model_options
+@click.option("--task", type=click.Choice(["arithmetic"]), default="arithmetic", show_default=True)
+@click.option("--layers", required=True, help="Layers that get adapters, e.g. 3 or 0-2 or 1,5.")
+@click.option("--targets", default="q,k,v,o", show_default=True,
+              help="Projections per layer: q, k, v, o (attention), mlp_in, mlp_out.")
+@click.option("--rank", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--alpha", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=150, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--digits", type=click.IntRange(1, 3), default=2, show_default=True)
+@click.option("--n-train", type=click.IntRange(1), default=2000, show_default=True)
+@click.option("--n-eval", type=click.IntRange(1), default=200, show_default=True,
+              help="Held-out prompts (no operation/operand pair shared with training).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory [default: checkpoints/lora/<model>-L<layers>].")
+@click.option("--force", is_flag=True, help="Overwrite an existing output directory.")
+def lora_train(load, task, layers, targets, rank, alpha, steps, lr, batch_size, digits, n_train, n_eval, seed, out,
+               force):
+    """Train a LoRA adapter, evaluate it on held-out prompts, save the adapter and a merged checkpoint."""
+    from editor.lora.train import LoraSettings, train_and_save
+
+    layer_list = _layers(layers)
+    settings = LoraSettings(layers=layer_list, targets=_components_raw(targets), rank=rank, alpha=alpha, steps=steps,
+                            lr=lr, batch_size=batch_size, digits=digits, n_train=n_train, n_eval=n_eval, seed=seed)
+    settings.check()
+    model = click.get_current_context().params.get("model") or DEFAULT_MODEL
+    out = out or Path("checkpoints") / "lora" / f"{_model_stem(model)}-L{layers.replace(',', '_')}"
+    if out.exists() and not force:
+        raise UserError(f"{out} already exists; pass --force to overwrite it")
+    summary = train_and_save(load(), settings, out, force=force, log=functools.partial(click.echo, err=True))
+    click.echo(f"adapter: {out / 'adapter'}\nmerged checkpoint: {out / 'merged'}\n"
+               f"token accuracy {summary['accuracy_before']['value']:.3f} -> {summary['accuracy_after']['value']:.3f}")
+
+
+@lora.command("compare")
+@click.option("--base", "-m", default=DEFAULT_MODEL, show_default=True, help="The base model.")
+@click.option("--adapter", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A peft adapter directory (e.g. checkpoints/lora/NAME/adapter).")
+@click.option("--data", "-d", default="heldout", show_default=True,
+              help="heldout (the adapter's held-out arithmetic prompts, from its lora.json), a built-in task "
+                   "(arithmetic:2) or a .jsonl/.csv file with prompt and answer.")
+@click.option("--n", "n_prompts", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of a built-in task.")
+@click.option("--layers", help="Layers whose neurons are compared, e.g. 17-29 [default: all].")
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory [default: the adapter's parent directory].")
+@click.option("--device", default="cpu", show_default=True)
+def lora_compare(base, adapter, data, n_prompts, seed, layers, batch_size, out, device):
+    """Coefficients of the top CNA neurons (LoRA vs base), averages over the top 10/20/30/50, accuracies."""
+    from editor.lora.compare import coefficient_shift
+    from editor.lora.train import heldout_examples, load_adapter
+    from editor.model.loading import load_model
+    from editor.tables import format_table
+
+    click.echo(f"loading {base} twice (base, base + adapter) ...", err=True)
+    base_lm = load_model(base, device=device)
+    lora_model = load_adapter(load_model(base, device=device).model, adapter)
+    examples = heldout_examples(adapter, n_prompts) if data == "heldout" else _examples(data, n_prompts, seed)
+    shift = coefficient_shift(base_lm.model, lora_model, base_lm.tokenizer, examples, _layers(layers),
+                              batch_size=batch_size)
+    click.echo(format_table(shift.averages, list(shift.averages[0]), right=True))
+    click.echo(f"token accuracy: base {shift.accuracy['base'].cell()}, LoRA {shift.accuracy['lora'].cell()}")
+    paths = shift.save(out or Path(adapter).parent)
+    click.echo("wrote " + ", ".join(str(p) for p in paths.values()))

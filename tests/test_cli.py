@@ -14,7 +14,8 @@ def run(*args):
 
 
 def test_every_command_has_help():
-    for args in [[], ["models"], ["models", "list"], ["models", "pull"], ["models", "info"], ["edit"], ["verify"]]:
+    for args in [[], ["models"], ["models", "list"], ["models", "pull"], ["models", "info"], ["edit"], ["verify"],
+                 ["evaluate"], ["run"]]:
         result = run(*args, "--help")
         assert result.exit_code == 0, args
         assert "Usage:" in result.output

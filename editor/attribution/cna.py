@@ -18,9 +18,14 @@ from editor.tasks.examples import Example
 
 
 def cna(model, tokenizer, examples: list[Example], *, examples_b: list[Example] | None = None,
-        ablate: EditPlan | None = None, model_b=None, kind: str = "mlp", **score_kwargs) -> ComponentScores:
-    """Exactly one of ``examples_b``, ``ablate`` or ``model_b`` defines condition B."""
-    given = [x is not None for x in (examples_b, ablate, model_b)]
+        ablate: EditPlan | None = None, model_b=None, context_b=None, kind: str = "mlp",
+        **score_kwargs) -> ComponentScores:
+    """Exactly one of ``examples_b``, ``ablate``, ``model_b`` or ``context_b`` defines condition B.
+
+    ``context_b`` makes B the same model inside that context manager factory, e.g. a peft model's
+    ``disable_adapter`` (base vs LoRA without a second copy of the weights).
+    """
+    given = [x is not None for x in (examples_b, ablate, model_b, context_b)]
     if sum(given) != 1:
         raise UserError("CNA needs exactly one second condition: paired prompts, heads to zero, or a second model")
     a = neuron_logprob_increase(model, tokenizer, examples, kind=kind, **score_kwargs)
@@ -31,6 +36,10 @@ def cna(model, tokenizer, examples: list[Example], *, examples_b: list[Example] 
     elif ablate is not None:
         mode = "heads_zeroed"
         with intervene(model, ablate):
+            b = neuron_logprob_increase(model, tokenizer, examples, kind=kind, **score_kwargs)
+    elif context_b is not None:
+        mode = "same_model_in_context"
+        with context_b():
             b = neuron_logprob_increase(model, tokenizer, examples, kind=kind, **score_kwargs)
     else:
         mode, b = "two_models", neuron_logprob_increase(model_b, tokenizer, examples, kind=kind, **score_kwargs)

@@ -50,6 +50,15 @@ class ComponentScores:
             out.append(rec)
         return out
 
+    def ranked_names(self, layers: list[int] | None = None) -> list[str]:
+        """Component names best first by the primary column, over ``layers`` only when given
+        (unscored layers hold zeros and must not compete)."""
+        column = self.columns[self.primary] if layers is None else self.columns[self.primary][layers]
+        rows = list(range(column.shape[0])) if layers is None else layers
+        width = column.shape[1]
+        order = column.flatten().argsort(descending=True, stable=True).tolist()
+        return [f"{rows[i // width]}.{i % width}" for i in order]
+
     def top_components(self, k: int, by: str | None = None) -> list[str]:
         return [r[self.kind] for r in self.ranked(k, by)]
 

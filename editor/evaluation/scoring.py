@@ -33,7 +33,7 @@ class Continuation:
         return float(sum(self.logprobs))
 
 
-def _pad(rows: list[list[int]], pad_id: int, side: str, device) -> dict:
+def pad_rows(rows: list[list[int]], pad_id: int, side: str, device) -> dict:
     width = max(map(len, rows))
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -72,7 +72,7 @@ def _check_context(model, longest: int) -> None:
                         "use fewer demonstrations or shorter prompts")
 
 
-def _pad_id(tokenizer) -> int:
+def pad_token_id(tokenizer) -> int:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return 0 if pad is None else pad
 
@@ -104,11 +104,11 @@ def score_continuations(model, tokenizer, prompts: list[str], continuations: lis
     order = sorted(range(len(seqs)), key=lambda s: len(seqs[s]))
     _check_context(model, len(seqs[order[-1]]))
     out: list[Continuation | None] = [None] * len(pairs)
-    device, pad = model_device(model), _pad_id(tokenizer)
+    device, pad = model_device(model), pad_token_id(tokenizer)
     bar = progress_bar(len(seqs), desc, "seq", progress)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        inputs = _pad([list(seqs[s]) for s in chunk], pad, padding_side, device)
+        inputs = pad_rows([list(seqs[s]) for s in chunk], pad, padding_side, device)
         k = max(need[s] for s in chunk)
         logits = _forward(model, inputs, k if padding_side == "left" else None)
         for i, s in enumerate(chunk):
@@ -128,7 +128,7 @@ def score_continuations(model, tokenizer, prompts: list[str], continuations: lis
 def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 32,
                    progress: bool = True, desc: str = "generating") -> list[str]:
     """Greedy continuations (decoded, special tokens dropped) of each prompt, left-padded batches."""
-    device, pad = model_device(model), _pad_id(tokenizer)
+    device, pad = model_device(model), pad_token_id(tokenizer)
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     _check_context(model, len(encoded[order[-1]]) + max_new_tokens)
@@ -136,7 +136,7 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, ba
     bar = progress_bar(len(prompts), desc, "prompt", progress)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        inputs = _pad([encoded[i] for i in chunk], pad, "left", device)
+        inputs = pad_rows([encoded[i] for i in chunk], pad, "left", device)
         generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                    pad_token_id=pad, temperature=None, top_p=None, top_k=None)
         new = generated[:, inputs["input_ids"].shape[1]:]
@@ -165,12 +165,12 @@ def score_text(model, tokenizer, text: str, window: int = 256, batch_size: int =
     window = min(window, context_length(model) or window)
     windows = [ids[i:i + window] for i in range(0, len(ids), window)]
     windows = [w for w in windows if len(w) > 1]
-    device, pad = model_device(model), _pad_id(tokenizer)
+    device, pad = model_device(model), pad_token_id(tokenizer)
     nll, top1 = [], []
     bar = progress_bar(len(windows), desc, "window", progress)
     for start in range(0, len(windows), batch_size):
         chunk = windows[start:start + batch_size]
-        inputs = _pad(chunk, pad, "right", device)
+        inputs = pad_rows(chunk, pad, "right", device)
         logits = _forward(model, inputs, None)
         for i, w in enumerate(chunk):
             rows = logits[i, :len(w) - 1].float()

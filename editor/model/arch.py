@@ -42,6 +42,7 @@ class ArchSpec:
     attn_v: str | None  # value projection (a separate Linear); None where Q, K, V are fused
     mlp_norm: str | None  # norm whose INPUT is the MLP's residual stream; None: the MLP reads ln(layer input)
     norm: str  # "layernorm", "rms", or "rms_plus_one" (Gemma multiplies by 1 + weight)
+    attn_qkv: tuple[str, str, str]  # query, key, value projections (the same fused module three times)
     gated: bool = False  # coefficient = act(gate) * up
     act_attrs: tuple[str, ...] = ("hidden_act",)  # config attribute naming the MLP activation
     attn_post_norm: str | None = None  # norm on the attention output before the residual add (Gemma 2/3)
@@ -55,12 +56,13 @@ _GPT2 = ArchSpec(
     layers="transformer.h", embed="transformer.wte", final_norm="transformer.ln_f", unembed="lm_head",
     attn="attn", attn_out="attn.c_proj", mlp_in=("mlp.c_fc",), mlp_out="mlp.c_proj",
     attn_norm="ln_1", attn_v=None, mlp_norm="ln_2", norm="layernorm", act_attrs=("activation_function",),
+    attn_qkv=("attn.c_attn",) * 3,
 )
 _GPTJ = ArchSpec(
     layers="transformer.h", embed="transformer.wte", final_norm="transformer.ln_f", unembed="lm_head",
     attn="attn", attn_out="attn.out_proj", mlp_in=("mlp.fc_in",), mlp_out="mlp.fc_out",
     attn_norm="ln_1", attn_v="attn.v_proj", mlp_norm=None, norm="layernorm", act_attrs=("activation_function",),
-    parallel_residual=True,
+    parallel_residual=True, attn_qkv=("attn.q_proj", "attn.k_proj", "attn.v_proj"),
 )
 _GPT_NEOX = ArchSpec(
     layers="gpt_neox.layers", embed="gpt_neox.embed_in", final_norm="gpt_neox.final_layer_norm",
@@ -68,18 +70,20 @@ _GPT_NEOX = ArchSpec(
     mlp_out="mlp.dense_4h_to_h", attn_norm="input_layernorm", attn_v=None,
     # In both residual modes the input of post_attention_layernorm is what the MLP reads.
     mlp_norm="post_attention_layernorm", norm="layernorm", parallel_residual="use_parallel_residual",
+    attn_qkv=("attention.query_key_value",) * 3,
 )
+_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 _LLAMA = ArchSpec(
     layers="model.layers", embed="model.embed_tokens", final_norm="model.norm", unembed="lm_head",
     attn="self_attn", attn_out="self_attn.o_proj", mlp_in=("mlp.gate_proj", "mlp.up_proj"),
-    mlp_out="mlp.down_proj", attn_norm="input_layernorm", attn_v="self_attn.v_proj",
+    mlp_out="mlp.down_proj", attn_norm="input_layernorm", attn_v="self_attn.v_proj", attn_qkv=_QKV,
     mlp_norm="post_attention_layernorm",
     norm="rms", gated=True,
 )
 _GEMMA = ArchSpec(
     layers="model.layers", embed="model.embed_tokens", final_norm="model.norm", unembed="lm_head",
     attn="self_attn", attn_out="self_attn.o_proj", mlp_in=("mlp.gate_proj", "mlp.up_proj"),
-    mlp_out="mlp.down_proj", attn_norm="input_layernorm", attn_v="self_attn.v_proj",
+    mlp_out="mlp.down_proj", attn_norm="input_layernorm", attn_v="self_attn.v_proj", attn_qkv=_QKV,
     mlp_norm="post_attention_layernorm",
     norm="rms_plus_one", gated=True, act_attrs=("hidden_activation", "hidden_act"),
     embed_scale_sqrt_hidden=True,
@@ -89,7 +93,7 @@ _GEMMA = ArchSpec(
 _GEMMA2 = ArchSpec(
     layers="model.layers", embed="model.embed_tokens", final_norm="model.norm", unembed="lm_head",
     attn="self_attn", attn_out="self_attn.o_proj", mlp_in=("mlp.gate_proj", "mlp.up_proj"),
-    mlp_out="mlp.down_proj", attn_norm="input_layernorm", attn_v="self_attn.v_proj",
+    mlp_out="mlp.down_proj", attn_norm="input_layernorm", attn_v="self_attn.v_proj", attn_qkv=_QKV,
     mlp_norm="pre_feedforward_layernorm",
     norm="rms_plus_one", gated=True, act_attrs=("hidden_activation", "hidden_act"),
     attn_post_norm="post_attention_layernorm", mlp_post_norm="post_feedforward_layernorm",
@@ -195,6 +199,21 @@ class Arch:
 
     def mlp_norm(self, layer: int) -> nn.Module | None:
         return None if self.spec.mlp_norm is None else self.layer_module(layer, self.spec.mlp_norm)
+
+    PROJECTION_ROLES = ("q", "k", "v", "o", "mlp_in", "mlp_out")
+
+    def projection_names(self, layer: int, roles) -> list[str]:
+        """Full module names of ``layer``'s projections by role (q, k, v, o, mlp_in, mlp_out); a fused
+        QKV module is named once. For peft's ``target_modules``."""
+        self.check_layer(layer)
+        paths = {"q": [self.spec.attn_qkv[0]], "k": [self.spec.attn_qkv[1]], "v": [self.spec.attn_qkv[2]],
+                 "o": [self.spec.attn_out], "mlp_in": list(self.spec.mlp_in), "mlp_out": [self.spec.mlp_out]}
+        out = []
+        for role in roles:
+            if role not in paths:
+                raise UserError(f"unknown projection {role!r}; choose from {', '.join(self.PROJECTION_ROLES)}")
+            out.extend(f"{self.spec.layers}.{layer}.{p}" for p in paths[role])
+        return list(dict.fromkeys(out))
 
     @property
     def final_norm(self) -> nn.Module:

@@ -11,11 +11,13 @@ from editor.recipes.schema import apply_overrides, from_dict, read_yaml
 
 
 def _kinds() -> dict:
-    from editor.recipes import arithmetic_prune, gender_debias, icl_heads
+    from editor.recipes import arithmetic_prune, gender_debias, icl_heads, lora_recipes
 
     return {"arithmetic-prune": (arithmetic_prune.ArithmeticPrune, arithmetic_prune.run),
             "gender-debias": (gender_debias.GenderDebias, gender_debias.run),
-            "icl-heads": (icl_heads.IclHeads, icl_heads.run)}
+            "icl-heads": (icl_heads.IclHeads, icl_heads.run),
+            "lora-compare": (lora_recipes.LoraCompare, lora_recipes.run_lora_compare),
+            "prune-then-lora": (lora_recipes.PruneThenLora, lora_recipes.run_prune_then_lora)}
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()):

@@ -23,7 +23,7 @@ from editor.evaluation.harness import ArithmeticConfig, GuardConfig, compare
 from editor.evaluation.results import Evaluation
 from editor.io import write_text_atomic
 from editor.recipes.common import (Common, all_heads, evaluation_step, layer_range, neurons_in,
-                                   random_components, ranked_in_layers, scores_step)
+                                   random_components, scores_step)
 from editor.recipes.report import Report, bar_plot
 from editor.recipes.run import Run
 from editor.tasks import arithmetic
@@ -119,7 +119,7 @@ def run(run: Run, cfg: ArithmeticPrune) -> dict:
     n_layers, n_heads = heads.shape
     layers = layer_range(cfg.neurons.layers, n_layers, "neurons.layers")
     width = neurons.shape[1]
-    order = ranked_in_layers(neurons, layers)
+    order = neurons.ranked_names(layers)
     n_keep = max(1, round(cfg.neurons.keep_fraction * len(order)))
     keep = order[:n_keep]
     n_zero_heads = round(cfg.heads.zero_fraction * n_layers * n_heads)
@@ -207,7 +207,7 @@ def _report(run, cfg, heads, neurons, comparison, randoms, summary, checkpoint, 
     rep.heading("Top neurons and the tokens they promote")
     lm = run.model
     rows = []
-    for name in ranked_in_layers(neurons, layers)[:10]:
+    for name in neurons.ranked_names(layers)[:10]:
         layer, index = map(int, name.split("."))
         toks = neuron_tokens(lm.arch, lm.tokenizer, layer, index, k=6)
         rows.append({"neuron": name, neurons.primary: round(float(neurons.columns[neurons.primary][layer, index]), 5),

@@ -14,7 +14,7 @@ from editor.evaluation.harness import evaluate_model
 from editor.evaluation.results import Evaluation
 from editor.recipes.run import Run
 
-RecipeKind = Literal["arithmetic-prune", "gender-debias", "icl-heads"]
+RecipeKind = Literal["arithmetic-prune", "gender-debias", "icl-heads", "lora-compare", "prune-then-lora"]
 
 
 @dataclass
@@ -84,10 +84,3 @@ def layer_range(pair: list[int], n_layers: int, where: str) -> list[int]:
         raise UserError(f"{where}: [first, last] with 0 <= first <= last < {n_layers}, got {pair}")
     return list(range(pair[0], pair[1] + 1))
 
-
-def ranked_in_layers(scores: ComponentScores, layers: list[int]) -> list[str]:
-    """Components of ``layers`` only (unscored layers hold zeros), best first by the primary column."""
-    column = scores.columns[scores.primary][layers]
-    width = column.shape[1]
-    order = column.flatten().argsort(descending=True, stable=True).tolist()
-    return [f"{layers[i // width]}.{i % width}" for i in order]

@@ -19,7 +19,7 @@ from editor.edit.weights import apply_plan
 from editor.errors import UserError
 from editor.evaluation.harness import GenderConfig, GuardConfig, compare, parse_indices
 from editor.io import write_text_atomic
-from editor.recipes.common import Common, evaluation_step, layer_range, ranked_in_layers, scores_step
+from editor.recipes.common import Common, evaluation_step, layer_range, scores_step
 from editor.recipes.report import Report, layer_counts_plot, line_plot
 from editor.recipes.run import Run
 from editor.tasks import gender
@@ -105,12 +105,15 @@ def run(run: Run, cfg: GenderDebias) -> dict:
 
     neurons = scores_step(run, "cna", scores)
     layers = neurons.meta["a"]["layers"]
-    order = ranked_in_layers(neurons, layers)
-    tasks = {
-        "gender": GenderConfig(templates=cfg.split.eval_templates,
-                               professions=_write_professions(run.path("data", "held_out.jsonl"), held)),
-        "gender@choice": GenderConfig(templates=cfg.split.choose_templates,
-                                      professions=_write_professions(run.path("data", "choose.jsonl"), choose)),
+    order = neurons.ranked_names(layers)
+    choose_file = _write_professions(run.path("data", "choose.jsonl"), choose)
+    held_file = _write_professions(run.path("data", "held_out.jsonl"), held)
+    t_choose, t_eval = cfg.split.choose_templates, cfg.split.eval_templates
+    tasks = {  # "gender" = both held out; the others show which half of the generalisation holds
+        "gender": GenderConfig(templates=t_eval, professions=held_file),
+        "gender@new_templates": GenderConfig(templates=t_eval, professions=choose_file),
+        "gender@new_professions": GenderConfig(templates=t_choose, professions=held_file),
+        "gender@choice": GenderConfig(templates=t_choose, professions=choose_file),
         "guard": GuardConfig(),
     }
     base = evaluation_step(run, "evaluate_base", tasks)
@@ -146,6 +149,8 @@ def _row(name: str, k: int, ev, base) -> dict:
     m = {t: ev.tasks[t].measures for t in ev.tasks}
     ppl, ppl0 = m["guard"]["perplexity"].value, base.tasks["guard"].measures["perplexity"].value
     return {"model": name, "k": k, "bias_held_out": round(m["gender"]["bias"].value, 4),
+            "bias_new_templates": round(m["gender@new_templates"]["bias"].value, 4),
+            "bias_new_professions": round(m["gender@new_professions"]["bias"].value, 4),
             "bias_choice_set": round(m["gender@choice"]["bias"].value, 4), "perplexity": round(ppl, 3),
             "perplexity_change": round(ppl / ppl0 - 1, 4),
             "top1_agreement": round(m["guard"]["top1_agreement"].value, 4)}
@@ -162,14 +167,17 @@ def _report(run, cfg, neurons, order, comparison, summary, checkpoint) -> dict:
     rep.paragraph(f"CNA between prompts with the gender each profession leans to and the other gender "
                   f"(templates {cfg.split.choose_templates}, {summary['choice_professions']} "
                   f"professions). The top k neurons are scaled by {cfg.edit.factor}. Bias is measured on held-out "
-                  f"templates {cfg.split.eval_templates} with held-out professions, and on the choice set. "
+                  f"templates {cfg.split.eval_templates} with held-out professions (both new), with either one new, and on "
+                  f"the choice set. "
                   f"Chosen k = {summary['chosen_k']}.")
     rep.heading(f"Before and after (k = {summary['chosen_k']})")
     rep.comparison(comparison)
     rep.heading("k sweep")
     rep.table(rows, list(rows[0]))
     ks = [r["k"] for r in rows]
-    rep.image(line_plot({"bias, held out": (ks, [r["bias_held_out"] for r in rows]),
+    rep.image(line_plot({"bias, templates and professions held out": (ks, [r["bias_held_out"] for r in rows]),
+                         "bias, new templates": (ks, [r["bias_new_templates"] for r in rows]),
+                         "bias, new professions": (ks, [r["bias_new_professions"] for r in rows]),
                          "bias, choice set": (ks, [r["bias_choice_set"] for r in rows]),
                          "perplexity change": (ks, [r["perplexity_change"] for r in rows])},
                         "neurons edited (k)", "nats / relative change", "bias and capability against k"),

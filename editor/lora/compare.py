@@ -1,0 +1,108 @@
+"""What fine-tuning changed: coefficients of the top CNA neurons (LoRA model vs base), tables 9/10
+of the CNA paper, and the accuracy of both models."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from editor.attribution.cna import cna
+from editor.evaluation.harness import load_metric
+from editor.evaluation.results import Measure
+from editor.evaluation.scoring import score_continuations
+from editor.io import write_json_atomic, write_text_atomic
+from editor.tables import markdown_table
+from editor.tasks.examples import Example, fit_to_tokenizer
+
+TOPS = (10, 20, 30, 50)
+
+
+@dataclass
+class CoefficientShift:
+    """Per top neuron: both importances and coefficients; averages over the top N; both accuracies."""
+
+    rows: list[dict]
+    averages: list[dict]
+    accuracy: dict[str, Measure]
+    meta: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"rows": self.rows, "averages": self.averages,
+                "accuracy": {k: asdict(m) | {"per_unit": None} for k, m in self.accuracy.items()}, "meta": self.meta}
+
+    def markdown(self) -> str:
+        acc = {k: m.cell() for k, m in self.accuracy.items()}
+        return (f"# LoRA vs base: coefficients of the top CNA neurons\n\n"
+                f"Token accuracy on {self.meta.get('prompts')} prompts: base {acc['base']}, LoRA {acc['lora']}.\n\n"
+                f"## Averages over the top N neurons\n\n{markdown_table(self.averages, list(self.averages[0]))}\n\n"
+                f"## Top neurons\n\n{markdown_table(self.rows[:20], list(self.rows[0]))}\n")
+
+    def plot(self) -> bytes:
+        from editor.recipes.report import bar_plot
+
+        groups = {f"top {a['top']}": [r["relative_increase"] for r in self.rows[:a["top"]]] for a in self.averages}
+        return bar_plot(groups, "coefficient increase (relative to |base|)", "LoRA vs base: top CNA neurons")
+
+    def save(self, out: str | Path, stem: str = "lora_compare") -> dict[str, Path]:
+        out = Path(out)
+        paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "png": out / f"{stem}.png"}
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(paths["json"], self.to_json())
+        write_text_atomic(paths["md"], self.markdown())
+        tmp = paths["png"].with_suffix(".png.tmp")
+        tmp.write_bytes(self.plot())
+        tmp.replace(paths["png"])
+        return paths
+
+
+def token_accuracy(model, tokenizer, examples: list[Example], batch_size: int = 32, progress: bool = True) -> Measure:
+    """Teacher-forced accuracy over answer tokens (the CNA paper's unit), with a Wilson interval."""
+    examples = fit_to_tokenizer(tokenizer, examples)
+    scored = score_continuations(model, tokenizer, [e.prompt for e in examples], [e.answer for e in examples],
+                                 batch_size, progress=progress, desc="accuracy")
+    hits = [ok for s in scored for ok in s.correct]
+    r = load_metric("accuracy_interval").compute(predictions=[int(h) for h in hits], references=[1] * len(hits))
+    return Measure(r["accuracy"], r["low"], r["high"], r["n"], "answer token", "higher", [float(h) for h in hits])
+
+
+def _relative(after: float, before: float) -> float:
+    return (after - before) / max(abs(before), 1e-6)
+
+
+def coefficient_shift(base_model, lora_model, tokenizer, examples: list[Example], layers: list[int] | None = None,
+                      top: int = 50, batch_size: int = 16, progress: bool = True) -> CoefficientShift:
+    """CNA with condition A = the LoRA model and B = the base: neurons whose importance rose most.
+
+    ``base_model=None``: ``lora_model`` is a peft model and the base is it with the adapter disabled.
+    """
+    condition_b = {"context_b": lora_model.disable_adapter} if base_model is None else {"model_b": base_model}
+    scores = cna(lora_model, tokenizer, examples, layers=layers, target="gold", batch_size=batch_size,
+                 progress=progress, **condition_b)
+    scored_layers = scores.meta["a"]["layers"]
+    rows = []
+    for name in scores.ranked_names(scored_layers)[:max(top, *TOPS)]:
+        layer, index = map(int, name.split("."))
+        c = {k: float(v[layer, index]) for k, v in scores.columns.items()}
+        rows.append({"neuron": name, "importance_lora": round(c["importance_a"], 6),
+                     "importance_base": round(c["importance_b"], 6), "coef_base": round(c["coef_b"], 6),
+                     "coef_lora": round(c["coef_a"], 6), "increase": round(c["coef_a"] - c["coef_b"], 6),
+                     "relative_increase": round(_relative(c["coef_a"], c["coef_b"]), 6)})
+    averages = []
+    for n in TOPS:
+        part = rows[:n]
+        averages.append({"top": n, "coef_base": _mean(r["coef_base"] for r in part),
+                         "coef_lora": _mean(r["coef_lora"] for r in part),
+                         "increase": _mean(r["increase"] for r in part),
+                         "relative_increase": _mean(r["relative_increase"] for r in part)})
+    if base_model is None:
+        with lora_model.disable_adapter():
+            base_accuracy = token_accuracy(lora_model, tokenizer, examples, progress=progress)
+    else:
+        base_accuracy = token_accuracy(base_model, tokenizer, examples, progress=progress)
+    accuracy = {"base": base_accuracy, "lora": token_accuracy(lora_model, tokenizer, examples, progress=progress)}
+    return CoefficientShift(rows, averages, accuracy, {"prompts": len(examples), "layers": scored_layers})
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return round(sum(values) / len(values), 6) if values else float("nan")

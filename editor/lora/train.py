@@ -1,0 +1,217 @@
+"""Train a peft LoRA adapter on arithmetic (answer tokens only), save it and a merged checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+from contextlib import contextmanager
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from editor.attribution.common import model_device, progress_bar
+from editor.errors import UserError
+from editor.evaluation.scoring import pad_rows, pad_token_id
+from editor.model.arch import Arch
+from editor.tasks import arithmetic
+from editor.tasks.examples import Example, answer_ids, fit_to_tokenizer
+
+
+@dataclass
+class LoraSettings:
+    layers: list[int]
+    targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o"])
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    steps: int = 150
+    lr: float = 1e-3
+    batch_size: int = 16
+    digits: int = 2
+    n_train: int = 2000
+    n_eval: int = 200
+    seed: int = 0
+
+    def check(self) -> None:
+        if not self.layers:
+            raise UserError("LoRA needs at least one layer")
+        for name in ("rank", "steps", "batch_size", "n_train", "n_eval"):
+            if getattr(self, name) < 1:
+                raise UserError(f"LoRA {name} must be >= 1")
+        if self.lr <= 0:
+            raise UserError("LoRA learning rate must be > 0")
+
+
+def split_arithmetic(n_train: int, n_eval: int, digits: int, seed: int) -> tuple[list[Example], list[Example]]:
+    """Training and evaluation prompts from the generator; no (operation, a, b) appears in both."""
+    held = arithmetic.generate(n_eval, digits, seed=seed + 104729)
+    seen = {(e.meta["op"], e.meta["a"], e.meta["b"]) for e in held}
+    pool = arithmetic.generate(n_train * 2 + 64, digits, seed=seed)
+    train = [e for e in pool if (e.meta["op"], e.meta["a"], e.meta["b"]) not in seen][:n_train]
+    if len(train) < n_train:
+        raise UserError(f"only {len(train)} training prompts differ from the evaluation prompts; use fewer")
+    return train, held
+
+
+def lora_config(model, settings: LoraSettings):
+    from peft import LoraConfig
+    from transformers.pytorch_utils import Conv1D
+
+    arch = Arch(model)
+    names = [n for layer in settings.layers for n in arch.projection_names(layer, settings.targets)]
+    conv = [isinstance(model.get_submodule(n), Conv1D) for n in names]
+    if any(conv) and not all(conv):
+        raise UserError("cannot mix Conv1D and Linear targets in one adapter")
+    return LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                      target_modules=names, fan_in_fan_out=all(conv), bias="none", task_type="CAUSAL_LM")
+
+
+def _batch(tokenizer, examples: list[Example], device) -> dict:
+    """Right-padded prompt + answer; the loss reads answer tokens only."""
+    rows, labels = [], []
+    for e in examples:
+        p_ids, a_ids = tokenizer(e.prompt)["input_ids"], answer_ids(tokenizer, e.prompt, e.answer)
+        rows.append(p_ids + a_ids)
+        labels.append([-100] * len(p_ids) + a_ids)
+    inputs = pad_rows(rows, pad_token_id(tokenizer), "right", device)
+    lab = torch.full_like(inputs["input_ids"], -100)
+    for i, row in enumerate(labels):
+        lab[i, :len(row)] = torch.tensor(row)
+    inputs["labels"] = lab
+    inputs["position_ids"] = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    return inputs
+
+
+@dataclass
+class TrainResult:
+    losses: list[float]
+    seconds: float
+    trainable_parameters: int
+    target_modules: list[str]
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def train_lora(model, tokenizer, settings: LoraSettings, train: list[Example], progress: bool = True):
+    """Wrap ``model`` with a fresh LoRA adapter and train it; returns (peft model, TrainResult).
+
+    Deterministic for a seed: adapter initialisation and batch order come from ``settings.seed``.
+    """
+    from peft import get_peft_model
+
+    settings.check()
+    config = lora_config(model, settings)
+    torch.manual_seed(settings.seed)
+    peft_model = get_peft_model(model, config)
+    train = fit_to_tokenizer(tokenizer, train)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
+    order = list(range(len(train)))
+    rng = random.Random(settings.seed)
+    device, losses, cursor = model_device(peft_model), [], len(order)
+    peft_model.train()
+    bar = progress_bar(settings.steps, "LoRA training", "step", progress)
+    start = time.perf_counter()
+    for _ in range(settings.steps):
+        if cursor + settings.batch_size > len(order):
+            rng.shuffle(order)
+            cursor = 0
+        chunk = [train[i] for i in order[cursor:cursor + settings.batch_size]]
+        cursor += settings.batch_size
+        loss = peft_model(**_batch(tokenizer, chunk, device), use_cache=False).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach().item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    bar.close()
+    peft_model.eval()
+    return peft_model, TrainResult(losses, round(time.perf_counter() - start, 1), sum(p.numel() for p in params),
+                                   list(config.target_modules))
+
+
+def save_adapter(peft_model, out: Path) -> Path:
+    """peft format (``adapter_model.safetensors`` + ``adapter_config.json``), written atomically."""
+    import shutil
+    import tempfile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        peft_model.save_pretrained(tmp, safe_serialization=True)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_adapter(model, adapter: str | Path, merge: bool = True):
+    """``model`` with the peft adapter at ``adapter`` applied (merged into a plain model by default)."""
+    from peft import PeftModel
+
+    adapter = Path(adapter)
+    if not (adapter / "adapter_config.json").is_file():
+        raise UserError(f"{adapter} is not a peft adapter directory (no adapter_config.json)")
+    peft_model = PeftModel.from_pretrained(model, adapter)
+    return peft_model.merge_and_unload() if merge else peft_model
+
+
+def train_and_save(loaded, settings: LoraSettings, out: str | Path, force: bool = False, progress: bool = True,
+                   log=print) -> dict:
+    """Train on held-apart arithmetic, evaluate before/after, save ``adapter/`` and ``merged/`` under ``out``.
+
+    ``loaded`` (a ``LoadedModel``) is changed: its model ends up with the adapter merged in.
+    """
+    from editor.edit.checkpoint import describe_source, save_checkpoint
+    from editor.io import write_json_atomic
+    from editor.lora.compare import token_accuracy
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise UserError(f"{out} already exists; pass --force to overwrite it")
+    settings.check()
+    source = describe_source(loaded)
+    train, held = split_arithmetic(settings.n_train, settings.n_eval, settings.digits, settings.seed)
+    before = token_accuracy(loaded.model, loaded.tokenizer, held, progress=progress)
+    log(f"held-out token accuracy before: {before.cell()}")
+    peft_model, result = train_lora(loaded.model, loaded.tokenizer, settings, train, progress)
+    after = token_accuracy(peft_model, loaded.tokenizer, held, progress=progress)
+    log(f"held-out token accuracy after:  {after.cell()}  (loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f})")
+    save_adapter(peft_model, out / "adapter")
+    merged = peft_model.merge_and_unload()
+    summary = {"settings": dataclasses.asdict(settings), "train": result.to_json(),
+               "accuracy_before": dataclasses.asdict(before) | {"per_unit": None},
+               "accuracy_after": dataclasses.asdict(after) | {"per_unit": None}}
+    save_checkpoint(merged, loaded.tokenizer, out / "merged", source=source, force=True, extra={"lora": summary})
+    write_json_atomic(out / "lora.json", summary)
+    return summary
+
+
+def heldout_examples(adapter: str | Path, n: int | None = None) -> list[Example]:
+    """The evaluation prompts an adapter was NOT trained on, rebuilt from the ``lora.json`` beside it."""
+    import json
+
+    record = Path(adapter).parent / "lora.json"
+    if not record.is_file():
+        raise UserError(f"no {record}: pass --data (the adapter was not trained by lmedit lora train)")
+    s = json.loads(record.read_text())["settings"]
+    held = split_arithmetic(s["n_train"], s["n_eval"], s["digits"], s["seed"])[1]
+    return held[:n] if n else held
+
+
+@contextmanager
+def trained_adapter(model, tokenizer, settings: LoraSettings, train: list[Example], progress: bool = True):
+    """Train an adapter on ``model`` in place, yield (peft model, TrainResult), then remove it again
+    (``unload``: the base weights were never changed)."""
+    peft_model, result = train_lora(model, tokenizer, settings, train, progress)
+    try:
+        yield peft_model, result
+    finally:
+        peft_model.unload()

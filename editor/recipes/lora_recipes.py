@@ -1,0 +1,197 @@
+"""Recipes ``lora-compare`` (one adapter per layer group: accuracy gain and coefficient increase
+against layer) and ``prune-then-lora`` (keep-only pruning chosen by CNA between base and LoRA, then a
+new LoRA on the pruned model, against random pruning of the same size)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from editor.attribution.cna import cna
+from editor.edit.plan import EditPlan
+from editor.edit.weights import apply_plan
+from editor.errors import UserError
+from editor.lora.compare import coefficient_shift, token_accuracy
+from editor.lora.train import LoraSettings, save_adapter, split_arithmetic, trained_adapter
+from editor.recipes.common import Common, layer_range, neurons_in, random_components
+from editor.recipes.report import Report, bar_plot, line_plot
+from editor.recipes.run import Run
+
+
+@dataclass
+class Lora:
+    targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o"])
+    rank: int = 8
+    alpha: int = 16
+    steps: int = 80
+    lr: float = 1e-3
+    batch_size: int = 16
+
+
+@dataclass
+class Data:
+    digits: int = 2
+    n_train: int = 1000
+    n_eval: int = 100  # held-out prompts for accuracy (no operation/operand pair shared with training)
+    n_compare: int = 24  # held-out prompts the CNA comparison runs on
+
+
+def _settings(cfg, layers: list[int]) -> LoraSettings:
+    return LoraSettings(layers=layers, targets=cfg.lora.targets, rank=cfg.lora.rank, alpha=cfg.lora.alpha,
+                        steps=cfg.lora.steps, lr=cfg.lora.lr, batch_size=cfg.lora.batch_size, digits=cfg.data.digits,
+                        n_train=cfg.data.n_train, n_eval=cfg.data.n_eval, seed=cfg.seed)
+
+
+def _measure_json(m) -> dict:
+    return dataclasses.asdict(m) | {"per_unit": None}
+
+
+# lora-compare -----------------------------------------------------------------------------------
+@dataclass
+class LoraCompare(Common):
+    layer_groups: list[list[int]] = field(default_factory=lambda: [[i] for i in range(0, 30, 3)])
+    compare_layers: list[int] | None = None  # [first, last] of the neurons compared; null: all layers
+    lora: Lora = field(default_factory=Lora)
+    data: Data = field(default_factory=Data)
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        if not self.layer_groups or any(not g for g in self.layer_groups):
+            raise UserError(f"{where}.layer_groups: a list of non-empty layer lists, e.g. [[0], [3], [6]]")
+
+
+def run_lora_compare(run: Run, cfg: LoraCompare) -> dict:
+    groups = ["_".join(map(str, g)) for g in cfg.layer_groups]
+    run.plan(["base_accuracy", *[f"lora_L{g}" for g in groups], "report"])
+    settings0 = _settings(cfg, cfg.layer_groups[0])
+    train, held = split_arithmetic(settings0.n_train, settings0.n_eval, settings0.digits, settings0.seed)
+    compare_ex = held[:cfg.data.n_compare]
+    base = run.step("base_accuracy", lambda: _measure_json(token_accuracy(run.model.model, run.model.tokenizer, held)))
+    results = []
+    for layers, name in zip(cfg.layer_groups, groups):
+        def one(layers=layers, name=name):
+            lm = run.model
+            cmp_layers = layer_range(cfg.compare_layers, lm.arch.n_layers, "compare_layers") if cfg.compare_layers else None
+            with trained_adapter(lm.model, lm.tokenizer, _settings(cfg, layers), train) as (peft_model, result):
+                save_adapter(peft_model, run.path("adapters", f"L{name}"))
+                acc = token_accuracy(peft_model, lm.tokenizer, held)
+                shift = coefficient_shift(None, peft_model, lm.tokenizer, compare_ex, cmp_layers,
+                                          batch_size=cfg.batch_size)
+            shift.save(run.path("compare"), f"L{name}")
+            return {"layers": layers, "loss_first": result.losses[0], "loss_last": result.losses[-1],
+                    "accuracy": _measure_json(acc), "averages": shift.averages, "top": shift.rows[:10]}
+
+        results.append(run.step(f"lora_L{name}", one))
+    rows = [{"layers": ",".join(map(str, r["layers"])), "accuracy": round(r["accuracy"]["value"], 4),
+             "gain": round(r["accuracy"]["value"] - base["value"], 4),
+             **{f"coef_incr_top{a['top']}": round(a["relative_increase"], 4) for a in r["averages"]},
+             "loss": f"{r['loss_first']:.2f}->{r['loss_last']:.2f}"} for r in results]
+    summary = {"base_accuracy": base["value"], "rows": rows}
+    run.step("report", lambda: _report_compare(run, cfg, summary, results))
+    return summary
+
+
+def _report_compare(run, cfg, summary, results) -> dict:
+    rep = Report(f"lora-compare: {cfg.model}")
+    rep.paragraph(f"One LoRA adapter (rank {cfg.lora.rank}, {', '.join(cfg.lora.targets)}, {cfg.lora.steps} steps) per "
+                  f"layer group, trained on {cfg.data.n_train} {cfg.data.digits}-digit arithmetic prompts; token accuracy "
+                  f"on {cfg.data.n_eval} held-out prompts (base {summary['base_accuracy']:.3f}); CNA between the LoRA "
+                  f"model and the base on {cfg.data.n_compare} held-out prompts. coef_incr_topN: mean relative increase "
+                  "of the coefficients of the top N CNA neurons, (LoRA - base) / |base|.")
+    rep.table(summary["rows"], list(summary["rows"][0]))
+    xs = [sum(r["layers"]) / len(r["layers"]) for r in results]
+    rep.image(line_plot({"accuracy gain": (xs, [r["gain"] for r in summary["rows"]])}, "adapter layer",
+                        "token accuracy gain", "accuracy gain against the adapter's layer"),
+              "Held-out token accuracy gain of each adapter over the base")
+    rep.image(line_plot({f"top {n}": (xs, [r[f"coef_incr_top{n}"] for r in summary["rows"]]) for n in (10, 50)},
+                        "adapter layer", "mean relative coefficient increase",
+                        "coefficient increase of the top CNA neurons"),
+              "Mean relative coefficient increase of the top 10 and top 50 CNA neurons against the adapter's layer")
+    rep.heading("Top CNA neurons of each adapter")
+    for r in results:
+        rep.heading(f"layers {r['layers']}", level=3)
+        rep.table(r["top"], list(r["top"][0]))
+    rep.write(run.path("report.html"))
+    return {"report": str(run.path("report.html"))}
+
+
+# prune-then-lora --------------------------------------------------------------------------------
+@dataclass
+class PruneThenLora(Common):
+    lora_layers: list[int] = field(default_factory=lambda: [3])
+    prune_layers: list[int] = field(default_factory=lambda: [15, 29])  # [first, last] deep FFN layers
+    keep_fraction: float = 0.05
+    random_seeds: list[int] = field(default_factory=lambda: [1, 2])
+    lora: Lora = field(default_factory=Lora)
+    data: Data = field(default_factory=Data)
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        if not 0 < self.keep_fraction < 1:
+            raise UserError(f"{where}.keep_fraction: in (0, 1), got {self.keep_fraction}")
+
+
+def run_prune_then_lora(run: Run, cfg: PruneThenLora) -> dict:
+    seeds = list(dict.fromkeys(cfg.random_seeds))
+    run.plan(["base_accuracy", "cna_lora_vs_base", "cna_pruned", *[f"random{s}_pruned" for s in seeds], "report"])
+    settings = _settings(cfg, cfg.lora_layers)
+    train, held = split_arithmetic(settings.n_train, settings.n_eval, settings.digits, settings.seed)
+    compare_ex = held[:cfg.data.n_compare]
+    base = run.step("base_accuracy", lambda: _measure_json(token_accuracy(run.model.model, run.model.tokenizer, held)))
+
+    def choose():
+        lm = run.model
+        layers = layer_range(cfg.prune_layers, lm.arch.n_layers, "prune_layers")
+        with trained_adapter(lm.model, lm.tokenizer, settings, train) as (peft_model, result):
+            acc = token_accuracy(peft_model, lm.tokenizer, held)
+            scores = cna(peft_model, lm.tokenizer, compare_ex, context_b=peft_model.disable_adapter, layers=layers,
+                         target="gold", batch_size=cfg.batch_size)
+        ranked = scores.ranked_names(layers)
+        n_keep = max(1, round(cfg.keep_fraction * len(ranked)))
+        return {"layers": layers, "keep": ranked[:n_keep], "width": scores.shape[1],
+                "lora_accuracy": _measure_json(acc), "loss_last": result.losses[-1]}
+
+    chosen = run.step("cna_lora_vs_base", choose)
+    layers, width, n_keep = chosen["layers"], chosen["width"], len(chosen["keep"])
+
+    def pruned_then_lora(keep: list[str], note: str):
+        def compute():
+            lm = run.model
+            plan = EditPlan(note=note).keep_only("neuron", layers[0], layers[-1], keep)
+            with apply_plan(lm.model, plan):
+                pruned = token_accuracy(lm.model, lm.tokenizer, held)
+                with trained_adapter(lm.model, lm.tokenizer, settings, train) as (peft_model, result):
+                    after = token_accuracy(peft_model, lm.tokenizer, held)
+            return {"pruned": _measure_json(pruned), "pruned_lora": _measure_json(after), "loss_last": result.losses[-1]}
+        return compute
+
+    cna_run = run.step("cna_pruned", pruned_then_lora(chosen["keep"], f"keep the top {n_keep} CNA neurons"))
+    randoms = {s: run.step(f"random{s}_pruned", pruned_then_lora(
+        random_components(neurons_in(layers, width), n_keep, s), f"keep {n_keep} random neurons, seed {s}"))
+        for s in seeds}
+    rows = [{"model": "base", "accuracy": round(base["value"], 4)},
+            {"model": f"base + LoRA (layers {cfg.lora_layers})", "accuracy": round(chosen["lora_accuracy"]["value"], 4)},
+            {"model": "CNA keep-only pruned", "accuracy": round(cna_run["pruned"]["value"], 4)},
+            {"model": "CNA keep-only pruned + new LoRA", "accuracy": round(cna_run["pruned_lora"]["value"], 4)}]
+    for s, r in randoms.items():
+        rows += [{"model": f"random pruned (seed {s})", "accuracy": round(r["pruned"]["value"], 4)},
+                 {"model": f"random pruned (seed {s}) + new LoRA", "accuracy": round(r["pruned_lora"]["value"], 4)}]
+    summary = {"kept": n_keep, "of": len(layers) * width, "layers": [layers[0], layers[-1]], "rows": rows}
+    run.step("report", lambda: _report_prune(run, cfg, summary, cna_run, randoms))
+    return summary
+
+
+def _report_prune(run, cfg, summary, cna_run, randoms) -> dict:
+    rep = Report(f"prune-then-lora: {cfg.model}")
+    rep.paragraph(f"Keep-only pruning of layers {summary['layers'][0]}-{summary['layers'][1]}: {summary['kept']} of "
+                  f"{summary['of']} FFN neurons kept, chosen by CNA between a LoRA model (layers {cfg.lora_layers}) and "
+                  "the base, or at random; then a new LoRA on the pruned model. Token accuracy on "
+                  f"{cfg.data.n_eval} held-out {cfg.data.digits}-digit prompts.")
+    rep.table(summary["rows"], ["model", "accuracy"])
+    groups = {"CNA pruned": [cna_run["pruned"]["value"]], "CNA pruned + LoRA": [cna_run["pruned_lora"]["value"]],
+              "random pruned": [r["pruned"]["value"] for r in randoms.values()],
+              "random pruned + LoRA": [r["pruned_lora"]["value"] for r in randoms.values()]}
+    rep.image(bar_plot(groups, "held-out token accuracy", "prune then LoRA: CNA vs random"),
+              "Accuracy after pruning and after a new LoRA, CNA-chosen vs random neurons (dots: seeds)")
+    rep.write(run.path("report.html"))
+    return {"report": str(run.path("report.html"))}

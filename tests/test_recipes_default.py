@@ -1,0 +1,41 @@
+"""The three recipes on the real default model with reduced sizes (slow; CI runs them too)."""
+
+import json
+
+import pytest
+import torch
+
+from editor.edit.checkpoint import reload_difference
+from editor.model.capture import encode
+from editor.model.loading import load_model
+from editor.recipes import run_recipe
+
+pytestmark = pytest.mark.slow
+
+REDUCED = {
+    "arithmetic-prune": ["data.n_score=8", "data.n_eval=24", "heads.method=static", "neurons.layers=[26, 29]",
+                         "random_seeds=[1]"],
+    "gender-debias": ["split.choose_templates=0", "split.eval_templates=4", "edit.layers=[26, 29]", "edit.ks=[5, 20]"],
+    "icl-heads": ["data.n_score=4", "data.n_eval=12", "cut.fractions=[0.02]", "cut.random_seeds=[1]",
+                  "rescale.factors=[0.5]"],
+}
+
+
+@pytest.mark.parametrize("kind", list(REDUCED))
+def test_recipe_on_default_model(kind, tmp_path):
+    out = tmp_path / kind
+    target, result = run_recipe(f"recipes/{kind}.yaml", REDUCED[kind], log=lambda _m: None, out=out)
+    summary = result["summary"]
+    assert (out / "report.html").stat().st_size > 10_000 and summary["rows"]
+    if kind == "icl-heads":
+        assert [r["heads"] for r in summary["rows"]] == [0, 5]  # 2% of 270 heads
+        return
+    ck = out / "checkpoint"
+    manifest = json.loads((ck / "edit_manifest.json").read_text())
+    assert manifest["source"]["model"] == "smollm2-135m" and manifest["plan"]["edits"]
+    lm = load_model(str(ck))
+    inputs = encode(lm.tokenizer, ["The sum of 3 and 5 is", "A woman works as a"], padding_side="left")
+    assert reload_difference(lm.model, ck, inputs) == 0.0
+    base = load_model("smollm2-135m")
+    with torch.no_grad():
+        assert not torch.equal(base.model(**inputs).logits, lm.model(**inputs).logits)
