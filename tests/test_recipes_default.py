@@ -18,6 +18,10 @@ REDUCED = {
     "gender-debias": ["split.choose_templates=0", "split.eval_templates=4", "edit.layers=[26, 29]", "edit.ks=[5, 20]"],
     "icl-heads": ["data.n_score=4", "data.n_eval=12", "cut.fractions=[0.02]", "cut.random_seeds=[1]",
                   "rescale.factors=[0.5]"],
+    "lora-compare": ["layer_groups=[[3]]", "compare_layers=[26, 29]", "lora.steps=6", "data.n_train=96",
+                     "data.n_eval=24", "data.n_compare=8"],
+    "prune-then-lora": ["prune_layers=[26, 29]", "lora.steps=6", "data.n_train=96", "data.n_eval=24",
+                        "data.n_compare=8", "random_seeds=[1]"],
 }
 
 
@@ -29,6 +33,13 @@ def test_recipe_on_default_model(kind, tmp_path):
     assert (out / "report.html").stat().st_size > 10_000 and summary["rows"]
     if kind == "icl-heads":
         assert [r["heads"] for r in summary["rows"]] == [0, 5]  # 2% of 270 heads
+        return
+    if kind == "lora-compare":
+        assert (out / "adapters" / "L3" / "adapter_model.safetensors").is_file()
+        assert summary["rows"][0]["layers"] == "3"
+        return
+    if kind == "prune-then-lora":
+        assert summary["kept"] == round(0.05 * 4 * 1536) and len(summary["rows"]) == 6
         return
     ck = out / "checkpoint"
     manifest = json.loads((ck / "edit_manifest.json").read_text())
