@@ -47,7 +47,8 @@ def evaluation_step(run: Run, name: str, tasks: dict, plan: EditPlan | None = No
         lm = run.model
         edits = apply_plan(lm.model, plan) if plan is not None and plan.edits else None
         try:
-            ev = evaluate_model(lm.model, lm.tokenizer, tasks, name, run.recipe["batch_size"], progress=True,
+            ev = evaluate_model(lm.model, lm.tokenizer, tasks, f"{run.recipe['model']} [{name}]",
+                                run.recipe["batch_size"], progress=True,
                                 reference=reference, self_reference=reference is None)
         finally:
             if edits is not None:
