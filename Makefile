@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 ## Headless Chromium for the report-rendering test: Debian packages, installed where we may (root + apt).
-## Elsewhere that one test is skipped (under CI=true it fails instead).
+## Elsewhere that one test is skipped (and says so).
 APT := DEBIAN_FRONTEND=noninteractive apt-get -y -q
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \

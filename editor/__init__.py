@@ -17,6 +17,11 @@ _API = {
     "AppliedEdits": "editor.edit.weights", "apply_plan": "editor.edit.weights", "intervene": "editor.edit.weights",
     "save_checkpoint": "editor.edit.checkpoint", "describe_source": "editor.edit.checkpoint",
     "reload_difference": "editor.edit.checkpoint",
+    "evaluate_model": "editor.evaluation.harness", "evaluate_against": "editor.evaluation.harness",
+    "compare": "editor.evaluation.harness", "configs": "editor.evaluation.harness",
+    "Evaluation": "editor.evaluation.results", "Comparison": "editor.evaluation.results",
+    "load_recipe": "editor.recipes", "run_recipe": "editor.recipes",
+    "LoraSettings": "editor.lora.train", "train_lora": "editor.lora.train", "coefficient_shift": "editor.lora.compare",
 }
 
 __all__ = ["__version__", *_API]
