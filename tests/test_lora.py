@@ -68,7 +68,7 @@ def test_comparing_a_model_with_itself_gives_zero_shift(tokenizer):
     base = tiny.tiny_model("llama")
     shift = coefficient_shift(base, base, tokenizer, held, progress=False)
     assert all(r["increase"] == 0 and r["relative_increase"] == 0 for r in shift.rows)
-    assert all(a["increase"] == 0 for a in shift.averages)
+    assert all(a["increase"] == 0 and a["relative_increase"] == 0 and a["magnitude_change"] == 0 for a in shift.averages)
     assert shift.accuracy["base"].value == shift.accuracy["lora"].value
     # A fresh adapter starts as the identity (LoRA's B is zero): the same through disable_adapter.
     from peft import get_peft_model
@@ -110,3 +110,13 @@ def test_cli_lora_train_and_errors(tiny_dir, tmp_path):
     assert again.exit_code == 2 and "already exists" in again.output
     bad = CliRunner().invoke(main, args[:-2] + ["--targets", "q,zz", "--out", str(tmp_path / "m")])
     assert bad.exit_code == 2 and "unknown projection 'zz'" in bad.output and "Traceback" not in bad.output
+
+
+def test_average_shifts_by_hand():
+    from editor.lora.compare import average_shifts
+
+    rows = [{"coef_base": b, "coef_lora": l, "increase": l - b} for b, l in [(2.0, 3.0), (-1.0, -3.0)] + [(0.0, 0.0)] * 48]
+    top10 = average_shifts(rows)[0]
+    assert top10["top"] == 10 and top10["increase"] == pytest.approx(-0.1)  # (1 - 2) / 10
+    assert top10["relative_increase"] == pytest.approx(-1.0)  # mean coefficient 0.1 -> 0.0
+    assert top10["magnitude_change"] == pytest.approx(1.0)  # mean |coefficient| 0.3 -> 0.6

@@ -40,8 +40,11 @@ class CoefficientShift:
     def plot(self) -> bytes:
         from editor.recipes.report import bar_plot
 
-        groups = {f"top {a['top']}": [r["relative_increase"] for r in self.rows[:a["top"]]] for a in self.averages}
-        return bar_plot(groups, "coefficient increase (relative to |base|)", "LoRA vs base: top CNA neurons")
+        groups = {}
+        for a in self.averages:
+            groups[f"top {a['top']}: mean"] = [a["relative_increase"]]
+            groups[f"top {a['top']}: |mean|"] = [a["magnitude_change"]]
+        return bar_plot(groups, "relative change, LoRA vs base", "coefficients of the top CNA neurons")
 
     def save(self, out: str | Path, stem: str = "lora_compare") -> dict[str, Path]:
         out = Path(out)
@@ -87,13 +90,7 @@ def coefficient_shift(base_model, lora_model, tokenizer, examples: list[Example]
                      "importance_base": round(c["importance_b"], 6), "coef_base": round(c["coef_b"], 6),
                      "coef_lora": round(c["coef_a"], 6), "increase": round(c["coef_a"] - c["coef_b"], 6),
                      "relative_increase": round(_relative(c["coef_a"], c["coef_b"]), 6)})
-    averages = []
-    for n in TOPS:
-        part = rows[:n]
-        averages.append({"top": n, "coef_base": _mean(r["coef_base"] for r in part),
-                         "coef_lora": _mean(r["coef_lora"] for r in part),
-                         "increase": _mean(r["increase"] for r in part),
-                         "relative_increase": _mean(r["relative_increase"] for r in part)})
+    averages = average_shifts(rows)
     if base_model is None:
         with lora_model.disable_adapter():
             base_accuracy = token_accuracy(lora_model, tokenizer, examples, progress=progress)
@@ -101,6 +98,21 @@ def coefficient_shift(base_model, lora_model, tokenizer, examples: list[Example]
         base_accuracy = token_accuracy(base_model, tokenizer, examples, progress=progress)
     accuracy = {"base": base_accuracy, "lora": token_accuracy(lora_model, tokenizer, examples, progress=progress)}
     return CoefficientShift(rows, averages, accuracy, {"prompts": len(examples), "layers": scored_layers})
+
+
+def average_shifts(rows: list[dict]) -> list[dict]:
+    """Over the top N rows: mean coefficients, mean increase, the relative change of the mean
+    coefficient, and of the mean |coefficient| (gated MLP coefficients are signed, so a mean of
+    per-neuron ratios would be dominated by neurons whose base coefficient is near zero)."""
+    out = []
+    for n in TOPS:
+        part = rows[:n]
+        base, lora = _mean(r["coef_base"] for r in part), _mean(r["coef_lora"] for r in part)
+        base_abs, lora_abs = _mean(abs(r["coef_base"]) for r in part), _mean(abs(r["coef_lora"]) for r in part)
+        out.append({"top": n, "coef_base": base, "coef_lora": lora, "increase": _mean(r["increase"] for r in part),
+                    "relative_increase": round(_relative(lora, base), 6),
+                    "magnitude_change": round(_relative(lora_abs, base_abs), 6)})
+    return out
 
 
 def _mean(values) -> float:

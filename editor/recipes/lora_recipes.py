@@ -11,7 +11,7 @@ from editor.attribution.cna import cna
 from editor.edit.plan import EditPlan
 from editor.edit.weights import apply_plan
 from editor.errors import UserError
-from editor.lora.compare import coefficient_shift, token_accuracy
+from editor.lora.compare import average_shifts, coefficient_shift, token_accuracy
 from editor.lora.train import LoraSettings, save_adapter, split_arithmetic, trained_adapter
 from editor.recipes.common import Common, layer_range, neurons_in, random_components
 from editor.recipes.report import Report, bar_plot, line_plot
@@ -79,13 +79,17 @@ def run_lora_compare(run: Run, cfg: LoraCompare) -> dict:
                                           batch_size=cfg.batch_size)
             shift.save(run.path("compare"), f"L{name}")
             return {"layers": layers, "loss_first": result.losses[0], "loss_last": result.losses[-1],
-                    "accuracy": _measure_json(acc), "averages": shift.averages, "top": shift.rows[:10]}
+                    "accuracy": _measure_json(acc), "rows": shift.rows}
 
         results.append(run.step(f"lora_L{name}", one))
-    rows = [{"layers": ",".join(map(str, r["layers"])), "accuracy": round(r["accuracy"]["value"], 4),
-             "gain": round(r["accuracy"]["value"] - base["value"], 4),
-             **{f"coef_incr_top{a['top']}": round(a["relative_increase"], 4) for a in r["averages"]},
-             "loss": f"{r['loss_first']:.2f}->{r['loss_last']:.2f}"} for r in results]
+    rows = []
+    for r in results:
+        averages = {a["top"]: a for a in average_shifts(r["rows"])}
+        rows.append({"layers": ",".join(map(str, r["layers"])), "accuracy": round(r["accuracy"]["value"], 4),
+                     "gain": round(r["accuracy"]["value"] - base["value"], 4),
+                     **{f"coef_change_top{n}": round(averages[n]["relative_increase"], 3) for n in (10, 50)},
+                     **{f"abs_coef_change_top{n}": round(averages[n]["magnitude_change"], 3) for n in (10, 50)},
+                     "loss": f"{r['loss_first']:.2f}->{r['loss_last']:.2f}"})
     summary = {"base_accuracy": base["value"], "rows": rows}
     run.step("report", lambda: _report_compare(run, cfg, summary, results))
     return summary
@@ -96,21 +100,24 @@ def _report_compare(run, cfg, summary, results) -> dict:
     rep.paragraph(f"One LoRA adapter (rank {cfg.lora.rank}, {', '.join(cfg.lora.targets)}, {cfg.lora.steps} steps) per "
                   f"layer group, trained on {cfg.data.n_train} {cfg.data.digits}-digit arithmetic prompts; token accuracy "
                   f"on {cfg.data.n_eval} held-out prompts (base {summary['base_accuracy']:.3f}); CNA between the LoRA "
-                  f"model and the base on {cfg.data.n_compare} held-out prompts. coef_incr_topN: mean relative increase "
-                  "of the coefficients of the top N CNA neurons, (LoRA - base) / |base|.")
+                  f"model and the base on {cfg.data.n_compare} held-out prompts. coef_change_topN: relative change "
+                  "of the mean coefficient of the top N CNA neurons, (LoRA - base) / |base|; abs_coef_change_topN: "
+                  "the same for the mean |coefficient|.")
     rep.table(summary["rows"], list(summary["rows"][0]))
     xs = [sum(r["layers"]) / len(r["layers"]) for r in results]
     rep.image(line_plot({"accuracy gain": (xs, [r["gain"] for r in summary["rows"]])}, "adapter layer",
                         "token accuracy gain", "accuracy gain against the adapter's layer"),
               "Held-out token accuracy gain of each adapter over the base")
-    rep.image(line_plot({f"top {n}": (xs, [r[f"coef_incr_top{n}"] for r in summary["rows"]]) for n in (10, 50)},
-                        "adapter layer", "mean relative coefficient increase",
-                        "coefficient increase of the top CNA neurons"),
-              "Mean relative coefficient increase of the top 10 and top 50 CNA neurons against the adapter's layer")
+    rep.image(line_plot({f"{kind}, top {n}": (xs, [r[f"{key}_top{n}"] for r in summary["rows"]])
+                         for n in (10, 50) for kind, key in (("mean", "coef_change"), ("|mean|", "abs_coef_change"))},
+                        "adapter layer", "relative change, LoRA vs base",
+                        "coefficients of the top CNA neurons"),
+              "Relative change of the mean coefficient and of the mean |coefficient| of the top 10 and top 50 "
+              "CNA neurons against the adapter's layer")
     rep.heading("Top CNA neurons of each adapter")
     for r in results:
         rep.heading(f"layers {r['layers']}", level=3)
-        rep.table(r["top"], list(r["top"][0]))
+        rep.table(r["rows"][:10], list(r["rows"][0]))
     rep.write(run.path("report.html"))
     return {"report": str(run.path("report.html"))}
 
