@@ -126,3 +126,18 @@ def test_guard_text_is_pinned():
     lines = ["   " + line.replace(". ", ".  ") + "  " for line in text.split("\n")]
     spaced = "Apache License\n\n" + "\n".join(lines).replace("\n   \n", "\n\n\n") + "\n\nAPPENDIX"
     assert normalise(spaced) == text
+
+
+def test_tasks_as_datasets_round_trip():
+    from editor.tasks import dataset
+    from editor.tasks.examples import from_dataset
+
+    ds = dataset("arithmetic", n=12, digits=2, seed=4, operands="words")
+    assert ds.num_rows == 12 and {"prompt", "answer", "op", "a", "b", "result"} <= set(ds.column_names)
+    assert from_dataset(ds) == arithmetic.generate(n=12, digits=2, seed=4, operands="words")
+    assert all(int(r["answer"]) == OPS[r["op"]](r["a"], r["b"]) for r in ds)
+    assert dataset("gender").num_rows == 8 * 2 * 31
+    icl_ds = dataset("icl", n=6, k=1, seed=2)
+    assert icl_ds.num_rows == 6 and icl_ds[0]["candidates"] == " foo| bar"
+    with pytest.raises(UserError, match="unknown task"):
+        dataset("poetry")

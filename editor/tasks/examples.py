@@ -94,3 +94,17 @@ def fit_to_tokenizer(tokenizer, examples: list[Example]) -> list[Example]:
 def gold_token_ids(tokenizer, examples: list[Example]) -> list[int | None]:
     """First token of each answer as the model would see it right after the prompt."""
     return [None if ex.answer is None else answer_ids(tokenizer, ex.prompt, ex.answer)[0] for ex in examples]
+
+
+def to_dataset(examples: list[Example]):
+    """A ``datasets.Dataset`` with ``prompt``, ``answer`` and the meta fields as columns."""
+    import datasets
+
+    return datasets.Dataset.from_list([{"prompt": e.prompt, "answer": e.answer, **(e.meta or {})} for e in examples])
+
+
+def from_dataset(ds, prompt: str = "prompt", answer: str | None = "answer") -> list[Example]:
+    """Examples from any ``datasets.Dataset`` (or list of dicts) with a prompt column and an optional answer."""
+    records = [{"prompt": r[prompt], "answer": r.get(answer) if answer else None,
+                **{k: v for k, v in r.items() if k not in (prompt, answer)}} for r in ds]
+    return _from_records(records, "dataset")
