@@ -120,3 +120,19 @@ def test_average_shifts_by_hand():
     assert top10["top"] == 10 and top10["increase"] == pytest.approx(-0.1)  # (1 - 2) / 10
     assert top10["relative_increase"] == pytest.approx(-1.0)  # mean coefficient 0.1 -> 0.0
     assert top10["magnitude_change"] == pytest.approx(1.0)  # mean |coefficient| 0.3 -> 0.6
+
+
+def test_precomputed_base_scores_give_the_same_shift(tokenizer):
+    """The lora-compare recipe scores the base once; that must equal scoring it with each adapter."""
+    from editor.attribution.neurons import neuron_logprob_increase
+    from editor.attribution.results import ComponentScores
+
+    _, held = split_arithmetic(20, 6, 1, seed=0)
+    base, tuned = tiny.tiny_model("llama"), tiny.tiny_model("llama", seed=1)
+    direct = coefficient_shift(base, tuned, tokenizer, held, progress=False)
+    scores = neuron_logprob_increase(base, tokenizer, held, target="gold", progress=False)
+    cached = ComponentScores.from_json(scores.to_json(top=0))  # as the recipe's step cache stores it
+    reused = coefficient_shift(base, tuned, tokenizer, held, progress=False, base_scores=cached)
+    assert reused.rows == direct.rows and reused.averages == direct.averages
+    with pytest.raises(UserError, match="other layers"):
+        coefficient_shift(base, tuned, tokenizer, held, layers=[0, 1], progress=False, base_scores=cached)

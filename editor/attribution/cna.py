@@ -18,14 +18,15 @@ from editor.tasks.examples import Example
 
 
 def cna(model, tokenizer, examples: list[Example], *, examples_b: list[Example] | None = None,
-        ablate: EditPlan | None = None, model_b=None, context_b=None, kind: str = "mlp",
-        **score_kwargs) -> ComponentScores:
-    """Exactly one of ``examples_b``, ``ablate``, ``model_b`` or ``context_b`` defines condition B.
+        ablate: EditPlan | None = None, model_b=None, context_b=None, scores_b: ComponentScores | None = None,
+        kind: str = "mlp", **score_kwargs) -> ComponentScores:
+    """Exactly one of ``examples_b``, ``ablate``, ``model_b``, ``context_b`` or ``scores_b`` defines condition B.
 
     ``context_b`` makes B the same model inside that context manager factory, e.g. a peft model's
-    ``disable_adapter`` (base vs LoRA without a second copy of the weights).
+    ``disable_adapter`` (base vs LoRA without a second copy of the weights). ``scores_b`` is condition
+    B already scored by :func:`neuron_logprob_increase` (one base model against many adapters).
     """
-    given = [x is not None for x in (examples_b, ablate, model_b, context_b)]
+    given = [x is not None for x in (examples_b, ablate, model_b, context_b, scores_b)]
     if sum(given) != 1:
         raise UserError("CNA needs exactly one second condition: paired prompts, heads to zero, or a second model")
     a = neuron_logprob_increase(model, tokenizer, examples, kind=kind, **score_kwargs)
@@ -37,6 +38,10 @@ def cna(model, tokenizer, examples: list[Example], *, examples_b: list[Example] 
         mode = "heads_zeroed"
         with intervene(model, ablate):
             b = neuron_logprob_increase(model, tokenizer, examples, kind=kind, **score_kwargs)
+    elif scores_b is not None:
+        if scores_b.shape != a.shape or scores_b.meta.get("layers") != a.meta.get("layers"):
+            raise UserError("precomputed condition B was scored on other layers or another model shape")
+        mode, b = "precomputed", scores_b
     elif context_b is not None:
         mode = "same_model_in_context"
         with context_b():

@@ -73,12 +73,18 @@ def _relative(after: float, before: float) -> float:
 
 
 def coefficient_shift(base_model, lora_model, tokenizer, examples: list[Example], layers: list[int] | None = None,
-                      top: int = 50, batch_size: int = 16, progress: bool = True) -> CoefficientShift:
+                      top: int = 50, batch_size: int = 16, progress: bool = True, base_scores=None,
+                      base_accuracy: Measure | None = None) -> CoefficientShift:
     """CNA with condition A = the LoRA model and B = the base: neurons whose importance rose most.
 
     ``base_model=None``: ``lora_model`` is a peft model and the base is it with the adapter disabled.
+    ``base_scores`` / ``base_accuracy``: the base's neuron scores and accuracy on ``examples``,
+    computed once when many adapters are compared with one base.
     """
-    condition_b = {"context_b": lora_model.disable_adapter} if base_model is None else {"model_b": base_model}
+    if base_scores is not None:
+        condition_b = {"scores_b": base_scores}
+    else:
+        condition_b = {"context_b": lora_model.disable_adapter} if base_model is None else {"model_b": base_model}
     scores = cna(lora_model, tokenizer, examples, layers=layers, target="gold", batch_size=batch_size,
                  progress=progress, **condition_b)
     scored_layers = scores.meta["a"]["layers"]
@@ -91,10 +97,10 @@ def coefficient_shift(base_model, lora_model, tokenizer, examples: list[Example]
                      "coef_lora": round(c["coef_a"], 6), "increase": round(c["coef_a"] - c["coef_b"], 6),
                      "relative_increase": round(_relative(c["coef_a"], c["coef_b"]), 6)})
     averages = average_shifts(rows)
-    if base_model is None:
+    if base_accuracy is None and base_model is None:
         with lora_model.disable_adapter():
             base_accuracy = token_accuracy(lora_model, tokenizer, examples, progress=progress)
-    else:
+    elif base_accuracy is None:
         base_accuracy = token_accuracy(base_model, tokenizer, examples, progress=progress)
     accuracy = {"base": base_accuracy, "lora": token_accuracy(lora_model, tokenizer, examples, progress=progress)}
     return CoefficientShift(rows, averages, accuracy, {"prompts": len(examples), "layers": scored_layers})

@@ -8,9 +8,12 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from editor.attribution.cna import cna
+from editor.attribution.neurons import neuron_logprob_increase
+from editor.attribution.results import ComponentScores
 from editor.edit.plan import EditPlan
 from editor.edit.weights import apply_plan
 from editor.errors import UserError
+from editor.evaluation.results import Measure
 from editor.lora.compare import average_shifts, coefficient_shift, token_accuracy
 from editor.lora.train import LoraSettings, save_adapter, split_arithmetic, trained_adapter
 from editor.recipes.common import Common, layer_range, neurons_in, random_components
@@ -62,21 +65,35 @@ class LoraCompare(Common):
 
 def run_lora_compare(run: Run, cfg: LoraCompare) -> dict:
     groups = ["_".join(map(str, g)) for g in cfg.layer_groups]
-    run.plan(["base_accuracy", *[f"lora_L{g}" for g in groups], "report"])
+    run.plan(["base_accuracy", "base_scores", *[f"lora_L{g}" for g in groups], "report"])
     settings0 = _settings(cfg, cfg.layer_groups[0])
     train, held = split_arithmetic(settings0.n_train, settings0.n_eval, settings0.digits, settings0.seed)
     compare_ex = held[:cfg.data.n_compare]
     base = run.step("base_accuracy", lambda: _measure_json(token_accuracy(run.model.model, run.model.tokenizer, held)))
+    def compare_layers():
+        n_layers = run.model.arch.n_layers
+        return layer_range(cfg.compare_layers, n_layers, "compare_layers") if cfg.compare_layers else list(range(n_layers))
+
+    def base_scores():
+        # The base side of every adapter's CNA is the same: score it once.
+        lm = run.model
+        scores = neuron_logprob_increase(lm.model, lm.tokenizer, compare_ex, layers=compare_layers(), target="gold",
+                                         batch_size=cfg.batch_size)
+        return {"scores": scores.to_json(top=0),
+                "accuracy": _measure_json(token_accuracy(lm.model, lm.tokenizer, compare_ex))}
+
+    base_cached = run.step("base_scores", base_scores)
     results = []
     for layers, name in zip(cfg.layer_groups, groups):
         def one(layers=layers, name=name):
             lm = run.model
-            cmp_layers = layer_range(cfg.compare_layers, lm.arch.n_layers, "compare_layers") if cfg.compare_layers else None
             with trained_adapter(lm.model, lm.tokenizer, _settings(cfg, layers), train) as (peft_model, result):
                 save_adapter(peft_model, run.path("adapters", f"L{name}"))
                 acc = token_accuracy(peft_model, lm.tokenizer, held)
-                shift = coefficient_shift(None, peft_model, lm.tokenizer, compare_ex, cmp_layers,
-                                          batch_size=cfg.batch_size)
+                shift = coefficient_shift(None, peft_model, lm.tokenizer, compare_ex, compare_layers(),
+                                          batch_size=cfg.batch_size,
+                                          base_scores=ComponentScores.from_json(base_cached["scores"]),
+                                          base_accuracy=Measure(**base_cached["accuracy"]))
             shift.save(run.path("compare"), f"L{name}")
             return {"layers": layers, "loss_first": result.losses[0], "loss_last": result.losses[-1],
                     "accuracy": _measure_json(acc), "rows": shift.rows}
