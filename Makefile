@@ -32,7 +32,7 @@ browser:
 test: install browser
 	$(BIN)/python -m pytest -q
 
-## Unit tests on tiny random models only (about a minute).
+## Unit tests on tiny random models only (about 3 minutes on 2 cores).
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
