@@ -47,4 +47,4 @@ def test_user_errors_are_one_line(tiny_dir):
     for extra, message in cases:
         result = run("evaluate", "--model", tiny_dir, "--quiet", *extra)
         assert result.exit_code == 2, (extra, result.output)
-        assert f"Error: " in result.output and message in result.output and "Traceback" not in result.output
+        assert "Error: " in result.output and message in result.output and "Traceback" not in result.output

@@ -7,7 +7,6 @@ from the scoring prompts) and the capability guard, against the same amount of r
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Literal
@@ -15,14 +14,12 @@ from typing import Literal
 from editor.attribution.cna import cna
 from editor.attribution.heads import head_ablation_scan, head_logprob_increase
 from editor.attribution.neurons import neuron_logprob_increase
-from editor.edit.checkpoint import describe_source, save_checkpoint
 from editor.edit.plan import EditPlan
-from editor.edit.weights import apply_plan
 from editor.errors import UserError
 from editor.evaluation.harness import ArithmeticConfig, GuardConfig, compare
 from editor.evaluation.results import Evaluation
 from editor.io import write_text_atomic
-from editor.recipes.common import (Common, all_heads, evaluation_step, layer_range, neurons_in,
+from editor.recipes.common import (Common, all_heads, checkpoint_step, evaluation_step, layer_range, neurons_in,
                                    random_components, scores_step)
 from editor.recipes.report import Report, bar_plot
 from editor.recipes.run import Run
@@ -154,19 +151,10 @@ def run(run: Run, cfg: ArithmeticPrune) -> dict:
     comparison = compare(base, pruned, cfg.seed)
     comparison.save(run.out, "evaluation")
 
-    def checkpoint():
-        if not cfg.save_checkpoint:
-            return {"path": None}
-        lm = run.model
-        with apply_plan(lm.model, plan):
-            path = save_checkpoint(lm.model, lm.tokenizer, run.path("checkpoint"), plan, describe_source(lm),
-                                   scores={"heads": heads.ranked(20), "neurons": neurons.ranked(20)}, force=True,
-                                   extra={"recipe": run.recipe})
-        return {"path": str(path)}
-
-    ck = run.step("checkpoint", checkpoint)
+    checkpoint = checkpoint_step(run, plan, {"heads": heads.ranked(20), "neurons": neurons.ranked(20)},
+                                 cfg.save_checkpoint)
     summary = _summary(base, pruned, randoms, n_keep, n_zero_heads, len(order))
-    run.step("report", lambda: _report(run, cfg, heads, neurons, comparison, randoms, summary, ck["path"], layers, width))
+    run.step("report", lambda: _report(run, cfg, heads, neurons, comparison, randoms, summary, checkpoint, layers, width))
     return summary
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from editor.attribution.results import ComponentScores
+from editor.edit.checkpoint import describe_source, save_checkpoint
 from editor.edit.plan import EditPlan
 from editor.edit.weights import apply_plan
 from editor.errors import UserError
@@ -66,6 +67,20 @@ def scores_step(run: Run, name: str, fn) -> ComponentScores:
         return scores.to_json(top=50)
 
     return ComponentScores.from_json(run.step(name, compute))
+
+
+def checkpoint_step(run: Run, plan: EditPlan, scores, enabled: bool = True) -> str | None:
+    """Save the run's model with ``plan`` applied to ``<run>/checkpoint`` as a cached step; its path."""
+    def compute():
+        if not enabled:
+            return {"path": None}
+        lm = run.model
+        with apply_plan(lm.model, plan):
+            path = save_checkpoint(lm.model, lm.tokenizer, run.path("checkpoint"), plan, describe_source(lm),
+                                   scores=scores, force=True, extra={"recipe": run.recipe})
+        return {"path": str(path)}
+
+    return run.step("checkpoint", compute)["path"]
 
 
 def random_components(total: list[str], k: int, seed: int) -> list[str]:

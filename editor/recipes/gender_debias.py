@@ -13,13 +13,11 @@ from dataclasses import dataclass, field
 
 from editor.attribution.cna import cna
 from editor.attribution.vocab import neuron_tokens
-from editor.edit.checkpoint import describe_source, save_checkpoint
 from editor.edit.plan import EditPlan
-from editor.edit.weights import apply_plan
 from editor.errors import UserError
 from editor.evaluation.harness import GenderConfig, GuardConfig, compare, parse_indices
 from editor.io import write_text_atomic
-from editor.recipes.common import Common, evaluation_step, layer_range, scores_step
+from editor.recipes.common import Common, checkpoint_step, evaluation_step, layer_range, scores_step
 from editor.recipes.report import Report, layer_counts_plot, line_plot
 from editor.recipes.run import Run
 from editor.tasks import gender
@@ -130,18 +128,9 @@ def run(run: Run, cfg: GenderDebias) -> dict:
     comparison = compare(base, sweep[chosen], cfg.seed)
     comparison.save(run.out, "evaluation")
 
-    def checkpoint():
-        if not cfg.save_checkpoint:
-            return {"path": None}
-        lm = run.model
-        with apply_plan(lm.model, plan):
-            path = save_checkpoint(lm.model, lm.tokenizer, run.path("checkpoint"), plan, describe_source(lm),
-                                   scores=neurons.ranked(max(ks)), force=True, extra={"recipe": run.recipe})
-        return {"path": str(path)}
-
-    ck = run.step("checkpoint", checkpoint)
+    checkpoint = checkpoint_step(run, plan, neurons.ranked(max(ks)), cfg.save_checkpoint)
     summary = {"chosen_k": chosen, "choice_professions": len(choose), "rows": rows}
-    run.step("report", lambda: _report(run, cfg, neurons, order, comparison, summary, ck["path"]))
+    run.step("report", lambda: _report(run, cfg, neurons, order, comparison, summary, checkpoint))
     return summary
 
 

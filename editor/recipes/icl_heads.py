@@ -20,10 +20,9 @@ from editor.errors import UserError
 from editor.evaluation.harness import GuardConfig, IclConfig, compare
 from editor.io import write_text_atomic
 from editor.recipes.common import Common, all_heads, evaluation_step, random_components, scores_step
-from editor.recipes.report import Report, bar_plot, line_plot
+from editor.recipes.report import Report, bar_plot
 from editor.recipes.run import Run
 from editor.tasks import icl
-from editor.tasks.examples import Example
 
 
 @dataclass
