@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from torch import nn
 
 from editor.edit.plan import EditPlan
 from editor.errors import UserError
-from editor.io import default_mode, write_json_atomic
+from editor.io import atomic_directory, write_json_atomic
 from editor.model.store import sha256_file
 
 MANIFEST = "edit_manifest.json"
@@ -86,9 +85,7 @@ def save_checkpoint(
     if out.exists() and not force:
         raise UserError(f"{out} already exists; pass --force (force=True) to overwrite it")
     _check_saveable(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -103,19 +100,6 @@ def save_checkpoint(
             **(extra or {}),
         }
         write_json_atomic(tmp / MANIFEST, manifest)
-        os.chmod(tmp, default_mode(directory=True))
-        for file in tmp.iterdir():
-            os.chmod(file, default_mode())
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -136,19 +136,10 @@ def train_lora(model, tokenizer, settings: LoraSettings, train: list[Example], p
 
 def save_adapter(peft_model, out: Path) -> Path:
     """peft format (``adapter_model.safetensors`` + ``adapter_config.json``), written atomically."""
-    import shutil
-    import tempfile
+    from editor.io import atomic_directory
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         peft_model.save_pretrained(tmp, safe_serialization=True)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
