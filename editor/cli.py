@@ -239,15 +239,9 @@ def verify(checkpoint, device):
 
 # attribute --------------------------------------------------------------------------------------
 def _layers(text: str | None) -> list[int] | None:
-    if not text:
-        return None
-    out: list[int] = []
-    for part in text.split(","):
-        lo, sep, hi = part.strip().partition("-")
-        if not lo.isdigit() or (sep and not hi.isdigit()):
-            raise UserError(f"bad --layers {text!r}: write e.g. 20-29 or 3,5,7")
-        out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
-    return out
+    from editor.ranges import parse_ranges
+
+    return parse_ranges(text, "--layers", "e.g. 20-29 or 3,5,7") if text else None
 
 
 _DATA_OPTIONS = [

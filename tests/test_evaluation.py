@@ -191,3 +191,11 @@ def test_evaluation_json_round_trip(tmp_path, tokenizer):
     data = json.loads(paths["json"].read_text())
     assert data["tasks"]["arithmetic"]["measures"]["answer_accuracy"]["n"] == 8
     assert load_result(paths["json"]).table() == ev.table()
+
+
+def test_template_indices():
+    assert harness.parse_indices("0-2,5", 8) == [0, 1, 2, 5] and harness.parse_indices("all", 3) == [0, 1, 2]
+    with pytest.raises(UserError, match=r"bad gender templates 'x': write all, 0-3 or 0,2,5"):
+        harness.parse_indices("x", 8, "gender templates")
+    with pytest.raises(UserError, match=r"indices must be in 0\.\.7"):
+        harness.parse_indices("6-8", 8, "gender templates")

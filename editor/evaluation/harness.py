@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from editor.errors import UserError
+from editor.ranges import parse_ranges
 from editor.evaluation.results import Change, Comparison, Evaluation, Measure, TaskResult
 from editor.evaluation.scoring import greedy_answers, score_continuations, score_text
 from editor.tasks import arithmetic, gender, icl
@@ -138,14 +139,10 @@ def run_arithmetic(ctx: Context, cfg: ArithmeticConfig) -> TaskResult:
 
 # Gender -------------------------------------------------------------------------------------------
 def parse_indices(text: str, size: int, what: str = "indices") -> list[int]:
+    """``all`` or index ranges (``0-3``, ``0,2,5``), each below ``size``."""
     if text == "all":
         return list(range(size))
-    out = []
-    for part in str(text).split(","):
-        lo, sep, hi = part.strip().partition("-")
-        if not lo.isdigit() or (sep and not hi.isdigit()):
-            raise UserError(f"bad {what} {text!r}: write all, 0-3 or 0,2,5")
-        out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    out = parse_ranges(text, what, "all, 0-3 or 0,2,5")
     if not out or any(i >= size for i in out):
         raise UserError(f"{what} {text!r}: indices must be in 0..{size - 1}")
     return out
