@@ -36,9 +36,18 @@ window.addEventListener('load', function () {
 """
 
 
-def figure_png(fig) -> bytes:
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display on servers and CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def figure_png(fig) -> bytes:
+    plt = _pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -55,9 +64,6 @@ class Report:
 
     def paragraph(self, text: str) -> None:
         self.parts.append(f"<p>{html.escape(text)}</p>")
-
-    def code(self, text: str) -> None:
-        self.parts.append(f"<pre><code>{html.escape(text)}</code></pre>")
 
     def table(self, rows: list[dict], columns: list[str], bold: str | None = None) -> None:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
@@ -93,11 +99,7 @@ def line_plot(series: dict[str, tuple[list[float], list[float]]], xlabel: str, y
               bands: dict[str, tuple[list[float], list[float]]] | None = None, hlines: dict[str, float] | None = None,
               logx: bool = False) -> bytes:
     """Lines (x, y) with optional shaded intervals and horizontal reference lines, as PNG bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", label=label)
@@ -119,11 +121,7 @@ def line_plot(series: dict[str, tuple[list[float], list[float]]], xlabel: str, y
 
 def bar_plot(groups: dict[str, list[float]], ylabel: str, title: str) -> bytes:
     """One bar per group at its mean, with every individual value (e.g. random seeds) as a dot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     names = list(groups)
     means = [sum(v) / len(v) for v in groups.values()]
@@ -139,11 +137,7 @@ def bar_plot(groups: dict[str, list[float]], ylabel: str, title: str) -> bytes:
 
 def layer_counts_plot(components: list[str], n_layers: int, title: str) -> bytes:
     """How many of ``components`` (``L.I`` names) sit in each layer, as a bar chart."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     counts = [0] * n_layers
     for name in components:
         counts[int(name.split(".")[0])] += 1

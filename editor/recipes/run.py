@@ -83,9 +83,6 @@ class Run:
         self.log(f"{number} {name}: {seconds:.1f} s")
         return result
 
-    def done(self, name: str) -> bool:
-        return self._file(name).is_file()
-
     @property
     def model(self):
         """The recipe's model, loaded on first use (a run whose steps are all cached never loads it)."""

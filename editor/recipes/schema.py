@@ -90,10 +90,6 @@ def from_dict(cls, data, where: str = "recipe"):
     return obj
 
 
-def to_dict(obj) -> dict:
-    return dataclasses.asdict(obj)
-
-
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """``key.sub=value`` assignments (values parsed as YAML scalars) applied to a raw recipe mapping."""
     for item in overrides:
