@@ -10,7 +10,7 @@ from editor.attribution.cna import cna
 from editor.evaluation.harness import load_metric
 from editor.evaluation.results import Measure
 from editor.evaluation.scoring import score_continuations
-from editor.io import write_json_atomic, write_text_atomic
+from editor.io import write_bytes_atomic, write_json_atomic, write_text_atomic
 from editor.tables import markdown_table
 from editor.tasks.examples import Example, fit_to_tokenizer
 
@@ -49,12 +49,9 @@ class CoefficientShift:
     def save(self, out: str | Path, stem: str = "lora_compare") -> dict[str, Path]:
         out = Path(out)
         paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "png": out / f"{stem}.png"}
-        out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(paths["json"], self.to_json())
         write_text_atomic(paths["md"], self.markdown())
-        tmp = paths["png"].with_suffix(".png.tmp")
-        tmp.write_bytes(self.plot())
-        tmp.replace(paths["png"])
+        write_bytes_atomic(paths["png"], self.plot())
         return paths
 
 
