@@ -50,19 +50,23 @@ class ArchSpec:
     parallel_residual: bool | str = False  # attention and MLP both read the layer input; str: config flag
     embed_scale_sqrt_hidden: bool = False  # embeddings multiplied by sqrt(hidden_size) (Gemma)
     logit_softcap_attr: str | None = None  # config attribute of the tanh soft-cap on final logits
+    ffn_width_attr: str = "intermediate_size"  # config attribute holding the FFN width (for physical shrink)
+    # Heads can be removed physically only where the config fixes head_dim on its own (head_dim =
+    # hidden/heads elsewhere, so fewer heads would change the head size) and Q, K, V are separate.
+    heads_shrinkable: bool = False
 
 
 _GPT2 = ArchSpec(
     layers="transformer.h", embed="transformer.wte", final_norm="transformer.ln_f", unembed="lm_head",
     attn="attn", attn_out="attn.c_proj", mlp_in=("mlp.c_fc",), mlp_out="mlp.c_proj",
     attn_norm="ln_1", attn_v=None, mlp_norm="ln_2", norm="layernorm", act_attrs=("activation_function",),
-    attn_qkv=("attn.c_attn",) * 3,
+    attn_qkv=("attn.c_attn",) * 3, ffn_width_attr="n_inner",
 )
 _GPTJ = ArchSpec(
     layers="transformer.h", embed="transformer.wte", final_norm="transformer.ln_f", unembed="lm_head",
     attn="attn", attn_out="attn.out_proj", mlp_in=("mlp.fc_in",), mlp_out="mlp.fc_out",
     attn_norm="ln_1", attn_v="attn.v_proj", mlp_norm=None, norm="layernorm", act_attrs=("activation_function",),
-    parallel_residual=True, attn_qkv=("attn.q_proj", "attn.k_proj", "attn.v_proj"),
+    parallel_residual=True, attn_qkv=("attn.q_proj", "attn.k_proj", "attn.v_proj"), ffn_width_attr="n_inner",
 )
 _GPT_NEOX = ArchSpec(
     layers="gpt_neox.layers", embed="gpt_neox.embed_in", final_norm="gpt_neox.final_layer_norm",
@@ -78,7 +82,7 @@ _LLAMA = ArchSpec(
     attn="self_attn", attn_out="self_attn.o_proj", mlp_in=("mlp.gate_proj", "mlp.up_proj"),
     mlp_out="mlp.down_proj", attn_norm="input_layernorm", attn_v="self_attn.v_proj", attn_qkv=_QKV,
     mlp_norm="post_attention_layernorm",
-    norm="rms", gated=True,
+    norm="rms", gated=True, heads_shrinkable=True,
 )
 _GEMMA = ArchSpec(
     layers="model.layers", embed="model.embed_tokens", final_norm="model.norm", unembed="lm_head",
@@ -86,7 +90,7 @@ _GEMMA = ArchSpec(
     mlp_out="mlp.down_proj", attn_norm="input_layernorm", attn_v="self_attn.v_proj", attn_qkv=_QKV,
     mlp_norm="post_attention_layernorm",
     norm="rms_plus_one", gated=True, act_attrs=("hidden_activation", "hidden_act"),
-    embed_scale_sqrt_hidden=True,
+    embed_scale_sqrt_hidden=True, heads_shrinkable=True,
 )
 # Gemma 2/3: "post_attention_layernorm" normalises the attention OUTPUT; the MLP's pre-norm is
 # "pre_feedforward_layernorm". A head's or neuron's contribution passes through the post norm.
@@ -97,7 +101,7 @@ _GEMMA2 = ArchSpec(
     mlp_norm="pre_feedforward_layernorm",
     norm="rms_plus_one", gated=True, act_attrs=("hidden_activation", "hidden_act"),
     attn_post_norm="post_attention_layernorm", mlp_post_norm="post_feedforward_layernorm",
-    embed_scale_sqrt_hidden=True, logit_softcap_attr="final_logit_softcapping",
+    embed_scale_sqrt_hidden=True, logit_softcap_attr="final_logit_softcapping", heads_shrinkable=True,
 )
 
 ARCHITECTURES: dict[str, ArchSpec] = {
@@ -233,6 +237,19 @@ class Arch:
         if not 0 <= head < self.n_heads:
             raise UserError(f"head {head} out of range: the model has {self.n_heads} heads per layer")
         return slice(head * self.head_dim, (head + 1) * self.head_dim)
+
+    @property
+    def heads_per_group(self) -> int:
+        """Query heads that read one key/value head (1 without grouped-query attention)."""
+        return self.n_heads // self.n_kv_heads
+
+    def group_heads(self, group: int) -> list[int]:
+        """Query heads sharing key/value head ``group``: transformers' ``repeat_kv`` gives query head
+        ``h`` the key/value head ``h // heads_per_group``."""
+        if not 0 <= group < self.n_kv_heads:
+            raise UserError(f"key/value group {group} out of range: the model has {self.n_kv_heads} per layer")
+        rep = self.heads_per_group
+        return list(range(group * rep, (group + 1) * rep))
 
     def check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.n_layers:
