@@ -7,12 +7,19 @@ import random
 from editor.errors import UserError
 from editor.tasks.examples import Example
 
+# Templates 0-3 are the CNA paper's; 4 is a spaced equation ("3 + 5 = "), the form on which the
+# default model is best (few-shot one-digit addition: about 0.7 answer accuracy against 0.35-0.45
+# for the others), used by the pruning recipe.
 TEMPLATES = {
-    "+": ["The sum of {a} and {b} is", "Q: What is {a} plus {b}? A:", "{a} plus {b} is", "{a}+{b}="],
-    "-": ["The difference between {a} and {b} is", "Q: What is {a} minus {b}? A:", "{a} minus {b} is", "{a}-{b}="],
-    "*": ["The product of {a} and {b} is", "Q: What is {a} times {b}? A:", "{a} times {b} is", "{a}*{b}="],
-    "/": ["The ratio of {a} and {b} is", "Q: What is {a} divides {b}? A:", "{a} divides {b} is", "{a}/{b}="],
+    "+": ["The sum of {a} and {b} is", "Q: What is {a} plus {b}? A:", "{a} plus {b} is", "{a}+{b}=", "{a} + {b} = "],
+    "-": ["The difference between {a} and {b} is", "Q: What is {a} minus {b}? A:", "{a} minus {b} is", "{a}-{b}=",
+          "{a} - {b} = "],
+    "*": ["The product of {a} and {b} is", "Q: What is {a} times {b}? A:", "{a} times {b} is", "{a}*{b}=",
+          "{a} * {b} = "],
+    "/": ["The ratio of {a} and {b} is", "Q: What is {a} divides {b}? A:", "{a} divides {b} is", "{a}/{b}=",
+          "{a} / {b} = "],
 }
+PAPER_TEMPLATES = 4  # generate() cycles over the paper's four
 OPERAND_STYLES = ("numerals", "words")
 
 _ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
@@ -56,7 +63,7 @@ def _render(op: str, t: int, a: int, b: int, result: int, operands: str) -> tupl
     fmt = number_words if operands == "words" else str
     prompt = TEMPLATES[op][t].format(a=fmt(a), b=fmt(b))
     # Answers are numerals in both styles; after a word ("is", "A:") the model writes a space first.
-    return prompt, (str(result) if prompt.endswith("=") else f" {result}")
+    return prompt, (str(result) if prompt.endswith(("=", " ")) else f" {result}")
 
 
 def generate(n: int = 64, digits: int = 1, ops: str = "+-*/", seed: int = 0, operands: str = "numerals",
@@ -80,7 +87,7 @@ def generate(n: int = 64, digits: int = 1, ops: str = "+-*/", seed: int = 0, ope
     out = []
     for i in range(n):
         op = ops[i % len(ops)]
-        t = (i // len(ops)) % 4
+        t = (i // len(ops)) % PAPER_TEMPLATES
         a, b, result = _operands(op, digits, rng)
         prompt, answer = _render(op, t, a, b, result, operands)
         prefix = []
@@ -91,4 +98,72 @@ def generate(n: int = 64, digits: int = 1, ops: str = "+-*/", seed: int = 0, ope
                 prefix.append(p + ans + "\n")
         meta = {"op": op, "template": t, "a": a, "b": b, "result": result, "operands": operands, "shots": shots}
         out.append(Example("".join(prefix) + prompt, answer, meta))
+    return out
+
+
+def queries(digits: int, ops: str) -> list[tuple[str, int, int, int]]:
+    """Every valid (operation, a, b, result) with ``digits``-digit operands (results >= 0, exact division)."""
+    lo, hi = (0 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
+    out = []
+    for op in ops:
+        for a in range(lo, hi + 1):
+            for b in range(lo, hi + 1):
+                if op == "+":
+                    out.append((op, a, b, a + b))
+                elif op == "-" and a >= b:
+                    out.append((op, a, b, a - b))
+                elif op == "*":
+                    out.append((op, a, b, a * b))
+                elif op == "/" and b != 0 and a % b == 0:
+                    out.append((op, a, b, a // b))
+    return out
+
+
+def split_prompts(sizes: dict[str, int], fractions: dict[str, float], digits: int = 1, ops: str = "+",
+                  template: int = 4, shots: int = 4, seed: int = 0,
+                  share: dict[str, str] | None = None) -> dict[str, list[Example]]:
+    """Prompt sets whose QUERIES are disjoint: the (operation, a, b) pairs are shuffled once and cut
+    by ``fractions``; each set then cycles over its own queries with fresh few-shot prefixes until it
+    has ``sizes[name]`` prompts (one-digit addition has only 100 queries, so a query recurs within a
+    set under different demonstrations, never across sets). ``share`` lets a set take another set's
+    queries (LoRA training prompts use the scoring queries). Demonstrations come from all queries of
+    the same operation and are never the query itself."""
+    if digits not in (1, 2, 3):
+        raise UserError(f"arithmetic digits must be 1, 2 or 3, got {digits}")
+    if not ops or any(op not in TEMPLATES for op in ops) or len(set(ops)) != len(ops):
+        raise UserError(f"arithmetic ops must be distinct characters of '+-*/', got {ops!r}")
+    if not 0 <= template < len(TEMPLATES["+"]):
+        raise UserError(f"arithmetic template must be 0-{len(TEMPLATES['+']) - 1}, got {template}")
+    if digits == 3:
+        raise UserError("query splits enumerate every query; use one or two digits")
+    pool = queries(digits, ops)
+    rng = random.Random(f"split-{seed}")
+    rng.shuffle(pool)
+    by_op = {op: [q for q in pool if q[0] == op] for op in ops}
+    total = sum(fractions.values())
+    own, start = {}, 0
+    for name, fraction in fractions.items():
+        count = max(1, round(len(pool) * fraction / total))
+        own[name] = pool[start:start + count]
+        start += count
+        if not own[name]:
+            raise UserError(f"arithmetic split {name!r} has no queries left; use more digits or fewer sets")
+    for name, other in (share or {}).items():
+        own[name] = own[other]
+    out = {}
+    for name, size in sizes.items():
+        shot_rng = random.Random(f"shots-{seed}-{name}")
+        examples = []
+        for i in range(size):
+            op, a, b, result = own[name][i % len(own[name])]
+            prefix = []
+            while len(prefix) < shots:
+                _, sa, sb, sr = by_op[op][shot_rng.randrange(len(by_op[op]))]
+                if (sa, sb) != (a, b):
+                    p, ans = _render(op, template, sa, sb, sr, "numerals")
+                    prefix.append(p + ans + "\n")
+            prompt, answer = _render(op, template, a, b, result, "numerals")
+            meta = {"op": op, "template": template, "a": a, "b": b, "result": result, "shots": shots, "split": name}
+            examples.append(Example("".join(prefix) + prompt, answer, meta))
+        out[name] = examples
     return out
