@@ -17,7 +17,7 @@ from editor.model.loading import load_model
 from editor.recipes import load_recipe, run_recipe
 
 RECIPES = {
-    "arithmetic-prune": ["data.n_score=6", "data.n_eval=10", "neurons.layers=[1, 2]", "random_seeds=[1, 2]",
+    "arithmetic-keep-only": ["data.n_score=6", "data.n_eval=10", "neurons.layers=[1, 2]", "random_seeds=[1, 2]",
                          "heads.zero_fraction=0.25", "neurons.keep_fraction=0.2"],
     "gender-debias": ["edit.ks=[2, 6]", "split.choose_templates=0-1", "split.eval_templates=4"],
     "icl-heads": ["data.n_score=4", "data.n_eval=6", "cut.fractions=[0.1, 0.25]", "cut.random_seeds=[1, 2]",
@@ -27,8 +27,8 @@ RECIPES = {
     "prune-then-lora": ["lora_layers=[0]", "prune_layers=[1, 2]", "keep_fraction=0.2", "lora.steps=4",
                         "data.n_train=24", "data.n_eval=8", "data.n_compare=4", "random_seeds=[1]"],
 }
-WITH_CHECKPOINT = {"arithmetic-prune", "gender-debias"}
-WITH_SCORES = {"arithmetic-prune", "gender-debias", "icl-heads"}
+WITH_CHECKPOINT = {"arithmetic-keep-only", "gender-debias"}
+WITH_SCORES = {"arithmetic-keep-only", "gender-debias", "icl-heads"}
 
 
 def overrides(kind, model):
@@ -92,7 +92,7 @@ def test_a_run_directory_belongs_to_one_recipe(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("change,message", [
     (["heads.kep_fraction=0.1"], "unknown key 'kep_fraction'; known keys: method, zero_fraction"),
     (["colour=red"], "unknown key 'colour'"),
-    (["heads.method=magic"], "arithmetic-prune.yaml.heads.method: expected one of 'ablation' | 'static'"),
+    (["heads.method=magic"], "arithmetic-keep-only.yaml.heads.method: expected one of 'ablation' | 'static'"),
     (["data.n_eval=many"], "data.n_eval: expected an integer"),
     (["random_seeds=3"], "random_seeds: expected a list of an integer"),
     (["neurons.keep_fraction=0"], "keep_fraction: in (0, 1]"),
@@ -102,7 +102,7 @@ def test_a_run_directory_belongs_to_one_recipe(tiny_model_dir, tmp_path):
 ])
 def test_schema_errors_name_the_key(change, message):
     with pytest.raises(UserError) as err:
-        load_recipe("recipes/arithmetic-prune.yaml", change)
+        load_recipe("recipes/arithmetic-keep-only.yaml", change)
     assert message in str(err.value)
 
 

@@ -13,7 +13,7 @@ from editor.recipes import run_recipe
 pytestmark = pytest.mark.slow
 
 REDUCED = {
-    "arithmetic-prune": ["data.n_score=8", "data.n_eval=24", "heads.method=static", "neurons.layers=[26, 29]",
+    "arithmetic-keep-only": ["data.n_score=8", "data.n_eval=24", "heads.method=static", "neurons.layers=[26, 29]",
                          "random_seeds=[1]"],
     "gender-debias": ["split.choose_templates=0", "split.eval_templates=4", "edit.layers=[26, 29]", "edit.ks=[5, 20]"],
     "icl-heads": ["data.n_score=4", "data.n_eval=12", "cut.fractions=[0.02]", "cut.random_seeds=[1]",

@@ -59,3 +59,23 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
     tok.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+
+
+def arithmetic_model(family: str = "llama", steps: int = 300, seed: int = 0):
+    """A tiny model trained (full fine-tuning, a few seconds) on one-shot one-digit addition in the
+    pruning recipe's format, so that pruning has an accuracy to keep (random models score 0)."""
+    from editor.lora.train import _batch
+    from editor.tasks.arithmetic import split_prompts
+
+    model, tok = tiny_model(family, seed), char_tokenizer()
+    train = split_prompts({"train": 2000}, {"train": 1}, shots=1, seed=1000 + seed)["train"]
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        start = (step * 32) % len(train)
+        loss = model(**_batch(tok, train[start:start + 32], "cpu")).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()

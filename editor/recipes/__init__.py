@@ -11,9 +11,10 @@ from editor.recipes.schema import apply_overrides, from_dict, read_yaml
 
 
 def _kinds() -> dict:
-    from editor.recipes import arithmetic_prune, gender_debias, icl_heads, lora_recipes
+    from editor.recipes import arithmetic_keep_only, arithmetic_prune, gender_debias, icl_heads, lora_recipes
 
     return {"arithmetic-prune": (arithmetic_prune.ArithmeticPrune, arithmetic_prune.run),
+            "arithmetic-keep-only": (arithmetic_keep_only.ArithmeticKeepOnly, arithmetic_keep_only.run),
             "gender-debias": (gender_debias.GenderDebias, gender_debias.run),
             "icl-heads": (icl_heads.IclHeads, icl_heads.run),
             "lora-compare": (lora_recipes.LoraCompare, lora_recipes.run_lora_compare),

@@ -1,209 +1,313 @@
-"""Recipe ``arithmetic-prune``: score heads and FFN neurons on arithmetic, prune, compare with random.
+"""Recipe ``arithmetic-prune`` (and ``lmedit prune``): the smallest model that keeps the task.
 
-Keep-only pruning (the CNA paper's protocol): in a layer range keep the top neurons and zero the
-rest; and/or zero the least important heads. Evaluated on held-out arithmetic prompts (disjoint
-from the scoring prompts) and the capability guard, against the same amount of random pruning.
+Searches (editor.prune.search) for the largest removal of neurons, key/value groups and layers that
+keeps validation accuracy >= ``retain`` x the base's, shrinks the model physically
+(editor.edit.shrink), optionally recovers it with a merged LoRA, and reports held-out TEST numbers
+against the same search driven by the standard pruners' scores (random, magnitude, Wanda, ShortGPT
+block influence). Scoring, validation and test prompts have disjoint arithmetic queries.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from dataclasses import dataclass, field
 from typing import Literal
 
-from editor.attribution.cna import cna
-from editor.attribution.heads import head_ablation_scan, head_logprob_increase
-from editor.attribution.neurons import neuron_logprob_increase
-from editor.edit.plan import EditPlan
+import torch
+
+from editor.edit.checkpoint import describe_source, save_checkpoint
+from editor.edit.shrink import Removal, parameter_counts, removed_parameters, shrink, zeroed
 from editor.errors import UserError
-from editor.evaluation.harness import ArithmeticConfig, GuardConfig, compare
+from editor.evaluation.harness import ArithmeticConfig, GuardConfig, compare, evaluate_model
 from editor.evaluation.results import Evaluation
 from editor.io import write_text_atomic
-from editor.recipes.common import (Common, all_heads, checkpoint_step, evaluation_step, layer_range, neurons_in,
-                                   random_components, scores_step)
-from editor.recipes.report import Report, bar_plot
+from editor.model.capture import encode
+from editor.prune.scores import LAYER_ONLY, METHODS, UNITS
+from editor.prune.search import SearchSettings, measure, run_search
+from editor.recipes.common import Common
+from editor.recipes.report import Report, line_plot
 from editor.recipes.run import Run
 from editor.tasks import arithmetic
 from editor.tasks.examples import Example
 
+Method = Literal["attribution", "magnitude", "wanda", "random", "block-influence"]
+
 
 @dataclass
 class Data:
-    n_score: int = 32
-    n_eval: int = 100
     digits: int = 1
-    ops: str = "+-*/"
+    ops: str = "+"
+    template: int = 4  # "a + b = " (see editor.tasks.arithmetic.TEMPLATES)
+    shots: int = 4
+    n_score: int = 64  # calibration / attribution prompts
+    n_val: int = 100  # the search's stopping rule
+    n_test: int = 500  # the reported numbers
+    n_train: int = 400  # LoRA recovery prompts (the scoring queries, other demonstrations)
 
 
 @dataclass
-class Heads:
-    method: Literal["ablation", "static"] = "ablation"
-    zero_fraction: float = 0.1  # zero this fraction of heads, least important first (0: no head pruning)
+class Prune:
+    method: Method = "attribution"
+    units: list[Literal["neurons", "heads", "layers"]] = field(default_factory=lambda: list(UNITS))
+    retain: float = 0.95
+    max_guard_increase: float | None = None
+    neuron_step: float = 0.125
+    min_neuron_step: float = 0.015625
+    max_rounds: int = 60
 
 
 @dataclass
-class Neurons:
-    method: Literal["attribution", "cna"] = "attribution"  # cna: model vs model with the top head zeroed
-    layers: list[int] = field(default_factory=lambda: [20, 29])  # [first, last], inclusive
-    keep_fraction: float = 0.05  # keep this fraction of the range's neurons, zero the rest (1: none pruned)
+class Recover:
+    method: Literal["none", "lora"] = "none"
+    steps: int = 100
+    rank: int = 8
+    lr: float = 0.001
 
 
 @dataclass
 class ArithmeticPrune(Common):
     data: Data = field(default_factory=Data)
-    heads: Heads = field(default_factory=Heads)
-    neurons: Neurons = field(default_factory=Neurons)
-    random_seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    prune: Prune = field(default_factory=Prune)
+    recover: Recover = field(default_factory=Recover)
+    baselines: list[Method] = field(default_factory=lambda: ["random", "magnitude", "wanda", "block-influence"])
     save_checkpoint: bool = True
 
     def check(self, where: str) -> None:
         super().check(where)
-        if not 0 <= self.heads.zero_fraction < 1:
-            raise UserError(f"{where}.heads.zero_fraction: in [0, 1), got {self.heads.zero_fraction}")
-        if not 0 < self.neurons.keep_fraction <= 1:
-            raise UserError(f"{where}.neurons.keep_fraction: in (0, 1], got {self.neurons.keep_fraction}")
-        if self.data.n_score < 1 or self.data.n_eval < 1:
-            raise UserError(f"{where}.data: n_score and n_eval must be >= 1")
+        if not 0 < self.prune.retain <= 1:
+            raise UserError(f"{where}.prune.retain: in (0, 1], got {self.prune.retain}")
+        if not self.prune.units or len(set(self.prune.units)) != len(self.prune.units):
+            raise UserError(f"{where}.prune.units: one or more distinct of {', '.join(UNITS)}")
+        for method in [self.prune.method, *self.baselines]:
+            if method in LAYER_ONLY and "layers" not in self.prune.units:
+                raise UserError(f"{where}: {method} scores layers only; include 'layers' in prune.units")
+        if self.prune.max_guard_increase is not None and not self.prune.max_guard_increase > 0:
+            raise UserError(f"{where}.prune.max_guard_increase: > 0 (0.5: at most 1.5x the base perplexity)")
+        if not 0 < self.prune.min_neuron_step <= self.prune.neuron_step < 1:
+            raise UserError(f"{where}.prune: 0 < min_neuron_step <= neuron_step < 1")
+        if not 1 <= self.prune.max_rounds <= 1000:
+            raise UserError(f"{where}.prune.max_rounds: 1-1000")
+        for name in ("n_score", "n_val", "n_test", "n_train"):
+            if not 1 <= getattr(self.data, name) <= 100_000:
+                raise UserError(f"{where}.data.{name}: 1-100000")
+        if self.data.digits not in (1, 2):
+            raise UserError(f"{where}.data.digits: 1 or 2")
+        if self.recover.steps < 1 or self.recover.rank < 1 or not self.recover.lr > 0:
+            raise UserError(f"{where}.recover: steps and rank >= 1, lr > 0")
 
 
-STEPS = ["data", "head_scores", "neuron_scores", "evaluate_base", "evaluate_pruned", "random_pruning",
-         "checkpoint", "report"]
+def _settings(cfg: ArithmeticPrune, method: str) -> SearchSettings:
+    units = ["layers"] if method in LAYER_ONLY else list(cfg.prune.units)
+    p = cfg.prune
+    return SearchSettings(method, units, p.retain, p.max_guard_increase, p.neuron_step, p.min_neuron_step,
+                          p.max_rounds, cfg.batch_size, cfg.seed)
 
 
 def _data(cfg: ArithmeticPrune) -> dict:
-    score = arithmetic.generate(cfg.data.n_score, cfg.data.digits, cfg.data.ops, cfg.seed)
-    seen = {(e.meta["op"], e.meta["a"], e.meta["b"]) for e in score}
-    pool = arithmetic.generate(cfg.data.n_eval * 4 + 64, cfg.data.digits, cfg.data.ops, cfg.seed + 7919)
-    held_out = [e for e in pool if (e.meta["op"], e.meta["a"], e.meta["b"]) not in seen][:cfg.data.n_eval]
-    if len(held_out) < cfg.data.n_eval:
-        raise UserError(f"only {len(held_out)} arithmetic prompts differ from the scoring prompts; "
-                        "lower data.n_eval or use more digits")
-    return {"score": [e.to_json() for e in score], "eval": [e.to_json() for e in held_out]}
+    d = cfg.data
+    sets = arithmetic.split_prompts({"score": d.n_score, "val": d.n_val, "test": d.n_test, "train": d.n_train},
+                                    {"score": 1, "val": 1, "test": 2}, d.digits, d.ops, d.template, d.shots,
+                                    cfg.seed, share={"train": "score"})
+    return {name: [e.to_json() for e in examples] for name, examples in sets.items()}
 
 
 def _examples(records: list[dict]) -> list[Example]:
     return [Example(r["prompt"], r.get("answer"), r.get("meta")) for r in records]
 
 
+def _recover(run: Run, cfg: ArithmeticPrune, model, train: list[Example]):
+    """LoRA on every layer of the SHRUNK model, trained on the training prompts and merged."""
+    from editor.lora.train import LoraSettings, train_lora
+    from editor.model.arch import Arch
+
+    settings = LoraSettings(layers=list(range(Arch(model).n_layers)), rank=cfg.recover.rank, alpha=2 * cfg.recover.rank,
+                            steps=cfg.recover.steps, lr=cfg.recover.lr, batch_size=cfg.batch_size, seed=cfg.seed)
+    peft_model, result = train_lora(model, run.model.tokenizer, settings, train, progress=True)
+    return peft_model.merge_and_unload().eval(), result.to_json()
+
+
+def _pruned_model(run: Run, cfg: ArithmeticPrune, removal: Removal, train: list[Example]):
+    lm = run.model
+    small, notes = shrink(lm.model, removal)
+    info = {"notes": notes, "recovery": None}
+    if cfg.recover.method == "lora":
+        small, info["recovery"] = _recover(run, cfg, small, train)
+    return small, info
+
+
+def _tasks(run: Run, cfg: ArithmeticPrune, test: list[Example]) -> dict:
+    test_file = run.path("data", "test.jsonl")
+    write_text_atomic(test_file, "".join(json.dumps({"prompt": e.prompt, "answer": e.answer, **e.meta}) + "\n"
+                                         for e in test))
+    return {"arithmetic": ArithmeticConfig(n=len(test), data=str(test_file)), "guard": GuardConfig()}
+
+
 def run(run: Run, cfg: ArithmeticPrune) -> dict:
-    run.plan(STEPS)
+    methods = list(dict.fromkeys([cfg.prune.method, *cfg.baselines]))
+    run.plan(["data", "base_validation", *[f"{m}_search" for m in methods], "evaluate_base",
+              *[f"evaluate_{m}" for m in methods], "checkpoint", "report"])
     data = run.step("data", lambda: _data(cfg))
-    score_ex = _examples(data["score"])
-    eval_file = run.path("data", "eval.jsonl")
-    write_text_atomic(eval_file, "".join(json.dumps({"prompt": r["prompt"], "answer": r["answer"], **r["meta"]}) + "\n"
-                                         for r in data["eval"]))
-    bs = cfg.batch_size
+    score, val, test, train = (_examples(data[k]) for k in ("score", "val", "test", "train"))
+    guard = cfg.prune.max_guard_increase is not None
 
-    def head_scores():
+    def base_validation():
         lm = run.model
-        if cfg.heads.method == "ablation":
-            return head_ablation_scan(lm.model, lm.tokenizer, score_ex, batch_size=bs)
-        return head_logprob_increase(lm.model, lm.tokenizer, score_ex, target="gold", batch_size=bs)
+        got = measure(lm.model, lm.tokenizer, val, cfg.batch_size, guard)
+        if got["val_accuracy"] == 0:
+            raise UserError(f"{cfg.model} answers none of the {len(val)} validation prompts; there is no accuracy "
+                            "to retain (choose a task setting the model can do)")
+        return got
 
-    heads = scores_step(run, "head_scores", head_scores)
-    ranked_heads = heads.top_components(heads.shape[0] * heads.shape[1])  # most important first
-    top_head = ranked_heads[0]
-
-    def neuron_scores():
+    base_val = run.step("base_validation", base_validation)
+    run.log(f"base validation accuracy {base_val['val_accuracy']:.3f}; keep >= {cfg.prune.retain} x that")
+    removals, traces = {}, {}
+    for method in methods:
+        run.log(f"search: {method}")
         lm = run.model
-        layers = layer_range(cfg.neurons.layers, lm.arch.n_layers, "neurons.layers")
-        if cfg.neurons.method == "cna":
-            return cna(lm.model, lm.tokenizer, score_ex, ablate=EditPlan().zero("head", [top_head]),
-                       layers=layers, target="gold", batch_size=bs)
-        return neuron_logprob_increase(lm.model, lm.tokenizer, score_ex, target="gold", layers=layers, batch_size=bs)
+        state, trace = run_search(lm.model, lm.tokenizer, _settings(cfg, method), score, val, base_val,
+                                  step=run.step, log=run.log)
+        removals[method], traces[method] = state.removal, trace
+        run.step(f"{method}_search", lambda state=state, trace=trace: {"removal": state.removal.to_json(),
+                                                                      "rounds": len(trace)})
+    _write_traces(run, traces)
+    tasks = _tasks(run, cfg, test)
 
-    neurons = scores_step(run, "neuron_scores", neuron_scores)
-    n_layers, n_heads = heads.shape
-    layers = layer_range(cfg.neurons.layers, n_layers, "neurons.layers")
-    width = neurons.shape[1]
-    order = neurons.ranked_names(layers)
-    n_keep = max(1, round(cfg.neurons.keep_fraction * len(order)))
-    keep = order[:n_keep]
-    n_zero_heads = round(cfg.heads.zero_fraction * n_layers * n_heads)
-    zero_heads = ranked_heads[::-1][:n_zero_heads]
+    def evaluate_base():
+        lm = run.model
+        return {"evaluation": evaluate_model(lm.model, lm.tokenizer, tasks, f"{cfg.model} [base]", cfg.batch_size,
+                                             self_reference=True).to_json(),
+                "parameters": parameter_counts(lm.model)}
 
-    def plan_for(kept: list[str], heads_zeroed: list[str], note: str) -> EditPlan:
-        plan = EditPlan(note=note)
-        if cfg.neurons.keep_fraction < 1:
-            plan.keep_only("neuron", layers[0], layers[-1], kept)
-        if heads_zeroed:
-            plan.zero("head", heads_zeroed)
-        return plan
+    base = run.step("evaluate_base", evaluate_base)
+    base_eval = Evaluation.from_json(base["evaluation"])
+    results = {}
+    for method in methods:
+        def evaluate_pruned(method=method):
+            small, info = _pruned_model(run, cfg, removals[method], train)
+            ev = evaluate_model(small, run.model.tokenizer, tasks, f"{cfg.model} [{method}]", cfg.batch_size,
+                                reference=base_eval)
+            return {"evaluation": ev.to_json(), "parameters": parameter_counts(small), **info}
 
-    plan = plan_for(keep, zero_heads, f"arithmetic-prune: keep top {n_keep} neurons of layers {layers[0]}-{layers[-1]} "
-                                      f"({cfg.neurons.method}), zero {n_zero_heads} least important heads ({cfg.heads.method})")
-    plan.save(run.path("plan.json"))
-    tasks = {"arithmetic": ArithmeticConfig(n=cfg.data.n_eval, data=str(eval_file)), "guard": GuardConfig()}
-    base = evaluation_step(run, "evaluate_base", tasks)
-    pruned = evaluation_step(run, "evaluate_pruned", tasks, plan, reference=base)
-
-    def random_pruning():
-        out = {}
-        for seed in cfg.random_seeds:
-            kept = random_components(neurons_in(layers, width), n_keep, seed)
-            zeroed = random_components(all_heads(n_layers, n_heads), n_zero_heads, seed)
-            ev = evaluation_step(run, f"random_seed{seed}", tasks, plan_for(kept, zeroed, f"random seed {seed}"),
-                                 reference=base)
-            out[str(seed)] = ev.to_json()
-        return out
-
-    randoms = {s: Evaluation.from_json(e) for s, e in run.step("random_pruning", random_pruning).items()}
-    comparison = compare(base, pruned, cfg.seed)
+        results[method] = run.step(f"evaluate_{method}", evaluate_pruned)
+    main_method = cfg.prune.method
+    pruned_eval = Evaluation.from_json(results[main_method]["evaluation"])
+    comparison = compare(base_eval, pruned_eval, cfg.seed)
     comparison.save(run.out, "evaluation")
-
-    checkpoint = checkpoint_step(run, plan, {"heads": heads.ranked(20), "neurons": neurons.ranked(20)},
-                                 cfg.save_checkpoint)
-    summary = _summary(base, pruned, randoms, n_keep, n_zero_heads, len(order))
-    run.step("report", lambda: _report(run, cfg, heads, neurons, comparison, randoms, summary, checkpoint, layers, width))
+    summary = _summary(cfg, base, results, removals, base_val)
+    checkpoint = _checkpoint_step(run, cfg, removals[main_method], train, summary, traces[main_method])
+    summary["checkpoint"] = checkpoint
+    run.step("report", lambda: _report(run, cfg, comparison, summary, traces))
     return summary
 
 
-def _metric(ev, task, key):
-    return ev.tasks[task].measures[key].value
+def _checkpoint_step(run: Run, cfg: ArithmeticPrune, removal: Removal, train, summary: dict, trace) -> str | None:
+    def compute():
+        if not cfg.save_checkpoint:
+            return {"path": None}
+        lm = run.model
+        small, info = _pruned_model(run, cfg, removal, train)
+        inputs = encode(lm.tokenizer, [e.prompt for e in _examples(json.loads(run.path("steps", "data.json")
+                                                                               .read_text())["test"][:8])],
+                        padding_side="left")
+        shrink_check = None
+        if info["recovery"] is None:  # the shrunk model must compute what the zeroed one does
+            with torch.no_grad(), zeroed(lm.model, removal):
+                reference = lm.model(**inputs).logits
+            with torch.no_grad():
+                got = small(**inputs).logits
+            shrink_check = (got - reference)[inputs["attention_mask"].bool()].abs().max().item()
+        extra = {"recipe": run.recipe, "prune": {
+            "method": cfg.prune.method, "units": cfg.prune.units, "retain": cfg.prune.retain,
+            "removed": removal.to_json(), "removed_parameters": removed_parameters(lm.arch, removal),
+            "parameters_before": parameter_counts(lm.model), "parameters_after": parameter_counts(small),
+            "shrunk_vs_zeroed_max_logit_difference": shrink_check, "notes": info["notes"],
+            "recovery": info["recovery"], "data": {k: v for k, v in run.recipe["data"].items()},
+            "seed": cfg.seed, "results": summary["rows"], "search_rounds": len(trace)}}
+        path = save_checkpoint(small, lm.tokenizer, run.path("checkpoint"), None, describe_source(lm),
+                               scores=None, force=True, extra=extra)
+        return {"path": str(path)}
+
+    return run.step("checkpoint", compute)["path"]
 
 
-def _summary(base, pruned, randoms, n_keep, n_zero_heads, n_range) -> dict:
-    rows = {"base": base, "pruned (attribution)": pruned, **{f"random seed {s}": e for s, e in randoms.items()}}
-    return {
-        "kept_neurons": n_keep, "neurons_in_range": n_range, "zeroed_heads": n_zero_heads,
-        "rows": [{"model": name, "token_accuracy": round(_metric(e, "arithmetic", "token_accuracy"), 4),
-                  "exact_match": round(_metric(e, "arithmetic", "exact_match"), 4),
-                  "perplexity": round(_metric(e, "guard", "perplexity"), 3)} for name, e in rows.items()],
-    }
+def _measure_row(ev: dict, task: str, key: str) -> dict:
+    m = ev["tasks"][task]["measures"][key]
+    return {"value": round(m["value"], 4), "low": round(m["low"], 4), "high": round(m["high"], 4)}
 
 
-def _report(run, cfg, heads, neurons, comparison, randoms, summary, checkpoint, layers, width) -> dict:
-    from editor.attribution.results import heatmap
-    from editor.attribution.vocab import neuron_tokens
-
-    rep = Report(f"arithmetic-prune: {cfg.model}")
-    rep.paragraph(f"Scored on {cfg.data.n_score} arithmetic prompts; evaluated on {cfg.data.n_eval} held-out prompts "
-                  f"and the guard text. Kept {summary['kept_neurons']} of {summary['neurons_in_range']} FFN neurons "
-                  f"in layers {layers[0]}-{layers[-1]} ({cfg.neurons.method}); zeroed {summary['zeroed_heads']} "
-                  f"heads ({cfg.heads.method}, least important first).")
-    rep.heading("Before and after pruning")
-    rep.comparison(comparison)
-    rep.heading("Against random pruning of the same size")
-    rep.table(summary["rows"], ["model", "token_accuracy", "exact_match", "perplexity"])
-    groups = {"base": [summary["rows"][0]["token_accuracy"]], "attribution": [summary["rows"][1]["token_accuracy"]],
-              "random": [r["token_accuracy"] for r in summary["rows"][2:]]}
-    rep.image(bar_plot(groups, "teacher-forced token accuracy", "held-out arithmetic"),
-              "Token accuracy: base, attribution-chosen pruning, random pruning (dots: seeds)")
-    png = heatmap(heads.columns[heads.primary], run.path("attribution", "head_scores.png"),
-                  title=f"heads: {heads.method} {heads.primary}")
-    rep.image(png, f"Head scores ({heads.method}, {heads.primary}), layers x heads")
-    rep.heading("Top neurons and the tokens they promote")
-    lm = run.model
+def _summary(cfg, base, results, removals, base_val) -> dict:
+    before = base["parameters"]
     rows = []
-    for name in neurons.ranked_names(layers)[:10]:
-        layer, index = map(int, name.split("."))
-        toks = neuron_tokens(lm.arch, lm.tokenizer, layer, index, k=6)
-        rows.append({"neuron": name, neurons.primary: round(float(neurons.columns[neurons.primary][layer, index]), 5),
-                     "top tokens": " ".join(toks["top"])})
-    rep.table(rows, ["neuron", neurons.primary, "top tokens"])
-    rep.heading("Top heads")
-    rep.table(heads.ranked(10), ["rank", "head", *heads.columns])
-    if checkpoint:
-        rep.paragraph(f"Checkpoint: {checkpoint} (loads with AutoModelForCausalLM.from_pretrained).")
+    for name, res in [("base", base), *results.items()]:
+        ev, params = res["evaluation"], res["parameters"]
+        acc = _measure_row(ev, "arithmetic", "answer_accuracy")
+        rows.append({
+            "model": name,
+            "parameters": params["total"],
+            "non_embedding": params["non_embedding"],
+            "non_embedding_removed": round(1 - params["non_embedding"] / before["non_embedding"], 4),
+            "answer_accuracy": acc["value"], "answer_accuracy_95": [acc["low"], acc["high"]],
+            "exact_match": _measure_row(ev, "arithmetic", "exact_match")["value"],
+            "token_accuracy": _measure_row(ev, "arithmetic", "token_accuracy")["value"],
+            "guard_perplexity": round(ev["tasks"]["guard"]["measures"]["perplexity"]["value"], 3),
+            "layers_removed": len(removals[name].layers) if name in removals else 0,
+        })
+    base_acc = rows[0]["answer_accuracy"]
+    for r in rows:
+        r["retained"] = round(r["answer_accuracy"] / base_acc, 3) if base_acc else None
+    return {"method": cfg.prune.method, "retain": cfg.prune.retain, "base_val_accuracy": base_val["val_accuracy"],
+            "n_test": cfg.data.n_test, "rows": rows}
+
+
+def _write_traces(run: Run, traces: dict) -> None:
+    from editor.io import write_json_atomic
+
+    write_json_atomic(run.path("search_trace.json"), traces)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["method", "round", "taken", "removed_parameters", "val_accuracy", "guard_perplexity"])
+    for method, trace in traces.items():
+        for row in trace:
+            writer.writerow([method, row["round"], row["taken"] or "", row["removed_parameters"],
+                             round(row["val_accuracy"], 4), row.get("guard_perplexity") or ""])
+    write_text_atomic(run.path("search_trace.csv"), buf.getvalue())
+
+
+COLUMNS = ["model", "non_embedding", "non_embedding_removed", "layers_removed", "answer_accuracy",
+           "answer_accuracy_95", "retained", "exact_match", "token_accuracy", "guard_perplexity"]
+
+
+def curve_png(traces: dict, base_non_embedding: int, base_accuracy: float, title: str) -> bytes:
+    """Validation accuracy against the share of non-embedding parameters removed, one line per method."""
+    series = {}
+    for method, trace in traces.items():
+        taken = [row for row in trace if row["taken"]]
+        series[method] = ([0.0] + [100 * r["removed_parameters"] / base_non_embedding for r in taken],
+                          [base_accuracy] + [r["val_accuracy"] for r in taken])
+    return line_plot(series, "non-embedding parameters removed (%)", "validation answer accuracy", title)
+
+
+def _report(run: Run, cfg: ArithmeticPrune, comparison, summary: dict, traces: dict) -> dict:
+    rows = summary["rows"]
+    main = next(r for r in rows if r["model"] == cfg.prune.method)
+    rep = Report(f"arithmetic-prune: {cfg.model}")
+    rep.paragraph(
+        f"Pruned {cfg.model} for few-shot {cfg.data.digits}-digit arithmetic ({cfg.data.ops}) by {cfg.prune.method}: "
+        f"{100 * main['non_embedding_removed']:.1f}% of the non-embedding parameters removed physically "
+        f"({main['layers_removed']} layers), test answer accuracy {rows[0]['answer_accuracy']:.3f} -> "
+        f"{main['answer_accuracy']:.3f} (95% interval {main['answer_accuracy_95']}) on {cfg.data.n_test} held-out "
+        f"prompts; the search kept validation accuracy >= {cfg.prune.retain} x the base's.")
+    rep.heading("Every method, the same search, the same shrink (test prompts)")
+    rep.table(rows, COLUMNS)
+    rep.image(curve_png(traces, rows[0]["non_embedding"], summary["base_val_accuracy"],
+                        "accuracy as the search removes parameters"),
+              "Validation answer accuracy after each accepted round, by method")
+    rep.heading("Base vs pruned (paired, test prompts)")
+    rep.comparison(comparison)
+    if summary.get("checkpoint"):
+        rep.paragraph(f"Checkpoint: {summary['checkpoint']} (a smaller model; loads with "
+                      "AutoModelForCausalLM.from_pretrained).")
     rep.write(run.path("report.html"))
     return {"report": str(run.path("report.html"))}

@@ -15,7 +15,7 @@ from editor.evaluation.harness import evaluate_model
 from editor.evaluation.results import Evaluation
 from editor.recipes.run import Run
 
-RecipeKind = Literal["arithmetic-prune", "gender-debias", "icl-heads", "lora-compare", "prune-then-lora"]
+RecipeKind = Literal["arithmetic-prune", "arithmetic-keep-only", "gender-debias", "icl-heads", "lora-compare", "prune-then-lora"]
 
 
 @dataclass

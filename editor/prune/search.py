@@ -1,0 +1,194 @@
+"""The pruning search: remove as much as the task allows, one validated round at a time.
+
+Each round re-scores the units on the model as pruned so far (a head's importance changes once its
+neighbours are gone), then proposes one move per unit kind still active:
+
+* neurons: the ``step`` lowest-scoring remaining neurons of EVERY kept layer (a uniform width is
+  what a transformers config can hold);
+* heads: the lowest-scoring remaining key/value group (with its query heads) of every kept layer;
+* layers: the lowest-scoring remaining layer.
+
+Each proposal is measured on the VALIDATION prompts (never the test prompts) in the zeroed form
+(:func:`editor.edit.shrink.zeroed`, equal to the shrunk model). Proposals that keep validation
+accuracy >= ``retain`` x the base's (and the guard perplexity within its limit, when one is set)
+qualify; the one losing the least accuracy per removed parameter is taken. A failed neuron move
+halves its step until the step falls below ``min_neuron_step``; a failed head or layer move retires
+that kind. The search ends when no kind is active. Everything is seeded and deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from editor.edit.shrink import Removal, removed_parameters, zeroed
+from editor.evaluation.scoring import score_continuations, score_text
+from editor.model.arch import Arch
+from editor.prune.scores import UnitScores, unit_scores
+from editor.tasks.examples import Example, fit_to_tokenizer
+from editor.tasks.guard import guard_text
+
+
+@dataclass
+class SearchSettings:
+    method: str = "attribution"
+    units: list[str] = field(default_factory=lambda: ["neurons", "heads", "layers"])
+    retain: float = 0.95
+    max_guard_increase: float | None = None  # e.g. 0.5: guard perplexity at most 1.5x the base's
+    neuron_step: float = 0.125  # first neuron move: this fraction of the FFN width per layer
+    min_neuron_step: float = 0.015625  # smallest neuron move before neurons retire
+    max_rounds: int = 60
+    batch_size: int = 16
+    seed: int = 0
+
+
+def answer_accuracy(model, tokenizer, examples: list[Example], batch_size: int) -> float:
+    """Share of prompts whose every answer token is the model's top-1 (teacher forced)."""
+    examples = fit_to_tokenizer(tokenizer, examples)
+    scored = score_continuations(model, tokenizer, [e.prompt for e in examples], [e.answer for e in examples],
+                                 batch_size, progress=False)
+    return sum(all(s.correct) for s in scored) / len(scored)
+
+
+def guard_perplexity(model, tokenizer) -> float:
+    nll = score_text(model, tokenizer, guard_text(), progress=False).nll
+    return math.exp(sum(nll) / len(nll))
+
+
+def measure(model, tokenizer, examples: list[Example], batch_size: int, guard: bool) -> dict:
+    out = {"val_accuracy": answer_accuracy(model, tokenizer, examples, batch_size)}
+    if guard:
+        out["guard_perplexity"] = guard_perplexity(model, tokenizer)
+    return out
+
+
+def _lowest(values: torch.Tensor, exclude: set[int], k: int) -> list[int]:
+    order = [int(i) for i in torch.argsort(values.float(), stable=True) if int(i) not in exclude]
+    return sorted(order[:k])
+
+
+def propose(kind: str, arch: Arch, current: Removal, scores: UnitScores, step: int) -> Removal | None:
+    """``current`` plus one move of ``kind``; None when the kind has nothing left to give."""
+    kept = current.kept_layers(arch.n_layers)
+    if kind == "layers":
+        if len(kept) <= 1:
+            return None
+        return current.merged(Removal(layers=_lowest(scores.layers, set(current.layers), 1)))
+    what, width = ((current.neurons, arch.d_ffn(0)) if kind == "neurons" else (current.groups, arch.n_kv_heads))
+    left = width - len(what.get(kept[0], []))
+    step = min(step, left - 1)
+    if step < 1:
+        return None
+    table = scores.neurons if kind == "neurons" else scores.groups
+    move = {l: _lowest(table[l], set(what.get(l, [])), step) for l in kept}
+    return current.merged(Removal(neurons=move) if kind == "neurons" else Removal(groups=move))
+
+
+@dataclass
+class SearchState:
+    """What a round leaves for the next: the removal so far, the active kinds' steps, the accuracy."""
+
+    removal: Removal
+    steps: dict[str, int]  # active kind -> step (neurons per layer; 1 for heads and layers)
+    val_accuracy: float
+    guard_perplexity: float | None = None
+
+    def to_json(self) -> dict:
+        return {"removal": self.removal.to_json(), "steps": self.steps, "val_accuracy": self.val_accuracy,
+                "guard_perplexity": self.guard_perplexity}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SearchState":
+        return cls(Removal.from_json(data["removal"]), dict(data["steps"]), data["val_accuracy"],
+                   data.get("guard_perplexity"))
+
+
+def initial_state(arch: Arch, settings: SearchSettings, base: dict) -> SearchState:
+    steps = {}
+    for kind in settings.units:
+        if kind == "neurons":
+            steps[kind] = max(1, round(settings.neuron_step * arch.d_ffn(0)))
+        elif kind == "heads" and arch.n_kv_heads > 1:
+            steps[kind] = 1
+        elif kind == "layers":
+            steps[kind] = 1
+    return SearchState(Removal(), steps, base["val_accuracy"], base.get("guard_perplexity"))
+
+
+def search_round(model, tokenizer, state: SearchState, settings: SearchSettings, base: dict,
+                 score_examples: list[Example], val_examples: list[Example], round_index: int,
+                 progress: bool = True) -> tuple[SearchState, dict]:
+    """One round: re-score, propose, validate, take the best qualifying move. Returns (state, trace row)."""
+    arch = Arch(model)
+    guard = settings.max_guard_increase is not None
+    floor = settings.retain * base["val_accuracy"]
+    with zeroed(model, state.removal):
+        scores = unit_scores(settings.method, model, tokenizer, score_examples, settings.batch_size,
+                             seed=settings.seed * 1000 + round_index, progress=progress)
+    already = removed_parameters(arch, state.removal)
+    tried, best = [], None
+    for kind in sorted(state.steps):
+        candidate = propose(kind, arch, state.removal, scores, state.steps[kind])
+        if candidate is None:
+            tried.append({"kind": kind, "step": state.steps[kind], "result": "nothing left"})
+            continue
+        with zeroed(model, candidate):
+            got = measure(model, tokenizer, val_examples, settings.batch_size, guard)
+        gained = removed_parameters(arch, candidate) - already
+        ok = got["val_accuracy"] >= floor - 1e-12
+        if ok and guard:
+            ok = got["guard_perplexity"] <= base["guard_perplexity"] * (1 + settings.max_guard_increase)
+        cost = (state.val_accuracy - got["val_accuracy"]) / max(gained, 1)
+        tried.append({"kind": kind, "step": state.steps[kind], "parameters": gained, **got, "qualifies": ok})
+        if ok and (best is None or (cost, -gained) < (best[0], -best[2])):
+            best = (cost, kind, gained, candidate, got)
+    steps = dict(state.steps)
+    for row in tried:
+        if row.get("qualifies") or (best and row["kind"] == best[1]):
+            continue
+        kind = row["kind"]
+        if kind == "neurons" and row.get("result") != "nothing left":
+            smaller = steps[kind] // 2
+            if smaller >= max(1, round(settings.min_neuron_step * arch.d_ffn(0))):
+                steps[kind] = smaller
+                continue
+        steps.pop(kind)
+    if best is None:
+        new = SearchState(state.removal, steps, state.val_accuracy, state.guard_perplexity)
+        return new, {"round": round_index, "taken": None, "tried": tried,
+                     "removed_parameters": already, "val_accuracy": state.val_accuracy}
+    _, kind, gained, candidate, got = best
+    new = SearchState(candidate, steps, got["val_accuracy"], got.get("guard_perplexity"))
+    return new, {"round": round_index, "taken": kind, "tried": tried, "removed_parameters": already + gained,
+                 "val_accuracy": got["val_accuracy"], "guard_perplexity": got.get("guard_perplexity")}
+
+
+def run_search(model, tokenizer, settings: SearchSettings, score_examples: list[Example],
+               val_examples: list[Example], base: dict,
+               step: Callable[[str, Callable[[], dict]], dict] | None = None,
+               log: Callable[[str], None] = print, progress: bool = True) -> tuple[SearchState, list[dict]]:
+    """Rounds until no kind is active. ``step(name, fn)`` caches each round (a recipe Run's step), so
+    an interrupted search resumes after its last finished round."""
+    arch = Arch(model)
+    step = step or (lambda name, fn: fn())
+    state = initial_state(arch, settings, base)
+    trace = []
+    for index in range(1, settings.max_rounds + 1):
+        if not state.steps:
+            break
+
+        def compute(state=state, index=index):
+            new, row = search_round(model, tokenizer, state, settings, base, score_examples, val_examples, index,
+                                    progress)
+            return {"state": new.to_json(), "trace": row}
+
+        result = step(f"{settings.method}_round_{index:02d}", compute)
+        state = SearchState.from_json(result["state"])
+        trace.append(result["trace"])
+        row = result["trace"]
+        log(f"  round {index}: {row['taken'] or 'no move qualifies'}; removed {row['removed_parameters']:,} "
+            f"parameters; validation accuracy {row['val_accuracy']:.3f}")
+    return state, trace
