@@ -451,6 +451,49 @@ def run_cmd(recipe, overrides, out, fresh):
     click.echo(f"\nrun directory: {target}  (report: {target / 'report.html'})")
 
 
+# prune ------------------------------------------------------------------------------------------
+@main.command("prune")
+@click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help="Store alias, directory or hub id.")
+@click.option("--task", type=click.Choice(["arithmetic"]), default="arithmetic", show_default=True)
+@click.option("--retain", type=float, default=0.95, show_default=True,
+              help="Keep validation accuracy >= RETAIN x the base's (0 < RETAIN <= 1).")
+@click.option("--units", default="neurons,heads,layers", show_default=True,
+              help="What may be removed: neurons, heads (key/value groups), layers.")
+@click.option("--method", type=click.Choice(["attribution", "magnitude", "wanda", "random", "block-influence"]),
+              default="attribution", show_default=True, help="How units are ordered for removal.")
+@click.option("--baselines", default="", metavar="M1,M2",
+              help="Also run the same search with these methods and report them beside it [default: none].")
+@click.option("--max-guard-increase", type=float, default=None,
+              help="Also keep guard perplexity <= (1 + X) x the base's, e.g. 0.5.")
+@click.option("--recover", type=click.Choice(["none", "lora"]), default="none", show_default=True,
+              help="Fine-tune the shrunk model with a merged LoRA on the task's training prompts.")
+@click.option("--recover-steps", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Any other arithmetic-prune recipe value, e.g. data.n_test=1000 (repeatable).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Run directory: checkpoint/, manifest, search trace, report.html. An interrupted prune into "
+                   "the same directory with the same settings resumes.")
+def prune_cmd(model, task, retain, units, method, baselines, max_guard_increase, recover, recover_steps, settings,
+              seed, device, out):
+    """Remove the most neurons, heads and layers that keep the task, and save a smaller model."""
+    from editor.recipes import run_config
+    from editor.recipes.arithmetic_prune import prune_config
+    from editor.tables import format_table
+
+    split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
+    cfg = prune_config(model=model, out=out, retain=retain, units=split(units), method=method,
+                       baselines=split(baselines), max_guard_increase=max_guard_increase, recover=recover,
+                       recover_steps=recover_steps, seed=seed, device=device, overrides=list(settings))
+    target, result = run_config(cfg, log=functools.partial(click.echo, err=True), out=out)
+    summary = result["summary"]
+    click.echo("\n" + format_table(summary["rows"], ["model", "parameters", "non_embedding", "non_embedding_removed",
+                                                     "answer_accuracy", "answer_accuracy_95", "exact_match",
+                                                     "guard_perplexity"]))
+    click.echo(f"\ncheckpoint: {summary.get('checkpoint')}  (report: {target / 'report.html'})")
+
+
 # lora -------------------------------------------------------------------------------------------
 @main.group(cls=LmeditGroup)
 def lora():

@@ -21,23 +21,32 @@ def _kinds() -> dict:
             "prune-then-lora": (lora_recipes.PruneThenLora, lora_recipes.run_prune_then_lora)}
 
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()):
-    """Read, override (``key.sub=value``) and validate a recipe; returns its config dataclass."""
-    raw = apply_overrides(read_yaml(path), list(overrides))
+def validate(raw: dict, where: str):
+    """A recipe mapping checked against its kind's schema; returns the config dataclass."""
     kinds = _kinds()
     kind = raw.get("recipe")
     if kind not in kinds:
-        raise UserError(f"{path}: 'recipe' must be one of {', '.join(kinds)}, got {kind!r}")
-    return from_dict(kinds[kind][0], raw, where=Path(path).name)
+        raise UserError(f"{where}: 'recipe' must be one of {', '.join(kinds)}, got {kind!r}")
+    return from_dict(kinds[kind][0], raw, where=where)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()):
+    """Read, override (``key.sub=value``) and validate a recipe; returns its config dataclass."""
+    return validate(apply_overrides(read_yaml(path), list(overrides)), Path(path).name)
 
 
 def run_recipe(path: str | Path, overrides=(), fresh: bool = False, log: Callable[[str], None] = print,
                out: str | Path | None = None) -> tuple[Path, dict]:
     """Run (or resume) a recipe; returns the run directory and the recipe's summary."""
+    return run_config(load_recipe(path, overrides), fresh, log, out)
+
+
+def run_config(cfg, fresh: bool = False, log: Callable[[str], None] = print,
+               out: str | Path | None = None) -> tuple[Path, dict]:
+    """Run (or resume) a validated recipe configuration (see :func:`validate`)."""
     from editor.model.loading import load_model
     from editor.recipes.run import Run
 
-    cfg = load_recipe(path, overrides)
     resolved = dataclasses.asdict(cfg)
     target = Path(out or cfg.out or Path("checkpoints") / cfg.name)
 

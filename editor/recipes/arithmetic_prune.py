@@ -311,3 +311,33 @@ def _report(run: Run, cfg: ArithmeticPrune, comparison, summary: dict, traces: d
                       "AutoModelForCausalLM.from_pretrained).")
     rep.write(run.path("report.html"))
     return {"report": str(run.path("report.html"))}
+
+
+def prune_config(model: str = "smollm2-135m", out=None, retain: float = 0.95, units=("neurons", "heads", "layers"),
+                 method: str = "attribution", baselines=(), max_guard_increase: float | None = None,
+                 recover: str = "none", recover_steps: int = 100, seed: int = 0, device: str = "cpu",
+                 overrides: list[str] | None = None) -> ArithmeticPrune:
+    """The ``arithmetic-prune`` recipe configuration ``lmedit prune`` runs, validated before any model
+    loads. An existing ``out`` must be an unfinished or finished run of the same settings (it resumes)."""
+    from pathlib import Path
+
+    from editor.recipes import validate
+    from editor.recipes.schema import apply_overrides
+
+    out = Path(out) if out is not None else Path("checkpoints") / "prune"
+    raw = {"recipe": "arithmetic-prune", "name": out.name or "prune", "model": model, "seed": seed, "device": device,
+           "prune": {"method": method, "units": list(units), "retain": retain,
+                     "max_guard_increase": max_guard_increase},
+           "recover": {"method": recover, "steps": recover_steps}, "baselines": list(baselines)}
+    cfg = validate(apply_overrides(raw, overrides or []), "prune")
+    if out.exists() and not (out / "steps" / "recipe.sha256").is_file():
+        raise UserError(f"{out} already exists and is not an lmedit run directory; choose a new --out")
+    return cfg
+
+
+def prune(model: str = "smollm2-135m", out="checkpoints/prune", log=print, **settings) -> dict:
+    """Python entry point of ``lmedit prune``: run (or resume) the search and return the summary."""
+    from editor.recipes import run_config
+
+    _, result = run_config(prune_config(model=model, out=out, **settings), log=log, out=out)
+    return result["summary"]

@@ -1,0 +1,134 @@
+"""Pruning for a task: the search's rule, the shrunk checkpoint, baselines, resume and bad input."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import tiny
+from editor.cli import main
+from editor.edit.checkpoint import reload_difference
+from editor.edit.shrink import Removal, zeroed
+from editor.model.arch import Arch, weight_in_slice, weight_out_rows
+from editor.model.capture import encode
+from editor.model.loading import load_model
+from editor.prune.scores import magnitude_scores, wanda_scores
+from editor.recipes import run_recipe
+
+FAST = ["batch_size=16", "data.n_score=16", "data.n_val=40", "data.n_test=48", "data.n_train=32", "data.shots=1",
+        "prune.retain=0.9", "prune.max_rounds=8"]
+
+
+@pytest.fixture(scope="module")
+def arith_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "tiny-arith"
+    tiny.arithmetic_model("llama").save_pretrained(path)
+    tiny.char_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pruned_run(arith_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "prune"
+    target, result = run_recipe("recipes/arithmetic-prune.yaml", [f"model={arith_dir}", *FAST,
+                                                                  "baselines=[random, magnitude]"],
+                                log=lambda _m: None, out=out)
+    return out, result
+
+
+def test_search_keeps_the_validation_rule_and_shrinks(pruned_run, arith_dir):
+    out, result = pruned_run
+    summary = result["summary"]
+    assert [r["model"] for r in summary["rows"]] == ["base", "attribution", "random", "magnitude"]
+    traces = json.loads((out / "search_trace.json").read_text())
+    floor = 0.9 * summary["base_val_accuracy"]
+    for method, trace in traces.items():
+        for row in trace:
+            if row["taken"]:
+                assert row["val_accuracy"] >= floor - 1e-12, (method, row)
+    assert (out / "search_trace.csv").read_text().startswith("method,round,taken")
+    manifest = json.loads((out / "checkpoint" / "edit_manifest.json").read_text())
+    info = manifest["prune"]
+    assert info["removed_parameters"] > 0
+    assert info["parameters_after"]["total"] == info["parameters_before"]["total"] - info["removed_parameters"]
+    assert info["shrunk_vs_zeroed_max_logit_difference"] < 1e-5
+    removal = Removal.from_json(info["removed"])
+    base = load_model(str(arith_dir))
+    removal.count(removal.neurons, base.arch.n_layers)  # uniform widths, or it raises
+    small = load_model(str(out / "checkpoint"))
+    inputs = encode(small.tokenizer, ["3 + 4 = 7\n2 + 2 = ", "5 + 1 = "], padding_side="left")
+    assert reload_difference(small.model, out / "checkpoint", inputs) == 0.0
+    with torch.no_grad(), zeroed(base.model, removal):
+        reference = base.model(**inputs).logits
+    with torch.no_grad():
+        assert (small.model(**inputs).logits - reference)[inputs["attention_mask"].bool()].abs().max() < 1e-5
+    size = lambda d: sum(f.stat().st_size for f in d.glob("*.safetensors"))  # noqa: E731
+    base.model.save_pretrained(out / "base-copy")
+    assert size(out / "checkpoint") < size(out / "base-copy")
+    assert "<table>" in (out / "report.html").read_text()
+
+
+def test_an_interrupted_search_resumes_to_the_same_result(pruned_run, arith_dir):
+    out, result = pruned_run
+    rounds = sorted((out / "steps").glob("attribution_round_*.json"))
+    for name in [rounds[-1].name, "attribution_search.json", "evaluate_attribution.json", "checkpoint.json",
+                 "report.json"]:
+        (out / "steps" / name).unlink()
+    _, again = run_recipe("recipes/arithmetic-prune.yaml", [f"model={arith_dir}", *FAST,
+                                                            "baselines=[random, magnitude]"], log=lambda _m: None, out=out)
+    recomputed = [s["name"] for s in again["steps"] if not s["cached"]]
+    assert rounds[-1].stem in recomputed and not any(r.stem in recomputed for r in rounds[:-1])
+    assert again["summary"]["rows"] == result["summary"]["rows"]
+
+
+def test_magnitude_and_wanda_scores_follow_their_definitions(tokenizer):
+    model = tiny.tiny_model("qwen2")
+    arch = Arch(model)
+    layer, k = 1, 7
+    mag = magnitude_scores(model)
+    parts = [weight_out_rows(m)[k] for m in arch.mlp_in(layer)] + [weight_in_slice(arch.mlp_out(layer), k)[0]]
+    assert torch.allclose(mag.neurons[layer, k], torch.cat(parts).norm(), rtol=1e-5)
+    from editor.tasks.examples import Example
+    examples = [Example("1 + 2 = ", "3"), Example("4 + 4 = ", "8")]
+    coefs = []
+    h = arch.mlp_out(layer).register_forward_pre_hook(lambda m, a: coefs.append(a[0][0, :, k]))
+    for e in examples:
+        model(**encode(tokenizer, [e.prompt + e.answer]))
+    h.remove()
+    x_norm = torch.cat(coefs).norm()
+    wanda = wanda_scores(model, tokenizer, examples, batch_size=2)
+    x_in = []
+    h = arch.mlp_in(layer)[0].register_forward_pre_hook(lambda m, a: x_in.append(a[0][0]))
+    for e in examples:
+        model(**encode(tokenizer, [e.prompt + e.answer]))
+    h.remove()
+    in_norm = torch.cat(x_in).norm(dim=0)
+    expected = sum((weight_out_rows(m)[k].abs() * in_norm).sum() for m in arch.mlp_in(layer))
+    expected = expected + weight_in_slice(arch.mlp_out(layer), k)[0].abs().sum() * x_norm
+    assert torch.allclose(wanda.neurons[layer, k], expected.detach(), rtol=1e-4)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--units", "neurons,wings"], "prune.prune.units[1]: expected one of"),
+    (["--retain", "1.5"], "prune.retain: in (0, 1]"),
+    (["--retain", "0"], "prune.retain: in (0, 1]"),
+    (["--method", "block-influence", "--units", "neurons"], "block-influence scores layers only"),
+    (["--max-guard-increase", "-1"], "max_guard_increase: > 0"),
+    (["--task", "poetry"], "Invalid value for '--task'"),
+])
+def test_prune_bad_input_is_one_line_and_writes_nothing(args, message, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["prune", "--model", str(tmp_path / "no-model"), "--out", str(out), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_prune_refuses_an_existing_directory_that_is_not_a_run(tmp_path):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    result = CliRunner().invoke(main, ["prune", "--out", str(out)])
+    assert result.exit_code == 2 and "not an lmedit run directory" in result.output
+    assert (out / "mine.txt").read_text() == "keep me" and len(list(out.iterdir())) == 1
