@@ -36,8 +36,9 @@ test: install browser
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
-## The main job: the arithmetic-prune recipe on the default model (score heads and neurons, prune,
-## evaluate against random pruning, save a checkpoint and report.html), then check the checkpoint
+## The main job: the arithmetic-prune recipe on the default model (search for the largest removal of neurons,
+## key/value groups and layers that keeps 95% of few-shot addition accuracy, shrink, compare with the standard
+## pruners, save a smaller checkpoint and report.html), then rebuild it from the base and check that it
 ## reloads with plain transformers. A second run reuses the finished steps.
 demo: install
 	$(BIN)/lmedit models pull smollm2-135m

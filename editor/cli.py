@@ -231,9 +231,25 @@ def verify(checkpoint, device):
     if not name:
         raise UserError(f"{checkpoint}/edit_manifest.json names no source model")
     plan = EditPlan.from_json(manifest["plan"], where="manifest plan")
+    pruned = manifest.get("prune")
+    if pruned and pruned.get("recovery"):
+        click.echo("a LoRA-recovered pruned model cannot be rebuilt from its base; checking that plain transformers "
+                   "reloads what lmedit loads", err=True)
+        loaded = load_model(str(checkpoint), device=device)
+        _verify(loaded.model, loaded.tokenizer, checkpoint)
+        return
     click.echo(f"source {name}; plan:\n{plan.summary()}", err=True)
     loaded = load_model(name, device=device, dtype=source.get("dtype", "auto"))
     apply_plan(loaded.model, plan)
+    if pruned:
+        from editor.edit.shrink import Removal, shrink
+
+        removal = Removal.from_json(pruned["removed"])
+        click.echo(f"rebuilding the shrunk model: {len(removal.layers)} layers removed, "
+                   f"{pruned['removed_parameters']:,} parameters", err=True)
+        small, _ = shrink(loaded.model, removal)
+        _verify(small, loaded.tokenizer, checkpoint)
+        return
     _verify(loaded.model, loaded.tokenizer, checkpoint)
 
 

@@ -132,3 +132,17 @@ def test_prune_refuses_an_existing_directory_that_is_not_a_run(tmp_path):
     result = CliRunner().invoke(main, ["prune", "--out", str(out)])
     assert result.exit_code == 2 and "not an lmedit run directory" in result.output
     assert (out / "mine.txt").read_text() == "keep me" and len(list(out.iterdir())) == 1
+
+
+def test_verify_rebuilds_the_shrunk_checkpoint(pruned_run):
+    out, _ = pruned_run
+    result = CliRunner().invoke(main, ["verify", str(out / "checkpoint")])
+    assert result.exit_code == 0, result.output
+    assert "rebuilding the shrunk model" in result.output and "max |logit difference| = 0" in result.output
+
+
+def test_shipped_recipe_is_valid():
+    from editor.recipes import load_recipe
+
+    cfg = load_recipe("recipes/arithmetic-prune.yaml")
+    assert cfg.recipe == "arithmetic-prune" and cfg.prune.method == "attribution" and cfg.data.n_test >= 500

@@ -13,6 +13,8 @@ from editor.recipes import run_recipe
 pytestmark = pytest.mark.slow
 
 REDUCED = {
+    "arithmetic-prune": ["data.n_score=16", "data.n_val=40", "data.n_test=40", "prune.max_rounds=2", "baselines=[]",
+                         "prune.units=[neurons]"],
     "arithmetic-keep-only": ["data.n_score=8", "data.n_eval=24", "heads.method=static", "neurons.layers=[26, 29]",
                          "random_seeds=[1]"],
     "gender-debias": ["split.choose_templates=0", "split.eval_templates=4", "edit.layers=[26, 29]", "edit.ks=[5, 20]"],
@@ -43,7 +45,12 @@ def test_recipe_on_default_model(kind, tmp_path):
         return
     ck = out / "checkpoint"
     manifest = json.loads((ck / "edit_manifest.json").read_text())
-    assert manifest["source"]["model"] == "smollm2-135m" and manifest["plan"]["edits"]
+    if kind == "arithmetic-prune":  # a smaller model, equal to the zeroed one
+        assert manifest["prune"]["removed_parameters"] > 0 and summary["rows"][1]["non_embedding_removed"] > 0
+        assert manifest["prune"]["shrunk_vs_zeroed_max_logit_difference"] < 1e-4
+    else:
+        assert manifest["plan"]["edits"]
+    assert manifest["source"]["model"] == "smollm2-135m"
     lm = load_model(str(ck))
     inputs = encode(lm.tokenizer, ["The sum of 3 and 5 is", "A woman works as a"], padding_side="left")
     assert reload_difference(lm.model, ck, inputs) == 0.0

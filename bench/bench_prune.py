@@ -1,0 +1,103 @@
+"""Size and speed of pruned models against the base, measured in one run.
+
+    .venv/bin/python bench/bench_prune.py RUN_DIR [--threads 2] [--decode 64] [--repeats 3]
+
+RUN_DIR is a finished ``arithmetic-prune`` run (``make demo`` writes checkpoints/arithmetic-prune).
+For the base and for every method's removal in that run (rebuilt with the same shrink the
+checkpoint uses) it prints: parameters (total and non-embedding), safetensors bytes, CPU prefill
+throughput (a batch of test prompts), greedy decode throughput (one prompt, DECODE new tokens,
+KV cache on), the run's held-out test accuracy with its interval and guard perplexity. Every ratio
+is against the base measured in the same process, with the same thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from editor.edit.shrink import Removal, parameter_counts, shrink
+from editor.model.loading import load_model
+
+
+def _bytes(model) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        return sum(f.stat().st_size for f in Path(tmp).glob("*.safetensors"))
+
+
+@torch.no_grad()
+def _prefill(model, tokenizer, prompts: list[str], repeats: int) -> float:
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    tokens = int(batch["attention_mask"].sum())
+    model(**batch, use_cache=False, logits_to_keep=1)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(**batch, use_cache=False, logits_to_keep=1)
+        best = min(best, time.perf_counter() - start)
+    return tokens / best
+
+
+@torch.no_grad()
+def _decode(model, tokenizer, prompt: str, new_tokens: int, repeats: int) -> float:
+    inputs = tokenizer([prompt], return_tensors="pt")
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                  pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    model.generate(**inputs, **{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.generate(**inputs, **kwargs)
+        best = min(best, time.perf_counter() - start)
+    return new_tokens / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--decode", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    steps = args.run_dir / "steps"
+    recipe = json.loads(json.dumps(__import__("yaml").safe_load((args.run_dir / "recipe.yaml").read_text())))
+    lm = load_model(recipe["model"])
+    tok = lm.tokenizer
+    tok.padding_side = "left"
+    test = json.loads((steps / "data.json").read_text())["test"]
+    prompts = [r["prompt"] for r in test[:32]]
+    rows = []
+    models = {"base": lm.model}
+    for path in sorted(steps.glob("*_search.json")):
+        method = path.name[: -len("_search.json")]
+        removal = Removal.from_json(json.loads(path.read_text())["removal"])
+        models[method] = shrink(lm.model, removal)[0]
+    for name, model in models.items():
+        evaluation = json.loads((steps / f"evaluate_{name}.json").read_text())["evaluation"]["tasks"]
+        acc = evaluation["arithmetic"]["measures"]["answer_accuracy"]
+        rows.append({"model": name, **parameter_counts(model), "bytes": _bytes(model),
+                     "prefill": _prefill(model, tok, prompts, args.repeats),
+                     "decode": _decode(model, tok, prompts[0], args.decode, args.repeats),
+                     "accuracy": f"{acc['value']:.3f} [{acc['low']:.3f}, {acc['high']:.3f}]",
+                     "perplexity": evaluation["guard"]["measures"]["perplexity"]["value"]})
+    base = rows[0]
+    print(f"# {platform.machine()}, torch {torch.__version__}, {args.threads} threads; run {args.run_dir}")
+    print("| model | parameters | non-embedding (removed) | safetensors MB | prefill tok/s (x base) | "
+          "decode tok/s (x base) | test answer accuracy [95%] | guard perplexity |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        removed = 1 - r["non_embedding"] / base["non_embedding"]
+        print(f"| {r['model']} | {r['total']:,} | {r['non_embedding']:,} ({100 * removed:.1f}%) | "
+              f"{r['bytes'] / 1e6:.1f} | {r['prefill']:.0f} ({r['prefill'] / base['prefill']:.2f}x) | "
+              f"{r['decode']:.1f} ({r['decode'] / base['decode']:.2f}x) | {r['accuracy']} | {r['perplexity']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
