@@ -146,3 +146,16 @@ def test_shipped_recipe_is_valid():
 
     cfg = load_recipe("recipes/arithmetic-prune.yaml")
     assert cfg.recipe == "arithmetic-prune" and cfg.prune.method == "attribution" and cfg.data.n_test >= 500
+
+
+def test_rejected_layers_are_not_proposed_again():
+    from editor.prune.scores import UnitScores
+    from editor.prune.search import propose
+
+    arch = Arch(tiny.tiny_model("llama"))
+    scores = UnitScores(torch.rand(3, arch.d_ffn(0)), torch.rand(3, arch.n_kv_heads), torch.tensor([0.5, 0.1, 0.9]))
+    assert propose("layers", arch, Removal(), scores, 1).layers == [1]
+    assert propose("layers", arch, Removal(), scores, 1, rejected=[1]).layers == [0]
+    assert propose("layers", arch, Removal(), scores, 1, rejected=[0, 1, 2]) is None
+    step = propose("neurons", arch, Removal(), scores, 5)
+    assert all(len(v) == 5 for v in step.neurons.values()) and len(step.neurons) == 3

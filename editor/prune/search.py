@@ -12,8 +12,10 @@ Each proposal is measured on the VALIDATION prompts (never the test prompts) in 
 (:func:`editor.edit.shrink.zeroed`, equal to the shrunk model). Proposals that keep validation
 accuracy >= ``retain`` x the base's (and the guard perplexity within its limit, when one is set)
 qualify; the one losing the least accuracy per removed parameter is taken. A failed neuron move
-halves its step until the step falls below ``min_neuron_step``; a failed head or layer move retires
-that kind. The search ends when no kind is active. Everything is seeded and deterministic.
+halves its step until the step falls below ``min_neuron_step``; a failed head move retires heads; a
+rejected layer is never proposed again, and layers retire after ``layer_tries`` rejections (every
+method's layer ranking is imperfect: on the default model the single most removable layer is not
+the lowest-ranked by either gradient attribution or block influence). The search ends when no kind is active. Everything is seeded and deterministic.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class SearchSettings:
     max_guard_increase: float | None = None  # e.g. 0.5: guard perplexity at most 1.5x the base's
     neuron_step: float = 0.125  # first neuron move: this fraction of the FFN width per layer
     min_neuron_step: float = 0.015625  # smallest neuron move before neurons retire
+    layer_tries: int = 4  # layers retire after this many rejected layers (scores rank layers imperfectly)
     max_rounds: int = 60
     batch_size: int = 16
     seed: int = 0
@@ -70,13 +73,16 @@ def _lowest(values: torch.Tensor, exclude: set[int], k: int) -> list[int]:
     return sorted(order[:k])
 
 
-def propose(kind: str, arch: Arch, current: Removal, scores: UnitScores, step: int) -> Removal | None:
-    """``current`` plus one move of ``kind``; None when the kind has nothing left to give."""
+def propose(kind: str, arch: Arch, current: Removal, scores: UnitScores, step: int,
+            rejected: list[int] = ()) -> Removal | None:
+    """``current`` plus one move of ``kind``; None when the kind has nothing left to give. Layers
+    rejected earlier are not proposed again (removing more never makes them removable)."""
     kept = current.kept_layers(arch.n_layers)
     if kind == "layers":
-        if len(kept) <= 1:
+        layer = _lowest(scores.layers, set(current.layers) | set(rejected), 1)
+        if len(kept) <= 1 or not layer:
             return None
-        return current.merged(Removal(layers=_lowest(scores.layers, set(current.layers), 1)))
+        return current.merged(Removal(layers=layer))
     what, width = ((current.neurons, arch.d_ffn(0)) if kind == "neurons" else (current.groups, arch.n_kv_heads))
     left = width - len(what.get(kept[0], []))
     step = min(step, left - 1)
@@ -89,21 +95,23 @@ def propose(kind: str, arch: Arch, current: Removal, scores: UnitScores, step: i
 
 @dataclass
 class SearchState:
-    """What a round leaves for the next: the removal so far, the active kinds' steps, the accuracy."""
+    """What a round leaves for the next: the removal so far, the active kinds' steps, the accuracy,
+    and the layers whose removal failed validation."""
 
     removal: Removal
     steps: dict[str, int]  # active kind -> step (neurons per layer; 1 for heads and layers)
     val_accuracy: float
     guard_perplexity: float | None = None
+    rejected_layers: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"removal": self.removal.to_json(), "steps": self.steps, "val_accuracy": self.val_accuracy,
-                "guard_perplexity": self.guard_perplexity}
+                "guard_perplexity": self.guard_perplexity, "rejected_layers": self.rejected_layers}
 
     @classmethod
     def from_json(cls, data: dict) -> "SearchState":
         return cls(Removal.from_json(data["removal"]), dict(data["steps"]), data["val_accuracy"],
-                   data.get("guard_perplexity"))
+                   data.get("guard_perplexity"), list(data.get("rejected_layers", [])))
 
 
 def initial_state(arch: Arch, settings: SearchSettings, base: dict) -> SearchState:
@@ -131,7 +139,7 @@ def search_round(model, tokenizer, state: SearchState, settings: SearchSettings,
     already = removed_parameters(arch, state.removal)
     tried, best = [], None
     for kind in sorted(state.steps):
-        candidate = propose(kind, arch, state.removal, scores, state.steps[kind])
+        candidate = propose(kind, arch, state.removal, scores, state.steps[kind], state.rejected_layers)
         if candidate is None:
             tried.append({"kind": kind, "step": state.steps[kind], "result": "nothing left"})
             continue
@@ -142,14 +150,20 @@ def search_round(model, tokenizer, state: SearchState, settings: SearchSettings,
         if ok and guard:
             ok = got["guard_perplexity"] <= base["guard_perplexity"] * (1 + settings.max_guard_increase)
         cost = (state.val_accuracy - got["val_accuracy"]) / max(gained, 1)
-        tried.append({"kind": kind, "step": state.steps[kind], "parameters": gained, **got, "qualifies": ok})
+        layers = sorted(set(candidate.layers) - set(state.removal.layers))
+        tried.append({"kind": kind, "step": state.steps[kind], "parameters": gained, **got, "qualifies": ok,
+                      **({"layer": layers[0]} if layers else {})})
         if ok and (best is None or (cost, -gained) < (best[0], -best[2])):
             best = (cost, kind, gained, candidate, got)
-    steps = dict(state.steps)
+    steps, rejected = dict(state.steps), list(state.rejected_layers)
     for row in tried:
         if row.get("qualifies") or (best and row["kind"] == best[1]):
             continue
         kind = row["kind"]
+        if kind == "layers" and "layer" in row:
+            rejected.append(row["layer"])
+            if len(rejected) < settings.layer_tries:
+                continue
         if kind == "neurons" and row.get("result") != "nothing left":
             smaller = steps[kind] // 2
             if smaller >= max(1, round(settings.min_neuron_step * arch.d_ffn(0))):
@@ -157,11 +171,11 @@ def search_round(model, tokenizer, state: SearchState, settings: SearchSettings,
                 continue
         steps.pop(kind)
     if best is None:
-        new = SearchState(state.removal, steps, state.val_accuracy, state.guard_perplexity)
+        new = SearchState(state.removal, steps, state.val_accuracy, state.guard_perplexity, rejected)
         return new, {"round": round_index, "taken": None, "tried": tried,
                      "removed_parameters": already, "val_accuracy": state.val_accuracy}
     _, kind, gained, candidate, got = best
-    new = SearchState(candidate, steps, got["val_accuracy"], got.get("guard_perplexity"))
+    new = SearchState(candidate, steps, got["val_accuracy"], got.get("guard_perplexity"), rejected)
     return new, {"round": round_index, "taken": kind, "tried": tried, "removed_parameters": already + gained,
                  "val_accuracy": got["val_accuracy"], "guard_perplexity": got.get("guard_perplexity")}
 

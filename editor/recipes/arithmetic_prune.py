@@ -55,6 +55,7 @@ class Prune:
     max_guard_increase: float | None = None
     neuron_step: float = 0.125
     min_neuron_step: float = 0.015625
+    layer_tries: int = 4
     max_rounds: int = 60
 
 
@@ -87,6 +88,8 @@ class ArithmeticPrune(Common):
             raise UserError(f"{where}.prune.max_guard_increase: > 0 (0.5: at most 1.5x the base perplexity)")
         if not 0 < self.prune.min_neuron_step <= self.prune.neuron_step < 1:
             raise UserError(f"{where}.prune: 0 < min_neuron_step <= neuron_step < 1")
+        if not 1 <= self.prune.layer_tries <= 1000:
+            raise UserError(f"{where}.prune.layer_tries: 1-1000")
         if not 1 <= self.prune.max_rounds <= 1000:
             raise UserError(f"{where}.prune.max_rounds: 1-1000")
         for name in ("n_score", "n_val", "n_test", "n_train"):
@@ -102,7 +105,7 @@ def _settings(cfg: ArithmeticPrune, method: str) -> SearchSettings:
     units = ["layers"] if method in LAYER_ONLY else list(cfg.prune.units)
     p = cfg.prune
     return SearchSettings(method, units, p.retain, p.max_guard_increase, p.neuron_step, p.min_neuron_step,
-                          p.max_rounds, cfg.batch_size, cfg.seed)
+                          p.layer_tries, p.max_rounds, cfg.batch_size, cfg.seed)
 
 
 def _data(cfg: ArithmeticPrune) -> dict:
