@@ -37,7 +37,7 @@ from torch import nn
 from editor.edit.plan import EditPlan
 from editor.edit.weights import apply_plan
 from editor.errors import UserError
-from editor.model.arch import Arch, input_dim, unwrap
+from editor.model.arch import Arch, input_dim
 
 
 @dataclass

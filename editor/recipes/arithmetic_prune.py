@@ -24,7 +24,7 @@ from editor.evaluation.harness import ArithmeticConfig, GuardConfig, compare, ev
 from editor.evaluation.results import Evaluation
 from editor.io import write_text_atomic
 from editor.model.capture import encode
-from editor.prune.scores import LAYER_ONLY, METHODS, UNITS
+from editor.prune.scores import LAYER_ONLY, UNITS
 from editor.prune.search import SearchSettings, measure, run_search
 from editor.recipes.common import Common
 from editor.recipes.report import Report, line_plot
