@@ -22,10 +22,7 @@ FAST = ["batch_size=16", "data.n_score=16", "data.n_val=40", "data.n_test=48", "
 
 @pytest.fixture(scope="module")
 def arith_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models") / "tiny-arith"
-    tiny.arithmetic_model("llama").save_pretrained(path)
-    tiny.char_tokenizer().save_pretrained(path)
-    return path
+    return tiny.save_dir(tiny.arithmetic_model("llama"), tmp_path_factory.mktemp("models") / "tiny-arith")
 
 
 @pytest.fixture(scope="module")

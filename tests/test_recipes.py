@@ -43,10 +43,7 @@ def quiet(_msg):
 def tiny_model_dir(tmp_path_factory):
     import tiny
 
-    path = tmp_path_factory.mktemp("models") / "tiny-llama"
-    tiny.tiny_model("llama").save_pretrained(path)
-    tiny.char_tokenizer().save_pretrained(path)
-    return path
+    return tiny.save_dir(tiny.tiny_model("llama"), tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 @pytest.mark.parametrize("kind", list(RECIPES))

@@ -79,3 +79,10 @@ def arithmetic_model(family: str = "llama", steps: int = 300, seed: int = 0):
         loss.backward()
         opt.step()
     return model.eval()
+
+
+def save_dir(model, path):
+    """``model`` and the char tokenizer saved as a Hugging Face directory; returns ``path``."""
+    model.save_pretrained(path)
+    char_tokenizer().save_pretrained(path)
+    return path

@@ -199,21 +199,20 @@ def run(run: Run, cfg: ArithmeticPrune) -> dict:
     comparison = compare(base_eval, pruned_eval, cfg.seed)
     comparison.save(run.out, "evaluation")
     summary = _summary(cfg, base, results, removals, base_val)
-    checkpoint = _checkpoint_step(run, cfg, removals[main_method], train, summary, traces[main_method])
+    checkpoint = _checkpoint_step(run, cfg, removals[main_method], train, test, summary, traces[main_method])
     summary["checkpoint"] = checkpoint
     run.step("report", lambda: _report(run, cfg, comparison, summary, traces))
     return summary
 
 
-def _checkpoint_step(run: Run, cfg: ArithmeticPrune, removal: Removal, train, summary: dict, trace) -> str | None:
+def _checkpoint_step(run: Run, cfg: ArithmeticPrune, removal: Removal, train, test: list[Example], summary: dict,
+                     trace) -> str | None:
     def compute():
         if not cfg.save_checkpoint:
             return {"path": None}
         lm = run.model
         small, info = _pruned_model(run, cfg, removal, train)
-        inputs = encode(lm.tokenizer, [e.prompt for e in _examples(json.loads(run.path("steps", "data.json")
-                                                                               .read_text())["test"][:8])],
-                        padding_side="left")
+        inputs = encode(lm.tokenizer, [e.prompt for e in test[:8]], padding_side="left")
         shrink_check = None
         if info["recovery"] is None:  # the shrunk model must compute what the zeroed one does
             with torch.no_grad(), zeroed(lm.model, removal):
