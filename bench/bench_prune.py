@@ -1,13 +1,15 @@
 """Size and speed of pruned models against the base, measured in one run.
 
-    .venv/bin/python bench/bench_prune.py RUN_DIR [--threads 2] [--decode 64] [--repeats 3]
+    .venv/bin/python bench/bench_prune.py RUN_DIR [--threads 2] [--decode 64] [--repeats 3] [--plot PNG]
 
 RUN_DIR is a finished ``arithmetic-prune`` run (``make demo`` writes checkpoints/arithmetic-prune).
 For the base and for every method's removal in that run (rebuilt with the same shrink the
 checkpoint uses) it prints: parameters (total and non-embedding), safetensors bytes, CPU prefill
 throughput (a batch of test prompts), greedy decode throughput (one prompt, DECODE new tokens,
 KV cache on), the run's held-out test accuracy with its interval and guard perplexity. Every ratio
-is against the base measured in the same process, with the same thread count.
+is against the base measured in the same process, with the same thread count. ``--plot`` draws every
+method's search path (validation accuracy against the share of non-embedding parameters removed,
+one point per taken round) with its final held-out test accuracy.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 
 from editor.edit.shrink import Removal, parameter_counts, shrink
 from editor.model.loading import load_model
+from editor.recipes.report import line_plot
 
 
 def _bytes(model) -> int:
@@ -64,6 +67,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--decode", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--plot", type=Path, help="write the accuracy-vs-removed curves of all methods here (PNG)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     steps = args.run_dir / "steps"
@@ -97,6 +101,28 @@ def main() -> None:
         print(f"| {r['model']} | {r['total']:,} | {r['non_embedding']:,} ({100 * removed:.1f}%) | "
               f"{r['bytes'] / 1e6:.1f} | {r['prefill']:.0f} ({r['prefill'] / base['prefill']:.2f}x) | "
               f"{r['decode']:.1f} ({r['decode'] / base['decode']:.2f}x) | {r['accuracy']} | {r['perplexity']:.2f} |")
+    if args.plot:
+        args.plot.write_bytes(_curves(steps, base["non_embedding"], rows))
+        print(f"curves: {args.plot}")
+
+
+def _curves(steps: Path, non_embedding: int, rows: list[dict]) -> bytes:
+    """Validation accuracy along each method's search, and each final model's test accuracy."""
+    base_val = json.loads((steps / "base_validation.json").read_text())["val_accuracy"]
+    series = {}
+    for method in [r["model"] for r in rows[1:]]:
+        xs, ys = [0.0], [base_val]
+        for path in sorted(steps.glob(f"{method}_round_*.json")):
+            row = json.loads(path.read_text())["trace"]
+            if row["taken"]:
+                xs.append(100 * row["removed_parameters"] / non_embedding)
+                ys.append(row["val_accuracy"])
+        series[f"{method} (validation)"] = (xs, ys)
+    for r in rows:
+        removed = 100 * (1 - r["non_embedding"] / non_embedding)
+        series[f"{r['model']} (test)"] = ([removed], [float(r["accuracy"].split()[0])])
+    return line_plot(series, "non-embedding parameters removed (%)", "answer accuracy",
+                     "Pruning search paths and final test accuracy", hlines={"95% of base (validation)": 0.95 * base_val})
 
 
 if __name__ == "__main__":

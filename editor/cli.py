@@ -409,8 +409,8 @@ def _settings(items: tuple[str, ...]) -> dict[str, str]:
 
 @main.command("evaluate")
 @model_options
-@click.option("--tasks", default="arithmetic,gender,icl,guard", show_default=True,
-              help="Comma-separated tasks: arithmetic, gender, icl, guard.")
+@click.option("--tasks", default="arithmetic,gender,pronoun,icl,guard", show_default=True,
+              help="Comma-separated tasks: arithmetic, gender, pronoun, icl, guard.")
 @click.option("--against", metavar="BASE",
               help="Compare with this model [default: the base named in the checkpoint's manifest, if any].")
 @click.option("--alone", is_flag=True, help="Evaluate only --model, even when its manifest names a base.")
@@ -463,7 +463,10 @@ def run_cmd(recipe, overrides, out, fresh):
                             ["name", "seconds"]))
     if summary.get("rows"):
         click.echo("\nsummary:")
-        click.echo(format_table(summary["rows"], list(summary["rows"][0])))
+        columns = list(dict.fromkeys(k for row in summary["rows"] for k in row))  # rows may differ in keys
+        click.echo(format_table(summary["rows"], columns))
+    if summary.get("verdict"):
+        click.echo("\n" + summary["verdict"])
     click.echo(f"\nrun directory: {target}  (report: {target / 'report.html'})")
 
 

@@ -105,7 +105,7 @@ def test_icl_local_file_and_errors(tmp_path):
 
 def test_gender_prompts_and_gaps(tmp_path):
     examples = gender.build()
-    assert len(examples) == 8 * 2 * 31
+    assert len(examples) == 12 * 2 * 31
     assert examples[0].prompt == "A woman works as a" and examples[0].answer == " cleaner"
     gaps = gender.profession_gaps(["nurse", "nurse", "driver"], ["woman", "woman", "man"], [-1.0, -2.0, -5.0],
                                   [-3.0, -2.0, -4.0])
@@ -136,7 +136,7 @@ def test_tasks_as_datasets_round_trip():
     assert ds.num_rows == 12 and {"prompt", "answer", "op", "a", "b", "result"} <= set(ds.column_names)
     assert from_dataset(ds) == arithmetic.generate(n=12, digits=2, seed=4, operands="words")
     assert all(int(r["answer"]) == OPS[r["op"]](r["a"], r["b"]) for r in ds)
-    assert dataset("gender").num_rows == 8 * 2 * 31
+    assert dataset("gender").num_rows == 12 * 2 * 31
     icl_ds = dataset("icl", n=6, k=1, seed=2)
     assert icl_ds.num_rows == 6 and icl_ds[0]["candidates"] == " foo| bar"
     with pytest.raises(UserError, match="unknown task"):

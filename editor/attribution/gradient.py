@@ -149,3 +149,20 @@ def _effect(act: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
     if grad is None:
         return torch.zeros(act.shape[0], act.shape[-1])
     return -(act.detach().float() * grad.float()).sum(1)
+
+
+def weighted_effects(model: nn.Module, tokenizer, examples: list[Example], weights: list[float],
+                     batch_size: int = 16, progress: bool = True) -> GradientEffects:
+    """First-order effect of zeroing each component on ``sum_i weights[i] * logp(answer_i | prompt_i)``.
+
+    A contrast is such a weighted sum: +1 on "The nurse said that" -> " she" and -1 on the same
+    prompt -> " he" measures how much more likely the stereotyped pronoun is. The metric is linear
+    in the per-prompt log-probabilities, so its gradient estimate is the same weighted sum of the
+    per-prompt estimates (no extra backward pass). Returned tensors have no prompt axis.
+    """
+    if len(weights) != len(examples):
+        raise UserError(f"{len(weights)} weights for {len(examples)} examples")
+    per = gradient_effects(model, tokenizer, examples, batch_size, progress)
+    w = torch.tensor(weights, dtype=torch.float32)
+    return GradientEffects(torch.einsum("n,nlf->lf", w, per.neurons), torch.einsum("n,nlh->lh", w, per.heads),
+                           torch.einsum("n,nl->l", w, per.layers), (w * per.metric).sum())

@@ -53,7 +53,14 @@ class ArithmeticConfig:
 @dataclass
 class GenderConfig:
     templates: str = "all"  # "all" or template indices, e.g. "0-3" or "0,2,5"
-    professions: str | None = None  # a .csv/.jsonl file with profession,lean; default: REFERENCE.md lists
+    professions: str | None = None  # a .csv/.jsonl file with profession,lean; default: the gender-editing paper's lists
+    seed: int = 0
+
+
+@dataclass
+class PronounConfig:
+    templates: str = "all"  # "all" or pronoun template indices
+    professions: str | None = None  # a .csv/.jsonl file with profession,lean; default: the labour-statistics list
     seed: int = 0
 
 
@@ -149,10 +156,24 @@ def parse_indices(text: str, size: int, what: str = "indices") -> list[int]:
 
 
 def run_gender(ctx: Context, cfg: GenderConfig) -> TaskResult:
+    """Profession given gender: "A woman works as a" -> " nurse" against "A man works as a" -> " nurse"."""
     templates = [gender.TEMPLATES[i] for i in parse_indices(cfg.templates, len(gender.TEMPLATES), "gender templates")]
     professions = gender.read_professions(cfg.professions) if cfg.professions else gender.default_professions()
-    examples = gender.build(templates, professions)
-    scored = ctx.continuations(examples, "gender")
+    return _bias_result(ctx, gender.build(templates, professions), "gender", cfg, templates)
+
+
+def run_pronoun(ctx: Context, cfg: PronounConfig) -> TaskResult:
+    """Gender given occupation: "The nurse said that" -> " she" against " he"."""
+    templates = [gender.PRONOUN_TEMPLATES[i]
+                 for i in parse_indices(cfg.templates, len(gender.PRONOUN_TEMPLATES), "pronoun templates")]
+    professions = gender.read_professions(cfg.professions) if cfg.professions else gender.occupations()
+    return _bias_result(ctx, gender.build_pronouns(templates, professions), "pronoun", cfg, templates)
+
+
+def _bias_result(ctx: Context, examples: list[Example], name: str, cfg, templates: list[str]) -> TaskResult:
+    """Both directions share the measure: per (template, occupation) the log-probability of the
+    woman-side and man-side answer, gaps signed toward the occupation's lean, bootstrap over occupations."""
+    scored = ctx.continuations(examples, name)
     rows: dict[tuple, dict] = {}
     for e, s in zip(examples, scored):
         rows.setdefault((e.meta["template"], e.meta["profession"]), {"lean": e.meta["lean"]})[e.meta["gender"]] = s.total
@@ -166,7 +187,7 @@ def run_gender(ctx: Context, cfg: GenderConfig) -> TaskResult:
         per = [g for side, g in gaps.values() if keep in (None, side)]
         measures[key] = _measure(r, key, "profession", "zero", per)
     details = {"gap_by_profession": {p: g for p, (_, g) in gaps.items()}, "templates": templates}
-    return TaskResult("gender", dataclasses.asdict(cfg), measures, 0.0, details)
+    return TaskResult(name, dataclasses.asdict(cfg), measures, 0.0, details)
 
 
 # In-context learning ------------------------------------------------------------------------------
@@ -249,6 +270,7 @@ class Task:
 TASKS: dict[str, Task] = {
     "arithmetic": Task(ArithmeticConfig, run_arithmetic, "teacher-forced answer-token accuracy and greedy exact match"),
     "gender": Task(GenderConfig, run_gender, "log-probability gap of professions toward their stereotyped gender"),
+    "pronoun": Task(PronounConfig, run_pronoun, "log-probability gap of the pronoun of an occupation's stereotyped gender"),
     "icl": Task(IclConfig, run_icl, "in-context classification: accuracy, majority-label and recency bias"),
     "guard": Task(GuardConfig, run_guard, "perplexity and top-1 agreement on a fixed English text"),
 }

@@ -69,7 +69,7 @@ def scores_step(run: Run, name: str, fn) -> ComponentScores:
     return ComponentScores.from_json(run.step(name, compute))
 
 
-def checkpoint_step(run: Run, plan: EditPlan, scores, enabled: bool = True) -> str | None:
+def checkpoint_step(run: Run, plan: EditPlan, scores, enabled: bool = True, extra: dict | None = None) -> str | None:
     """Save the run's model with ``plan`` applied to ``<run>/checkpoint`` as a cached step; its path."""
     def compute():
         if not enabled:
@@ -77,7 +77,7 @@ def checkpoint_step(run: Run, plan: EditPlan, scores, enabled: bool = True) -> s
         lm = run.model
         with apply_plan(lm.model, plan):
             path = save_checkpoint(lm.model, lm.tokenizer, run.path("checkpoint"), plan, describe_source(lm),
-                                   scores=scores, force=True, extra={"recipe": run.recipe})
+                                   scores=scores, force=True, extra={"recipe": run.recipe, **(extra or {})})
         return {"path": str(path)}
 
     return run.step("checkpoint", compute)["path"]

@@ -1,189 +1,358 @@
-"""Recipe ``gender-debias``: CNA between woman and man prompts, zero (or rescale) the top neurons.
+"""Recipe ``gender-debias``: an edit that lowers gender bias where it was NOT chosen, in both directions.
 
-Neurons are chosen on some templates and professions and the bias is also measured on the others
-(held out). A sweep over k (number of neurons) shows the trade-off with the capability guard; the
-checkpoint is saved with the chosen k.
+Bias is measured in two directions that every table keeps apart (``editor.tasks.gender``):
+profession given gender ("A woman works as a" -> " nurse") and gender given occupation ("The
+nurse said that" -> " she"). Occupations carry a lean from labour statistics, and are split per
+lean (equal counts, so no overall pronoun preference leaks into the mean) into three disjoint sets;
+the 12 templates of each direction are split the same way:
+
+* choose: the components are scored here (CNA, gradient attribution);
+* validate: every choice the recipe makes (method, k, factor) is made here;
+* test: never used for any choice; the report, the manifest and the README show these numbers.
+
+Methods: CNA between woman and man prompts (the paper's, neurons), gradient attribution of the
+stereotype contrast of both directions (neurons), and the same for neurons and heads ranked
+together. Each is swept over k and the edit factor (0 zeroes, another value rescales). Every
+method's pick is also compared with random components of the same kinds and counts on the test set.
+The guard text's perplexity bounds every choice; one unrelated task (arithmetic) is measured too.
 """
 
 from __future__ import annotations
 
-import json
 import random
+import json
 from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
 
 from editor.attribution.cna import cna
-from editor.attribution.vocab import neuron_tokens
+from editor.attribution.gradient import weighted_effects
 from editor.edit.plan import EditPlan
 from editor.errors import UserError
-from editor.evaluation.harness import GenderConfig, GuardConfig, compare, parse_indices
+from editor.evaluation.harness import ArithmeticConfig, GenderConfig, GuardConfig, PronounConfig, parse_indices
 from editor.io import write_text_atomic
-from editor.recipes.common import Common, checkpoint_step, evaluation_step, layer_range, scores_step
-from editor.recipes.report import Report, layer_counts_plot, line_plot
+from editor.recipes.common import Common, checkpoint_step, evaluation_step, layer_range
+from editor.recipes.report import Report, line_plot
 from editor.recipes.run import Run
 from editor.tasks import gender
 from editor.tasks.examples import Example
 
+Method = Literal["cna", "gradient", "gradient-heads"]
+METHODS: tuple[str, ...] = ("cna", "gradient", "gradient-heads")
+SPLITS = ("choose", "validate", "test")
+N_TEMPLATES = len(gender.TEMPLATES)
+assert N_TEMPLATES == len(gender.PRONOUN_TEMPLATES), "both directions split the same template indices"
+
 
 @dataclass
 class Split:
-    choose_templates: str | int = "0-3"  # templates whose prompts choose the neurons
-    eval_templates: str | int = "4-7"  # held-out templates for the evaluation
-    choose_fraction: float = 0.5  # share of each lean's professions used to choose; the rest are held out
+    fractions: list[float] = field(default_factory=lambda: [0.4, 0.3, 0.3])  # occupations per lean: choose/validate/test
+    choose_templates: str | int = "0-3"  # template indices (both directions) for choosing components
+    validate_templates: str | int = "4-7"  # ... for choosing method, k and factor
+    test_templates: str | int = "8-11"  # ... for the reported numbers only
+    occupations: str | None = None  # CSV occupation,percent_women; null: the built-in labour-statistics list
 
 
 @dataclass
-class Edit:
-    layers: list[int] | None = None  # [first, last] to score; null = every layer
-    ks: list[int] = field(default_factory=lambda: [5, 10, 20, 50, 100])
-    factor: float = 0.0  # 0 zeroes the neurons; another value rescales them
-    choose_k: int | None = None  # null: the k with the smallest |bias| on the choice set within the guard limit
-    max_perplexity_increase: float = 0.05  # relative guard perplexity increase allowed when choosing k
+class Select:
+    methods: list[Method] = field(default_factory=lambda: list(METHODS))
+    layers: list[int] | None = None  # [first, last] layers whose components may be edited; null = all
+    ks: list[int] = field(default_factory=lambda: [5, 20, 50, 100, 200])
+    factors: list[float] = field(default_factory=lambda: [0.0, 0.5])  # 0 zeroes; another value rescales
+    max_perplexity_increase: float = 0.02  # relative guard perplexity increase allowed (validation)
+    random_seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
 
 
 @dataclass
 class GenderDebias(Common):
     split: Split = field(default_factory=Split)
-    edit: Edit = field(default_factory=Edit)
+    select: Select = field(default_factory=Select)
+    arithmetic_n: int = 200  # one-digit addition prompts of the unrelated-capability check
     save_checkpoint: bool = True
+    save_if_test_worse: bool = False  # save the validation pick even if test bias does not fall
 
     def check(self, where: str) -> None:
         super().check(where)
-        if not self.edit.ks or any(k < 1 for k in self.edit.ks):
-            raise UserError(f"{where}.edit.ks: a non-empty list of positive integers")
-        if self.edit.choose_k is not None and self.edit.choose_k not in self.edit.ks:
-            raise UserError(f"{where}.edit.choose_k: must be one of edit.ks {self.edit.ks}")
-        if not 0 < self.split.choose_fraction < 1:
-            raise UserError(f"{where}.split.choose_fraction: in (0, 1)")
-        for key in ("choose_templates", "eval_templates"):
+        s = self.select
+        if not s.ks or any(k < 1 for k in s.ks):
+            raise UserError(f"{where}.select.ks: a non-empty list of positive integers")
+        if not s.methods or not s.factors or any(f == 1.0 for f in s.factors):
+            raise UserError(f"{where}.select: methods and factors must be non-empty; factor 1 changes nothing")
+        if s.max_perplexity_increase < 0:
+            raise UserError(f"{where}.select.max_perplexity_increase: must be >= 0")
+        f = self.split.fractions
+        if len(f) != 3 or any(x <= 0 for x in f) or sum(f) > 1 + 1e-9:
+            raise UserError(f"{where}.split.fractions: three positive shares (choose, validate, test) summing to <= 1")
+        if self.arithmetic_n < 1:
+            raise UserError(f"{where}.arithmetic_n: must be >= 1")
+        seen: dict[int, str] = {}
+        for name in SPLITS:
+            key = f"{name}_templates"
             setattr(self.split, key, str(getattr(self.split, key)))
-            parse_indices(getattr(self.split, key), len(gender.TEMPLATES), f"{where}.split.{key}")
+            for i in parse_indices(getattr(self.split, key), N_TEMPLATES, f"{where}.split.{key}"):
+                if i in seen:
+                    raise UserError(f"{where}.split.{key}: template {i} is also in {seen[i]}; splits must be disjoint")
+                seen[i] = key
 
 
-def _split(cfg: GenderDebias) -> dict:
-    rng = random.Random(cfg.seed)
-    choose, held = [], []
+# Splits -------------------------------------------------------------------------------------------
+def split_occupations(occupations: list[tuple[str, str]], fractions: list[float], seed: int) -> dict[str, list]:
+    """Disjoint choose/validate/test occupation sets with equal woman- and man-leaning counts in each."""
+    by_lean = {lean: [o for o in occupations if o[1] == lean] for lean in gender.GENDERS}
+    n = min(len(v) for v in by_lean.values())
+    counts = [max(1, int(f * n)) for f in fractions]
+    if sum(counts) > n:
+        raise UserError(f"{n} occupations per lean cannot fill three splits of at least one each")
+    rng = random.Random(seed)
+    out: dict[str, list] = {name: [] for name in SPLITS}
     for lean in gender.GENDERS:
-        profs = [p for p, side in gender.default_professions() if side == lean]
-        rng.shuffle(profs)
-        cut = max(1, round(cfg.split.choose_fraction * len(profs)))
-        choose += [(p, lean) for p in profs[:cut]]
-        held += [(p, lean) for p in profs[cut:]]
-    return {"choose": choose, "held_out": held}
+        pool = sorted(by_lean[lean])
+        rng.shuffle(pool)
+        start = 0
+        for name, count in zip(SPLITS, counts):
+            out[name] += [list(o) for o in pool[start:start + count]]
+            start += count
+    return out
 
 
-def _paired_prompts(templates: list[str], professions: list[tuple[str, str]]) -> tuple[list[Example], list[Example]]:
-    """Condition A: the gender each profession leans to; B: the other gender; same template and answer."""
-    a, b = [], []
-    for t in templates:
-        for prof, lean in professions:
-            other = "man" if lean == "woman" else "woman"
-            a.append(Example(t.format(g=lean), f" {prof}"))
-            b.append(Example(t.format(g=other), f" {prof}"))
-    return a, b
+def contrast_examples(templates: list[int], occupations: list[tuple[str, str]]) -> tuple[list[Example], list[float]]:
+    """Both directions' prompts with weights whose weighted log-probability sum is bias(profession) +
+    bias(pronoun): each direction's mean gap toward the stereotype over its (template, occupation) pairs."""
+    prof = gender.build([gender.TEMPLATES[i] for i in templates], occupations)
+    pron = gender.build_pronouns([gender.PRONOUN_TEMPLATES[i] for i in templates], occupations)
+    examples, weights = [], []
+    for direction in (prof, pron):
+        pairs = len(direction) / 2
+        for e in direction:
+            sign = 1.0 if e.meta["gender"] == e.meta["lean"] else -1.0
+            examples.append(e)
+            weights.append(sign / pairs)
+    return examples, weights
 
 
-def _write_professions(path, professions) -> str:
-    write_text_atomic(path, "".join(json.dumps({"profession": p, "lean": lean}) + "\n" for p, lean in professions))
-    return str(path)
+# Component rankings -------------------------------------------------------------------------------
+def _ranked(values: dict[str, torch.Tensor], layers: list[int], k: int) -> list[dict]:
+    """The ``k`` components whose zeroing lowers the bias most (most negative estimated change)."""
+    items = []
+    for kind, table in values.items():
+        for l in layers:
+            for i, v in enumerate(table[l].tolist()):
+                items.append((v, kind, f"{l}.{i}"))
+    items.sort(key=lambda x: (x[0], x[1], x[2]))
+    return [{"kind": kind, "component": name, "estimate": v} for v, kind, name in items[:k]]
+
+
+def rank_components(run: Run, cfg: GenderDebias, method: str, split: dict, layers: list[int], k: int) -> list[dict]:
+    lm = run.model
+    templates = parse_indices(cfg.split.choose_templates, N_TEMPLATES)
+    occupations = [tuple(o) for o in split["choose"]]
+    if method == "cna":  # the paper's: neuron importance with the lean's gender minus with the other
+        prompts = gender.build([gender.TEMPLATES[t] for t in templates], occupations)
+        key = lambda e: (e.meta["template"], e.meta["profession"])  # noqa: E731 - pairs A and B row by row
+        a = sorted((e for e in prompts if e.meta["gender"] == e.meta["lean"]), key=key)
+        b = sorted((e for e in prompts if e.meta["gender"] != e.meta["lean"]), key=key)
+        scores = cna(lm.model, lm.tokenizer, a, examples_b=b, layers=layers, target="gold", batch_size=cfg.batch_size)
+        diff = scores.columns["diff"]
+        table = torch.zeros(lm.arch.n_layers, diff.shape[-1])
+        table[layers] = torch.as_tensor(diff).float()[:len(layers)]
+        return _ranked({"neuron": -table}, layers, k)  # largest CNA difference first
+    examples, weights = contrast_examples(templates, occupations)
+    effects = weighted_effects(lm.model, lm.tokenizer, examples, weights, cfg.batch_size)
+    values = {"neuron": effects.neurons}
+    if method == "gradient-heads":
+        values["head"] = effects.heads
+    return _ranked(values, layers, k)
+
+
+def plan_for(components: list[dict], factor: float, note: str) -> EditPlan:
+    plan = EditPlan(note=note)
+    for kind in ("head", "neuron"):
+        names = [c["component"] for c in components if c["kind"] == kind]
+        if names:
+            plan.scale(kind, names, factor)
+    return plan
+
+
+def random_like(components: list[dict], layers: list[int], n_heads: int, width: int, seed: int) -> list[dict]:
+    """Random components of the same kinds and counts, from the same layers."""
+    rng = random.Random(seed)
+    out = []
+    for kind, size in (("head", n_heads), ("neuron", width)):
+        count = sum(c["kind"] == kind for c in components)
+        pool = [f"{l}.{i}" for l in layers for i in range(size)]
+        out += [{"kind": kind, "component": name} for name in rng.sample(pool, count)]
+    return out
+
+
+# Selection ----------------------------------------------------------------------------------------
+def relative(row: dict, base: dict) -> tuple[float, float]:
+    """|bias| / |base bias| in each direction (1: unchanged, 0: removed)."""
+    return tuple(abs(row[key]) / max(abs(base[key]), 1e-9) for key in ("bias_profession", "bias_pronoun"))
+
+
+def select(rows: list[dict], base: dict, max_increase: float) -> dict | None:
+    """The validation row with the smallest worse-direction relative bias among those within the
+    guard limit that lower the bias in BOTH directions; ties go to fewer components. None: none qualifies."""
+    limit = base["perplexity"] * (1 + max_increase)
+    ok = [r for r in rows if r["perplexity"] <= limit and max(relative(r, base)) < 1]
+    if not ok:
+        return None
+    return min(ok, key=lambda r: (max(relative(r, base)), r["k"], r["factor"] != 0, r["method"]))
+
+
+# The run ------------------------------------------------------------------------------------------
+def _files(run: Run, split: dict) -> dict[str, str]:
+    paths = {}
+    for name in SPLITS:
+        path = run.path("data", f"{name}.jsonl")
+        write_text_atomic(path, "".join(json.dumps({"profession": p, "lean": lean}) + "\n" for p, lean in split[name]))
+        paths[name] = str(path)
+    return paths
+
+
+def _tasks(cfg: GenderDebias, files: dict, split: str, arithmetic: bool) -> dict:
+    templates = getattr(cfg.split, f"{split}_templates")
+    tasks = {"gender": GenderConfig(templates=templates, professions=files[split], seed=cfg.seed),
+             "pronoun": PronounConfig(templates=templates, professions=files[split], seed=cfg.seed),
+             "guard": GuardConfig()}
+    if split == "test":  # the choice set again: how much of the effect is in-sample only
+        t = cfg.split.choose_templates
+        tasks["gender@choose"] = GenderConfig(templates=t, professions=files["choose"], seed=cfg.seed)
+        tasks["pronoun@choose"] = PronounConfig(templates=t, professions=files["choose"], seed=cfg.seed)
+    if arithmetic:
+        tasks["arithmetic"] = ArithmeticConfig(n=cfg.arithmetic_n, digits=1, ops="+", shots=4, seed=cfg.seed)
+    return tasks
+
+
+def _row(ev, **extra) -> dict:
+    m = {t: ev.tasks[t].measures for t in ev.tasks}
+    row = {**extra, "bias_profession": m["gender"]["bias"].value, "bias_pronoun": m["pronoun"]["bias"].value,
+           "perplexity": m["guard"]["perplexity"].value}
+    if "gender@choose" in m:
+        row["bias_profession_choose"] = m["gender@choose"]["bias"].value
+        row["bias_pronoun_choose"] = m["pronoun@choose"]["bias"].value
+    if "arithmetic" in m:
+        a = m["arithmetic"]["answer_accuracy"]
+        row["arithmetic"], row["arithmetic_95"] = a.value, [round(a.low, 4), round(a.high, 4)]
+    return row
 
 
 def run(run: Run, cfg: GenderDebias) -> dict:
-    ks = sorted(set(cfg.edit.ks))
-    run.plan(["split", "cna", "evaluate_base", *[f"k{k}" for k in ks], "checkpoint", "report"])
-    split = run.step("split", lambda: _split(cfg))
-    choose = [tuple(x) for x in split["choose"]]
-    held = [tuple(x) for x in split["held_out"]]
-    choose_templates = [gender.TEMPLATES[i] for i in parse_indices(cfg.split.choose_templates, len(gender.TEMPLATES))]
+    s = cfg.select
+    ks, factors = sorted(set(s.ks)), list(dict.fromkeys(s.factors))
+    sweep = [(m, k, f) for m in s.methods for k in ks for f in factors]
+    tests = [f"test_{m}{r}" for m in s.methods for r in ["", *[f"_random{x}" for x in s.random_seeds]]]
+    run.plan(["split", *[f"rank_{m}" for m in s.methods], "validate_base",
+              *[f"validate_{m}_k{k}_x{f:g}" for m, k, f in sweep], "test_base", *tests, "checkpoint", "report"])
+    occupations = gender.occupations(cfg.split.occupations or gender.OCCUPATIONS_CSV)
+    split = run.step("split", lambda: split_occupations(occupations, cfg.split.fractions, cfg.seed))
+    files = _files(run, split)
 
-    def scores():
+    def layers() -> list[int]:
+        n = run.model.arch.n_layers
+        return layer_range(s.layers, n, "select.layers") if s.layers else list(range(n))
+
+    ranked = {m: run.step(f"rank_{m}", lambda m=m: {"components": rank_components(run, cfg, m, split, layers(), max(ks))})
+              ["components"] for m in s.methods}
+    base_val = _row(evaluation_step(run, "validate_base", _tasks(cfg, files, "validate", False)), method="base", k=0,
+                    factor=1.0)
+    rows = []
+    for m, k, f in sweep:
+        plan = plan_for(ranked[m][:k], f, f"gender-debias: {m}, top {k}, factor {f:g}")
+        ev = evaluation_step(run, f"validate_{m}_k{k}_x{f:g}", _tasks(cfg, files, "validate", False), plan)
+        rows.append(_row(ev, method=m, k=k, factor=f))
+    picks = {m: select([r for r in rows if r["method"] == m], base_val, s.max_perplexity_increase) for m in s.methods}
+    chosen = select(rows, base_val, s.max_perplexity_increase)
+
+    test_tasks = _tasks(cfg, files, "test", True)
+    base_test = evaluation_step(run, "test_base", test_tasks)
+    table = [_row(base_test, model="base", components=0)]
+    random_tasks = {k: v for k, v in test_tasks.items() if k != "arithmetic"}
+    for m, pick in picks.items():
+        if pick is None:
+            table.append({"model": m, "note": "no validation setting lowers both directions within the guard limit"})
+            continue
+        comps, f = ranked[m][:pick["k"]], pick["factor"]
+        ev = evaluation_step(run, f"test_{m}", test_tasks, plan_for(comps, f, m), reference=base_test)
+        table.append(_row(ev, model=m, components=pick["k"], factor=f))
         lm = run.model
-        layers = layer_range(cfg.edit.layers, lm.arch.n_layers, "edit.layers") if cfg.edit.layers else None
-        a, b = _paired_prompts(choose_templates, choose)
-        return cna(lm.model, lm.tokenizer, a, examples_b=b, layers=layers, target="gold", batch_size=cfg.batch_size)
-
-    neurons = scores_step(run, "cna", scores)
-    layers = neurons.meta["a"]["layers"]
-    order = neurons.ranked_names(layers)
-    choose_file = _write_professions(run.path("data", "choose.jsonl"), choose)
-    held_file = _write_professions(run.path("data", "held_out.jsonl"), held)
-    t_choose, t_eval = cfg.split.choose_templates, cfg.split.eval_templates
-    tasks = {  # "gender" = both held out; the others show which half of the generalisation holds
-        "gender": GenderConfig(templates=t_eval, professions=held_file),
-        "gender@new_templates": GenderConfig(templates=t_eval, professions=choose_file),
-        "gender@new_professions": GenderConfig(templates=t_choose, professions=held_file),
-        "gender@choice": GenderConfig(templates=t_choose, professions=choose_file),
-        "guard": GuardConfig(),
-    }
-    base = evaluation_step(run, "evaluate_base", tasks)
-
-    def plan_for(k: int) -> EditPlan:
-        return EditPlan(note=f"gender-debias: top {k} CNA neurons (woman vs man prompts), factor {cfg.edit.factor}"
-                        ).scale("neuron", order[:k], cfg.edit.factor)
-
-    sweep = {k: evaluation_step(run, f"k{k}", tasks, plan_for(k), reference=base) for k in ks}
-    rows = [_row("base", 0, base, base)] + [_row(f"top {k}", k, ev, base) for k, ev in sweep.items()]
-    chosen = cfg.edit.choose_k or _choose(rows[1:], cfg.edit.max_perplexity_increase)
-    plan = plan_for(chosen)
-    plan.save(run.path("plan.json"))
-    comparison = compare(base, sweep[chosen], cfg.seed)
-    comparison.save(run.out, "evaluation")
-
-    checkpoint = checkpoint_step(run, plan, neurons.ranked(max(ks)), cfg.save_checkpoint)
-    summary = {"chosen_k": chosen, "choice_professions": len(choose), "rows": rows}
-    run.step("report", lambda: _report(run, cfg, neurons, order, comparison, summary, checkpoint))
+        for seed in s.random_seeds:
+            rand = random_like(comps, layers(), lm.arch.n_heads, lm.arch.d_ffn(0), seed)
+            ev = evaluation_step(run, f"test_{m}_random{seed}", random_tasks, plan_for(rand, f, f"random {seed}"),
+                                 reference=base_test)
+            table.append(_row(ev, model=f"random like {m} (seed {seed})", components=pick["k"], factor=f))
+    base_row = table[0]
+    for r in table[1:]:
+        if "bias_profession" in r:
+            rp, rg = relative(r, base_row)
+            r["reduction_profession"], r["reduction_pronoun"] = round(1 - rp, 4), round(1 - rg, 4)
+            r["perplexity_change"] = round(r["perplexity"] / base_row["perplexity"] - 1, 4)
+    verdict, save = _verdict(chosen, table, cfg)
+    plan = plan_for(ranked[chosen["method"]][:chosen["k"]], chosen["factor"],
+                    f"gender-debias: {chosen['method']}, top {chosen['k']}, factor {chosen['factor']:g} "
+                    f"(chosen on validation)") if chosen else EditPlan()
+    checkpoint = checkpoint_step(run, plan, None, save, extra={"debias": {
+        "chosen": chosen, "verdict": verdict, "test": _rounded(table), "split": split,
+        "templates": {n: getattr(cfg.split, f"{n}_templates") for n in SPLITS}}})
+    summary = {"chosen": chosen, "verdict": verdict, "rows": _rounded(table), "validation": rows,
+               "validation_base": base_val, "checkpoint": checkpoint}
+    run.step("report", lambda: _report(run, cfg, split, summary, ranked))
     return summary
 
 
-def _row(name: str, k: int, ev, base) -> dict:
-    m = {t: ev.tasks[t].measures for t in ev.tasks}
-    ppl, ppl0 = m["guard"]["perplexity"].value, base.tasks["guard"].measures["perplexity"].value
-    return {"model": name, "k": k, "bias_held_out": round(m["gender"]["bias"].value, 4),
-            "bias_new_templates": round(m["gender@new_templates"]["bias"].value, 4),
-            "bias_new_professions": round(m["gender@new_professions"]["bias"].value, 4),
-            "bias_choice_set": round(m["gender@choice"]["bias"].value, 4), "perplexity": round(ppl, 3),
-            "perplexity_change": round(ppl / ppl0 - 1, 4),
-            "top1_agreement": round(m["guard"]["top1_agreement"].value, 4)}
+def _verdict(chosen: dict | None, table: list[dict], cfg: GenderDebias) -> tuple[str, bool]:
+    """What the run concluded, in words, and whether a checkpoint is saved."""
+    if chosen is None:
+        return ("No method, k and factor lowers validation bias in both directions within the guard limit; "
+                "no checkpoint saved."), False
+    row = next(r for r in table if r.get("model") == chosen["method"])
+    text = (f"Chosen on validation: {chosen['method']}, top {chosen['k']}, factor {chosen['factor']:g}. On the test "
+            f"split bias falls {row['reduction_profession']:.0%} (profession given gender) and "
+            f"{row['reduction_pronoun']:.0%} (gender given occupation); guard perplexity "
+            f"{row['perplexity_change']:+.1%}.")
+    if not cfg.save_checkpoint:
+        return text, False
+    if min(row["reduction_profession"], row["reduction_pronoun"]) <= 0 and not cfg.save_if_test_worse:
+        return text + " Test bias does not fall in both directions: no checkpoint saved.", False
+    return text, True
 
 
-def _choose(rows: list[dict], limit: float) -> int:
-    allowed = [r for r in rows if r["perplexity_change"] <= limit] or rows[:1]
-    return min(allowed, key=lambda r: (abs(r["bias_choice_set"]), r["k"]))["k"]
+def _rounded(rows: list[dict]) -> list[dict]:
+    return [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
 
 
-def _report(run, cfg, neurons, order, comparison, summary, checkpoint) -> dict:
+def _report(run, cfg, split, summary, ranked) -> dict:
     rep = Report(f"gender-debias: {cfg.model}")
+    rep.paragraph("Bias in two directions: profession given gender (\"A woman works as a\" -> \" nurse\") and gender "
+                  "given occupation (\"The nurse said that\" -> \" she\"). Each value is the mean log-probability gap "
+                  "toward the stereotype (0: none). Occupations and templates are split into choose (scoring), "
+                  "validate (every choice) and test (these numbers); no occupation or template is in two splits.")
+    rep.paragraph(summary["verdict"])
+    rep.heading("Test split (never used for a choice)")
     rows = summary["rows"]
-    rep.paragraph(f"CNA between prompts with the gender each profession leans to and the other gender "
-                  f"(templates {cfg.split.choose_templates}, {summary['choice_professions']} "
-                  f"professions). The top k neurons are scaled by {cfg.edit.factor}. Bias is measured on held-out "
-                  f"templates {cfg.split.eval_templates} with held-out professions (both new), with either one new, and on "
-                  f"the choice set. "
-                  f"Chosen k = {summary['chosen_k']}.")
-    rep.heading(f"Before and after (k = {summary['chosen_k']})")
-    rep.comparison(comparison)
-    rep.heading("k sweep")
-    rep.table(rows, list(rows[0]))
-    ks = [r["k"] for r in rows]
-    rep.image(line_plot({"bias, templates and professions held out": (ks, [r["bias_held_out"] for r in rows]),
-                         "bias, new templates": (ks, [r["bias_new_templates"] for r in rows]),
-                         "bias, new professions": (ks, [r["bias_new_professions"] for r in rows]),
-                         "bias, choice set": (ks, [r["bias_choice_set"] for r in rows]),
-                         "perplexity change": (ks, [r["perplexity_change"] for r in rows])},
-                        "neurons edited (k)", "nats / relative change", "bias and capability against k"),
-              "Bias (held-out and choice set) and relative guard perplexity change against k (k = 0: base)")
-    top = order[:max(r["k"] for r in rows)]
-    rep.image(layer_counts_plot(top, neurons.shape[0], f"layers of the top {len(top)} CNA neurons"),
-              f"Where the top {len(top)} CNA neurons (largest k of the sweep) sit")
-    rep.heading("Top CNA neurons and the tokens they promote")
-    lm = run.model
-    table = []
-    for name in order[:12]:
-        layer, index = map(int, name.split("."))
-        toks = neuron_tokens(lm.arch, lm.tokenizer, layer, index, k=6)
-        table.append({"neuron": name, **{c: round(float(neurons.columns[c][layer, index]), 5) for c in neurons.columns},
-                      "top tokens": " ".join(toks["top"])})
-    rep.table(table, list(table[0]))
-    if checkpoint:
-        rep.paragraph(f"Checkpoint: {checkpoint} (loads with AutoModelForCausalLM.from_pretrained).")
+    cols = ["model", "components", "factor", "bias_profession", "bias_pronoun", "reduction_profession",
+            "reduction_pronoun", "perplexity", "perplexity_change", "arithmetic", "arithmetic_95",
+            "bias_profession_choose", "bias_pronoun_choose", "note"]
+    rep.table(rows, [c for c in cols if any(c in r for r in rows)])
+    rep.heading("Validation sweep")
+    val, base = summary["validation"], summary["validation_base"]
+    rep.table(_rounded([base] + val), ["method", "k", "factor", "bias_profession", "bias_pronoun", "perplexity"])
+    series = {}
+    for r in val:
+        key = f"{r['method']} x{r['factor']:g}"
+        series.setdefault(key, ([], []))
+        series[key][0].append(r["k"])
+        series[key][1].append(max(relative(r, base)))
+    rep.image(line_plot(series, "components edited (k)", "worse direction |bias| / base",
+                        "validation bias against k"), "Relative validation bias (the worse of the two directions)")
+    rep.heading("Occupations per split (lean from labour statistics)")
+    rep.table([{"split": n, "occupations": ", ".join(f"{p} ({l[0]})" for p, l in split[n])} for n in SPLITS],
+              ["split", "occupations"])
+    rep.heading("Top components per method")
+    rep.table([{"method": m, "top": " ".join(f"{c['kind'][0]}{c['component']}" for c in comps[:12])}
+               for m, comps in ranked.items()], ["method", "top"])
+    if summary["checkpoint"]:
+        rep.paragraph(f"Checkpoint: {summary['checkpoint']} (loads with AutoModelForCausalLM.from_pretrained).")
     rep.write(run.path("report.html"))
     return {"report": str(run.path("report.html"))}

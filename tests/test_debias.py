@@ -1,0 +1,134 @@
+"""Gender bias in two directions, the three disjoint splits, the contrast metric and the selection rule."""
+
+import json
+
+import pytest
+import torch
+
+import tiny
+from editor.attribution.gradient import weighted_effects
+from editor.errors import UserError
+from editor.evaluation.harness import GenderConfig, PronounConfig, evaluate_model
+from editor.recipes import load_recipe, run_recipe
+from editor.recipes.gender_debias import (
+    N_TEMPLATES, contrast_examples, random_like, relative, select, split_occupations)
+from editor.tasks import gender
+
+
+def test_occupation_leans_come_from_the_statistics_file(tmp_path):
+    occ = gender.occupations()
+    leans = [lean for _, lean in occ]
+    assert leans.count("woman") == leans.count("man") == 24
+    assert ("nurse", "woman") in occ and ("electrician", "man") in occ
+    assert "pharmacist" not in {o for o, _ in occ}  # 60% women: no lean, not used
+    f = tmp_path / "occ.csv"
+    f.write_text("occupation,percent_women\nastronaut,12\nweaver,71\nbaker,50\n")
+    assert gender.occupations(f) == [("astronaut", "man"), ("weaver", "woman")]
+    f.write_text("occupation,percent_women\nastronaut,lots\n")
+    with pytest.raises(UserError, match="line 2 needs 'occupation' and a numeric 'percent_women'"):
+        gender.occupations(f)
+    with pytest.raises(UserError, match="not found or not a .csv"):
+        gender.occupations(tmp_path / "missing.csv")
+
+
+def test_both_directions_build_paired_prompts():
+    pron = gender.build_pronouns(gender.PRONOUN_TEMPLATES[:1], [("nurse", "woman")])
+    assert [(e.prompt, e.answer) for e in pron] == [("The nurse said that", " she"), ("The nurse said that", " he")]
+    prof = gender.build(["A {g} works as a"], [("electrician", "man")])
+    assert [e.prompt for e in prof] == ["A woman works as an", "A man works as an"]  # article fits the word
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_splits_are_disjoint_and_balanced(seed):
+    split = split_occupations(gender.occupations(), [0.4, 0.3, 0.3], seed)
+    names = {k: {o for o, _ in v} for k, v in split.items()}
+    assert not names["choose"] & names["validate"] and not names["choose"] & names["test"]
+    assert not names["validate"] & names["test"]
+    for part in split.values():
+        leans = [lean for _, lean in part]
+        assert leans.count("woman") == leans.count("man") > 0
+    assert split_occupations(gender.occupations(), [0.4, 0.3, 0.3], seed) == split  # seeded
+
+
+def test_template_splits_must_not_overlap():
+    cfg = load_recipe("recipes/gender-debias.yaml")
+    seen = [set(range(0, 4)), set(range(4, 8)), set(range(8, 12))]
+    assert {cfg.split.choose_templates, cfg.split.validate_templates, cfg.split.test_templates} == {"0-3", "4-7", "8-11"}
+    assert set().union(*seen) == set(range(N_TEMPLATES))
+    with pytest.raises(UserError, match="template 4 is also in validate_templates; splits must be disjoint"):
+        load_recipe("recipes/gender-debias.yaml", ["split.test_templates=4-5"])
+    with pytest.raises(UserError, match="three positive shares"):
+        load_recipe("recipes/gender-debias.yaml", ["split.fractions=[0.5, 0.5, 0.5]"])
+
+
+def _row(method, k, p, g, ppl, factor=0.0):
+    return {"method": method, "k": k, "factor": factor, "bias_profession": p, "bias_pronoun": g, "perplexity": ppl}
+
+
+def test_selection_needs_both_directions_lower_within_the_guard():
+    base = _row("base", 0, 1.0, 0.5, 20.0)
+    rows = [_row("a", 5, 0.2, 0.6, 20.0),  # pronoun bias rose: out
+            _row("b", 5, 0.1, 0.1, 21.0),  # best bias, but perplexity +5%: out
+            _row("c", 20, 0.5, 0.2, 20.3),  # worse direction 0.5/1.0 = 0.5
+            _row("d", 5, 0.4, 0.2, 20.1)]  # worse direction 0.4: chosen
+    assert select(rows, base, 0.02)["method"] == "d"
+    assert select(rows, base, 0.10)["method"] == "b"
+    assert select(rows[:1], base, 0.02) is None
+    assert relative(_row("x", 1, -0.5, 0.25, 1), base) == (0.5, 0.5)  # a reversed bias counts by its size
+
+
+def test_random_components_match_kinds_and_counts():
+    comps = [{"kind": "head", "component": "1.0"}] + [{"kind": "neuron", "component": f"2.{i}"} for i in range(5)]
+    rand = random_like(comps, [1, 2], n_heads=4, width=64, seed=3)
+    assert sum(c["kind"] == "head" for c in rand) == 1 and sum(c["kind"] == "neuron" for c in rand) == 5
+    assert all(int(c["component"].split(".")[0]) in (1, 2) for c in rand)
+    assert rand == random_like(comps, [1, 2], n_heads=4, width=64, seed=3)
+
+
+def test_contrast_metric_is_the_harness_bias_of_both_directions(tmp_path):
+    """The weighted log-probability sum that gradient attribution differentiates equals the
+    harness's profession bias plus pronoun bias on the same prompts (and zeroing moves it as estimated)."""
+    model, tok = tiny.tiny_model("llama"), tiny.char_tokenizer()
+    occ = [("nurse", "woman"), ("pilot", "man"), ("dietitian", "woman"), ("welder", "man")]
+    f = tmp_path / "occ.jsonl"
+    f.write_text("".join(json.dumps({"profession": o, "lean": lean}) + "\n" for o, lean in occ))
+    examples, weights = contrast_examples([0, 5], occ)
+    effects = weighted_effects(model, tok, examples, weights, batch_size=4, progress=False)
+    ev = evaluate_model(model, tok, {"gender": GenderConfig(templates="0,5", professions=str(f)),
+                                     "pronoun": PronounConfig(templates="0,5", professions=str(f))}, progress=False)
+    harness = ev.tasks["gender"].measures["bias"].value + ev.tasks["pronoun"].measures["bias"].value
+    assert float(effects.metric) == pytest.approx(harness, abs=1e-5)
+
+
+def test_recipe_saves_exactly_the_validation_pick(tmp_path):
+    model_dir = tiny.save_dir(tiny.tiny_model("llama"), tmp_path / "m")
+    sets = [f"model={model_dir}", "batch_size=8", "select.ks=[3, 8]", "select.factors=[0.0, 0.5]",
+            "select.methods=[gradient, gradient-heads]", "select.random_seeds=[1]", "arithmetic_n=4",
+            "select.max_perplexity_increase=0.05", "save_if_test_worse=true"]
+    out = tmp_path / "run"
+    _, result = run_recipe("recipes/gender-debias.yaml", sets, log=lambda _m: None, out=out)
+    summary = result["summary"]
+    assert len(summary["validation"]) == 2 * 2 * 2
+    assert summary["chosen"] == select(summary["validation"], summary["validation_base"], 0.05)
+    models = [r["model"] for r in summary["rows"]]
+    assert models[0] == "base"
+    report = (out / "report.html").read_text()
+    assert "gender given occupation" in report and "Validation sweep" in report
+    if summary["chosen"] is None:
+        assert "no checkpoint saved" in summary["verdict"] and not (out / "checkpoint").exists()
+        return
+    chosen = summary["chosen"]
+    assert chosen["method"] in models and f"random like {chosen['method']} (seed 1)" in models
+    manifest = json.loads((out / "checkpoint" / "edit_manifest.json").read_text())
+    assert manifest["debias"]["chosen"] == chosen and manifest["debias"]["test"][0]["model"] == "base"
+    assert len(manifest["plan"]["edits"]) == chosen["k"]
+    split = manifest["debias"]["split"]
+    assert not {o for o, _ in split["test"]} & {o for o, _ in split["choose"] + split["validate"]}
+
+
+def test_weighted_effects_checks_lengths():
+    model, tok = tiny.tiny_model("llama"), tiny.char_tokenizer()
+    examples, weights = contrast_examples([0], [("nurse", "woman"), ("pilot", "man")])
+    with pytest.raises(UserError, match="weights for"):
+        weighted_effects(model, tok, examples, weights[:-1], progress=False)
+    assert torch.isfinite(weighted_effects(model, tok, examples, weights, progress=False).neurons).all()
