@@ -104,11 +104,12 @@ def test_recipe_saves_exactly_the_validation_pick(tmp_path):
     model_dir = tiny.save_dir(tiny.tiny_model("llama"), tmp_path / "m")
     sets = [f"model={model_dir}", "batch_size=8", "select.ks=[3, 8]", "select.factors=[0.0, 0.5]",
             "select.methods=[gradient, gradient-heads]", "select.random_seeds=[1]", "arithmetic_n=4",
+            "select.penalties=[0, 1]", "select.capability_sentences=8",
             "select.max_perplexity_increase=0.05", "save_if_test_worse=true"]
     out = tmp_path / "run"
     _, result = run_recipe("recipes/gender-debias.yaml", sets, log=lambda _m: None, out=out)
     summary = result["summary"]
-    assert len(summary["validation"]) == 2 * 2 * 2
+    assert len(summary["validation"]) == 2 * 2 * 2 * 2  # methods x penalties x ks x factors
     assert summary["chosen"] == select(summary["validation"], summary["validation_base"], 0.05)
     models = [r["model"] for r in summary["rows"]]
     assert models[0] == "base"

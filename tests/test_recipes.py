@@ -21,6 +21,7 @@ RECIPES = {
                          "heads.zero_fraction=0.25", "neurons.keep_fraction=0.2"],
     "gender-debias": ["select.ks=[2, 6]", "select.factors=[0.0]", "select.methods=[cna, gradient-heads]",
                       "select.random_seeds=[1]", "arithmetic_n=4", "select.max_perplexity_increase=1.0",
+                      "select.penalties=[1]", "select.capability_sentences=8",
                       "save_if_test_worse=true"],
     "icl-heads": ["data.n_score=4", "data.n_eval=6", "cut.fractions=[0.1, 0.25]", "cut.random_seeds=[1, 2]",
                   "rescale.fraction=0.1", "rescale.factors=[0.5]"],

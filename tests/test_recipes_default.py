@@ -17,7 +17,10 @@ REDUCED = {
                          "prune.units=[neurons]"],
     "arithmetic-keep-only": ["data.n_score=8", "data.n_eval=24", "heads.method=static", "neurons.layers=[26, 29]",
                          "random_seeds=[1]"],
-    "gender-debias": ["split.choose_templates=0", "split.eval_templates=4", "edit.layers=[26, 29]", "edit.ks=[5, 20]"],
+    "gender-debias": ["select.layers=[20, 29]", "select.ks=[10, 50]", "select.factors=[0.0]", "select.methods=[gradient]",
+                      "select.penalties=[1]",
+                      "select.random_seeds=[1]", "arithmetic_n=16", "select.max_perplexity_increase=0.05",
+                      "save_if_test_worse=true"],
     "icl-heads": ["data.n_score=4", "data.n_eval=12", "cut.fractions=[0.02]", "cut.random_seeds=[1]",
                   "rescale.factors=[0.5]"],
     "lora-compare": ["layer_groups=[[3]]", "compare_layers=[26, 29]", "lora.steps=6", "data.n_train=96",
@@ -40,6 +43,13 @@ def test_recipe_on_default_model(kind, tmp_path):
         assert (out / "adapters" / "L3" / "adapter_model.safetensors").is_file()
         assert summary["rows"][0]["layers"] == "3"
         return
+    if kind == "gender-debias":  # a checkpoint exactly when validation found a qualifying edit
+        chosen = summary["chosen"]
+        assert (out / "checkpoint").exists() == (chosen is not None)
+        if chosen is None:
+            assert "no checkpoint saved" in summary["verdict"]
+            return
+        assert [r["model"] for r in summary["rows"]][:3] == ["base", "gradient", "random like gradient (seed 1)"]
     if kind == "prune-then-lora":
         assert summary["kept"] == round(0.05 * 4 * 1536) and len(summary["rows"]) == 6
         return
@@ -50,6 +60,8 @@ def test_recipe_on_default_model(kind, tmp_path):
         assert manifest["prune"]["shrunk_vs_zeroed_max_logit_difference"] < 1e-4
     else:
         assert manifest["plan"]["edits"]
+    if kind == "gender-debias":
+        assert manifest["debias"]["chosen"] == summary["chosen"] and len(manifest["plan"]["edits"]) == chosen["k"]
     assert manifest["source"]["model"] == "smollm2-135m"
     lm = load_model(str(ck))
     inputs = encode(lm.tokenizer, ["The sum of 3 and 5 is", "A woman works as a"], padding_side="left")

@@ -45,6 +45,7 @@ class Data:
     n_val: int = 100  # the search's stopping rule
     n_test: int = 500  # the reported numbers
     n_train: int = 400  # LoRA recovery prompts (the scoring queries, other demonstrations)
+    query_shares: list[int] = field(default_factory=lambda: [1, 1, 2])  # queries split score : val : test
 
 
 @dataclass
@@ -95,6 +96,8 @@ class ArithmeticPrune(Common):
         for name in ("n_score", "n_val", "n_test", "n_train"):
             if not 1 <= getattr(self.data, name) <= 100_000:
                 raise UserError(f"{where}.data.{name}: 1-100000")
+        if len(self.data.query_shares) != 3 or any(x < 1 for x in self.data.query_shares):
+            raise UserError(f"{where}.data.query_shares: three positive integers (score, val, test)")
         if self.data.digits not in (1, 2):
             raise UserError(f"{where}.data.digits: 1 or 2")
         if self.recover.steps < 1 or self.recover.rank < 1 or not self.recover.lr > 0:
@@ -111,7 +114,8 @@ def _settings(cfg: ArithmeticPrune, method: str) -> SearchSettings:
 def _data(cfg: ArithmeticPrune) -> dict:
     d = cfg.data
     sets = arithmetic.split_prompts({"score": d.n_score, "val": d.n_val, "test": d.n_test, "train": d.n_train},
-                                    {"score": 1, "val": 1, "test": 2}, d.digits, d.ops, d.template, d.shots,
+                                    dict(zip(("score", "val", "test"), d.query_shares)), d.digits, d.ops,
+                                    d.template, d.shots,
                                     cfg.seed, share={"train": "score"})
     return {name: [e.to_json() for e in examples] for name, examples in sets.items()}
 

@@ -35,7 +35,7 @@ from editor.io import write_text_atomic
 from editor.recipes.common import Common, checkpoint_step, evaluation_step, layer_range
 from editor.recipes.report import Report, line_plot
 from editor.recipes.run import Run
-from editor.tasks import gender
+from editor.tasks import gender, icl
 from editor.tasks.examples import Example
 
 Method = Literal["cna", "gradient", "gradient-heads"]
@@ -59,7 +59,9 @@ class Select:
     methods: list[Method] = field(default_factory=lambda: list(METHODS))
     layers: list[int] | None = None  # [first, last] layers whose components may be edited; null = all
     ks: list[int] = field(default_factory=lambda: [5, 20, 50, 100, 200])
-    factors: list[float] = field(default_factory=lambda: [0.0, 0.5])  # 0 zeroes; another value rescales
+    factors: list[float] = field(default_factory=lambda: [0.0, 0.5, 0.75])  # 0 zeroes; another value rescales
+    penalties: list[float] = field(default_factory=lambda: [0.0, 1.0, 3.0])  # gradient methods: capability penalty
+    capability_sentences: int = 96  # plain sentences whose estimated loss increase the penalty counts
     max_perplexity_increase: float = 0.02  # relative guard perplexity increase allowed (validation)
     random_seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
 
@@ -79,6 +81,9 @@ class GenderDebias(Common):
             raise UserError(f"{where}.select.ks: a non-empty list of positive integers")
         if not s.methods or not s.factors or any(f == 1.0 for f in s.factors):
             raise UserError(f"{where}.select: methods and factors must be non-empty; factor 1 changes nothing")
+        if not s.penalties or any(p < 0 for p in s.penalties) or s.capability_sentences < 1:
+            raise UserError(f"{where}.select: penalties must be a non-empty list of numbers >= 0, "
+                            "capability_sentences >= 1")
         if s.max_perplexity_increase < 0:
             raise UserError(f"{where}.select.max_perplexity_increase: must be >= 0")
         f = self.split.fractions
@@ -143,7 +148,9 @@ def _ranked(values: dict[str, torch.Tensor], layers: list[int], k: int) -> list[
     return [{"kind": kind, "component": name, "estimate": v} for v, kind, name in items[:k]]
 
 
-def rank_components(run: Run, cfg: GenderDebias, method: str, split: dict, layers: list[int], k: int) -> list[dict]:
+def rank_components(run: Run, cfg: GenderDebias, method: str, split: dict, layers: list[int],
+                    k: int) -> dict[str, list[dict]]:
+    """penalty -> the ``k`` components whose editing should lower the bias most (CNA: penalty 0 only)."""
     lm = run.model
     templates = parse_indices(cfg.split.choose_templates, N_TEMPLATES)
     occupations = [tuple(o) for o in split["choose"]]
@@ -156,13 +163,35 @@ def rank_components(run: Run, cfg: GenderDebias, method: str, split: dict, layer
         diff = scores.columns["diff"]
         table = torch.zeros(lm.arch.n_layers, diff.shape[-1])
         table[layers] = torch.as_tensor(diff).float()[:len(layers)]
-        return _ranked({"neuron": -table}, layers, k)  # largest CNA difference first
+        return {"0": _ranked({"neuron": -table}, layers, k)}  # largest CNA difference first; no penalty
     examples, weights = contrast_examples(templates, occupations)
-    effects = weighted_effects(lm.model, lm.tokenizer, examples, weights, cfg.batch_size)
-    values = {"neuron": effects.neurons}
-    if method == "gradient-heads":
-        values["head"] = effects.heads
-    return _ranked(values, layers, k)
+    bias = weighted_effects(lm.model, lm.tokenizer, examples, weights, cfg.batch_size)
+    examples, weights = capability_examples(cfg.select.capability_sentences)
+    loss = weighted_effects(lm.model, lm.tokenizer, examples, weights, cfg.batch_size)
+    kinds = ["neuron", "head"] if method == "gradient-heads" else ["neuron"]
+    out = {}
+    for penalty in cfg.select.penalties:
+        values = {kind: _penalised(getattr(bias, kind + "s"), getattr(loss, kind + "s"), penalty, layers)
+                  for kind in kinds}
+        out[f"{penalty:g}"] = _ranked(values, layers, k)
+    return out
+
+
+def capability_examples(n: int) -> tuple[list[Example], list[float]]:
+    """Plain English sentences (the built-in in-context pool, every other one) as first word ->
+    rest, weighted so the weighted log-probability sum is minus the mean loss per sentence."""
+    sentences = icl.load_pool("builtin").sentences[::2][:n]
+    examples = [Example(s.split(" ", 1)[0], " " + s.split(" ", 1)[1]) for s in sentences if " " in s]
+    return examples, [-1.0 / len(examples)] * len(examples)
+
+
+def _penalised(bias: torch.Tensor, loss: torch.Tensor, penalty: float, layers: list[int]) -> torch.Tensor:
+    """Estimated bias change plus ``penalty`` x the estimated loss increase, the loss term rescaled to
+    the bias term's spread over the editable components (so penalty 1 weighs both alike)."""
+    if penalty == 0:
+        return bias
+    scale = bias[layers].std() / loss[layers].std().clamp_min(1e-12)
+    return bias + penalty * scale * loss
 
 
 def plan_for(components: list[dict], factor: float, note: str) -> EditPlan:
@@ -241,10 +270,11 @@ def _row(ev, **extra) -> dict:
 def run(run: Run, cfg: GenderDebias) -> dict:
     s = cfg.select
     ks, factors = sorted(set(s.ks)), list(dict.fromkeys(s.factors))
-    sweep = [(m, k, f) for m in s.methods for k in ks for f in factors]
+    penalties = {m: ["0"] if m == "cna" else [f"{p:g}" for p in dict.fromkeys(s.penalties)] for m in s.methods}
+    sweep = [(m, p, k, f) for m in s.methods for p in penalties[m] for k in ks for f in factors]
     tests = [f"test_{m}{r}" for m in s.methods for r in ["", *[f"_random{x}" for x in s.random_seeds]]]
-    run.plan(["split", *[f"rank_{m}" for m in s.methods], "validate_base",
-              *[f"validate_{m}_k{k}_x{f:g}" for m, k, f in sweep], "test_base", *tests, "checkpoint", "report"])
+    run.plan(["split", *[f"rank_{m}" for m in s.methods], "validate_base", *[_step(*v) for v in sweep],
+              "test_base", *tests, "checkpoint", "report"])
     occupations = gender.occupations(cfg.split.occupations or gender.OCCUPATIONS_CSV)
     split = run.step("split", lambda: split_occupations(occupations, cfg.split.fractions, cfg.seed))
     files = _files(run, split)
@@ -255,13 +285,13 @@ def run(run: Run, cfg: GenderDebias) -> dict:
 
     ranked = {m: run.step(f"rank_{m}", lambda m=m: {"components": rank_components(run, cfg, m, split, layers(), max(ks))})
               ["components"] for m in s.methods}
-    base_val = _row(evaluation_step(run, "validate_base", _tasks(cfg, files, "validate", False)), method="base", k=0,
-                    factor=1.0)
+    base_val = _row(evaluation_step(run, "validate_base", _tasks(cfg, files, "validate", False)), method="base",
+                    penalty=0.0, k=0, factor=1.0)
     rows = []
-    for m, k, f in sweep:
-        plan = plan_for(ranked[m][:k], f, f"gender-debias: {m}, top {k}, factor {f:g}")
-        ev = evaluation_step(run, f"validate_{m}_k{k}_x{f:g}", _tasks(cfg, files, "validate", False), plan)
-        rows.append(_row(ev, method=m, k=k, factor=f))
+    for m, p, k, f in sweep:
+        plan = plan_for(ranked[m][p][:k], f, _note(m, p, k, f))
+        ev = evaluation_step(run, _step(m, p, k, f), _tasks(cfg, files, "validate", False), plan)
+        rows.append(_row(ev, method=m, penalty=float(p), k=k, factor=f))
     picks = {m: select([r for r in rows if r["method"] == m], base_val, s.max_perplexity_increase) for m in s.methods}
     chosen = select(rows, base_val, s.max_perplexity_increase)
 
@@ -273,15 +303,15 @@ def run(run: Run, cfg: GenderDebias) -> dict:
         if pick is None:
             table.append({"model": m, "note": "no validation setting lowers both directions within the guard limit"})
             continue
-        comps, f = ranked[m][:pick["k"]], pick["factor"]
+        comps, f = ranked[m][f"{pick['penalty']:g}"][:pick["k"]], pick["factor"]
         ev = evaluation_step(run, f"test_{m}", test_tasks, plan_for(comps, f, m), reference=base_test)
-        table.append(_row(ev, model=m, components=pick["k"], factor=f))
+        table.append(_row(ev, model=m, penalty=pick["penalty"], components=pick["k"], factor=f))
         lm = run.model
         for seed in s.random_seeds:
             rand = random_like(comps, layers(), lm.arch.n_heads, lm.arch.d_ffn(0), seed)
             ev = evaluation_step(run, f"test_{m}_random{seed}", random_tasks, plan_for(rand, f, f"random {seed}"),
                                  reference=base_test)
-            table.append(_row(ev, model=f"random like {m} (seed {seed})", components=pick["k"], factor=f))
+            table.append(_row(ev, model=f"random like {m} (seed {seed})", penalty=None, components=pick["k"], factor=f))
     base_row = table[0]
     for r in table[1:]:
         if "bias_profession" in r:
@@ -289,9 +319,9 @@ def run(run: Run, cfg: GenderDebias) -> dict:
             r["reduction_profession"], r["reduction_pronoun"] = round(1 - rp, 4), round(1 - rg, 4)
             r["perplexity_change"] = round(r["perplexity"] / base_row["perplexity"] - 1, 4)
     verdict, save = _verdict(chosen, table, cfg)
-    plan = plan_for(ranked[chosen["method"]][:chosen["k"]], chosen["factor"],
-                    f"gender-debias: {chosen['method']}, top {chosen['k']}, factor {chosen['factor']:g} "
-                    f"(chosen on validation)") if chosen else EditPlan()
+    plan = plan_for(ranked[chosen["method"]][f"{chosen['penalty']:g}"][:chosen["k"]], chosen["factor"],
+                    _note(chosen["method"], f"{chosen['penalty']:g}", chosen["k"], chosen["factor"])
+                    + " (chosen on validation)") if chosen else EditPlan()
     checkpoint = checkpoint_step(run, plan, None, save, extra={"debias": {
         "chosen": chosen, "verdict": verdict, "test": _rounded(table), "split": split,
         "templates": {n: getattr(cfg.split, f"{n}_templates") for n in SPLITS}}})
@@ -301,13 +331,22 @@ def run(run: Run, cfg: GenderDebias) -> dict:
     return summary
 
 
+def _step(method: str, penalty: str, k: int, factor: float) -> str:
+    return f"validate_{method}_p{penalty}_k{k}_x{factor:g}"
+
+
+def _note(method: str, penalty: str, k: int, factor: float) -> str:
+    return f"gender-debias: {method} (capability penalty {penalty}), top {k}, factor {factor:g}"
+
+
 def _verdict(chosen: dict | None, table: list[dict], cfg: GenderDebias) -> tuple[str, bool]:
     """What the run concluded, in words, and whether a checkpoint is saved."""
     if chosen is None:
         return ("No method, k and factor lowers validation bias in both directions within the guard limit; "
                 "no checkpoint saved."), False
     row = next(r for r in table if r.get("model") == chosen["method"])
-    text = (f"Chosen on validation: {chosen['method']}, top {chosen['k']}, factor {chosen['factor']:g}. On the test "
+    text = (f"Chosen on validation: {chosen['method']} (capability penalty {chosen['penalty']:g}), top {chosen['k']}, "
+            f"factor {chosen['factor']:g}. On the test "
             f"split bias falls {row['reduction_profession']:.0%} (profession given gender) and "
             f"{row['reduction_pronoun']:.0%} (gender given occupation); guard perplexity "
             f"{row['perplexity_change']:+.1%}.")
@@ -331,16 +370,17 @@ def _report(run, cfg, split, summary, ranked) -> dict:
     rep.paragraph(summary["verdict"])
     rep.heading("Test split (never used for a choice)")
     rows = summary["rows"]
-    cols = ["model", "components", "factor", "bias_profession", "bias_pronoun", "reduction_profession",
+    cols = ["model", "penalty", "components", "factor", "bias_profession", "bias_pronoun", "reduction_profession",
             "reduction_pronoun", "perplexity", "perplexity_change", "arithmetic", "arithmetic_95",
             "bias_profession_choose", "bias_pronoun_choose", "note"]
     rep.table(rows, [c for c in cols if any(c in r for r in rows)])
     rep.heading("Validation sweep")
     val, base = summary["validation"], summary["validation_base"]
-    rep.table(_rounded([base] + val), ["method", "k", "factor", "bias_profession", "bias_pronoun", "perplexity"])
+    rep.table(_rounded([base] + val), ["method", "penalty", "k", "factor", "bias_profession", "bias_pronoun",
+                                       "perplexity"])
     series = {}
     for r in val:
-        key = f"{r['method']} x{r['factor']:g}"
+        key = f"{r['method']} p{r['penalty']:g} x{r['factor']:g}"
         series.setdefault(key, ([], []))
         series[key][0].append(r["k"])
         series[key][1].append(max(relative(r, base)))
@@ -350,8 +390,8 @@ def _report(run, cfg, split, summary, ranked) -> dict:
     rep.table([{"split": n, "occupations": ", ".join(f"{p} ({l[0]})" for p, l in split[n])} for n in SPLITS],
               ["split", "occupations"])
     rep.heading("Top components per method")
-    rep.table([{"method": m, "top": " ".join(f"{c['kind'][0]}{c['component']}" for c in comps[:12])}
-               for m, comps in ranked.items()], ["method", "top"])
+    rep.table([{"method": m, "penalty": p, "top": " ".join(f"{c['kind'][0]}{c['component']}" for c in comps[:12])}
+               for m, by_penalty in ranked.items() for p, comps in by_penalty.items()], ["method", "penalty", "top"])
     if summary["checkpoint"]:
         rep.paragraph(f"Checkpoint: {summary['checkpoint']} (loads with AutoModelForCausalLM.from_pretrained).")
     rep.write(run.path("report.html"))
