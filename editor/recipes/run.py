@@ -17,6 +17,9 @@ from editor.errors import UserError
 from editor.io import write_json_atomic, write_text_atomic
 
 RECIPE_FILE = "recipe.yaml"
+# What a run writes at its top level (evaluation*.json/.md too); --fresh deletes nothing else.
+RUN_ENTRIES = {RECIPE_FILE, "steps", "attribution", "adapters", "checkpoint", "compare", "data", "plan.json",
+               "report.html", "search_trace.csv", "search_trace.json"}
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Run:
         digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
         stamp = out / "steps" / "recipe.sha256"
         if fresh and out.exists():
+            _check_run_directory(out, stamp)
             shutil.rmtree(out)
         if stamp.is_file() and stamp.read_text().strip() != digest:
             raise UserError(f"{out} holds a run of a different recipe (or different settings); "
@@ -94,3 +98,17 @@ class Run:
 
     def path(self, *parts: str) -> Path:
         return self.out.joinpath(*parts)
+
+
+def _check_run_directory(out: Path, stamp: Path) -> None:
+    """``--fresh`` deletes only what is provably a run directory of ours: a directory whose
+    ``steps/recipe.sha256`` we wrote, holding nothing but what a run writes. Anything else (a home
+    directory, a folder of notes, a recipe's mistyped ``out:``) is refused before any deletion."""
+    if out.is_symlink() or not out.is_dir() or not stamp.is_file():
+        raise UserError(f"refusing to delete {out} for --fresh: it is not an lmedit run directory "
+                        f"(no steps/recipe.sha256); choose another --out or remove it yourself")
+    foreign = [p.name for p in out.iterdir()
+               if p.name not in RUN_ENTRIES and not p.name.startswith((".", "evaluation"))]
+    if foreign:
+        raise UserError(f"refusing to delete {out} for --fresh: it holds files a run does not write "
+                        f"({', '.join(sorted(foreign)[:3])}); remove them or choose another --out")

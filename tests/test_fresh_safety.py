@@ -1,0 +1,42 @@
+"""--fresh deletes only a run directory of ours (issue: a mistyped --out must never cost user data)."""
+
+import pytest
+from click.testing import CliRunner
+
+from editor.cli import main
+from editor.errors import UserError
+from editor.recipes.run import Run
+
+RECIPE = {"recipe": "icl-heads", "name": "x"}
+
+
+def test_fresh_refuses_a_directory_that_is_not_a_run(tmp_path):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "thesis.txt").write_text("years of work")
+    with pytest.raises(UserError, match="not an lmedit run directory"):
+        Run.open(notes, RECIPE, fresh=True, log=lambda _m: None)
+    assert (notes / "thesis.txt").read_text() == "years of work"
+
+
+def test_fresh_refuses_a_run_directory_holding_foreign_files(tmp_path):
+    out = tmp_path / "run"
+    Run.open(out, RECIPE, log=lambda _m: None)
+    (out / "report.html").write_text("ours")
+    (out / "my-notes.md").write_text("theirs")
+    with pytest.raises(UserError, match=r"holds files a run does not write \(my-notes.md\)"):
+        Run.open(out, RECIPE, fresh=True, log=lambda _m: None)
+    assert (out / "my-notes.md").is_file()
+    (out / "my-notes.md").unlink()
+    (out / "evaluation.md").write_text("ours too")
+    Run.open(out, {**RECIPE, "seed": 1}, fresh=True, log=lambda _m: None)  # a real run dir: wiped, reopened
+    assert not (out / "report.html").exists() and (out / "steps" / "recipe.sha256").is_file()
+
+
+def test_cli_fresh_on_a_foreign_directory_is_one_line(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "keep.txt").write_text("x")
+    result = CliRunner().invoke(main, ["run", "recipes/icl-heads.yaml", "--out", str(home), "--fresh"])
+    assert result.exit_code == 2 and "not an lmedit run directory" in result.output
+    assert "Traceback" not in result.output and (home / "keep.txt").is_file()
