@@ -44,6 +44,7 @@ demo: install
 	$(BIN)/lmedit models pull smollm2-135m
 	$(BIN)/lmedit run recipes/arithmetic-prune.yaml
 	$(BIN)/lmedit verify checkpoints/arithmetic-prune/checkpoint
+	$(BIN)/python bench/bench_prune.py checkpoints/arithmetic-prune --plot checkpoints/arithmetic-prune/curves.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

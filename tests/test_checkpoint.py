@@ -83,3 +83,19 @@ def test_peft_model_must_be_merged(tmp_path, tokenizer):
     model = get_peft_model(tiny.tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
     with pytest.raises(UserError, match="merge_and_unload"):
         save_checkpoint(model, tokenizer, tmp_path / "ckpt")
+
+
+def test_checkpoint_carries_a_model_card(tmp_path, tokenizer):
+    """README.md: where the model came from, every edit, the recorded results, how to load it."""
+    model, plan = _edited("llama")
+    plan.note = "zero the heads that copy the answer"
+    rows = [{"model": "base", "bias_pronoun": 1.2}, {"model": "gradient", "bias_pronoun": 0.7}]
+    out = save_checkpoint(model, tokenizer, tmp_path / "debiased", plan=plan, source={"model": "tiny-llama"},
+                          extra={"debias": {"test": rows, "verdict": "Bias falls 42%."}})
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers")
+    assert "# debiased: an edited tiny-llama" in card and "zero the heads that copy the answer" in card
+    assert "4 edits: zero head 0.1, zero head 2.0, scale x0.5 neuron 1.3, keep only 1 neurons in layers 2-2" in card
+    assert "| gradient | 0.7 |" in card and "Bias falls 42%." in card
+    assert 'AutoModelForCausalLM.from_pretrained("debiased")' in card
+    assert set(read_manifest(out)["weights_sha256"]) == {"model.safetensors"}  # the card is not a weight file

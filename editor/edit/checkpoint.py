@@ -100,7 +100,49 @@ def save_checkpoint(
             **(extra or {}),
         }
         write_json_atomic(tmp / MANIFEST, manifest)
+        (tmp / "README.md").write_text(model_card(manifest, out.name), encoding="utf-8")
     return out
+
+
+def model_card(manifest: dict, name: str) -> str:
+    """A Hugging Face model card (``README.md``) from the manifest: what the model came from, what was
+    changed and why, the results the recipe recorded, and how to load it (``hf upload`` shows it)."""
+    from editor.tables import markdown_table
+
+    source = manifest.get("source") or {}
+    base = source.get("model", "an unnamed model")
+    lines = ["---", "library_name: transformers", "tags: [lmedit]", "---", "",
+             f"# {name}: an edited {base}", "",
+             f"Written by lmedit {manifest.get('lmedit_version')} on {manifest.get('created')} from `{base}` "
+             f"({source.get('family', 'unknown family')}). It is an ordinary checkpoint:", "",
+             "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+             f'model = AutoModelForCausalLM.from_pretrained("{name}")',
+             f'tokenizer = AutoTokenizer.from_pretrained("{name}")', "```", "", "## What changed", ""]
+    plan = EditPlan.from_json(manifest["plan"]) if manifest.get("plan") else EditPlan()
+    if plan.note:
+        lines += [plan.note, ""]
+    if plan.edits:
+        edits = plan.summary().splitlines()
+        lines += [f"{len(edits)} edits: " + ", ".join(edits[:20]) + (", ..." if len(edits) > 20 else ""), ""]
+    prune = manifest.get("prune")
+    if prune:
+        before, after = prune["parameters_before"], prune["parameters_after"]
+        lines += [f"Pruned for a task ({prune['method']} scores): parameters {before['total']:,} -> {after['total']:,}, "
+                  f"non-embedding {before['non_embedding']:,} -> {after['non_embedding']:,}. Removed: "
+                  f"`{json.dumps(prune['removed'])[:400]}`.", ""]
+    for key, title in (("prune", "Results (held-out test prompts)"), ("debias", "Results (test split)")):
+        rows = (manifest.get(key) or {}).get("results" if key == "prune" else "test")
+        if rows:
+            columns = list(dict.fromkeys(c for r in rows for c in r if not isinstance(r[c], (dict, list))))
+            lines += [f"## {title}", "", markdown_table(rows, columns), ""]
+    verdict = (manifest.get("debias") or {}).get("verdict")
+    if verdict:
+        lines += [verdict, ""]
+    hashes = source.get("weights_sha256") or source.get("state_dict_sha256")
+    lines += ["## Provenance", "", f"Base weights sha256: `{json.dumps(hashes)}`.",
+              f"This checkpoint's weights: `{json.dumps(manifest.get('weights_sha256'))}`.",
+              "Everything else (plan, scores, settings) is in `edit_manifest.json`.", ""]
+    return "\n".join(lines)
 
 
 def read_manifest(path: str | Path) -> dict:

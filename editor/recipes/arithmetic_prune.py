@@ -42,10 +42,12 @@ class Data:
     template: int = 4  # "a + b = " (see editor.tasks.arithmetic.TEMPLATES)
     shots: int = 4
     n_score: int = 64  # calibration / attribution prompts
-    n_val: int = 100  # the search's stopping rule
+    n_val: int = 200  # the search's stopping rule
     n_test: int = 500  # the reported numbers
     n_train: int = 400  # LoRA recovery prompts (the scoring queries, other demonstrations)
-    query_shares: list[int] = field(default_factory=lambda: [1, 1, 2])  # queries split score : val : test
+    # Queries split score : val : test. A validation set of 25 queries let a 15-round search overfit
+    # it (validation kept 0.98 of the base, test 0.90): 40 queries and 200 prompts.
+    query_shares: list[int] = field(default_factory=lambda: [1, 2, 2])
 
 
 @dataclass
