@@ -33,7 +33,7 @@ from editor.errors import UserError
 from editor.evaluation.harness import ArithmeticConfig, GenderConfig, GuardConfig, PronounConfig, parse_indices
 from editor.io import write_text_atomic
 from editor.recipes.common import Common, checkpoint_step, evaluation_step, layer_range
-from editor.recipes.report import Report, line_plot
+from editor.recipes.report import Report, scatter_plot
 from editor.recipes.run import Run
 from editor.tasks import gender, icl
 from editor.tasks.examples import Example
@@ -378,14 +378,17 @@ def _report(run, cfg, split, summary, ranked) -> dict:
     val, base = summary["validation"], summary["validation_base"]
     rep.table(_rounded([base] + val), ["method", "penalty", "k", "factor", "bias_profession", "bias_pronoun",
                                        "perplexity"])
-    series = {}
+    groups: dict[str, tuple[list[float], list[float]]] = {}
     for r in val:
-        key = f"{r['method']} p{r['penalty']:g} x{r['factor']:g}"
-        series.setdefault(key, ([], []))
-        series[key][0].append(r["k"])
-        series[key][1].append(max(relative(r, base)))
-    rep.image(line_plot(series, "components edited (k)", "worse direction |bias| / base",
-                        "validation bias against k"), "Relative validation bias (the worse of the two directions)")
+        xs, ys = groups.setdefault(f"{r['method']}, penalty {r['penalty']:g}", ([], []))
+        xs.append(100 * (r["perplexity"] / base["perplexity"] - 1))
+        ys.append(max(relative(r, base)))
+    rep.image(scatter_plot(groups, "guard perplexity change (%, log scale past 10%)", "worse direction |bias| / base (1: unchanged)",
+                           "validation: bias against capability, every k and factor",
+                           vline=("guard limit", 100 * cfg.select.max_perplexity_increase),
+                           hline=("base", 1.0), symlog_x=10),
+              "Each point is one validation setting (method, penalty, k, factor); lower is less biased, left is "
+              "cheaper. The recipe takes the lowest point left of the guard limit.")
     rep.heading("Occupations per split (lean from labour statistics)")
     rep.table([{"split": n, "occupations": ", ".join(f"{p} ({l[0]})" for p, l in split[n])} for n in SPLITS],
               ["split", "occupations"])

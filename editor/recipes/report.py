@@ -135,6 +135,29 @@ def bar_plot(groups: dict[str, list[float]], ylabel: str, title: str) -> bytes:
     return figure_png(fig)
 
 
+def scatter_plot(groups: dict[str, tuple[list[float], list[float]]], xlabel: str, ylabel: str, title: str,
+                 vline: tuple[str, float] | None = None, hline: tuple[str, float] | None = None,
+                 symlog_x: float | None = None) -> bytes:
+    """One marker per setting, one colour per group: a trade-off of two measures (no lines, since the
+    settings of a group are not a sequence). ``symlog_x``: linear within +-that value, logarithmic
+    beyond (small changes readable beside huge ones)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for label, (xs, ys) in groups.items():
+        ax.scatter(xs, ys, label=label, s=18, alpha=0.8)
+    for line, draw in ((vline, ax.axvline), (hline, ax.axhline)):
+        if line:
+            draw(line[1], linestyle="--", color="grey", linewidth=1, label=line[0])
+    if symlog_x:
+        ax.set_xscale("symlog", linthresh=symlog_x)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return figure_png(fig)
+
+
 def layer_counts_plot(components: list[str], n_layers: int, title: str) -> bytes:
     """How many of ``components`` (``L.I`` names) sit in each layer, as a bar chart."""
     plt = _pyplot()
