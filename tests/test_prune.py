@@ -10,6 +10,7 @@ import tiny
 from editor.cli import main
 from editor.edit.checkpoint import reload_difference
 from editor.edit.shrink import Removal, zeroed
+from editor.errors import UserError
 from editor.model.arch import Arch, weight_in_slice, weight_out_rows
 from editor.model.capture import encode
 from editor.model.loading import load_model
@@ -156,3 +157,26 @@ def test_rejected_layers_are_not_proposed_again():
     assert propose("layers", arch, Removal(), scores, 1, rejected=[0, 1, 2]) is None
     step = propose("neurons", arch, Removal(), scores, 5)
     assert all(len(v) == 5 for v in step.neurons.values()) and len(step.neurons) == 3
+
+
+def test_lora_recovery_searches_deeper_and_keeps_the_cut(arith_dir, tmp_path):
+    """With recovery the search stops at search_retain; the LoRA is merged into the SHRUNK model, so the
+    checkpoint keeps the smaller shapes, and the recovered model's validation accuracy is reported."""
+    out = tmp_path / "rec"
+    _, result = run_recipe("recipes/arithmetic-prune.yaml",
+                           [f"model={arith_dir}", *FAST, "baselines=[]", "prune.search_retain=0.6",
+                            "recover.method=lora", "recover.steps=4", "recover.rank=2"], log=lambda _m: None, out=out)
+    summary = result["summary"]
+    floor = 0.6 * summary["base_val_accuracy"]
+    trace = json.loads((out / "search_trace.json").read_text())["attribution"]
+    assert all(r["val_accuracy"] >= floor - 1e-12 for r in trace if r["taken"])
+    pruned = summary["rows"][1]
+    assert pruned["non_embedding_removed"] > 0 and 0 <= pruned["val_retained_after_recovery"]
+    manifest = json.loads((out / "checkpoint" / "edit_manifest.json").read_text())
+    assert manifest["prune"]["recovery"]["val_accuracy"] >= 0
+    small = load_model(str(out / "checkpoint"))
+    assert sum(p.numel() for p in small.model.parameters()) == manifest["prune"]["parameters_after"]["total"]
+    assert not any("lora" in name for name, _ in small.model.named_parameters())
+    with pytest.raises(UserError, match=r"search_retain: in \(0, retain\]"):
+        run_recipe("recipes/arithmetic-prune.yaml", [f"model={arith_dir}", "prune.search_retain=0.99"],
+                   log=lambda _m: None, out=tmp_path / "bad")
