@@ -487,6 +487,8 @@ def run_cmd(recipe, overrides, out, fresh):
 @click.option("--recover", type=click.Choice(["none", "lora"]), default="none", show_default=True,
               help="Fine-tune the shrunk model with a merged LoRA on the task's training prompts.")
 @click.option("--recover-steps", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--search-retain", type=float, default=None,
+              help="The search's own rule when recovery follows (e.g. 0.8) [default: RETAIN].")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Any other arithmetic-prune recipe value, e.g. data.n_test=1000 (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -494,8 +496,8 @@ def run_cmd(recipe, overrides, out, fresh):
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run directory: checkpoint/, manifest, search trace, report.html. An interrupted prune into "
                    "the same directory with the same settings resumes.")
-def prune_cmd(model, task, retain, units, method, baselines, max_guard_increase, recover, recover_steps, settings,
-              seed, device, out):
+def prune_cmd(model, task, retain, units, method, baselines, max_guard_increase, recover, recover_steps,
+              search_retain, settings, seed, device, out):
     """Remove the most neurons, heads and layers that keep the task, and save a smaller model."""
     from editor.recipes import run_config
     from editor.recipes.arithmetic_prune import prune_config
@@ -504,7 +506,8 @@ def prune_cmd(model, task, retain, units, method, baselines, max_guard_increase,
     split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
     cfg = prune_config(model=model, out=out, retain=retain, units=split(units), method=method,
                        baselines=split(baselines), max_guard_increase=max_guard_increase, recover=recover,
-                       recover_steps=recover_steps, seed=seed, device=device, overrides=list(settings))
+                       recover_steps=recover_steps, search_retain=search_retain, seed=seed, device=device,
+                       overrides=list(settings))
     target, result = run_config(cfg, log=functools.partial(click.echo, err=True), out=out)
     summary = result["summary"]
     click.echo("\n" + format_table(summary["rows"], ["model", "parameters", "non_embedding", "non_embedding_removed",

@@ -334,7 +334,8 @@ def _report(run: Run, cfg: ArithmeticPrune, comparison, summary: dict, traces: d
 
 def prune_config(model: str = "smollm2-135m", out=None, retain: float = 0.95, units=("neurons", "heads", "layers"),
                  method: str = "attribution", baselines=(), max_guard_increase: float | None = None,
-                 recover: str = "none", recover_steps: int = 100, seed: int = 0, device: str = "cpu",
+                 recover: str = "none", recover_steps: int = 100, search_retain: float | None = None,
+                 seed: int = 0, device: str = "cpu",
                  overrides: list[str] | None = None) -> ArithmeticPrune:
     """The ``arithmetic-prune`` recipe configuration ``lmedit prune`` runs, validated before any model
     loads. An existing ``out`` must be an unfinished or finished run of the same settings (it resumes)."""
@@ -345,7 +346,7 @@ def prune_config(model: str = "smollm2-135m", out=None, retain: float = 0.95, un
 
     out = Path(out) if out is not None else Path("checkpoints") / "prune"
     raw = {"recipe": "arithmetic-prune", "name": out.name or "prune", "model": model, "seed": seed, "device": device,
-           "prune": {"method": method, "units": list(units), "retain": retain,
+           "prune": {"method": method, "units": list(units), "retain": retain, "search_retain": search_retain,
                      "max_guard_increase": max_guard_increase},
            "recover": {"method": recover, "steps": recover_steps}, "baselines": list(baselines)}
     cfg = validate(apply_overrides(raw, overrides or []), "prune")
