@@ -15,6 +15,7 @@ one point per taken round) with its final held-out test accuracy.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import platform
 import tempfile
@@ -25,7 +26,6 @@ import torch
 
 from editor.edit.shrink import Removal, parameter_counts, shrink
 from editor.model.loading import load_model
-from editor.recipes.report import line_plot
 
 
 def _bytes(model) -> int:
@@ -107,22 +107,40 @@ def main() -> None:
 
 
 def _curves(steps: Path, non_embedding: int, rows: list[dict]) -> bytes:
-    """Validation accuracy along each method's search, and each final model's test accuracy."""
+    """Validation accuracy along each method's search (line) and its final test accuracy (star), one
+    colour per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     base_val = json.loads((steps / "base_validation.json").read_text())["val_accuracy"]
-    series = {}
-    for method in [r["model"] for r in rows[1:]]:
-        xs, ys = [0.0], [base_val]
-        for path in sorted(steps.glob(f"{method}_round_*.json")):
-            row = json.loads(path.read_text())["trace"]
-            if row["taken"]:
-                xs.append(100 * row["removed_parameters"] / non_embedding)
-                ys.append(row["val_accuracy"])
-        series[f"{method} (validation)"] = (xs, ys)
-    for r in rows:
+    fig, ax = plt.subplots(figsize=(9.0, 4.2))
+    for i, r in enumerate(rows):
+        colour = f"C{i}"
+        if r["model"] != "base":
+            xs, ys = [0.0], [base_val]
+            for path in sorted(steps.glob(f"{r['model']}_round_*.json")):
+                row = json.loads(path.read_text())["trace"]
+                if row["taken"]:
+                    xs.append(100 * row["removed_parameters"] / non_embedding)
+                    ys.append(row["val_accuracy"])
+            ax.plot(xs, ys, marker="o", markersize=3, color=colour, label=f"{r['model']}: search (validation)")
         removed = 100 * (1 - r["non_embedding"] / non_embedding)
-        series[f"{r['model']} (test)"] = ([removed], [float(r["accuracy"].split()[0])])
-    return line_plot(series, "non-embedding parameters removed (%)", "answer accuracy",
-                     "Pruning search paths and final test accuracy", hlines={"95% of base (validation)": 0.95 * base_val})
+        ax.plot([removed], [float(r["accuracy"].split()[0])], marker="*", markersize=13, color=colour,
+                linestyle="none", label=f"{r['model']}: final (test)")
+    ax.axhline(0.95 * base_val, linestyle="--", color="grey", linewidth=1)
+    ax.annotate("95% of base (validation)", (0.01, 0.95 * base_val), xycoords=("axes fraction", "data"), fontsize=8,
+                color="grey", va="bottom")
+    ax.set_xlabel("non-embedding parameters removed (%)")
+    ax.set_ylabel("answer accuracy")
+    ax.set_title("Pruning: each method's search path and final held-out accuracy")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 if __name__ == "__main__":
