@@ -111,10 +111,15 @@ def line_plot(series: dict[str, tuple[list[float], list[float]]], xlabel: str, y
                     va="bottom")
     if logx:
         ax.set_xscale("log")
+    return _finish(fig, ax, xlabel, ylabel, title, legend_size=8)
+
+
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, legend_size: int) -> bytes:
+    """Labels, title, legend and grid every x-y figure shares; the PNG bytes."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=legend_size)
     ax.grid(alpha=0.3)
     return figure_png(fig)
 
@@ -150,12 +155,7 @@ def scatter_plot(groups: dict[str, tuple[list[float], list[float]]], xlabel: str
             draw(line[1], linestyle="--", color="grey", linewidth=1, label=line[0])
     if symlog_x:
         ax.set_xscale("symlog", linthresh=symlog_x)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    return figure_png(fig)
+    return _finish(fig, ax, xlabel, ylabel, title, legend_size=7)
 
 
 def layer_counts_plot(components: list[str], n_layers: int, title: str) -> bytes:
