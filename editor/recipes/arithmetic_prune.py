@@ -142,9 +142,24 @@ def _recover(run: Run, cfg: ArithmeticPrune, model, train: list[Example]):
     return peft_model.merge_and_unload().eval(), result.to_json()
 
 
-def _pruned_model(run: Run, cfg: ArithmeticPrune, removal: Removal, train: list[Example], val: list[Example]):
+_BUILT: dict = {}  # (run directory, removal) -> (model, info): LoRA recovery trains once per process
+
+
+def _pruned_model(run: Run, cfg: ArithmeticPrune, removal: Removal, train: list[Example], val: list[Example],
+                  keep: bool = False):
     """The shrunk model, LoRA-recovered when asked (with the recovered model's validation accuracy:
-    the rule it must meet)."""
+    the rule it must meet). `keep`: hold it for the checkpoint step, so recovery trains once."""
+    key = (str(run.out), json.dumps(removal.to_json(), sort_keys=True))
+    if key in _BUILT:
+        return _BUILT[key]
+    built = _build_pruned(run, cfg, removal, train, val)
+    if keep:
+        _BUILT.clear()  # one model held at a time
+        _BUILT[key] = built
+    return built
+
+
+def _build_pruned(run: Run, cfg: ArithmeticPrune, removal: Removal, train: list[Example], val: list[Example]):
     lm = run.model
     small, notes = shrink(lm.model, removal)
     info = {"notes": notes, "recovery": None}
@@ -202,7 +217,7 @@ def run(run: Run, cfg: ArithmeticPrune) -> dict:
     results = {}
     for method in methods:
         def evaluate_pruned(method=method):
-            small, info = _pruned_model(run, cfg, removals[method], train, val)
+            small, info = _pruned_model(run, cfg, removals[method], train, val, keep=method == cfg.prune.method)
             ev = evaluate_model(small, run.model.tokenizer, tasks, f"{cfg.model} [{method}]", cfg.batch_size,
                                 reference=base_eval)
             return {"evaluation": ev.to_json(), "parameters": parameter_counts(small), **info}
