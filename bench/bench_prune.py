@@ -26,6 +26,7 @@ import torch
 
 from editor.edit.shrink import Removal, parameter_counts, shrink
 from editor.model.loading import load_model
+from editor.recipes.run import step_result
 
 
 def _bytes(model) -> int:
@@ -75,16 +76,16 @@ def main() -> None:
     lm = load_model(recipe["model"])
     tok = lm.tokenizer
     tok.padding_side = "left"
-    test = json.loads((steps / "data.json").read_text())["test"]
+    test = step_result(args.run_dir, "data")["test"]
     prompts = [r["prompt"] for r in test[:32]]
     rows = []
     models = {"base": lm.model}
     for path in sorted(steps.glob("*_search.json")):
         method = path.name[: -len("_search.json")]
-        removal = Removal.from_json(json.loads(path.read_text())["removal"])
+        removal = Removal.from_json(step_result(args.run_dir, f"{method}_search")["removal"])
         models[method] = shrink(lm.model, removal)[0]
     for name, model in models.items():
-        evaluation = json.loads((steps / f"evaluate_{name}.json").read_text())["evaluation"]["tasks"]
+        evaluation = step_result(args.run_dir, f"evaluate_{name}")["evaluation"]["tasks"]
         acc = evaluation["arithmetic"]["measures"]["answer_accuracy"]
         rows.append({"model": name, **parameter_counts(model), "bytes": _bytes(model),
                      "prefill": _prefill(model, tok, prompts, args.repeats),
@@ -114,14 +115,14 @@ def _curves(steps: Path, non_embedding: int, rows: list[dict]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    base_val = json.loads((steps / "base_validation.json").read_text())["val_accuracy"]
+    base_val = step_result(steps.parent, "base_validation")["val_accuracy"]
+    traces = json.loads((steps.parent / "search_trace.json").read_text())
     fig, ax = plt.subplots(figsize=(9.0, 4.2))
     for i, r in enumerate(rows):
         colour = f"C{i}"
         if r["model"] != "base":
             xs, ys = [0.0], [base_val]
-            for path in sorted(steps.glob(f"{r['model']}_round_*.json")):
-                row = json.loads(path.read_text())["trace"]
+            for row in traces.get(r["model"], []):
                 if row["taken"]:
                     xs.append(100 * row["removed_parameters"] / non_embedding)
                     ys.append(row["val_accuracy"])

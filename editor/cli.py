@@ -443,16 +443,44 @@ def evaluate_cmd(load, tasks, against, alone, settings, batch_size, out, quiet):
     click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
+# recipes ----------------------------------------------------------------------------------------
+@main.group(cls=LmeditGroup)
+def recipes():
+    """The recipes that ship with lmedit (run one with `lmedit run NAME`)."""
+
+
+@recipes.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def recipes_list(as_json):
+    """Name and purpose of every packaged recipe."""
+    from editor.recipes.library import packaged
+    from editor.tables import format_table
+
+    rows = [{"name": p.name, "about": p.summary} for p in packaged().values()]
+    click.echo(json.dumps(rows, indent=2) if as_json else format_table(rows, ["name", "about"]))
+
+
+@recipes.command("show")
+@click.argument("name")
+def recipes_show(name):
+    """Print a packaged recipe's YAML (copy it, change it, run the copy)."""
+    from editor.recipes.library import resolve
+
+    click.echo(resolve(name).read_text(encoding="utf-8"), nl=False)
+
+
 # run --------------------------------------------------------------------------------------------
 @main.command("run")
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("recipe")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value, e.g. --set data.n_eval=50 --set model=./my-model (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Run directory [default: the recipe's out, else checkpoints/<name>].")
 @click.option("--fresh", is_flag=True, help="Delete the run directory's cached steps and start again.")
 def run_cmd(recipe, overrides, out, fresh):
-    """Run a YAML recipe end to end; finished steps are cached, so a re-run resumes."""
+    """Run a recipe end to end: a YAML file, or the name of a packaged one (`lmedit recipes list`).
+    Each finished step is cached under its own settings, so a re-run resumes and a changed setting
+    reruns only the steps that read it."""
     from editor.recipes import run_recipe
     from editor.tables import format_table
 

@@ -67,3 +67,51 @@ def atomic_directory(out: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class DirectoryLock:
+    """An advisory lock on a directory (``DIR/.lmedit.lock``, through the ``filelock`` package, which
+    transformers already depends on, so every OS gets the right primitive): one writer at a time;
+    a second one fails at once with the holder's pid instead of mixing its results in. The lock dies
+    with its process, so a killed run never leaves the directory locked."""
+
+    NAME = ".lmedit.lock"
+
+    def __init__(self, directory: str | Path):
+        from filelock import FileLock
+
+        self.directory = Path(directory)
+        self.path = self.directory / self.NAME
+        self._lock = FileLock(str(self.path), timeout=0)
+
+    def acquire(self) -> "DirectoryLock":
+        from filelock import Timeout
+
+        from editor.errors import UserError
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire()
+        except Timeout:
+            holder = self._holder()
+            raise UserError(f"{self.directory} is in use by {holder} (another lmedit run writing there); "
+                            "wait for it to finish or choose another --out") from None
+        write_text_atomic(self.directory / ".lmedit.pid", f"{os.getpid()}\n")
+        return self
+
+    def _holder(self) -> str:
+        try:
+            return f"pid {int((self.directory / '.lmedit.pid').read_text().strip())}"
+        except (OSError, ValueError):
+            return "another process"
+
+    def release(self) -> None:
+        if self._lock.is_locked:
+            (self.directory / ".lmedit.pid").unlink(missing_ok=True)
+            self._lock.release()
+
+    def __enter__(self) -> "DirectoryLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -21,7 +21,7 @@ def test_fresh_refuses_a_directory_that_is_not_a_run(tmp_path):
 
 def test_fresh_refuses_a_run_directory_holding_foreign_files(tmp_path):
     out = tmp_path / "run"
-    Run.open(out, RECIPE, log=lambda _m: None)
+    Run.open(out, RECIPE, log=lambda _m: None).close()
     (out / "report.html").write_text("ours")
     (out / "my-notes.md").write_text("theirs")
     with pytest.raises(UserError, match=r"holds files a run does not write \(my-notes.md\)"):
@@ -29,7 +29,7 @@ def test_fresh_refuses_a_run_directory_holding_foreign_files(tmp_path):
     assert (out / "my-notes.md").is_file()
     (out / "my-notes.md").unlink()
     (out / "evaluation.md").write_text("ours too")
-    Run.open(out, {**RECIPE, "seed": 1}, fresh=True, log=lambda _m: None)  # a real run dir: wiped, reopened
+    Run.open(out, {**RECIPE, "seed": 1}, fresh=True, log=lambda _m: None).close()  # a real run dir: wiped, reopened
     assert not (out / "report.html").exists() and (out / "steps" / "recipe.sha256").is_file()
 
 

@@ -80,6 +80,27 @@ def test_an_interrupted_search_resumes_to_the_same_result(pruned_run, arith_dir)
     assert again["summary"]["rows"] == result["summary"]["rows"]
 
 
+def test_a_changed_setting_reruns_only_the_steps_that_read_it(arith_dir, tmp_path):
+    """Steps are keyed on their own inputs: a new retain reruns the search and what follows it,
+    never the data split, the base validation or the base evaluation."""
+    kind = "arithmetic-prune"
+    out = tmp_path / "run"
+    base = [f"model={arith_dir}", *FAST, "baselines=[]"]
+    run_recipe(f"recipes/{kind}.yaml", base, log=lambda _m: None, out=out)
+    _, changed = run_recipe(f"recipes/{kind}.yaml", base + ["prune.retain=0.5"], log=lambda _m: None, out=out)
+    cached = {s["name"] for s in changed["steps"] if s["cached"]}
+    rerun = {s["name"] for s in changed["steps"] if not s["cached"]}
+    assert {"data", "base_validation", "evaluate_base"} <= cached
+    assert {"attribution_round_01", "attribution_search", "checkpoint", "report"} <= rerun
+    # A damaged step file is recomputed, not fatal; a run of another recipe kind is refused.
+    (out / "steps" / "evaluate_base.json").write_text('{"key": ')
+    _, again = run_recipe(f"recipes/{kind}.yaml", base + ["prune.retain=0.5"], log=lambda _m: None, out=out)
+    recomputed = {s["name"] for s in again["steps"] if not s["cached"]}
+    assert "evaluate_base" in recomputed and not recomputed & {"data", "base_validation", "attribution_search"}
+    with pytest.raises(UserError, match="holds a run of the 'arithmetic-prune' recipe"):
+        run_recipe("recipes/icl-heads.yaml", ["model=" + str(arith_dir)], log=lambda _m: None, out=out)
+
+
 def test_magnitude_and_wanda_scores_follow_their_definitions(tokenizer):
     model = tiny.tiny_model("qwen2")
     arch = Arch(model)

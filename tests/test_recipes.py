@@ -78,15 +78,19 @@ def test_recipe_end_to_end(kind, tiny_model_dir, tmp_path):
     assert [s["name"] for s in resumed["steps"] if not s["cached"]] == ["report"]
 
 
-def test_a_run_directory_belongs_to_one_recipe(tiny_model_dir, tmp_path):
-    kind = "gender-debias"
-    out = tmp_path / "run"
-    run_recipe(f"recipes/{kind}.yaml", overrides(kind, tiny_model_dir), log=quiet, out=out)
-    changed = overrides(kind, tiny_model_dir) + ["select.factors=[0.5]"]
-    with pytest.raises(UserError, match="different recipe"):
-        run_recipe(f"recipes/{kind}.yaml", changed, log=quiet, out=out)
-    _, fresh = run_recipe(f"recipes/{kind}.yaml", changed, fresh=True, log=quiet, out=out)
-    assert not any(s["cached"] for s in fresh["steps"])
+def test_two_runs_never_write_one_directory(tiny_model_dir, tmp_path):
+    """A second process on a locked run directory fails at once, naming the holder."""
+    from editor.recipes.run import Run
+
+    run = Run.open(tmp_path / "run", {"recipe": "icl-heads", "name": "x"}, log=quiet)
+    try:
+        got = subprocess.run([".venv/bin/lmedit", "run", "recipes/icl-heads.yaml", "--out", str(tmp_path / "run"),
+                              *sum((["--set", o] for o in overrides("icl-heads", tiny_model_dir)), [])],
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        run.close()
+    assert got.returncode == 2 and got.stderr.count("\n") == 1
+    assert f"in use by pid {__import__('os').getpid()}" in got.stderr, got.stderr
 
 
 @pytest.mark.parametrize("change,message", [

@@ -1,6 +1,6 @@
 """Comparative Neuron Analysis: the same neuron importance in two conditions, ranked by the difference.
 
-Conditions (REFERENCE.md 1): (a) the model vs the model with some heads zeroed, (b) prompt set A vs
+Conditions (docs/methods.md): (a) the model vs the model with some heads zeroed, (b) prompt set A vs
 prompt set B aligned pair by pair ("woman" vs "man"), (c) two models (base vs fine-tuned). Each
 neuron gets both importances (mean log-probability increase), both mean coefficients, and
 ``diff = importance_a - importance_b``. Targets: the gold answer token when every prompt has one,

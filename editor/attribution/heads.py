@@ -1,6 +1,6 @@
 """Attention-head importance: static log-probability increase and exact ablation scans.
 
-* ``head_logprob_increase``: ``logp(w | x_in^l + o_{l,h}) - logp(w | x_in^l)`` (REFERENCE.md 1), one
+* ``head_logprob_increase``: ``logp(w | x_in^l + o_{l,h}) - logp(w | x_in^l)`` (docs/methods.md), one
   forward pass per batch plus a projection of (heads + 1) vectors per layer. It measures a head's
   DIRECT effect only: a fast prefilter.
 * ``head_ablation_scan``: zero each head (at the input of the output projection) and measure the

@@ -1,12 +1,12 @@
 """Neuron importance: log-probability increase of every FFN neuron and attention value neuron.
 
-Score of neuron k in layer l (REFERENCE.md 1): ``logp(w | x + m_k f_k) - logp(w | x)`` with ``x`` the
+Score of neuron k in layer l (docs/methods.md): ``logp(w | x + m_k f_k) - logp(w | x)`` with ``x`` the
 residual the sublayer reads (``x_mid`` for FFN neurons, ``x_in`` for attention value neurons),
 ``m_k`` the coefficient (input of the output projection) and ``f_k`` its value vector.
 
 The exact fast path. With the final-norm scale frozen, candidate logits are linear:
 ``z(x + m f_k) = z(x) + (m / sigma) u_k`` with ``u_k = W_U (g * f_k)`` independent of the prompt
-(REFERENCE.md 7), so one ``[neurons, vocab]`` product per layer serves every prompt. What remains
+(docs/methods.md), so one ``[neurons, vocab]`` product per layer serves every prompt. What remains
 per (prompt, neuron) is ``log E_p[exp(a u_k)]`` under the base softmax ``p``. Pruning the vocabulary
 by a logit margin does not help on small models (the whole logit range of SmolLM2 is under 40
 nats, so every token survives); instead the expectation is expanded in ``a``: the moments

@@ -2,7 +2,7 @@
 
 For an FFN value neuron v (layer l_v, neuron k_v) its keys are the rows of the MLP input
 projections that produce its coefficient, times the gain of the norm the MLP reads: for gated MLPs
-the ``gate`` and ``up`` rows (REFERENCE.md 1 notes that the reference notebook used the
+the ``gate`` and ``up`` rows (docs/methods.md notes that the reference notebook used the
 down-projection column here, a bug), otherwise the ``fc_in`` row. For an attention value neuron
 (head h, dimension j) the key is row ``kv(h) * head_dim + j`` of the value projection times the
 attention input-norm gain; the value is read at every source position, and like the reference we

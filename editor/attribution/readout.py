@@ -1,6 +1,6 @@
 """Reading a residual-stream vector out as log-probabilities, with the final norm's scale frozen.
 
-REFERENCE.md section 1: ``logits(v) = W_U (g * v / sigma)`` where ``sigma`` is the final norm's
+docs/methods.md, section 1: ``logits(v) = W_U (g * v / sigma)`` where ``sigma`` is the final norm's
 scale of the ORIGINAL final hidden state at the read position; candidates are not re-normalised.
 For LayerNorm families the candidate is mean-centred and the norm's bias dropped; Gemma's RMSNorm
 multiplies by ``1 + weight``; a final-logit soft-cap (Gemma 2/3) is applied to the logits.

@@ -2,7 +2,7 @@
 
 All per-family knowledge lives in ``ARCHITECTURES``, keyed by ``config.model_type``. Adding a family
 is one ``ArchSpec`` entry; nothing else in the package branches on the family. Paths are checked
-against the transformers modeling files (and the TransformerLens converters, REFERENCE.md section 2).
+against the transformers modeling files (and against the TransformerLens converters).
 
 Two facts hold for every family and are therefore not table fields:
 

@@ -31,8 +31,12 @@ def validate(raw: dict, where: str):
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()):
-    """Read, override (``key.sub=value``) and validate a recipe; returns its config dataclass."""
-    return validate(apply_overrides(read_yaml(path), list(overrides)), Path(path).name)
+    """Read, override (``key.sub=value``) and validate a recipe (a file, or the name of a packaged
+    recipe: see :mod:`editor.recipes.library`); returns its config dataclass."""
+    from editor.recipes.library import resolve
+
+    path = resolve(path)
+    return validate(apply_overrides(read_yaml(path), list(overrides)), path.name)
 
 
 def run_recipe(path: str | Path, overrides=(), fresh: bool = False, log: Callable[[str], None] = print,
@@ -55,5 +59,8 @@ def run_config(cfg, fresh: bool = False, log: Callable[[str], None] = print,
         return load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
 
     run = Run.open(target, resolved, fresh=fresh, log=log, load=load)
-    summary = _kinds()[cfg.recipe][1](run, cfg)
+    try:
+        summary = _kinds()[cfg.recipe][1](run, cfg)
+    finally:
+        run.close()
     return target, {"summary": summary, "steps": [dataclasses.asdict(s) for s in run.steps]}

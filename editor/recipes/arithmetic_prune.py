@@ -26,7 +26,7 @@ from editor.io import write_text_atomic
 from editor.model.capture import encode
 from editor.prune.scores import LAYER_ONLY, UNITS
 from editor.prune.search import SearchSettings, measure, run_search
-from editor.recipes.common import Common
+from editor.recipes.common import MODEL_SETTINGS, Common
 from editor.recipes.report import Report, line_plot
 from editor.recipes.run import Run
 from editor.tasks import arithmetic
@@ -111,6 +111,13 @@ class ArithmeticPrune(Common):
             raise UserError(f"{where}.recover: steps and rank >= 1, lr > 0")
 
 
+# What a search reads (prune.method is not among them: each method's search is keyed by its name).
+SEARCH_READS = (*MODEL_SETTINGS, "seed", "prune.units", "prune.retain", "prune.search_retain",
+                "prune.max_guard_increase", "prune.neuron_step", "prune.min_neuron_step", "prune.layer_tries",
+                "prune.max_rounds")
+EVALUATION_READS = (*MODEL_SETTINGS, "seed", "recover")
+
+
 def _settings(cfg: ArithmeticPrune, method: str) -> SearchSettings:
     units = ["layers"] if method in LAYER_ONLY else list(cfg.prune.units)
     p = cfg.prune
@@ -180,7 +187,7 @@ def run(run: Run, cfg: ArithmeticPrune) -> dict:
     methods = list(dict.fromkeys([cfg.prune.method, *cfg.baselines]))
     run.plan(["data", "base_validation", *[f"{m}_search" for m in methods], "evaluate_base",
               *[f"evaluate_{m}" for m in methods], "checkpoint", "report"])
-    data = run.step("data", lambda: _data(cfg))
+    data = run.step("data", lambda: _data(cfg), reads=("data", "seed"), uses=())
     score, val, test, train = (_examples(data[k]) for k in ("score", "val", "test", "train"))
     guard = cfg.prune.max_guard_increase is not None
 
@@ -192,17 +199,26 @@ def run(run: Run, cfg: ArithmeticPrune) -> dict:
                             "to retain (choose a task setting the model can do)")
         return got
 
-    base_val = run.step("base_validation", base_validation)
+    base_val = run.step("base_validation", base_validation, reads=(*MODEL_SETTINGS, "prune.max_guard_increase"),
+                        uses=("data",))
     run.log(f"base validation accuracy {base_val['val_accuracy']:.3f}; keep >= {cfg.prune.retain} x that")
     removals, traces = {}, {}
     for method in methods:
         run.log(f"search: {method}")
         lm = run.model
+        rounds: list[str] = []
+
+        def round_step(name, fn, rounds=rounds):  # a round depends on the data, the base and its own earlier rounds
+            result = run.step(name, fn, reads=SEARCH_READS, uses=("data", "base_validation", *rounds))
+            rounds.append(name)
+            return result
+
         state, trace = run_search(lm.model, lm.tokenizer, _settings(cfg, method), score, val, base_val,
-                                  step=run.step, log=run.log)
+                                  step=round_step, log=run.log)
         removals[method], traces[method] = state.removal, trace
         run.step(f"{method}_search", lambda state=state, trace=trace: {"removal": state.removal.to_json(),
-                                                                      "rounds": len(trace)})
+                                                                      "rounds": len(trace)},
+                 reads=SEARCH_READS, uses=tuple(rounds))
     _write_traces(run, traces)
     tasks = _tasks(run, cfg, test)
 
@@ -212,7 +228,7 @@ def run(run: Run, cfg: ArithmeticPrune) -> dict:
                                              self_reference=True).to_json(),
                 "parameters": parameter_counts(lm.model)}
 
-    base = run.step("evaluate_base", evaluate_base)
+    base = run.step("evaluate_base", evaluate_base, reads=MODEL_SETTINGS, uses=("data",))
     base_eval = Evaluation.from_json(base["evaluation"])
     results = {}
     for method in methods:
@@ -222,7 +238,8 @@ def run(run: Run, cfg: ArithmeticPrune) -> dict:
                                 reference=base_eval)
             return {"evaluation": ev.to_json(), "parameters": parameter_counts(small), **info}
 
-        results[method] = run.step(f"evaluate_{method}", evaluate_pruned)
+        results[method] = run.step(f"evaluate_{method}", evaluate_pruned, reads=EVALUATION_READS,
+                                   uses=("data", f"{method}_search"))
     main_method = cfg.prune.method
     pruned_eval = Evaluation.from_json(results[main_method]["evaluation"])
     comparison = compare(base_eval, pruned_eval, cfg.seed)

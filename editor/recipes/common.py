@@ -18,6 +18,10 @@ from editor.recipes.run import Run
 RecipeKind = Literal["arithmetic-prune", "arithmetic-keep-only", "gender-debias", "icl-heads", "lora-compare", "prune-then-lora"]
 
 
+# The settings every model-computing step reads (for a step's cache key: see Run.key).
+MODEL_SETTINGS = ("recipe", "model", "device", "dtype", "batch_size")
+
+
 @dataclass
 class Common:
     """Keys every recipe has. ``out`` defaults to ``checkpoints/<name>``."""

@@ -1,5 +1,10 @@
 """A recipe run: an output directory whose steps cache their results, so a re-run skips finished
-steps and an interrupted run resumes where it stopped."""
+steps and an interrupted run resumes where it stopped.
+
+Each cached step is keyed on its own inputs: the recipe settings it reads, the results of the steps
+it uses and the lmedit version. Changing one setting therefore reruns only the steps that read it
+(and those downstream of a changed result); an upgrade of lmedit reruns everything; a damaged step
+file is recomputed, never fatal. One process writes a run directory at a time (a lock)."""
 
 from __future__ import annotations
 
@@ -9,17 +14,32 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import yaml
 
 from editor.errors import UserError
-from editor.io import write_json_atomic, write_text_atomic
+from editor.io import DirectoryLock, write_json_atomic, write_text_atomic
 
 RECIPE_FILE = "recipe.yaml"
 # What a run writes at its top level (evaluation*.json/.md too); --fresh deletes nothing else.
 RUN_ENTRIES = {RECIPE_FILE, "steps", "attribution", "adapters", "checkpoint", "compare", "data", "plan.json",
                "report.html", "search_trace.csv", "search_trace.json"}
+# Settings that never change a result: where the run is written and what it is called.
+UNREAD = {"name", "out"}
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _setting(recipe: dict, dotted: str) -> Any:
+    value: Any = recipe
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(f"a step reads the unknown setting {dotted!r}")  # a programming error, not a user's
+        value = value[part]
+    return value
 
 
 @dataclass
@@ -40,51 +60,91 @@ class Run:
     planned: list[str] = field(default_factory=list)
     _loaded: Any = None
     load: Callable[[], Any] | None = None
+    _results: dict[str, str] = field(default_factory=dict)  # step name -> digest of its result
+    _lock: DirectoryLock | None = None
 
     @classmethod
     def open(cls, out: str | Path, recipe: dict, fresh: bool = False, log: Callable[[str], None] = print,
              load: Callable[[], Any] | None = None) -> "Run":
-        """Open (or create) the run directory; a directory made by a different recipe is refused."""
+        """Open (or create) and lock the run directory. A directory holding another kind of recipe
+        is refused; ``fresh`` empties a run directory of ours (and nothing else) first."""
         out = Path(out)
-        text = yaml.safe_dump(recipe, sort_keys=False)
-        digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
         stamp = out / "steps" / "recipe.sha256"
         if fresh and out.exists():
-            _check_run_directory(out, stamp)
-            shutil.rmtree(out)
-        if stamp.is_file() and stamp.read_text().strip() != digest:
-            raise UserError(f"{out} holds a run of a different recipe (or different settings); "
-                            "pass --fresh to start it again or choose another name")
-        (out / "steps").mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / RECIPE_FILE, text)
-        write_text_atomic(stamp, digest + "\n")
-        return cls(out=out, recipe=recipe, log=log, load=load)
+            _check_run_directory(out, stamp)  # before anything is written there
+        _check_kind(out, recipe)
+        lock = DirectoryLock(out).acquire()
+        try:
+            if fresh:
+                _empty_run_directory(out)
+            (out / "steps").mkdir(parents=True, exist_ok=True)
+            write_text_atomic(out / RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False))
+            write_text_atomic(stamp, _digest(recipe) + "\n")
+        except BaseException:
+            lock.release()
+            raise
+        return cls(out=out, recipe=recipe, log=log, load=load, _lock=lock)
+
+    def close(self) -> None:
+        """Release the directory (also released when the process ends, however it ends)."""
+        if self._lock is not None:
+            self._lock.release()
 
     def plan(self, names: list[str]) -> None:
         self.planned = names
         done = [n for n in names if self._file(n).is_file()]
-        self.log(f"run {self.out}: {len(names)} steps" + (f", {len(done)} already done" if done else ""))
+        self.log(f"run {self.out}: {len(names)} steps" + (f", {len(done)} with earlier results" if done else ""))
         for i, name in enumerate(names, 1):
-            self.log(f"  {i}. {name}" + ("  (done)" if name in done else ""))
+            self.log(f"  {i}. {name}" + ("  (earlier result)" if name in done else ""))
 
     def _file(self, name: str) -> Path:
         return self.out / "steps" / f"{name}.json"
 
-    def step(self, name: str, fn: Callable[[], Any]) -> Any:
-        """Return the cached JSON result of ``name``, or compute it with ``fn`` and cache it."""
-        number = f"[{self.planned.index(name) + 1}/{len(self.planned)}]" if name in self.planned else "[-]"
+    def key(self, name: str, reads: Sequence[str] | None = None, uses: Sequence[str] | None = None) -> str:
+        """What a step's result depends on. ``reads``: dotted recipe settings (default: all of them);
+        ``uses``: earlier steps whose results it consumes (default: every step so far)."""
+        from editor import __version__
+
+        settings = ({k: v for k, v in self.recipe.items() if k not in UNREAD} if reads is None
+                    else {k: _setting(self.recipe, k) for k in reads})
+        used = self._results if uses is None else {u: self._results[u] for u in uses}
+        return _digest({"step": name, "lmedit": __version__, "settings": settings, "uses": used})
+
+    def _cached(self, name: str, key: str) -> tuple[bool, Any]:
         path = self._file(name)
-        if path.is_file():
+        if not path.is_file():
+            return False, None
+        try:
+            stored = json.loads(path.read_text())
+            if not isinstance(stored, dict) or "key" not in stored or "result" not in stored:
+                raise ValueError("not a step record")
+        except (OSError, UnicodeDecodeError, ValueError):
+            self.log(f"{name}: the cached result is damaged; computing it again")
+            return False, None
+        if stored["key"] != key:
+            self.log(f"{name}: its settings, inputs or the lmedit version changed; computing it again")
+            return False, None
+        return True, stored["result"]
+
+    def step(self, name: str, fn: Callable[[], Any], reads: Sequence[str] | None = None,
+             uses: Sequence[str] | None = None) -> Any:
+        """Return the cached JSON result of ``name`` when its key still matches, else compute it
+        with ``fn`` and cache it (see :meth:`key` for ``reads`` and ``uses``)."""
+        number = f"[{self.planned.index(name) + 1}/{len(self.planned)}]" if name in self.planned else "[-]"
+        key = self.key(name, reads, uses)
+        hit, result = self._cached(name, key)
+        if hit:
             self.log(f"{number} {name}: done earlier (cached)")
             self.steps.append(StepRecord(name, 0.0, True))
-            return json.loads(path.read_text())
-        self.log(f"{number} {name} ...")
-        start = time.perf_counter()
-        result = fn()
-        seconds = time.perf_counter() - start
-        write_json_atomic(path, result)
-        self.steps.append(StepRecord(name, round(seconds, 1), False))
-        self.log(f"{number} {name}: {seconds:.1f} s")
+        else:
+            self.log(f"{number} {name} ...")
+            start = time.perf_counter()
+            result = fn()
+            seconds = time.perf_counter() - start
+            write_json_atomic(self._file(name), {"key": key, "result": result})
+            self.steps.append(StepRecord(name, round(seconds, 1), False))
+            self.log(f"{number} {name}: {seconds:.1f} s")
+        self._results[name] = _digest(result)
         return result
 
     @property
@@ -100,6 +160,32 @@ class Run:
         return self.out.joinpath(*parts)
 
 
+def _check_kind(out: Path, recipe: dict) -> None:
+    """A run directory holds one kind of recipe: a gender-debias run never reads an arithmetic one's steps."""
+    path = out / RECIPE_FILE
+    if not path.is_file():
+        return
+    try:
+        earlier = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        earlier = None
+    kind = earlier.get("recipe") if isinstance(earlier, dict) else None
+    if kind is not None and kind != recipe.get("recipe"):
+        raise UserError(f"{out} holds a run of the {kind!r} recipe, not {recipe.get('recipe')!r}; "
+                        "choose another --out (or --fresh to replace it)")
+
+
+def _empty_run_directory(out: Path) -> None:
+    """Delete what a run wrote (checked by :func:`_check_run_directory`), keeping the lock."""
+    for entry in out.iterdir():
+        if entry.name in (DirectoryLock.NAME, ".lmedit.pid"):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 def _check_run_directory(out: Path, stamp: Path) -> None:
     """``--fresh`` deletes only what is provably a run directory of ours: a directory whose
     ``steps/recipe.sha256`` we wrote, holding nothing but what a run writes. Anything else (a home
@@ -112,3 +198,12 @@ def _check_run_directory(out: Path, stamp: Path) -> None:
     if foreign:
         raise UserError(f"refusing to delete {out} for --fresh: it holds files a run does not write "
                         f"({', '.join(sorted(foreign)[:3])}); remove them or choose another --out")
+
+
+def step_result(run_dir: str | Path, name: str) -> Any:
+    """The cached result of step ``name`` in a run directory (for benchmarks and tools reading a
+    finished run). Runs written before steps carried keys stored the bare result; both are read."""
+    stored = json.loads((Path(run_dir) / "steps" / f"{name}.json").read_text())
+    if isinstance(stored, dict) and set(stored) == {"key", "result"}:
+        return stored["result"]
+    return stored
