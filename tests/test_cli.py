@@ -101,3 +101,13 @@ def test_models_list(tmp_path, monkeypatch):
     assert result.exit_code == 0
     rows = json.loads(result.output)
     assert rows[0]["alias"] == "smollm2-135m" and rows[0]["cached"] is False
+
+
+def test_a_mistyped_model_name_fails_at_once_with_the_closest_alias(monkeypatch):
+    """Offline (as in CI) a name that is no alias, path or cached hub id fails without hub retries."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = CliRunner().invoke(main, ["models", "info", "smollm2-135"])
+    assert result.exit_code == 2 and "did you mean 'smollm2-135m'" in result.output
+    assert "hub is unreachable" in result.output and "Traceback" not in result.output
+    bad = CliRunner().invoke(main, ["models", "info", "not a model!"])
+    assert bad.exit_code == 2 and "valid hub id" in bad.output

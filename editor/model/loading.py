@@ -115,6 +115,57 @@ def _from_pretrained(source: str | Path, dtype, device: str, device_map: str | N
     return model, tokenizer
 
 
+def _hub_reachable(timeout: float = 1.5) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection within ``timeout`` seconds (the name
+    lookup runs in a thread, since it has no timeout of its own). Offline mode counts as no."""
+    import os
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    result = []
+
+    def probe():
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result)
+
+
+def _check_hub_id(name: str) -> None:
+    """Fail in about a second, with the aliases and the closest one, for a name that is neither a
+    store alias, nor a local path, nor a hub id this machine can load (reachable hub, or cached)."""
+    import difflib
+    import os
+
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    aliases = sorted(store.ALIASES)
+    closest = difflib.get_close_matches(name, aliases, n=1)
+    hint = f"; did you mean {closest[0]!r}?" if closest else ""
+    try:
+        cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except HFValidationError:
+        raise UserError(f"unknown model {name!r}: not a store alias ({', '.join(aliases)}), a local path or a "
+                        f"valid hub id{hint}") from None
+    if _hub_reachable():
+        return
+    os.environ["HF_HUB_OFFLINE"] = "1"  # load from the cache without waiting on retries
+    if not cached:
+        raise UserError(f"unknown model {name!r}: not a store alias ({', '.join(aliases)}) or a local path, and "
+                        f"the hub is unreachable (it is not in the local hub cache either){hint}")
+
+
 def load_model(
     name: str = store.DEFAULT_MODEL,
     device: str = "cpu",
@@ -163,6 +214,7 @@ def load_model(
         elif name.startswith((".", "/", "~")) or name.count("/") > 1:
             raise UserError(f"no such model directory or file: {name}")
         else:
+            _check_hub_id(name)
             path, kind = None, "hub"
             model, tokenizer = _from_pretrained(name, torch_dtype, device, device_map, attn_implementation,
                                                 trust_remote_code, offline_hint=True)
