@@ -6,8 +6,12 @@ BIN    := $(VENV)/bin
 # Users elsewhere may override: make test TORCH_SPEC='torch'
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
+# llama.cpp's Python binding, the real client of the GGUF tests: a source package that builds llama.cpp
+# with cmake (several minutes on 2 cores, once; pip caches the built wheel). CPU only, no examples.
+LLAMA_CPP_SPEC ?= llama-cpp-python==0.3.36
+LLAMA_STAMP := $(VENV)/.llama-cpp
 
-.PHONY: install browser test test-fast demo clean
+.PHONY: install llama-cpp browser test test-fast demo clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +21,13 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 install: $(STAMP)
+
+$(LLAMA_STAMP): $(STAMP)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" \
+	  $(BIN)/python -m pip install --quiet "$(LLAMA_CPP_SPEC)"
+	touch $(LLAMA_STAMP)
+
+llama-cpp: $(LLAMA_STAMP)
 
 ## Headless Chromium for the report-rendering test: Debian packages, installed where we may (root + apt).
 ## Elsewhere that one test is skipped (and says so).
@@ -29,7 +40,7 @@ browser:
 	  else echo "chromium not found: the report rendering test will be skipped"; fi; }
 
 ## Full suite: tiny-model unit tests plus the slow end-to-end tests on the real default model.
-test: install browser
+test: install llama-cpp browser
 	$(BIN)/python -m pytest -q
 
 ## Unit tests on tiny random models only (about 3 minutes on 2 cores).

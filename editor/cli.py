@@ -544,6 +544,30 @@ def prune_cmd(model, task, retain, units, method, baselines, max_guard_increase,
     click.echo(f"\ncheckpoint: {summary.get('checkpoint')}  (report: {target / 'report.html'})")
 
 
+# export -----------------------------------------------------------------------------------------
+@main.group(cls=LmeditGroup)
+def export():
+    """Write a model in another format (GGUF for llama.cpp, Ollama, LM Studio)."""
+
+
+@export.command("gguf")
+@click.argument("model")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .gguf file to write.")
+@click.option("--type", "kind", type=click.Choice(["f32", "f16", "q8_0"]), default="f16", show_default=True,
+              help="Weight type (norms and biases stay f32).")
+@click.option("--tokenizer-from", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A GGUF of the same tokenizer, for models not made from one [default: found via the manifest].")
+@click.option("--force", is_flag=True, help="Replace an existing file.")
+def export_gguf_cmd(model, out, kind, tokenizer_from, force):
+    """Export MODEL (a checkpoint directory, store alias or .gguf) as a GGUF llama.cpp runs."""
+    from editor.edit.gguf import export_gguf
+
+    if out.exists() and not force:
+        raise UserError(f"{out} exists; pass --force to replace it")
+    export_gguf(model, out, kind, tokenizer_from, log=functools.partial(click.echo, err=True))
+    click.echo(f"run it: llama-cli -m {out} -p 'The capital of France is'  (Ollama: FROM {out.resolve()} in a Modelfile)")
+
+
 # lora -------------------------------------------------------------------------------------------
 @main.group(cls=LmeditGroup)
 def lora():

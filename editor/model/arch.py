@@ -17,7 +17,7 @@ projection orientation is decided by type (``Conv1D`` stores ``[in, out]``), nev
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -54,6 +54,10 @@ class ArchSpec:
     # Heads can be removed physically only where the config fixes head_dim on its own (head_dim =
     # hidden/heads elsewhere, so fewer heads would change the head size) and Q, K, V are separate.
     heads_shrinkable: bool = False
+    # GGUF export: llama.cpp's architecture name (None: not exported) and whether its converter
+    # permutes the query/key rows into its rotary layout (the Llama family does, Qwen2 does not).
+    gguf: str | None = None
+    gguf_permute_qk: bool = False
 
 
 _GPT2 = ArchSpec(
@@ -108,9 +112,9 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "gpt2": _GPT2,
     "gptj": _GPTJ,
     "gpt_neox": _GPT_NEOX,
-    "llama": _LLAMA,
-    "mistral": _LLAMA,
-    "qwen2": _LLAMA,
+    "llama": replace(_LLAMA, gguf="llama", gguf_permute_qk=True),
+    "mistral": replace(_LLAMA, gguf="llama", gguf_permute_qk=True),
+    "qwen2": replace(_LLAMA, gguf="qwen2"),
     "qwen3": _LLAMA,  # q_norm/k_norm act inside attention and do not move heads or neurons
     "gemma": _GEMMA,
     "gemma2": _GEMMA2,

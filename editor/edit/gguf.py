@@ -1,0 +1,235 @@
+"""GGUF out: any checkpoint lmedit wrote (zeroed or rescaled edits, physically shrunk models, merged
+LoRA) as a file llama.cpp runs.
+
+Written with the ``gguf`` package (llama.cpp's own reader/writer). Tensor names come from its
+``TensorNameMap`` (the names llama.cpp's converter writes); for the Llama family the query and key
+rows are permuted into llama.cpp's rotary layout exactly as that converter does. Hyper-parameters
+come from the model's config, so a shrunk model carries its own ``feed_forward_length``, head counts
+and block count. The tokenizer and descriptive metadata come from a GGUF: the one the model was
+originally converted from (the default model ships as a GGUF; lmedit finds it through the
+checkpoint's manifest and the model store) or one the caller names. The lmedit manifest goes into
+the metadata as ``lmedit.manifest`` (JSON), so the file says what was edited.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from editor.errors import UserError
+from editor.io import default_mode
+from editor.model.arch import ARCHITECTURES
+
+TYPES = ("f32", "f16", "q8_0")
+MANIFEST_FILE = "edit_manifest.json"
+# Source metadata written anew from the config (or by the writer) rather than copied.
+_NOT_COPIED = ("GGUF.", "general.architecture", "general.file_type", "general.quantization_version")
+
+
+@dataclass(frozen=True)
+class Exported:
+    path: Path
+    architecture: str
+    tensors: int
+    tokenizer_from: Path
+
+
+def _permute(weights: torch.Tensor, n_head: int) -> torch.Tensor:
+    """llama.cpp's converter's ``LlamaModel.permute``: Hugging Face's rotate-half rows -> GGML's
+    interleaved pairs (per head: first half and second half of the rows interleaved)."""
+    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+            .swapaxes(1, 2).reshape(weights.shape))
+
+
+def _spec(model):
+    model_type = model.config.model_type
+    spec = ARCHITECTURES.get(model_type)
+    if spec is None or spec.gguf is None:
+        supported = sorted(t for t, s in ARCHITECTURES.items() if s.gguf)
+        raise UserError(f"GGUF export does not support the {model_type!r} family (supported: {', '.join(supported)})")
+    scaling = getattr(model.config, "rope_scaling", None) or {}
+    rope_type = (getattr(model.config, "rope_parameters", None) or {}).get("rope_type", scaling.get("rope_type", "default"))
+    if rope_type not in (None, "default"):
+        raise UserError(f"GGUF export does not carry rope scaling of type {rope_type!r} yet")
+    return spec
+
+
+def _hparams(config, arch: str) -> dict:
+    """The hyper-parameter keys llama.cpp reads for ``arch``, from the (possibly shrunk) config."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    rope = getattr(config, "rope_parameters", None) or {}
+    theta = rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+    return {
+        f"{arch}.context_length": ("uint32", config.max_position_embeddings),
+        f"{arch}.embedding_length": ("uint32", config.hidden_size),
+        f"{arch}.block_count": ("uint32", config.num_hidden_layers),
+        f"{arch}.feed_forward_length": ("uint32", config.intermediate_size),
+        f"{arch}.attention.head_count": ("uint32", config.num_attention_heads),
+        f"{arch}.attention.head_count_kv": ("uint32", getattr(config, "num_key_value_heads", None)
+                                            or config.num_attention_heads),
+        f"{arch}.attention.key_length": ("uint32", head_dim),
+        f"{arch}.attention.value_length": ("uint32", head_dim),
+        f"{arch}.rope.dimension_count": ("uint32", head_dim),
+        f"{arch}.rope.freq_base": ("float32", float(theta)),
+        f"{arch}.attention.layer_norm_rms_epsilon": ("float32", float(config.rms_norm_eps)),
+        f"{arch}.vocab_size": ("uint32", config.vocab_size),
+    }
+
+
+def _tensors(model, spec) -> dict[str, np.ndarray]:
+    """GGUF tensor name -> float32 array, in llama.cpp's layout."""
+    import gguf
+
+    config = model.config
+    arch_enum = {name: key for key, name in gguf.MODEL_ARCH_NAMES.items()}[spec.gguf]
+    names = gguf.get_tensor_name_map(arch_enum, config.num_hidden_layers)
+    n_head = config.num_attention_heads
+    n_kv = getattr(config, "num_key_value_heads", None) or n_head
+    out = {}
+    for hf_name, tensor in model.state_dict().items():
+        if hf_name == "lm_head.weight" and getattr(config, "tie_word_embeddings", False):
+            continue  # llama.cpp reads the embedding as the output head when "output" is absent
+        if "rotary_emb" in hf_name:
+            continue
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise UserError(f"GGUF export: no llama.cpp name for tensor {hf_name!r} of the {config.model_type} family")
+        data = tensor.detach().to(torch.float32).cpu()
+        if spec.gguf_permute_qk and hf_name.endswith("q_proj.weight"):
+            data = _permute(data, n_head)
+        elif spec.gguf_permute_qk and hf_name.endswith("k_proj.weight"):
+            data = _permute(data, n_kv)
+        out[name] = data.numpy()
+    return out
+
+
+def _encode(name: str, data: np.ndarray, kind: str):
+    """(array, raw dtype or None) for one tensor: norms and biases stay float32, as llama.cpp's
+    converter keeps them."""
+    import gguf
+
+    if data.ndim == 1 or kind == "f32":
+        return data.astype(np.float32), None
+    if kind == "f16":
+        return data.astype(np.float16), None
+    if data.shape[-1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0]:
+        return data.astype(np.float16), None  # rows that do not fill Q8_0 blocks
+    return gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
+
+
+def _file_type(kind: str) -> int:
+    import gguf
+
+    return {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+            "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[kind]
+
+
+def _copy_metadata(reader, writer) -> None:
+    """general.* and tokenizer.* of the source GGUF, as they are."""
+    import gguf
+
+    for field in reader.fields.values():
+        if field.name.startswith(_NOT_COPIED) or not field.name.startswith(("general.", "tokenizer.")):
+            continue
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
+
+
+def _manifest_chain(path: Path | None) -> list[dict]:
+    """The manifests from this checkpoint back to the model the first edit started from."""
+    chain = []
+    while path is not None and (path / MANIFEST_FILE).is_file() and len(chain) < 16:
+        try:
+            manifest = json.loads((path / MANIFEST_FILE).read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise UserError(f"{path / MANIFEST_FILE}: not a readable manifest ({exc})") from None
+        if not isinstance(manifest, dict):
+            raise UserError(f"{path / MANIFEST_FILE}: not a manifest (expected a JSON object)")
+        chain.append(manifest)
+        source = manifest.get("source") or {}
+        path = Path(source["path"]) if source.get("kind") == "directory" and source.get("path") else None
+    return chain
+
+
+def source_gguf(model_name: str, model_path: Path | None, chain: list[dict]) -> Path | None:
+    """The GGUF the model was converted from: a .gguf named directly, a store alias, or the start of
+    the manifest chain (an alias or a .gguf file)."""
+    from editor.model import store
+
+    candidates = [(model_name, model_path)]
+    for manifest in chain:
+        source = manifest.get("source") or {}
+        candidates.append((source.get("model"), Path(source["path"]) if source.get("path") else None))
+    for name, path in candidates:
+        if path is not None and path.suffix == ".gguf" and path.is_file():
+            return path
+        if name in store.ALIASES:
+            return store.source_gguf(name)
+    return None
+
+
+def export_gguf(model_name: str, out: str | Path, kind: str = "f32", tokenizer_from: str | Path | None = None,
+                log=print) -> Exported:
+    """Write ``model_name`` (a checkpoint directory, store alias or .gguf) as a GGUF file at ``out``
+    (temporary name, then rename: never half a file)."""
+    import gguf
+
+    from editor.model.loading import load_model
+
+    if kind not in TYPES:
+        raise UserError(f"unknown GGUF type {kind!r}; choose {', '.join(TYPES)}")
+    out = Path(out)
+    if out.suffix != ".gguf":
+        raise UserError(f"the output file should end in .gguf, got {out}")
+    if tokenizer_from is not None and not Path(tokenizer_from).is_file():
+        raise UserError(f"GGUF file not found: {tokenizer_from}")
+    local = Path(model_name).expanduser()
+    chain = _manifest_chain(local if local.is_dir() else None)
+    source = Path(tokenizer_from) if tokenizer_from else source_gguf(model_name, local if local.exists() else None, chain)
+    if source is None:
+        raise UserError(f"{model_name} was not made from a GGUF, so there is no llama.cpp tokenizer to carry over; "
+                        "name one with --tokenizer-from FILE.gguf (a GGUF of the same tokenizer)")
+    lm = load_model(model_name, dtype="float32")
+    spec = _spec(lm.model)
+    reader = gguf.GGUFReader(source)
+    vocab = reader.fields.get("tokenizer.ggml.tokens")
+    if "tokenizer.ggml.model" not in reader.fields:
+        raise UserError(f"{source} holds no tokenizer (no tokenizer.ggml.model)")
+    if vocab is not None and len(vocab.data) != lm.model.config.vocab_size:
+        raise UserError(f"{source} has {0 if vocab is None else len(vocab.data)} tokens, the model "
+                        f"{lm.model.config.vocab_size}: not the model's tokenizer")
+    tensors = _tensors(lm.model, spec)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        writer = gguf.GGUFWriter(tmp, spec.gguf)
+        _copy_metadata(reader, writer)
+        for key, (vtype, value) in _hparams(lm.model.config, spec.gguf).items():
+            getattr(writer, f"add_{vtype}")(key, value)
+        writer.add_file_type(_file_type(kind))
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        if chain:
+            writer.add_string("lmedit.manifest", json.dumps(chain[0], sort_keys=True))
+        for name, data in tensors.items():
+            array, raw = _encode(name, data, kind)
+            writer.add_tensor(name, array, raw_dtype=raw)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.chmod(tmp, default_mode())
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    log(f"wrote {out} ({spec.gguf}, {kind}, {len(tensors)} tensors; tokenizer from {source.name})")
+    return Exported(out, spec.gguf, len(tensors), source)

@@ -1,0 +1,163 @@
+"""GGUF export, read back by the gguf package and run by llama.cpp (llama-cpp-python, built by the
+Makefile's test target), against transformers on the same tokens."""
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import tiny
+from editor.cli import main
+from editor.edit.checkpoint import describe_source, save_checkpoint
+from editor.edit.gguf import _permute, export_gguf
+from editor.edit.plan import EditPlan
+from editor.edit.shrink import Removal, shrink
+from editor.edit.weights import apply_plan
+from editor.model.loading import load_model
+
+GGUF_FAMILIES = ["llama", "mistral", "qwen2"]
+TOKENS = [5, 17, 30, 4, 12, 40, 41, 9, 22, 3]  # token ids: the tiny models run without a tokenizer
+
+
+def no_vocab_gguf(path):
+    """A GGUF whose tokenizer is llama.cpp's "none" (dummy tokens): enough to run token ids."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tokenizer_model("none")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def tiny_checkpoint(family, tmp_path, shrunk=False):
+    model = tiny.tiny_model(family)
+    src = tiny.save_dir(model, tmp_path / f"{family}-base")
+    lm = load_model(str(src))
+    if shrunk:
+        small, _ = shrink(lm.model, Removal(layers=[1], groups={0: [1], 2: [1]}, neurons={0: [0, 5, 7, 11], 2: [1, 2, 3, 4]}))
+        return tiny.save_dir(small, tmp_path / f"{family}-small"), small
+    plan = EditPlan(note="test").zero("head", ["1.2"]).scale("neuron", ["0.3"], 0.5)
+    apply_plan(lm.model, plan)
+    out = save_checkpoint(lm.model, lm.tokenizer, tmp_path / f"{family}-edit", plan, describe_source(lm))
+    return out, lm.model
+
+
+def read(path):
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    tensors = {t.name: np.array(t.data).reshape(tuple(reversed([int(x) for x in t.shape]))) for t in reader.tensors}
+    return reader, tensors
+
+
+@pytest.mark.parametrize("family", GGUF_FAMILIES)
+def test_export_carries_weights_config_and_manifest(family, tmp_path):
+    ckpt, model = tiny_checkpoint(family, tmp_path)
+    out = export_gguf(str(ckpt), tmp_path / "m.gguf", "f32", no_vocab_gguf(tmp_path / "tok.gguf"), log=lambda _m: None)
+    reader, tensors = read(out.path)
+    arch = out.architecture
+    field = lambda key: reader.fields[key].contents()  # noqa: E731
+    cfg = model.config
+    assert field(f"{arch}.block_count") == cfg.num_hidden_layers
+    assert field(f"{arch}.feed_forward_length") == cfg.intermediate_size
+    assert field(f"{arch}.attention.head_count_kv") == cfg.num_key_value_heads
+    manifest = json.loads(field("lmedit.manifest"))
+    assert manifest["plan"]["edits"]  # the file says what was edited
+    sd = model.state_dict()
+    q = torch.from_numpy(tensors["blk.1.attn_q.weight"].copy())
+    expected = _permute(sd["model.layers.1.self_attn.q_proj.weight"], cfg.num_attention_heads) \
+        if arch == "llama" else sd["model.layers.1.self_attn.q_proj.weight"]
+    assert torch.equal(q, expected)
+    assert torch.equal(torch.from_numpy(tensors["blk.0.ffn_down.weight"].copy()), sd["model.layers.0.mlp.down_proj.weight"])
+
+
+def test_unsupported_family_is_one_line_and_leaves_no_file(tmp_path):
+    src = tiny.save_dir(tiny.tiny_model("gpt2"), tmp_path / "gpt2")
+    tok = no_vocab_gguf(tmp_path / "tok.gguf")
+    result = CliRunner().invoke(main, ["export", "gguf", str(src), "--out", str(tmp_path / "x.gguf"),
+                                       "--tokenizer-from", str(tok)])
+    assert result.exit_code == 2 and "does not support the 'gpt2' family" in result.output
+    assert "Traceback" not in result.output and sorted(p.name for p in tmp_path.iterdir()) == ["gpt2", "tok.gguf"]
+    no_source = CliRunner().invoke(main, ["export", "gguf", str(src), "--out", str(tmp_path / "y.gguf")])
+    assert no_source.exit_code == 2 and "--tokenizer-from" in no_source.output
+
+
+def llama_logits(path, tokens):
+    llama_cpp = pytest.importorskip("llama_cpp")  # installed by `make test`
+    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=256, n_threads=2, verbose=False)
+    llm.eval(tokens)
+    return torch.tensor(np.array(llm.scores[: len(tokens)]), dtype=torch.float32)
+
+
+@pytest.mark.parametrize("family", GGUF_FAMILIES)
+@pytest.mark.parametrize("shrunk", [False, True], ids=["edited", "shrunk"])
+def test_llama_cpp_runs_the_export_like_transformers(family, shrunk, tmp_path):
+    ckpt, model = tiny_checkpoint(family, tmp_path, shrunk)
+    out = export_gguf(str(ckpt), tmp_path / "m.gguf", "f32", no_vocab_gguf(tmp_path / "tok.gguf"), log=lambda _m: None)
+    got = llama_logits(out.path, TOKENS)
+    with torch.no_grad():
+        want = model(torch.tensor([TOKENS])).logits[0]
+    assert got.shape == want.shape
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+    assert (got - want).abs().max().item() < 1e-3
+
+
+PROMPTS = ["The capital of France is", "3 + 5 = 8\n2 + 4 = "]
+
+
+@pytest.fixture(scope="module")
+def default_exports(tmp_path_factory):
+    """The default model as f32 GGUF: base, a zeroed-heads edit, and a physically shrunk model."""
+    root = tmp_path_factory.mktemp("gguf")
+    lm = load_model("smollm2-135m")
+    models = {}
+    base = export_gguf("smollm2-135m", root / "base.gguf", "f32", log=lambda _m: None)
+    models["base"] = (base.path, None)
+    plan = EditPlan(note="zero heads").zero("head", ["3.1", "5.2", "12.0", "20.4"])
+    with apply_plan(lm.model, plan):
+        edited = save_checkpoint(lm.model, lm.tokenizer, root / "edit", plan, describe_source(lm))
+    models["edit"] = (export_gguf(str(edited), root / "edit.gguf", "f32", log=lambda _m: None).path, plan)
+    removal = Removal(layers=[29], groups={l: [2] for l in range(29)}, neurons={l: list(range(0, 1536, 4)) for l in range(29)})
+    small, _ = shrink(lm.model, removal)
+    shrunk = save_checkpoint(small, lm.tokenizer, root / "shrunk", None, describe_source(lm), force=True,
+                             extra={"prune": {"removed": removal.to_json()}})
+    models["shrunk"] = (export_gguf(str(shrunk), root / "shrunk.gguf", "f32", log=lambda _m: None).path, small)
+    return lm, models
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["base", "edit", "shrunk"])
+def test_llama_cpp_agrees_with_transformers_on_the_default_model(default_exports, case):
+    """Same tokens from both tokenizers; top-1 agreement at every position; f32 logits within 2e-3
+    (measured: about 1e-4; llama.cpp sums in another order)."""
+    lm, models = default_exports
+    path, what = models[case]
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=256, n_threads=2, verbose=False)
+    for prompt in PROMPTS:
+        tokens = llm.tokenize(prompt.encode(), add_bos=False, special=False)
+        assert tokens == lm.tokenizer(prompt)["input_ids"]
+        llm.reset()
+        llm.eval(tokens)
+        got = torch.tensor(np.array(llm.scores[: len(tokens)]), dtype=torch.float32)
+        ids = torch.tensor([tokens])
+        with torch.no_grad():
+            if case == "edit":
+                with apply_plan(lm.model, what):
+                    want = lm.model(ids).logits[0]
+            else:
+                want = (what if case == "shrunk" else lm.model)(ids).logits[0]
+        assert (got.argmax(-1) == want.argmax(-1)).all()
+        assert (got - want).abs().max().item() < 2e-3, (got - want).abs().max().item()
+        if case != "base":  # the edit is visible in llama.cpp: its logits moved where transformers' did
+            with torch.no_grad():
+                plain = lm.model(ids).logits[0]
+            assert (plain - want).abs().max().item() > 1e-2
+    meta = json.loads(llm.metadata.get("lmedit.manifest", "null") or "null")
+    assert (meta is None) == (case == "base")
