@@ -143,9 +143,19 @@ def models_info(model, device, dtype, trust_remote_code, as_json):
 
 
 # edit / verify ----------------------------------------------------------------------------------
+# Folder names that say nothing on their own: a recipe's checkpoint/, LoRA's merged/ and adapter/.
+GENERIC_NAMES = {"checkpoint", "merged", "adapter", "model"}
+
+
 def _model_stem(model: str) -> str:
-    """A directory-friendly name for what the user passed as --model."""
-    return Path(model).stem if model.endswith(".gguf") else Path(model.rstrip("/")).name
+    """A directory-friendly name for what the user passed as --model: the run's name for a recipe
+    output (``checkpoints/gender-debias/checkpoint`` -> ``gender-debias``), a hub id's repo name."""
+    path = Path(model.rstrip("/"))
+    if model.endswith(".gguf"):
+        return path.stem
+    if path.name in GENERIC_NAMES and path.parent.name not in ("", ".", ".."):
+        return f"{path.parent.name}-{path.name}" if path.name != "checkpoint" else path.parent.name
+    return path.name
 
 
 def _default_out(model: str) -> Path:

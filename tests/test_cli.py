@@ -111,3 +111,12 @@ def test_a_mistyped_model_name_fails_at_once_with_the_closest_alias(monkeypatch)
     assert "hub is unreachable" in result.output and "Traceback" not in result.output
     bad = CliRunner().invoke(main, ["models", "info", "not a model!"])
     assert bad.exit_code == 2 and "valid hub id" in bad.output
+
+
+def test_default_output_names_say_which_run_they_come_from():
+    from editor.cli import _model_stem
+
+    assert _model_stem("checkpoints/gender-debias/checkpoint") == "gender-debias"
+    assert _model_stem("checkpoints/arithmetic-prune/checkpoint/") == "arithmetic-prune"
+    assert _model_stem("checkpoints/lora/x/merged") == "x-merged"
+    assert _model_stem("HuggingFaceTB/SmolLM2-135M") == "SmolLM2-135M" and _model_stem("m/b.gguf") == "b"
