@@ -220,8 +220,9 @@ def _verify(model, tokenizer, path: Path) -> float:
     inputs = encode(tokenizer, VERIFY_PROMPTS)
     diff = reload_difference(model, path, inputs)
     click.echo(f"reloaded with plain transformers (fresh process): max |logit difference| = {diff:g}")
-    if diff != 0.0:
-        raise UserError(f"the reloaded checkpoint differs from the edited model by {diff:g}")
+    if diff != 0.0:  # a failed check, not a usage error: exit 1 (2 stays for usage errors)
+        click.echo(f"Error: the reloaded checkpoint differs from the rebuilt model by {diff:g}", err=True)
+        raise click.exceptions.Exit(1)
     return diff
 
 

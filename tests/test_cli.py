@@ -48,6 +48,15 @@ def test_edit_then_verify(tiny_dir, tmp_path):
     result = run("verify", out)
     assert result.exit_code == 0, result.output
     assert "max |logit difference| = 0" in result.output
+    # a checkpoint whose weights no longer match its plan fails verification with exit 1 (not 2)
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(out / "model.safetensors")
+    name = next(k for k in weights if k.endswith("down_proj.weight"))
+    weights[name] = weights[name] + 0.5
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    result = run("verify", out)
+    assert result.exit_code == 1 and "differs from the rebuilt model" in result.output
     # a second edit into the same directory needs --force
     result = run("edit", "--model", tiny_dir, "--zero-heads", "0.1", "--out", out, "--no-verify")
     assert result.exit_code == 2 and "--force" in result.output
