@@ -54,6 +54,12 @@ def _spec(model):
     if spec is None or spec.gguf is None:
         supported = sorted(t for t, s in ARCHITECTURES.items() if s.gguf)
         raise UserError(f"GGUF export does not support the {model_type!r} family (supported: {', '.join(supported)})")
+    config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if not spec.gguf_fewer_heads and head_dim * config.num_attention_heads != config.hidden_size:
+        raise UserError(f"llama.cpp's {spec.gguf} architecture needs heads x head_dim = hidden size "
+                        f"({config.num_attention_heads} x {head_dim} != {config.hidden_size}): a {model_type} model with "
+                        "heads removed cannot be exported; prune neurons and layers only")
     scaling = getattr(model.config, "rope_scaling", None) or {}
     rope_type = (getattr(model.config, "rope_parameters", None) or {}).get("rope_type", scaling.get("rope_type", "default"))
     if rope_type not in (None, "default"):

@@ -58,6 +58,9 @@ class ArchSpec:
     # permutes the query/key rows into its rotary layout (the Llama family does, Qwen2 does not).
     gguf: str | None = None
     gguf_permute_qk: bool = False
+    # Whether llama.cpp's loader for that architecture accepts heads x head_dim != hidden size (a
+    # model with heads removed); its qwen2 loader fixes the query projection at hidden x hidden.
+    gguf_fewer_heads: bool = False
 
 
 _GPT2 = ArchSpec(
@@ -112,8 +115,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "gpt2": _GPT2,
     "gptj": _GPTJ,
     "gpt_neox": _GPT_NEOX,
-    "llama": replace(_LLAMA, gguf="llama", gguf_permute_qk=True),
-    "mistral": replace(_LLAMA, gguf="llama", gguf_permute_qk=True),
+    "llama": replace(_LLAMA, gguf="llama", gguf_permute_qk=True, gguf_fewer_heads=True),
+    "mistral": replace(_LLAMA, gguf="llama", gguf_permute_qk=True, gguf_fewer_heads=True),
     "qwen2": replace(_LLAMA, gguf="qwen2"),
     "qwen3": _LLAMA,  # q_norm/k_norm act inside attention and do not move heads or neurons
     "gemma": _GEMMA,
