@@ -188,3 +188,15 @@ def test_half_and_q8_exports_are_smaller_and_close(tmp_path):
         got = llama_logits(out.path, TOKENS)
         assert (got - want).abs().max().item() < tolerance, kind
     assert sizes["f32"] > sizes["f16"] > sizes["q8_0"]
+
+
+def test_cli_export_writes_once_and_needs_force_to_replace(tmp_path):
+    ckpt, _ = tiny_checkpoint("llama", tmp_path)
+    tok = no_vocab_gguf(tmp_path / "tok.gguf")
+    args = ["export", "gguf", str(ckpt), "--out", str(tmp_path / "m.gguf"), "--type", "f32", "--tokenizer-from", str(tok)]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0 and "llama-cli -m" in first.output and (tmp_path / "m.gguf").is_file()
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 2 and "--force" in again.output
+    assert CliRunner().invoke(main, [*args, "--force"]).exit_code == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m.gguf")]  # no temp file left
