@@ -201,3 +201,21 @@ def test_lora_recovery_searches_deeper_and_keeps_the_cut(arith_dir, tmp_path):
     with pytest.raises(UserError, match=r"search_retain: in \(0, retain\]"):
         run_recipe("recipes/arithmetic-prune.yaml", [f"model={arith_dir}", "prune.search_retain=0.99"],
                    log=lambda _m: None, out=tmp_path / "bad")
+
+
+def test_the_pruned_checkpoint_runs_in_llama_cpp(pruned_run, tmp_path):
+    """The checkpoint `lmedit prune` wrote, exported to GGUF, computes in llama.cpp what it computes
+    in transformers (token ids in; the tiny model has no llama.cpp tokenizer)."""
+    from test_gguf import TOLERANCE, llama_logits, no_vocab_gguf
+
+    from editor.edit.gguf import export_gguf
+
+    out, _ = pruned_run
+    exported = export_gguf(str(out / "checkpoint"), tmp_path / "p.gguf", "f32", no_vocab_gguf(tmp_path / "t.gguf"),
+                           log=lambda _m: None)
+    small = load_model(str(out / "checkpoint"))
+    tokens = small.tokenizer("3 + 4 = 7\n2 + 2 = ")["input_ids"]
+    with torch.no_grad():
+        want = small.model(torch.tensor([tokens])).logits[0]
+    got = llama_logits(exported.path, tokens)
+    assert (got.argmax(-1) == want.argmax(-1)).all() and (got - want).abs().max().item() < TOLERANCE
