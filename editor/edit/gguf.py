@@ -60,6 +60,15 @@ def _spec(model):
         raise UserError(f"llama.cpp's {spec.gguf} architecture needs heads x head_dim = hidden size "
                         f"({config.num_attention_heads} x {head_dim} != {config.hidden_size}): a {model_type} model with "
                         "heads removed cannot be exported; prune neurons and layers only")
+    for attr in spec.gguf_assumes_head_dim:
+        if getattr(config, attr, head_dim) != head_dim:
+            raise UserError(f"llama.cpp's {spec.gguf} assumes {attr} = head_dim ({head_dim}); this model has "
+                            f"{getattr(config, attr)}, which llama.cpp would not reproduce")
+    pattern = spec.gguf_layer_pattern
+    types = getattr(config, "layer_types", None)
+    if pattern and types and list(types) != [pattern[i % len(pattern)] for i in range(len(types))]:
+        raise UserError(f"llama.cpp's {spec.gguf} alternates {' / '.join(pattern)} layers; this model's layers are "
+                        f"{', '.join(types)} (a removed layer broke the pattern), which llama.cpp would not reproduce")
     scaling = getattr(model.config, "rope_scaling", None) or {}
     rope_type = (getattr(model.config, "rope_parameters", None) or {}).get("rope_type", scaling.get("rope_type", "default"))
     if rope_type not in (None, "default"):
@@ -86,7 +95,15 @@ def _hparams(config, arch: str) -> dict:
         f"{arch}.rope.freq_base": ("float32", float(theta)),
         f"{arch}.attention.layer_norm_rms_epsilon": ("float32", float(config.rms_norm_eps)),
         f"{arch}.vocab_size": ("uint32", config.vocab_size),
+        **{f"{arch}.{key}": ("float32", float(getattr(config, attr))) for key, attr in _SOFTCAPS
+           if getattr(config, attr, None) is not None},
+        **({f"{arch}.attention.sliding_window": ("uint32", config.sliding_window)}
+           if getattr(config, "sliding_window", None) and arch == "gemma2" else {}),
     }
+
+
+# Gemma 2's tanh soft-caps (config attribute -> llama.cpp key).
+_SOFTCAPS = (("attn_logit_softcapping", "attn_logit_softcapping"), ("final_logit_softcapping", "final_logit_softcapping"))
 
 
 def _tensors(model, spec) -> dict[str, np.ndarray]:
@@ -112,6 +129,8 @@ def _tensors(model, spec) -> dict[str, np.ndarray]:
             data = _permute(data, n_head)
         elif spec.gguf_permute_qk and hf_name.endswith("k_proj.weight"):
             data = _permute(data, n_kv)
+        if spec.norm == "rms_plus_one" and hf_name.endswith("norm.weight"):
+            data = data + 1  # Gemma scales by (1 + weight); llama.cpp's converter stores the sum
         out[name] = data.numpy()
     return out
 

@@ -61,6 +61,12 @@ class ArchSpec:
     # Whether llama.cpp's loader for that architecture accepts heads x head_dim != hidden size (a
     # model with heads removed); its qwen2 loader fixes the query projection at hidden x hidden.
     gguf_fewer_heads: bool = False
+    # Config attributes llama.cpp does not read but assumes equal to head_dim (Gemma 2's attention
+    # scale): a model where they differ is refused rather than exported wrong.
+    gguf_assumes_head_dim: tuple[str, ...] = ()
+    # The per-layer attention pattern llama.cpp hard-codes for the architecture (repeated from layer
+    # 0); a model whose config.layer_types differs (a shrunk Gemma 2 that lost a layer) is refused.
+    gguf_layer_pattern: tuple[str, ...] = ()
 
 
 _GPT2 = ArchSpec(
@@ -118,9 +124,11 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "llama": replace(_LLAMA, gguf="llama", gguf_permute_qk=True, gguf_fewer_heads=True),
     "mistral": replace(_LLAMA, gguf="llama", gguf_permute_qk=True, gguf_fewer_heads=True),
     "qwen2": replace(_LLAMA, gguf="qwen2"),
-    "qwen3": _LLAMA,  # q_norm/k_norm act inside attention and do not move heads or neurons
-    "gemma": _GEMMA,
-    "gemma2": _GEMMA2,
+    "qwen3": replace(_LLAMA, gguf="qwen3", gguf_fewer_heads=True),  # q_norm/k_norm act inside attention
+    "gemma": replace(_GEMMA, gguf="gemma", gguf_fewer_heads=True),
+    "gemma2": replace(_GEMMA2, gguf="gemma2", gguf_fewer_heads=True,
+                      gguf_assumes_head_dim=("query_pre_attn_scalar",),
+                      gguf_layer_pattern=("sliding_attention", "full_attention")),
     "gemma3_text": _GEMMA2,
 }
 
