@@ -155,3 +155,16 @@ def test_report_renders_in_headless_chromium(tiny_model_dir, tmp_path):
     attrs = dict(re.findall(r'data-([a-z-]+)="(\d+)"', body))
     assert int(attrs["images"]) >= 3 and attrs["images-ok"] == attrs["images"]
     assert int(attrs["tables"]) >= 3 and attrs["tables-shown"] == attrs["tables"]
+
+
+def test_steps_run_inside_a_step_do_not_change_later_keys(tiny_model_dir, tmp_path):
+    """A step computed inside another (random_pruning runs random_seed1, 2) is skipped entirely when
+    the outer step is cached; later steps must not see a different input list because of it."""
+    kind = "arithmetic-keep-only"
+    out = tmp_path / "run"
+    run_recipe(f"recipes/{kind}.yaml", overrides(kind, tiny_model_dir), log=quiet, out=out)
+    (out / "steps" / "report.json").unlink()
+    logs = []
+    _, again = run_recipe(f"recipes/{kind}.yaml", overrides(kind, tiny_model_dir), log=logs.append, out=out)
+    assert [s["name"] for s in again["steps"] if not s["cached"]] == ["report"]
+    assert not [line for line in logs if "computing it again" in line]

@@ -61,6 +61,7 @@ class Run:
     _loaded: Any = None
     load: Callable[[], Any] | None = None
     _results: dict[str, str] = field(default_factory=dict)  # step name -> digest of its result
+    _depth: int = 0  # > 0 while a step computes (steps it runs inside are covered by its own result)
     _lock: DirectoryLock | None = None
 
     @classmethod
@@ -139,12 +140,17 @@ class Run:
         else:
             self.log(f"{number} {name} ...")
             start = time.perf_counter()
-            result = fn()
+            self._depth += 1
+            try:
+                result = fn()
+            finally:
+                self._depth -= 1
             seconds = time.perf_counter() - start
             write_json_atomic(self._file(name), {"key": key, "result": result})
             self.steps.append(StepRecord(name, round(seconds, 1), False))
             self.log(f"{number} {name}: {seconds:.1f} s")
-        self._results[name] = _digest(result)
+        if self._depth == 0:  # a nested step is not run at all when its outer step is cached
+            self._results[name] = _digest(json.loads(json.dumps(result)))  # as a later run reads it back
         return result
 
     @property
