@@ -133,3 +133,23 @@ def test_weighted_effects_checks_lengths():
     with pytest.raises(UserError, match="weights for"):
         weighted_effects(model, tok, examples, weights[:-1], progress=False)
     assert torch.isfinite(weighted_effects(model, tok, examples, weights, progress=False).neurons).all()
+
+
+def test_a_new_factor_reruns_only_the_new_validation_settings(tmp_path):
+    """gender-debias steps are keyed on what they read: adding a factor to the grid keeps the split,
+    the rankings, the base validation and every setting already measured."""
+    import tiny
+    from test_recipes import overrides
+
+    from editor.recipes import run_recipe
+
+    model = tiny.save_dir(tiny.tiny_model("llama"), tmp_path / "m")
+    out = tmp_path / "run"
+    settings = overrides("gender-debias", model)
+    run_recipe("recipes/gender-debias.yaml", settings, log=lambda _m: None, out=out)
+    _, again = run_recipe("recipes/gender-debias.yaml", settings + ["select.factors=[0.0, 0.5]"],
+                          log=lambda _m: None, out=out)
+    rerun = {s["name"] for s in again["steps"] if not s["cached"]}
+    assert not rerun & {"split", "rank_cna", "rank_gradient-heads", "validate_base", "test_base"}
+    assert {s["name"] for s in again["steps"] if s["cached"] and s["name"].endswith("_x0")}
+    assert all(not name.startswith("validate_") or name.endswith("_x0.5") for name in rerun), rerun

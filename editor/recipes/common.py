@@ -43,8 +43,9 @@ class Common:
 
 
 def evaluation_step(run: Run, name: str, tasks: dict, plan: EditPlan | None = None,
-                    reference: Evaluation | None = None) -> Evaluation:
-    """Evaluate the run's model (with ``plan`` applied, then restored) as a cached step.
+                    reference: Evaluation | None = None, reads=None, uses=None) -> Evaluation:
+    """Evaluate the run's model (with ``plan`` applied, then restored) as a cached step (``reads``
+    and ``uses``: its cache key, see ``Run.key``).
 
     Without ``reference`` the model counts as its own reference (top-1 agreement 1 on the guard).
     """
@@ -60,7 +61,7 @@ def evaluation_step(run: Run, name: str, tasks: dict, plan: EditPlan | None = No
                 edits.restore()
         return ev.to_json()
 
-    return Evaluation.from_json(run.step(name, compute))
+    return Evaluation.from_json(run.step(name, compute, reads=reads, uses=uses))
 
 
 def scores_step(run: Run, name: str, fn) -> ComponentScores:

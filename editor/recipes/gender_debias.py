@@ -32,7 +32,7 @@ from editor.edit.plan import EditPlan
 from editor.errors import UserError
 from editor.evaluation.harness import ArithmeticConfig, GenderConfig, GuardConfig, PronounConfig, parse_indices
 from editor.io import write_text_atomic
-from editor.recipes.common import Common, checkpoint_step, evaluation_step, layer_range
+from editor.recipes.common import MODEL_SETTINGS, Common, checkpoint_step, evaluation_step, layer_range
 from editor.recipes.report import Report, scatter_plot
 from editor.recipes.run import Run
 from editor.tasks import gender, icl
@@ -267,6 +267,13 @@ def _row(ev, **extra) -> dict:
     return row
 
 
+# What the cached steps read (Run.key): the ranking and every evaluation (the test rows, which depend on
+# the validation picks, keep the default: all settings and all earlier results).
+RANK_READS = (*MODEL_SETTINGS, "seed", "split", "select.layers", "select.ks", "select.penalties",
+              "select.capability_sentences")
+EVALUATION_READS = (*MODEL_SETTINGS, "seed", "split")
+
+
 def run(run: Run, cfg: GenderDebias) -> dict:
     s = cfg.select
     ks, factors = sorted(set(s.ks)), list(dict.fromkeys(s.factors))
@@ -276,27 +283,31 @@ def run(run: Run, cfg: GenderDebias) -> dict:
     run.plan(["split", *[f"rank_{m}" for m in s.methods], "validate_base", *[_step(*v) for v in sweep],
               "test_base", *tests, "checkpoint", "report"])
     occupations = gender.occupations(cfg.split.occupations or gender.OCCUPATIONS_CSV)
-    split = run.step("split", lambda: split_occupations(occupations, cfg.split.fractions, cfg.seed))
+    split = run.step("split", lambda: split_occupations(occupations, cfg.split.fractions, cfg.seed),
+                     reads=("split.fractions", "split.occupations", "seed"), uses=())
     files = _files(run, split)
 
     def layers() -> list[int]:
         n = run.model.arch.n_layers
         return layer_range(s.layers, n, "select.layers") if s.layers else list(range(n))
 
-    ranked = {m: run.step(f"rank_{m}", lambda m=m: {"components": rank_components(run, cfg, m, split, layers(), max(ks))})
-              ["components"] for m in s.methods}
-    base_val = _row(evaluation_step(run, "validate_base", _tasks(cfg, files, "validate", False)), method="base",
-                    penalty=0.0, k=0, factor=1.0)
+    ranked = {m: run.step(f"rank_{m}", lambda m=m: {"components": rank_components(run, cfg, m, split, layers(), max(ks))},
+                          reads=RANK_READS, uses=("split",))["components"] for m in s.methods}
+    base_val = _row(evaluation_step(run, "validate_base", _tasks(cfg, files, "validate", False),
+                                    reads=EVALUATION_READS, uses=("split",)),
+                    method="base", penalty=0.0, k=0, factor=1.0)
     rows = []
-    for m, p, k, f in sweep:
+    for m, p, k, f in sweep:  # a setting's step is named by (m, p, k, f): a new grid reruns only new settings
         plan = plan_for(ranked[m][p][:k], f, _note(m, p, k, f))
-        ev = evaluation_step(run, _step(m, p, k, f), _tasks(cfg, files, "validate", False), plan)
+        ev = evaluation_step(run, _step(m, p, k, f), _tasks(cfg, files, "validate", False), plan,
+                             reads=EVALUATION_READS, uses=("split", f"rank_{m}"))
         rows.append(_row(ev, method=m, penalty=float(p), k=k, factor=f))
     picks = {m: select([r for r in rows if r["method"] == m], base_val, s.max_perplexity_increase) for m in s.methods}
     chosen = select(rows, base_val, s.max_perplexity_increase)
 
     test_tasks = _tasks(cfg, files, "test", True)
-    base_test = evaluation_step(run, "test_base", test_tasks)
+    base_test = evaluation_step(run, "test_base", test_tasks, reads=(*EVALUATION_READS, "arithmetic_n"),
+                                uses=("split",))
     table = [_row(base_test, model="base", components=0)]
     random_tasks = {k: v for k, v in test_tasks.items() if k != "arithmetic"}
     for m, pick in picks.items():
