@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -15,14 +16,38 @@ VERIFY_PROMPTS = ["The sum of 3 and 5 is", "12+35=", "A woman works as a", "Q: W
 
 
 class LmeditGroup(click.Group):
-    """A click group that prints user errors in one line and exits with status 2."""
+    """A click group that prints user errors, and click's own usage errors, in one line on stderr
+    and exits with status 2 (click's default is a usage block of several lines)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UserError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {_one_line(str(exc))}", err=True)
             ctx.exit(2)
+        except click.UsageError as exc:
+            _usage_error(exc)
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:  # the top level's own arguments
+            _usage_error(exc)
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    """Messages are one line (newlines and NUL bytes of user input folded) of bounded length."""
+    text = " ".join(text.replace("\0", "\\0").split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _usage_error(exc: click.UsageError):
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):  # a bare `lmedit` or group: its help, as click does
+        exc.show()
+        sys.exit(exc.exit_code)
+    where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
+    click.echo(f"Error: {where}{_one_line(exc.format_message())}", err=True)
+    sys.exit(2)
 
 
 def model_options(func):
