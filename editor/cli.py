@@ -10,7 +10,9 @@ from pathlib import Path
 import click
 
 from editor.errors import UserError
+from editor.io import check_writable_directory, read_json
 from editor.model.store import DEFAULT_MODEL
+from editor.ranges import MAX_PROMPTS
 
 VERIFY_PROMPTS = ["The sum of 3 and 5 is", "12+35=", "A woman works as a", "Q: What is 7 times 8? A:"]
 
@@ -217,16 +219,12 @@ def edit(load, zero_heads, scale_heads, zero_neurons, scale_neurons, plan_file, 
         plan.scale("neuron", [target], factor)
     if not plan.edits:
         raise UserError("nothing to edit: give --zero-heads, --scale-heads, --zero-neurons, --scale-neurons or --plan")
-    scores = None
-    if scores_file:
-        try:
-            scores = json.loads(Path(scores_file).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"cannot read scores file {scores_file}: {exc}") from None
+    scores = read_json(scores_file, "scores file") if scores_file else None
     ctx = click.get_current_context()
     out = out or _default_out(ctx.params.get("model") or DEFAULT_MODEL)
     if out.exists() and not force:
         raise UserError(f"{out} already exists; pass --force to overwrite it")
+    check_writable_directory(out)
     loaded = load()
     applied = apply_plan(loaded.model, plan)
     click.echo(plan.summary())
@@ -300,7 +298,7 @@ _DATA_OPTIONS = [
     click.option("--data", "-d", default="arithmetic", show_default=True,
                  help="Built-in task (arithmetic, arithmetic:2 for 2-digit operands) or a local .jsonl/.csv "
                       "file with a 'prompt' field and an optional 'answer' field."),
-    click.option("--n", "n_prompts", type=click.IntRange(1), default=64, show_default=True,
+    click.option("--n", "n_prompts", type=click.IntRange(1, MAX_PROMPTS), default=64, show_default=True,
                  help="Number of prompts (built-in tasks generate this many; files are truncated)."),
     click.option("--seed", type=int, default=0, show_default=True),
     click.option("--target", type=click.Choice(["auto", "gold", "top1"]), default="auto", show_default=True,
@@ -618,12 +616,12 @@ def lora():
               help="Projections per layer: q, k, v, o (attention), mlp_in, mlp_out.")
 @click.option("--rank", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--alpha", type=click.IntRange(1), default=16, show_default=True)
-@click.option("--steps", type=click.IntRange(1), default=150, show_default=True)
+@click.option("--steps", type=click.IntRange(1, 1_000_000), default=150, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--digits", type=click.IntRange(1, 3), default=2, show_default=True)
-@click.option("--n-train", type=click.IntRange(1), default=2000, show_default=True)
-@click.option("--n-eval", type=click.IntRange(1), default=200, show_default=True,
+@click.option("--n-train", type=click.IntRange(1, MAX_PROMPTS), default=2000, show_default=True)
+@click.option("--n-eval", type=click.IntRange(1, MAX_PROMPTS), default=200, show_default=True,
               help="Held-out prompts (no operation/operand pair shared with training).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
@@ -654,7 +652,7 @@ def lora_train(load, task, layers, targets, rank, alpha, steps, lr, batch_size, 
 @click.option("--data", "-d", default="heldout", show_default=True,
               help="heldout (the adapter's held-out arithmetic prompts, from its lora.json), a built-in task "
                    "(arithmetic:2) or a .jsonl/.csv file with prompt and answer.")
-@click.option("--n", "n_prompts", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--n", "n_prompts", type=click.IntRange(1, MAX_PROMPTS), default=64, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of a built-in task.")
 @click.option("--layers", help="Layers whose neurons are compared, e.g. 17-29 [default: all].")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)

@@ -115,3 +115,46 @@ class DirectoryLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def read_json(path: str | Path, what: str = "file"):
+    """The one JSON reader for user-supplied files: a missing, unreadable, non-UTF-8 or invalid file
+    (NaN and Infinity included: they are not JSON) is one clear UserError naming the file and ``what``."""
+    from editor.errors import UserError
+
+    path = Path(path)
+
+    def no_constants(name):
+        raise ValueError(f"{name} is not a JSON number")
+
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"), parse_constant=no_constants)
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} {path} is a directory, not a JSON file") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path} is not UTF-8 text") from None
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        raise UserError(f"{what} {path} is not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def check_writable_directory(out: str | Path) -> None:
+    """Before any computation: ``out`` is (or can become) a directory we may write in. Nothing is
+    created: the nearest existing ancestor must be a writable directory."""
+    from editor.errors import UserError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a directory")
+    probe = out
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"cannot write {out}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {out}: {probe} is not writable")

@@ -43,7 +43,7 @@ def test_user_errors_are_one_line(tiny_dir):
              (["--set", "digits"], "write TASK.KEY=VALUE"),
              (["--tasks", "poetry"], "unknown task"),
              (["--against", tiny_dir, "--alone"], "exclude each other"),
-             (["--set", "arithmetic.digits=5", "--tasks", "arithmetic"], "digits must be 1, 2 or 3")]
+             (["--set", "arithmetic.digits=5", "--tasks", "arithmetic"], "arithmetic.digits: 1-3")]
     for extra, message in cases:
         result = run("evaluate", "--model", tiny_dir, "--quiet", *extra)
         assert result.exit_code == 2, (extra, result.output)

@@ -149,7 +149,12 @@ def read_manifest(path: str | Path) -> dict:
     file = Path(path) / MANIFEST
     if not file.is_file():
         raise UserError(f"{path} has no {MANIFEST}; it was not written by lmedit")
-    return json.loads(file.read_text())
+    from editor.io import read_json
+
+    manifest = read_json(file, "manifest")
+    if not isinstance(manifest, dict):
+        raise UserError(f"{file}: a manifest is a JSON object, got {type(manifest).__name__}")
+    return manifest
 
 
 # Reload check --------------------------------------------------------------------------------

@@ -16,11 +16,13 @@ JSON form::
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal
 
 from editor.errors import UserError
+from editor.ranges import is_index
 
 Kind = Literal["head", "neuron"]
 KINDS: tuple[str, ...] = ("head", "neuron")
@@ -31,7 +33,7 @@ PLAN_VERSION = 1
 def parse_component(text: str, kind: str = "component") -> tuple[int, int]:
     """``"20.771"`` -> ``(20, 771)``; a clear error for anything else."""
     parts = str(text).strip().split(".")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+    if len(parts) != 2 or not all(is_index(p) for p in parts):
         raise UserError(f"bad {kind} {text!r}: write LAYER.INDEX with non-negative integers, e.g. 3.1")
     return int(parts[0]), int(parts[1])
 
@@ -100,11 +102,20 @@ def _edit_from_json(item: dict, where: str) -> Edit | KeepOnly:
             raise UserError(f"{where}: 'layers' must be [first, last] with 0 <= first <= last")
         keep = frozenset(parse_component(c, kind) for c in item["keep"])
         return KeepOnly(kind, layers[0], layers[1], keep)
+    if not isinstance(item["target"], str):  # the JSON number 3.10 would silently become head 3.1
+        raise UserError(f"{where}: 'target' must be a string like \"3.1\", got {json.dumps(item['target'])}")
     layer, index = parse_component(item["target"], kind)
     factor = 0.0 if op.startswith("zero") else item["factor"]
     if isinstance(factor, bool) or not isinstance(factor, (int, float)):
         raise UserError(f"{where}: 'factor' must be a number")
-    return Edit(kind, layer, index, float(factor))
+    return Edit(kind, layer, index, check_factor(factor, where))
+
+
+def check_factor(factor: float, where: str = "scale factor") -> float:
+    """A finite number: NaN or infinity would be written into the weights and the manifest."""
+    if not math.isfinite(factor):
+        raise UserError(f"{where}: the factor must be a finite number, got {factor}")
+    return float(factor)
 
 
 @dataclass
@@ -119,9 +130,10 @@ class EditPlan:
         return self.scale(kind, components, 0.0)
 
     def scale(self, kind: Kind, components: Iterable[str | tuple[int, int]], factor: float) -> "EditPlan":
+        factor = check_factor(factor)
         for c in components:
             layer, index = parse_component(c, kind) if isinstance(c, str) else c
-            self.edits.append(Edit(kind, layer, index, float(factor)))
+            self.edits.append(Edit(kind, layer, index, factor))
         return self
 
     def keep_only(self, kind: Kind, first: int, last: int, keep: Iterable[str | tuple[int, int]]) -> "EditPlan":
@@ -193,14 +205,9 @@ class EditPlan:
 
     @classmethod
     def load(cls, path: str | Path) -> "EditPlan":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"plan file not found: {path}") from None
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path} is not valid JSON: {exc}") from None
-        return cls.from_json(data, where=str(path))
+        from editor.io import read_json
+
+        return cls.from_json(read_json(path, "plan file"), where=str(path))
 
     def summary(self) -> str:
         """One line per edit, as a user would write it."""

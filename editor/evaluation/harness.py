@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from editor.errors import UserError
+from editor.ranges import MAX_PROMPTS
 from editor.ranges import parse_ranges
 from editor.evaluation.results import Change, Comparison, Evaluation, Measure, TaskResult
 from editor.evaluation.scoring import greedy_answers, score_continuations, score_text
@@ -49,6 +50,31 @@ class ArithmeticConfig:
     seed: int = 0
     data: str | None = None  # a local .jsonl/.csv file instead of generated prompts
 
+    def check(self, where: str) -> None:
+        _within(where, "n", self.n, 1, MAX_PROMPTS)
+        _within(where, "digits", self.digits, 1, 3)
+        _within(where, "shots", self.shots, 0, 64)
+        if not self.ops or set(self.ops) - set("+-*/"):
+            raise UserError(f"{where}.ops: one or more of + - * /, got {self.ops!r}")
+        if self.operands not in ("numerals", "words"):
+            raise UserError(f"{where}.operands: numerals or words, got {self.operands!r}")
+        if self.data is not None and not Path(self.data).is_file():
+            raise UserError(f"{where}.data: no such file {self.data}")
+
+
+def _within(where: str, key: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise UserError(f"{where}.{key}: {low}-{high}, got {value}")
+
+
+def _templates(where: str, text: str, count: int) -> None:
+    from editor.ranges import parse_ranges
+
+    if str(text) != "all":
+        bad = [i for i in parse_ranges(text, f"{where}.templates", "all, 0-3 or 0,2,5") if i >= count]
+        if bad:
+            raise UserError(f"{where}.templates: there are {count} templates (0-{count - 1}), got {bad[0]}")
+
 
 @dataclass
 class GenderConfig:
@@ -56,12 +82,22 @@ class GenderConfig:
     professions: str | None = None  # a .csv/.jsonl file with profession,lean; default: the gender-editing paper's lists
     seed: int = 0
 
+    def check(self, where: str) -> None:
+        from editor.tasks.gender import TEMPLATES
+
+        _templates(where, self.templates, len(TEMPLATES))
+
 
 @dataclass
 class PronounConfig:
     templates: str = "all"  # "all" or pronoun template indices
     professions: str | None = None  # a .csv/.jsonl file with profession,lean; default: the labour-statistics list
     seed: int = 0
+
+    def check(self, where: str) -> None:
+        from editor.tasks.gender import PRONOUN_TEMPLATES
+
+        _templates(where, self.templates, len(PRONOUN_TEMPLATES))
 
 
 @dataclass
@@ -72,11 +108,19 @@ class IclConfig:
     data: str = "builtin"
     seed: int = 0
 
+    def check(self, where: str) -> None:
+        _within(where, "n", self.n, 1, MAX_PROMPTS)
+        _within(where, "k", self.k, 1, 64)
+
 
 @dataclass
 class GuardConfig:
     window: int = 256
     block: int = 32  # tokens the bootstrap keeps together
+
+    def check(self, where: str) -> None:
+        _within(where, "window", self.window, 2, 1_000_000)
+        _within(where, "block", self.block, 1, 1_000_000)
 
 
 @dataclass
@@ -297,6 +341,8 @@ def configs(tasks: list[str], settings: dict[str, object] | None = None) -> dict
         if key not in known:
             raise UserError(f"--set {dotted}: {task} has no setting {key!r}; it has {', '.join(known)}")
         setattr(out[task], key, _coerce(known[key], value, dotted))
+    for task, cfg in out.items():
+        cfg.check(task)
     return out
 
 
