@@ -37,6 +37,15 @@ class LmeditGroup(click.Group):
             _usage_error(exc)
 
 
+def _info(message: str) -> None:
+    """A progress note (\"loading ...\"): on a terminal, or when LMEDIT_VERBOSE=1; never in the way of
+    a script reading stderr for the one error line."""
+    import os
+
+    if sys.stderr.isatty() or os.environ.get("LMEDIT_VERBOSE") == "1":
+        click.echo(message, err=True)
+
+
 def _one_line(text: str, limit: int = 500) -> str:
     """Messages are one line (newlines and NUL bytes of user input folded) of bounded length."""
     text = " ".join(text.replace("\0", "\\0").split())
@@ -68,7 +77,7 @@ def model_options(func):
         from editor.model.loading import load_model
 
         def load(name: str | None = None):
-            click.echo(f"loading {name or model} ...", err=True)
+            _info(f"loading {name or model} ...")
             return load_model(name or model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
 
         return func(*args, load=load, **kwargs)
@@ -291,7 +300,11 @@ def verify(checkpoint, device):
 def _layers(text: str | None) -> list[int] | None:
     from editor.ranges import parse_ranges
 
-    return parse_ranges(text, "--layers", "e.g. 20-29 or 3,5,7") if text else None
+    if text is None:
+        return None
+    if not text.strip():
+        raise UserError("--layers is empty; write e.g. 20-29 or 3,5,7 (or leave it out for all layers)")
+    return parse_ranges(text, "--layers", "e.g. 20-29 or 3,5,7")
 
 
 _DATA_OPTIONS = [
@@ -464,10 +477,15 @@ def evaluate_cmd(load, tasks, against, alone, settings, batch_size, out, quiet):
     if against and alone:
         raise UserError("--against and --alone exclude each other")
     base = None if alone else (against or base_model_of(model))
-    log = functools.partial(click.echo, err=True)
+    from editor.model.loading import check_model_name
+
+    for name in [model, base] if base else [model]:
+        check_model_name(name)  # both found before either loads
+    check_writable_directory(out or Path("checkpoints") / "eval" / _model_stem(model))
+    log = _info
     if base:
-        if not against:
-            log(f"comparing against the base named in the manifest: {base}")
+        if not against:  # part of the result: say which base the changes are against
+            click.echo(f"comparing against the base named in the manifest: {base}")
         result = evaluate_against(load, model, base, task_configs, batch_size, not quiet, log)
     else:
         loaded = load()
@@ -646,7 +664,8 @@ def lora_train(load, task, layers, targets, rank, alpha, steps, lr, batch_size, 
 
 
 @lora.command("compare")
-@click.option("--base", "-m", default=DEFAULT_MODEL, show_default=True, help="The base model.")
+@click.option("--model", "-m", "--base", "base", default=None,
+              help="The base model [default: the one named in the adapter's adapter_config.json].")
 @click.option("--adapter", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A peft adapter directory (e.g. checkpoints/lora/NAME/adapter).")
 @click.option("--data", "-d", default="heldout", show_default=True,
@@ -666,10 +685,17 @@ def lora_compare(base, adapter, data, n_prompts, seed, layers, batch_size, out, 
     from editor.model.loading import load_model
     from editor.tables import format_table
 
-    click.echo(f"loading {base} twice (base, base + adapter) ...", err=True)
+    from editor.model.loading import check_model_name
+
+    config = Path(adapter) / "adapter_config.json"
+    if not config.is_file():
+        raise UserError(f"{adapter} is not a peft adapter directory (no adapter_config.json)")
+    base = base or read_json(config, "adapter config").get("base_model_name_or_path") or DEFAULT_MODEL
+    check_model_name(base)
+    examples = heldout_examples(adapter, n_prompts) if data == "heldout" else _examples(data, n_prompts, seed)
+    _info(f"loading {base} twice (base, base + adapter) ...")
     base_lm = load_model(base, device=device)
     lora_model = load_adapter(load_model(base, device=device).model, adapter)
-    examples = heldout_examples(adapter, n_prompts) if data == "heldout" else _examples(data, n_prompts, seed)
     shift = coefficient_shift(base_lm.model, lora_model, base_lm.tokenizer, examples, _layers(layers),
                               batch_size=batch_size)
     click.echo(format_table(shift.averages, list(shift.averages[0]), right=True))

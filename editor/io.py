@@ -158,3 +158,42 @@ def check_writable_directory(out: str | Path) -> None:
         raise UserError(f"cannot write {out}: {probe} is not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UserError(f"cannot write {out}: {probe} is not writable")
+
+
+def read_records(path: str | Path, what: str = "data file") -> list[dict]:
+    """The one reader of user record files: ``.jsonl`` (one JSON object per line) or ``.csv`` (a
+    header row). Any problem (missing, not UTF-8, a bad line, a line that is not an object) is one
+    UserError naming the file and, where there is one, the line."""
+    import csv
+    import io
+
+    from editor.errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    if path.suffix not in (".jsonl", ".csv"):
+        raise UserError(f"{path}: expected a .jsonl or .csv {what}")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if path.suffix == ".csv":
+        try:
+            return [dict(row) for row in csv.DictReader(io.StringIO(text, newline=""))]
+        except csv.Error as exc:
+            raise UserError(f"{path}: not valid CSV ({exc})") from None
+    records = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise UserError(f"{path}: line {n} is not valid JSON ({getattr(exc, 'msg', exc)})") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{path}: line {n} is not a JSON object")
+        records.append(record)
+    return records

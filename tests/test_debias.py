@@ -27,7 +27,7 @@ def test_occupation_leans_come_from_the_statistics_file(tmp_path):
     f.write_text("occupation,percent_women\nastronaut,lots\n")
     with pytest.raises(UserError, match="line 2 needs 'occupation' and a numeric 'percent_women'"):
         gender.occupations(f)
-    with pytest.raises(UserError, match="not found or not a .csv"):
+    with pytest.raises(UserError, match="occupations file not found"):
         gender.occupations(tmp_path / "missing.csv")
 
 

@@ -109,7 +109,7 @@ def test_cli_lora_train_and_errors(tiny_dir, tmp_path):
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 2 and "already exists" in again.output
     bad = CliRunner().invoke(main, args[:-2] + ["--targets", "q,zz", "--out", str(tmp_path / "m")])
-    assert bad.exit_code == 2 and "unknown projection 'zz'" in bad.output and "Traceback" not in bad.output
+    assert bad.exit_code == 2 and "unknown LoRA target 'zz'" in bad.output and "Traceback" not in bad.output
 
 
 def test_average_shifts_by_hand():

@@ -56,7 +56,9 @@ def prompt_batches(tokenizer, examples: list[Example], batch_size: int, device, 
 
 
 def progress_bar(total: int, desc: str, unit: str = "it", enabled: bool = True):
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, file=sys.stderr, leave=False, dynamic_ncols=True)
+    """A bar on stderr; none when disabled or when stderr is not a terminal (no escape codes in logs)."""
+    return tqdm(total=total, desc=desc, unit=unit, disable=None if enabled else True, file=sys.stderr, leave=False,
+                dynamic_ncols=True)
 
 
 def model_device(model) -> torch.device:

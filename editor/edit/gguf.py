@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,7 +206,8 @@ def export_gguf(model_name: str, out: str | Path, kind: str = "f32", tokenizer_f
     (temporary name, then rename: never half a file)."""
     import gguf
 
-    from editor.model.loading import load_model
+    from editor.io import check_writable_directory
+    from editor.model.loading import check_model_name, load_model
 
     if kind not in TYPES:
         raise UserError(f"unknown GGUF type {kind!r}; choose {', '.join(TYPES)}")
@@ -216,15 +216,20 @@ def export_gguf(model_name: str, out: str | Path, kind: str = "f32", tokenizer_f
         raise UserError(f"the output file should end in .gguf, got {out}")
     if tokenizer_from is not None and not Path(tokenizer_from).is_file():
         raise UserError(f"GGUF file not found: {tokenizer_from}")
+    check_model_name(model_name)
+    check_writable_directory(out.parent)
     local = Path(model_name).expanduser()
     chain = _manifest_chain(local if local.is_dir() else None)
     source = Path(tokenizer_from) if tokenizer_from else source_gguf(model_name, local if local.exists() else None, chain)
     if source is None:
         raise UserError(f"{model_name} was not made from a GGUF, so there is no llama.cpp tokenizer to carry over; "
                         "name one with --tokenizer-from FILE.gguf (a GGUF of the same tokenizer)")
+    try:
+        reader = gguf.GGUFReader(source)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file; gguf raises several types
+        raise UserError(f"{source} is not a readable GGUF file ({type(exc).__name__})") from None
     lm = load_model(model_name, dtype="float32")
     spec = _spec(lm.model)
-    reader = gguf.GGUFReader(source)
     vocab = reader.fields.get("tokenizer.ggml.tokens")
     if "tokenizer.ggml.model" not in reader.fields:
         raise UserError(f"{source} holds no tokenizer (no tokenizer.ggml.model)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 from contextlib import contextmanager
 import random
@@ -40,8 +42,15 @@ class LoraSettings:
         for name in ("rank", "steps", "batch_size", "n_train", "n_eval"):
             if getattr(self, name) < 1:
                 raise UserError(f"LoRA {name} must be >= 1")
-        if self.lr <= 0:
-            raise UserError("LoRA learning rate must be > 0")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UserError(f"LoRA learning rate must be a finite number > 0, got {self.lr}")
+        if not self.targets:
+            raise UserError("LoRA needs at least one target projection (q, k, v, o, mlp_in, mlp_out)")
+        from editor.model.arch import Arch
+
+        unknown = [t for t in self.targets if t not in Arch.PROJECTION_ROLES]
+        if unknown:
+            raise UserError(f"unknown LoRA target {unknown[0]!r}; choose from {', '.join(Arch.PROJECTION_ROLES)}")
 
 
 def split_arithmetic(n_train: int, n_eval: int, digits: int, seed: int) -> tuple[list[Example], list[Example]]:
@@ -60,6 +69,9 @@ def lora_config(model, settings: LoraSettings):
     from transformers.pytorch_utils import Conv1D
 
     arch = Arch(model)
+    outside = [layer for layer in settings.layers if not 0 <= layer < arch.n_layers]
+    if outside:
+        raise UserError(f"LoRA layer {outside[0]} is out of range (the model has {arch.n_layers} layers)")
     names = [n for layer in settings.layers for n in arch.projection_names(layer, settings.targets)]
     conv = [isinstance(model.get_submodule(n), Conv1D) for n in names]
     if any(conv) and not all(conv):
@@ -168,6 +180,7 @@ def train_and_save(loaded, settings: LoraSettings, out: str | Path, force: bool 
     if out.exists() and not force:
         raise UserError(f"{out} already exists; pass --force to overwrite it")
     settings.check()
+    lora_config(loaded.model, settings)  # the layers and targets exist in this model, before any work
     source = describe_source(loaded)
     train, held = split_arithmetic(settings.n_train, settings.n_eval, settings.digits, settings.seed)
     before = token_accuracy(loaded.model, loaded.tokenizer, held, progress=progress)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +47,8 @@ def _quiet_transformers():
 
     transformers.logging.set_verbosity_error()
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    if not sys.stderr.isatty() or os.environ.get("TQDM_DISABLE"):  # no bars (escape codes) in logs
+        transformers.utils.logging.disable_progress_bar()
 
 
 def _resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype | str:
@@ -106,7 +110,7 @@ def _from_pretrained(source: str | Path, dtype, device: str, device_map: str | N
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a user's files: corrupt safetensors, bad configs raise many types
         hint = (f"; it is not a store alias ({', '.join(store.ALIASES)}) nor an existing local path, "
                 "and the hub may be unreachable") if offline_hint else ""
         raise UserError(f"could not load model {str(source)!r}: {str(exc).splitlines()[0]}{hint}") from exc
@@ -166,6 +170,32 @@ def _check_hub_id(name: str) -> None:
                         f"the hub is unreachable (it is not in the local hub cache either){hint}")
 
 
+def check_device(device: str, where: str = "device") -> None:
+    """auto, cpu, cuda or cuda:N (N a number), before anything loads."""
+    import re
+
+    if device not in DEVICES and not re.fullmatch(r"cuda:[0-9]+", str(device)):
+        raise UserError(f"unknown {where} {device!r}; choose auto, cpu, cuda or cuda:N")
+
+
+def check_model_name(name: str) -> None:
+    """What ``load_model`` would refuse by name alone, found without loading anything: a missing
+    path or .gguf, a folder without config.json, a name that is no alias, path or loadable hub id."""
+    if name in store.ALIASES:
+        return
+    local = Path(name).expanduser()
+    if local.suffix == ".gguf":
+        if not local.is_file():
+            raise UserError(f"GGUF file not found: {local}")
+    elif local.exists():
+        if not (local / "config.json").is_file():
+            raise UserError(f"{local} is not a Hugging Face model directory (no config.json)")
+    elif name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(f"no such model directory or file: {name}")
+    else:
+        _check_hub_id(name)
+
+
 def load_model(
     name: str = store.DEFAULT_MODEL,
     device: str = "cpu",
@@ -181,8 +211,7 @@ def load_model(
     CUDA is present, so models larger than one GPU spread over GPUs and CPU. Eager attention is the
     default because only it returns attention probabilities; remote code runs only when asked.
     """
-    if device not in DEVICES and not device.startswith("cuda:"):
-        raise UserError(f"unknown device {device!r}; choose auto, cpu, cuda or cuda:N")
+    check_device(device)
     device_map = "auto" if device == "auto" and torch.cuda.is_available() else None
     device = _resolve_device(device)
     torch_dtype = _resolve_dtype(dtype, device)

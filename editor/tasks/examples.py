@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,23 +33,9 @@ def _from_records(records: list[dict], where: str) -> list[Example]:
 
 def read_file(path: str | Path) -> list[Example]:
     """A ``.jsonl`` (one object per line) or ``.csv`` (header row) file with ``prompt`` and optional ``answer``."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"data file not found: {path}")
-    if path.suffix == ".jsonl":
-        records = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-    elif path.suffix == ".csv":
-        with open(path, newline="") as f:
-            records = list(csv.DictReader(f))
-    else:
-        raise UserError(f"{path}: expected a .jsonl or .csv file")
-    return _from_records(records, str(path))
+    from editor.io import read_records
+
+    return _from_records(read_records(path, "data file"), str(path))
 
 
 def load_examples(spec: str, n: int | None = None, seed: int = 0) -> list[Example]:
@@ -60,8 +44,11 @@ def load_examples(spec: str, n: int | None = None, seed: int = 0) -> list[Exampl
 
     name, _, arg = spec.partition(":")
     if name == "arithmetic":
-        digits = int(arg) if arg else 1
-        return arithmetic.generate(n=n or 64, digits=digits, seed=seed)
+        if arg and arg not in ("1", "2", "3"):
+            raise UserError(f"bad data {spec!r}: arithmetic, or arithmetic:DIGITS with DIGITS 1, 2 or 3")
+        return arithmetic.generate(n=n or 64, digits=int(arg or 1), seed=seed)
+    if not spec.endswith((".jsonl", ".csv")) and not Path(spec).exists():
+        raise UserError(f"unknown data {spec!r}: a built-in task (arithmetic, arithmetic:2) or a .jsonl/.csv file")
     examples = read_file(spec)
     return examples[:n] if n else examples
 

@@ -16,8 +16,6 @@ gender-editing paper reported (``WOMAN_LEANING``, ``MAN_LEANING``) stay the ``ge
 
 from __future__ import annotations
 
-import csv
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -57,14 +55,12 @@ def default_professions() -> list[tuple[str, str]]:
 
 def occupations(path: str | Path = OCCUPATIONS_CSV) -> list[tuple[str, str]]:
     """(occupation, lean) from a CSV with ``occupation,percent_women``: the labelled ones only, in file order."""
+    from editor.io import read_records
+
     path = Path(path)
-    if not path.is_file() or path.suffix != ".csv":
+    if path.suffix != ".csv":
         raise UserError(f"occupations file not found or not a .csv: {path}")
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text") from None
+    rows = read_records(path, "occupations file")
     out = []
     for i, row in enumerate(rows, 2):
         try:
@@ -80,16 +76,9 @@ def occupations(path: str | Path = OCCUPATIONS_CSV) -> list[tuple[str, str]]:
 
 def read_professions(path: str | Path) -> list[tuple[str, str]]:
     """A .csv (header ``profession,lean``) or .jsonl file; ``lean`` is ``woman`` or ``man``."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"professions file not found: {path}")
-    if path.suffix == ".jsonl":
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    elif path.suffix == ".csv":
-        with open(path, newline="") as f:
-            records = list(csv.DictReader(f))
-    else:
-        raise UserError(f"{path}: expected a .csv or .jsonl professions file")
+    from editor.io import read_records
+
+    records = read_records(path, "professions file")
     out = []
     for i, rec in enumerate(records, 1):
         prof, lean = str(rec.get("profession") or "").strip(), str(rec.get("lean") or "").strip()

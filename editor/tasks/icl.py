@@ -7,8 +7,6 @@ majority-label bias and the demonstration order measures recency bias.
 
 from __future__ import annotations
 
-import csv
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,14 +56,9 @@ def load_pool(source: str = "builtin") -> Pool:
     else:
         path = Path(source)
     if path.suffix in (".jsonl", ".csv"):
-        if not path.is_file():
-            raise UserError(f"in-context data file not found: {path}")
-        if path.suffix == ".jsonl":
-            records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        else:
-            with open(path, newline="") as f:
-                records = list(csv.DictReader(f))
-        return _pool(records, str(path))
+        from editor.io import read_records
+
+        return _pool(read_records(path, "in-context data file"), str(path))
     try:
         import datasets
 
