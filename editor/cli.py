@@ -245,6 +245,22 @@ def edit(load, zero_heads, scale_heads, zero_neurons, scale_neurons, plan_file, 
         _verify(loaded.model, loaded.tokenizer, path)
 
 
+def _check_source_hashes(source: dict, loaded) -> None:
+    """The model the checkpoint is rebuilt from must be the one the edit started from: the weight
+    hashes in the manifest are compared with the files loaded now (a failed check: exit 1)."""
+    from editor.edit.checkpoint import weight_files_sha256
+
+    recorded = source.get("weights_sha256")
+    if not recorded or loaded.path is None:
+        return
+    now = weight_files_sha256(loaded.path)
+    if now != recorded:
+        click.echo(f"Error: the source model {source.get('model')} is not the one this checkpoint was made from "
+                   "(its weight files' sha256 differ from the manifest's)", err=True)
+        raise click.exceptions.Exit(1)
+    click.echo("source weights match the manifest's sha256", err=True)
+
+
 def _verify(model, tokenizer, path: Path) -> float:
     from editor.edit.checkpoint import reload_difference
     from editor.model.capture import encode
@@ -283,6 +299,7 @@ def verify(checkpoint, device):
         return
     click.echo(f"source {name}; plan:\n{plan.summary()}", err=True)
     loaded = load_model(name, device=device, dtype=source.get("dtype", "auto"))
+    _check_source_hashes(source, loaded)
     apply_plan(loaded.model, plan)
     if pruned:
         from editor.edit.shrink import Removal, shrink

@@ -129,3 +129,21 @@ def test_default_output_names_say_which_run_they_come_from():
     assert _model_stem("checkpoints/arithmetic-prune/checkpoint/") == "arithmetic-prune"
     assert _model_stem("checkpoints/lora/x/merged") == "x-merged"
     assert _model_stem("HuggingFaceTB/SmolLM2-135M") == "SmolLM2-135M" and _model_stem("m/b.gguf") == "b"
+
+
+def test_verify_refuses_a_source_that_changed_since_the_edit(tiny_dir, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    source = tmp_path / "source"
+    shutil.copytree(tiny_dir, source)
+    out = tmp_path / "edited"
+    assert run("edit", "--model", source, "--zero-heads", "0.1", "--out", out, "--no-verify").exit_code == 0
+    assert run("verify", out).exit_code == 0
+    weights = load_file(source / "model.safetensors")
+    name = next(iter(weights))
+    weights[name] = weights[name] * 1.01
+    save_file(weights, source / "model.safetensors", metadata={"format": "pt"})
+    result = run("verify", out)
+    assert result.exit_code == 1 and "not the one this checkpoint was made from" in result.output
