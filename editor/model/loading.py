@@ -104,7 +104,8 @@ def _from_pretrained(source: str | Path, dtype, device: str, device_map: str | N
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
-    kwargs = dict(dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+    kwargs = dict(dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code,
+                  use_safetensors=True)  # never unpickle weights
     if device_map:
         kwargs["device_map"] = device_map
     try:
@@ -178,6 +179,16 @@ def check_device(device: str, where: str = "device") -> None:
         raise UserError(f"unknown {where} {device!r}; choose auto, cpu, cuda or cuda:N")
 
 
+def _check_local_dir(local: Path) -> None:
+    """A Hugging Face folder with safetensors weights: pickle-only weights (pytorch_model.bin) can run
+    code when loaded, so they are refused rather than loaded."""
+    if not (local / "config.json").is_file():
+        raise UserError(f"{local} is not a Hugging Face model directory (no config.json)")
+    if not any(local.glob("*.safetensors")) and any(local.glob("*.bin")):
+        raise UserError(f"{local} holds only pickle weights (*.bin); lmedit loads safetensors only "
+                        "(convert them with save_pretrained(..., safe_serialization=True) in a trusted session)")
+
+
 def check_model_name(name: str) -> None:
     """What ``load_model`` would refuse by name alone, found without loading anything: a missing
     path or .gguf, a folder without config.json, a name that is no alias, path or loadable hub id."""
@@ -188,8 +199,7 @@ def check_model_name(name: str) -> None:
         if not local.is_file():
             raise UserError(f"GGUF file not found: {local}")
     elif local.exists():
-        if not (local / "config.json").is_file():
-            raise UserError(f"{local} is not a Hugging Face model directory (no config.json)")
+        _check_local_dir(local)
     elif name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise UserError(f"no such model directory or file: {name}")
     else:
@@ -235,8 +245,7 @@ def load_model(
             model.config._attn_implementation = attn_implementation
             model.to(device)
         elif local.exists():
-            if not (local / "config.json").is_file():
-                raise UserError(f"{local} is not a Hugging Face model directory (no config.json)")
+            _check_local_dir(local)
             path, kind = local, "directory"
             model, tokenizer = _from_pretrained(local, torch_dtype, device, device_map, attn_implementation,
                                                 trust_remote_code, offline_hint=False)
