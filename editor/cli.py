@@ -546,13 +546,15 @@ def recipes_show(name):
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Run directory [default: the recipe's out, else checkpoints/<name>].")
 @click.option("--fresh", is_flag=True, help="Delete the run directory's cached steps and start again.")
-def run_cmd(recipe, overrides, out, fresh):
+@click.option("--device", default=None, help="cpu, cuda, cuda:N or auto [default: the recipe's device].")
+def run_cmd(recipe, overrides, out, fresh, device):
     """Run a recipe end to end: a YAML file, or the name of a packaged one (`lmedit recipes list`).
     Each finished step is cached under its own settings, so a re-run resumes and a changed setting
     reruns only the steps that read it."""
     from editor.recipes import run_recipe
     from editor.tables import format_table
 
+    overrides = (*overrides, f"device={device}") if device else overrides
     target, result = run_recipe(recipe, overrides, fresh=fresh, log=functools.partial(click.echo, err=True), out=out)
     summary = result["summary"]
     click.echo("\nsteps:")

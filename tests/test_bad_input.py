@@ -174,6 +174,7 @@ CASES = [
     ("run icl-heads --set name=", "name"),
     ("run icl-heads --set 'model='", "model"),
     ("run icl-heads --set device=tpu", "device"),
+    ("run icl-heads --device tpu", "device"),
     ("run icl-heads --set 'data.n_eval=[1'", "not valid YAML"),
     ("run icl-heads --set =1", "key"),
     ("run icl-heads --set data=5", "data"),
