@@ -51,6 +51,7 @@ def atomic_directory(out: str | Path) -> Iterator[Path]:
     moved aside first, then deleted), on failure it is removed and ``out`` is left as it was."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    lock = DirectoryLock(out, beside=True).acquire()  # two writers of one output: the second fails at once
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
@@ -67,6 +68,8 @@ def atomic_directory(out: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        lock.release()
 
 
 class DirectoryLock:
@@ -77,11 +80,15 @@ class DirectoryLock:
 
     NAME = ".lmedit.lock"
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, beside: bool = False):
+        """``beside``: lock a directory that is replaced wholesale (a checkpoint) from its parent,
+        ``PARENT/.NAME.lmedit.lock``, since a lock inside it would be replaced with it."""
         from filelock import FileLock
 
         self.directory = Path(directory)
-        self.path = self.directory / self.NAME
+        home, stem = (self.directory.parent, f".{self.directory.name}.lmedit") if beside else (self.directory, ".lmedit")
+        self.home, self.path, self.pid_path = home, home / f"{stem}.lock", home / f"{stem}.pid"
+        self.beside = beside
         self._lock = FileLock(str(self.path), timeout=0)
 
     def acquire(self) -> "DirectoryLock":
@@ -89,25 +96,26 @@ class DirectoryLock:
 
         from editor.errors import UserError
 
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True)
         try:
             self._lock.acquire()
         except Timeout:
-            holder = self._holder()
-            raise UserError(f"{self.directory} is in use by {holder} (another lmedit run writing there); "
-                            "wait for it to finish or choose another --out") from None
-        write_text_atomic(self.directory / ".lmedit.pid", f"{os.getpid()}\n")
+            raise UserError(f"{self.directory} is in use by {self._holder()} (another lmedit process writing "
+                            "there); wait for it to finish or choose another --out") from None
+        write_text_atomic(self.pid_path, f"{os.getpid()}\n")
         return self
 
     def _holder(self) -> str:
         try:
-            return f"pid {int((self.directory / '.lmedit.pid').read_text().strip())}"
+            return f"pid {int(self.pid_path.read_text().strip())}"
         except (OSError, ValueError):
             return "another process"
 
     def release(self) -> None:
         if self._lock.is_locked:
-            (self.directory / ".lmedit.pid").unlink(missing_ok=True)
+            self.pid_path.unlink(missing_ok=True)
+            if self.beside:  # leave nothing beside the output; removed while still held, so the
+                self.path.unlink(missing_ok=True)  # next writer locks a fresh file after our work is done
             self._lock.release()
 
     def __enter__(self) -> "DirectoryLock":

@@ -40,3 +40,26 @@ def test_cli_fresh_on_a_foreign_directory_is_one_line(tmp_path):
     result = CliRunner().invoke(main, ["run", "recipes/icl-heads.yaml", "--out", str(home), "--fresh"])
     assert result.exit_code == 2 and "not an lmedit run directory" in result.output
     assert "Traceback" not in result.output and (home / "keep.txt").is_file()
+
+
+def test_two_writers_of_one_checkpoint_folder_never_both_write(tmp_path, tiny_dir):
+    """While one process holds an output folder, `lmedit edit --force` into it fails at once, naming
+    the holder, and leaves the folder and no temporary copy behind."""
+    import os
+    import subprocess
+    import sys
+
+    from editor.io import DirectoryLock
+
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    (out / "keep.txt").write_text("first writer's")
+    lock = DirectoryLock(out, beside=True).acquire()
+    try:
+        got = subprocess.run([sys.executable, "-m", "editor", "edit", "--model", str(tiny_dir), "--zero-heads", "0.1",
+                              "--out", str(out), "--force", "--no-verify"], capture_output=True, text=True, timeout=300)
+    finally:
+        lock.release()
+    assert got.returncode == 2 and f"in use by pid {os.getpid()}" in got.stderr, got.stderr
+    assert (out / "keep.txt").read_text() == "first writer's"
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
