@@ -547,7 +547,8 @@ def recipes_show(name):
               help="Run directory [default: the recipe's out, else checkpoints/<name>].")
 @click.option("--fresh", is_flag=True, help="Delete the run directory's cached steps and start again.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or auto [default: the recipe's device].")
-def run_cmd(recipe, overrides, out, fresh, device):
+@click.option("--json", "as_json", is_flag=True, help="Print the run directory, steps and summary as JSON.")
+def run_cmd(recipe, overrides, out, fresh, device, as_json):
     """Run a recipe end to end: a YAML file, or the name of a packaged one (`lmedit recipes list`).
     Each finished step is cached under its own settings, so a re-run resumes and a changed setting
     reruns only the steps that read it."""
@@ -557,6 +558,9 @@ def run_cmd(recipe, overrides, out, fresh, device):
     overrides = (*overrides, f"device={device}") if device else overrides
     target, result = run_recipe(recipe, overrides, fresh=fresh, log=functools.partial(click.echo, err=True), out=out)
     summary = result["summary"]
+    if as_json:
+        click.echo(json.dumps({"run_directory": str(target), **result}, indent=2, default=str))
+        return
     click.echo("\nsteps:")
     click.echo(format_table([{**s, "seconds": "cached" if s["cached"] else s["seconds"]} for s in result["steps"]],
                             ["name", "seconds"]))
@@ -595,8 +599,9 @@ def run_cmd(recipe, overrides, out, fresh, device):
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run directory: checkpoint/, manifest, search trace, report.html. An interrupted prune into "
                    "the same directory with the same settings resumes.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary (rows, checkpoint) as JSON.")
 def prune_cmd(model, task, retain, units, method, baselines, max_guard_increase, recover, recover_steps,
-              search_retain, settings, seed, device, out):
+              search_retain, settings, seed, device, out, as_json):
     """Remove the most neurons, heads and layers that keep the task, and save a smaller model."""
     from editor.recipes import run_config
     from editor.recipes.arithmetic_prune import prune_config
@@ -609,6 +614,9 @@ def prune_cmd(model, task, retain, units, method, baselines, max_guard_increase,
                        overrides=list(settings))
     target, result = run_config(cfg, log=functools.partial(click.echo, err=True), out=out)
     summary = result["summary"]
+    if as_json:
+        click.echo(json.dumps({"run_directory": str(target), **summary}, indent=2, default=str))
+        return
     click.echo("\n" + format_table(summary["rows"], ["model", "parameters", "non_embedding", "non_embedding_removed",
                                                      "answer_accuracy", "answer_accuracy_95", "exact_match",
                                                      "guard_perplexity"]))

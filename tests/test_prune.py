@@ -219,3 +219,20 @@ def test_the_pruned_checkpoint_runs_in_llama_cpp(pruned_run, tmp_path):
         want = small.model(torch.tensor([tokens])).logits[0]
     got = llama_logits(exported.path, tokens)
     assert (got.argmax(-1) == want.argmax(-1)).all() and (got - want).abs().max().item() < TOLERANCE
+
+
+def test_json_output_of_run_and_prune(pruned_run, arith_dir, tmp_path):
+    """--json prints the summary machine-readably: a finished run resumes from its cache and prints the
+    same rows; `lmedit prune --json` prints its rows and checkpoint."""
+    out, result = pruned_run
+    sets = [x for s in [f"model={arith_dir}", *FAST, "baselines=[random, magnitude]"] for x in ("--set", s)]
+    again = CliRunner().invoke(main, ["run", "recipes/arithmetic-prune.yaml", "--out", str(out), "--json", *sets])
+    assert again.exit_code == 0, again.output
+    data = json.loads(again.stdout)
+    assert data["summary"]["rows"] == result["summary"]["rows"] and all(s["cached"] for s in data["steps"])
+    fast = [x for s in FAST for x in ("--set", s)]
+    pruned = CliRunner().invoke(main, ["prune", "--model", str(arith_dir), "--out", str(tmp_path / "p"), "--json",
+                                       "--retain", "0.9", *fast])
+    assert pruned.exit_code == 0, pruned.output
+    summary = json.loads(pruned.stdout)
+    assert summary["rows"][0]["model"] == "base" and summary["checkpoint"].endswith("checkpoint")
