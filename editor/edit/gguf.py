@@ -47,14 +47,13 @@ def _permute(weights: torch.Tensor, n_head: int) -> torch.Tensor:
             .swapaxes(1, 2).reshape(weights.shape))
 
 
-def _spec(model):
+def _spec(model, head_dim: int):
     model_type = model.config.model_type
     spec = ARCHITECTURES.get(model_type)
     if spec is None or spec.gguf is None:
         supported = sorted(t for t, s in ARCHITECTURES.items() if s.gguf)
         raise UserError(f"GGUF export does not support the {model_type!r} family (supported: {', '.join(supported)})")
     config = model.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     if not spec.gguf_fewer_heads and head_dim * config.num_attention_heads != config.hidden_size:
         raise UserError(f"llama.cpp's {spec.gguf} architecture needs heads x head_dim = hidden size "
                         f"({config.num_attention_heads} x {head_dim} != {config.hidden_size}): a {model_type} model with "
@@ -75,9 +74,8 @@ def _spec(model):
     return spec
 
 
-def _hparams(config, arch: str) -> dict:
+def _hparams(config, arch: str, head_dim: int) -> dict:
     """The hyper-parameter keys llama.cpp reads for ``arch``, from the (possibly shrunk) config."""
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     rope = getattr(config, "rope_parameters", None) or {}
     theta = rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))
     return {
@@ -229,7 +227,7 @@ def export_gguf(model_name: str, out: str | Path, kind: str = "f32", tokenizer_f
     except Exception as exc:  # noqa: BLE001 - any unreadable file; gguf raises several types
         raise UserError(f"{source} is not a readable GGUF file ({type(exc).__name__})") from None
     lm = load_model(model_name, dtype="float32")
-    spec = _spec(lm.model)
+    spec = _spec(lm.model, lm.arch.head_dim)
     vocab = reader.fields.get("tokenizer.ggml.tokens")
     if "tokenizer.ggml.model" not in reader.fields:
         raise UserError(f"{source} holds no tokenizer (no tokenizer.ggml.model)")
@@ -243,7 +241,7 @@ def export_gguf(model_name: str, out: str | Path, kind: str = "f32", tokenizer_f
     try:
         writer = gguf.GGUFWriter(tmp, spec.gguf)
         _copy_metadata(reader, writer)
-        for key, (vtype, value) in _hparams(lm.model.config, spec.gguf).items():
+        for key, (vtype, value) in _hparams(lm.model.config, spec.gguf, lm.arch.head_dim).items():
             getattr(writer, f"add_{vtype}")(key, value)
         writer.add_file_type(_file_type(kind))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)

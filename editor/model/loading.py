@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -120,17 +121,23 @@ def _from_pretrained(source: str | Path, dtype, device: str, device_map: str | N
     return model, tokenizer
 
 
-def _hub_reachable(timeout: float = 1.5) -> bool:
-    """Whether the Hugging Face hub answers a TCP connection within ``timeout`` seconds (the name
-    lookup runs in a thread, since it has no timeout of its own). Offline mode counts as no."""
-    import os
+def _hub_reachable() -> bool:
+    """Whether the Hugging Face hub answers; offline mode (HF_HUB_OFFLINE) counts as no."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    return _probe_hub(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_hub(endpoint: str, timeout: float = 1.5) -> bool:
+    """A TCP connection to the endpoint within ``timeout`` seconds (the name lookup runs in a thread,
+    since it has no timeout of its own). Once per process and endpoint: a command checks a name
+    before loading it, and loading checks it again."""
     import socket
     import threading
     from urllib.parse import urlparse
 
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    host = urlparse(endpoint).hostname or "huggingface.co"
     result = []
 
     def probe():
@@ -150,7 +157,6 @@ def _check_hub_id(name: str) -> None:
     """Fail in about a second, with the aliases and the closest one, for a name that is neither a
     store alias, nor a local path, nor a hub id this machine can load (reachable hub, or cached)."""
     import difflib
-    import os
 
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.errors import HFValidationError
@@ -222,10 +228,12 @@ def load_model(
     default because only it returns attention probabilities; remote code runs only when asked.
     """
     check_device(device)
+    check_model_name(name)  # the same checks `lmedit run` makes before a run directory exists
     device_map = "auto" if device == "auto" and torch.cuda.is_available() else None
     device = _resolve_device(device)
     torch_dtype = _resolve_dtype(dtype, device)
     info: dict = {}
+    local = Path(name).expanduser()
     if name in store.ALIASES:
         if not store.is_cached(name):
             if not pull:
@@ -235,27 +243,19 @@ def load_model(
         info["store"] = store.provenance(path)
         model, tokenizer = _from_pretrained(path, torch_dtype, device, device_map, attn_implementation,
                                             trust_remote_code, offline_hint=False)
+    elif local.suffix == ".gguf":
+        path, kind = local, "gguf"
+        model, tokenizer = load_gguf(local, torch_dtype if isinstance(torch_dtype, torch.dtype) else torch.float32)
+        model.config._attn_implementation = attn_implementation
+        model.to(device)
+    elif local.exists():
+        path, kind = local, "directory"
+        model, tokenizer = _from_pretrained(local, torch_dtype, device, device_map, attn_implementation,
+                                            trust_remote_code, offline_hint=False)
     else:
-        local = Path(name).expanduser()
-        if local.suffix == ".gguf":
-            if not local.is_file():
-                raise UserError(f"GGUF file not found: {local}")
-            path, kind = local, "gguf"
-            model, tokenizer = load_gguf(local, torch_dtype if isinstance(torch_dtype, torch.dtype) else torch.float32)
-            model.config._attn_implementation = attn_implementation
-            model.to(device)
-        elif local.exists():
-            _check_local_dir(local)
-            path, kind = local, "directory"
-            model, tokenizer = _from_pretrained(local, torch_dtype, device, device_map, attn_implementation,
-                                                trust_remote_code, offline_hint=False)
-        elif name.startswith((".", "/", "~")) or name.count("/") > 1:
-            raise UserError(f"no such model directory or file: {name}")
-        else:
-            _check_hub_id(name)
-            path, kind = None, "hub"
-            model, tokenizer = _from_pretrained(name, torch_dtype, device, device_map, attn_implementation,
-                                                trust_remote_code, offline_hint=True)
+        path, kind = None, "hub"
+        model, tokenizer = _from_pretrained(name, torch_dtype, device, device_map, attn_implementation,
+                                            trust_remote_code, offline_hint=True)
     model.eval()
     if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
         tokenizer.pad_token = tokenizer.eos_token  # batching needs a pad token; masks keep it inert
