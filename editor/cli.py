@@ -337,11 +337,12 @@ _DATA_OPTIONS = [
     click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True),
     click.option("--out", type=click.Path(file_okay=False, path_type=Path),
                  help="Output directory [default: checkpoints/attribution/<model>]."),
+    click.option("--force", is_flag=True, help="Overwrite results of the same name already in --out."),
 ]
 
 
 def data_options(func):
-    """--data, --n, --seed, --target, --top, --batch-size, --out, shared by the attribute commands."""
+    """--data, --n, --seed, --target, --top, --batch-size, --out, --force, shared by the attribute commands."""
     for option in reversed(_DATA_OPTIONS):
         func = option(func)
     return func
@@ -360,7 +361,50 @@ def _out_dir(out: Path | None) -> Path:
     return Path("checkpoints") / "attribution" / _model_stem(model)
 
 
-def _report(scores, out: Path, stem: str, top: int, loaded=None, tokens: bool = False) -> None:
+class _Outputs:
+    """The files a command will write into ``out`` (by stem), checked twice: before any work (an
+    existing result is not overwritten without --force; ``out`` must be writable), and again under
+    a lock taken at the first write and held to the end, so two processes never both write one
+    folder's results (the second fails in one line). Nothing is created before that first write."""
+
+    def __init__(self, out: Path, stems: list[str], force: bool):
+        self.out, self.stems, self.force = out, stems, force
+        self._lock = None
+        check_writable_directory(out)
+        self._check()
+
+    def _check(self) -> None:
+        taken = sorted(f.name for stem in self.stems for f in self.out.glob(f"{stem}.*")) if self.out.is_dir() else []
+        if taken and not self.force:
+            raise UserError(f"{self.out} already holds {', '.join(taken[:3])}{' ...' if len(taken) > 3 else ''}; "
+                            "pass --force to overwrite, or choose another --out")
+
+    def claim(self) -> Path:
+        """Lock ``out`` (once) and check again; returns ``out`` to write in."""
+        from editor.io import DirectoryLock
+
+        if self._lock is None:
+            self._lock = DirectoryLock(self.out, beside=True).acquire()
+            try:
+                self._check()  # another process may have written them while we computed
+            except BaseException:
+                self.release()
+                raise
+            self.force = True  # what we write ourselves from here on is ours to overwrite
+        return self.out
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+
+    def __enter__(self) -> "_Outputs":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _report(scores, outputs: _Outputs, stem: str, top: int, loaded=None, tokens: bool = False) -> None:
     click.echo(scores.table(top))
     if tokens and loaded is not None:
         from editor.attribution.vocab import head_tokens, neuron_tokens
@@ -373,7 +417,7 @@ def _report(scores, out: Path, stem: str, top: int, loaded=None, tokens: bool = 
             else:
                 toks = neuron_tokens(loaded.arch, loaded.tokenizer, rec["layer"], rec["index"], kind=scores.kind, k=6)
             click.echo(f"  {rec[scores.kind]:>9}  + {toks['top']}")
-    paths = scores.save(out, stem, top=max(top, 50))
+    paths = scores.save(outputs.claim(), stem, top=max(top, 50))
     click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
@@ -387,22 +431,25 @@ def attribute():
 @data_options
 @click.option("--method", type=click.Choice(["static", "ablation", "both"]), default="static", show_default=True,
               help="static: log-probability increase (direct effect, fast); ablation: zero each head (exact).")
-def attribute_heads(load, data, n_prompts, seed, target, top, batch_size, out, method):
+def attribute_heads(load, data, n_prompts, seed, target, top, batch_size, out, force, method):
     """Score every attention head; write JSON, CSV and a layers x heads heatmap PNG."""
     from editor.attribution.heads import head_ablation_scan, head_logprob_increase
 
     examples = _examples(data, n_prompts, seed)
-    loaded = load()
     out = _out_dir(out)
-    if method in ("static", "both"):
-        scores = head_logprob_increase(loaded.model, loaded.tokenizer, examples, target=target, batch_size=batch_size)
-        scores.meta.update({"model": loaded.name, "data": data})
-        _report(scores, out, "heads_static", top, loaded, tokens=True)
-    if method in ("ablation", "both"):
-        scores = head_ablation_scan(loaded.model, loaded.tokenizer, examples, batch_size=batch_size)
-        scores.meta.update({"model": loaded.name, "data": data})
-        click.echo(f"accuracy without ablation: {scores.meta['base_acc']:.3f}")
-        _report(scores, out, "heads_ablation", top)
+    methods = ["static", "ablation"] if method == "both" else [method]
+    outputs = _Outputs(out, [f"heads_{m}" for m in methods], force)
+    loaded = load()
+    with outputs:
+        if "static" in methods:
+            scores = head_logprob_increase(loaded.model, loaded.tokenizer, examples, target=target, batch_size=batch_size)
+            scores.meta.update({"model": loaded.name, "data": data})
+            _report(scores, outputs, "heads_static", top, loaded, tokens=True)
+        if "ablation" in methods:
+            scores = head_ablation_scan(loaded.model, loaded.tokenizer, examples, batch_size=batch_size)
+            scores.meta.update({"model": loaded.name, "data": data})
+            click.echo(f"accuracy without ablation: {scores.meta['base_acc']:.3f}")
+            _report(scores, outputs, "heads_ablation", top)
 
 
 @attribute.command("neurons")
@@ -412,22 +459,25 @@ def attribute_heads(load, data, n_prompts, seed, target, top, batch_size, out, m
               help="mlp: FFN neurons; attn: attention value neurons (head dimensions, index = head*head_dim + j).")
 @click.option("--layers", help="Layers to score, e.g. 20-29 or 3,5,7 [default: all].")
 @click.option("--query/--no-query", default=False, help="Also score query neurons (lower FFN neurons) for the top 10 value neurons.")
-def attribute_neurons(load, data, n_prompts, seed, target, top, batch_size, out, kind, layers, query):
+def attribute_neurons(load, data, n_prompts, seed, target, top, batch_size, out, force, kind, layers, query):
     """Score every neuron by log-probability increase; write JSON and CSV."""
-    from editor.attribution.neurons import neuron_logprob_increase
+    from editor.attribution.neurons import KINDS, neuron_logprob_increase
     from editor.attribution.query import query_neurons
 
     examples = _examples(data, n_prompts, seed)
-    loaded = load()
+    layer_list = _layers(layers)
     out = _out_dir(out)
-    scores = neuron_logprob_increase(loaded.model, loaded.tokenizer, examples, kind=kind, target=target,
-                                     batch_size=batch_size, layers=_layers(layers))
-    scores.meta.update({"model": loaded.name, "data": data})
-    _report(scores, out, f"{scores.kind}s_logprob", top, loaded, tokens=True)
-    if query:
-        q = query_neurons(loaded.model, loaded.tokenizer, examples, scores, batch_size=batch_size)
-        click.echo("\nquery neurons:")
-        _report(q, out, "neurons_query", top)
+    outputs = _Outputs(out, [f"{KINDS[kind]}s_logprob"] + (["neurons_query"] if query else []), force)
+    loaded = load()
+    with outputs:
+        scores = neuron_logprob_increase(loaded.model, loaded.tokenizer, examples, kind=kind, target=target,
+                                         batch_size=batch_size, layers=layer_list)
+        scores.meta.update({"model": loaded.name, "data": data})
+        _report(scores, outputs, f"{scores.kind}s_logprob", top, loaded, tokens=True)
+        if query:
+            q = query_neurons(loaded.model, loaded.tokenizer, examples, scores, batch_size=batch_size)
+            click.echo("\nquery neurons:")
+            _report(q, outputs, "neurons_query", top)
 
 
 @attribute.command("cna")
@@ -438,9 +488,11 @@ def attribute_neurons(load, data, n_prompts, seed, target, top, batch_size, out,
 @click.option("--data-b", help="Condition B: prompts aligned pair by pair with --data (same count).")
 @click.option("--ablate-heads", metavar="L.H,...", help="Condition B: the same model with these heads zeroed.")
 @click.option("--model-b", help="Condition B: a second model of the same architecture.")
-def attribute_cna(load, data, n_prompts, seed, target, top, batch_size, out, kind, layers, data_b, ablate_heads, model_b):
+def attribute_cna(load, data, n_prompts, seed, target, top, batch_size, out, force, kind, layers, data_b, ablate_heads,
+                  model_b):
     """Comparative Neuron Analysis between two conditions, ranked by the importance difference."""
     from editor.attribution.cna import cna
+    from editor.attribution.neurons import KINDS
     from editor.edit.plan import EditPlan
     from editor.model.loading import load_model
 
@@ -452,12 +504,15 @@ def attribute_cna(load, data, n_prompts, seed, target, top, batch_size, out, kin
         kwargs["examples_b"] = _examples(data_b, n_prompts, seed)
     if ablate_heads is not None:
         kwargs["ablate"] = EditPlan().zero("head", _components(ablate_heads, "head"))
+    out = _out_dir(out)
+    outputs = _Outputs(out, [f"{KINDS[kind]}s_cna"], force)
     loaded = load()
     if model_b is not None:
         kwargs["model_b"] = load_model(model_b, device=str(loaded.device)).model
-    scores = cna(loaded.model, loaded.tokenizer, examples, **kwargs)
-    scores.meta.update({"model": loaded.name, "data": data, "data_b": data_b, "model_b": model_b})
-    _report(scores, out or _out_dir(None), f"{scores.kind}s_cna", top, loaded, tokens=True)
+    with outputs:
+        scores = cna(loaded.model, loaded.tokenizer, examples, **kwargs)
+        scores.meta.update({"model": loaded.name, "data": data, "data_b": data_b, "model_b": model_b})
+        _report(scores, outputs, f"{scores.kind}s_cna", top, loaded, tokens=True)
 
 
 # evaluate ---------------------------------------------------------------------------------------
@@ -483,8 +538,9 @@ def _settings(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Output directory for evaluation.json/.md [default: checkpoints/eval/<model>].")
+@click.option("--force", is_flag=True, help="Overwrite an evaluation already in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def evaluate_cmd(load, tasks, against, alone, settings, batch_size, out, quiet):
+def evaluate_cmd(load, tasks, against, alone, settings, batch_size, out, force, quiet):
     """Evaluate a model on tasks, or an edited checkpoint against its base, with 95% intervals."""
     from editor.edit.checkpoint import base_model_of
     from editor.evaluation.harness import configs, evaluate_against, evaluate_model, parse_tasks
@@ -498,17 +554,18 @@ def evaluate_cmd(load, tasks, against, alone, settings, batch_size, out, quiet):
 
     for name in [model, base] if base else [model]:
         check_model_name(name)  # both found before either loads
-    check_writable_directory(out or Path("checkpoints") / "eval" / _model_stem(model))
-    log = _info
+    out = out or Path("checkpoints") / "eval" / _model_stem(model)
+    outputs = _Outputs(out, ["evaluation"], force)
     if base:
         if not against:  # part of the result: say which base the changes are against
             click.echo(f"comparing against the base named in the manifest: {base}")
-        result = evaluate_against(load, model, base, task_configs, batch_size, not quiet, log)
+        result = evaluate_against(load, model, base, task_configs, batch_size, not quiet, _info)
     else:
         loaded = load()
-        result = evaluate_model(loaded.model, loaded.tokenizer, task_configs, model, batch_size, not quiet, log=log)
+        result = evaluate_model(loaded.model, loaded.tokenizer, task_configs, model, batch_size, not quiet, log=_info)
     click.echo(result.table())
-    paths = result.save(out or Path("checkpoints") / "eval" / _model_stem(model))
+    with outputs:
+        paths = result.save(outputs.claim())
     click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 

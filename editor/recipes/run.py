@@ -19,7 +19,8 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from editor.errors import UserError
-from editor.io import DirectoryLock, write_json_atomic, write_text_atomic
+from editor.faults import crash_point
+from editor.io import DirectoryLock, sweep_directory, write_json_atomic, write_text_atomic
 
 RECIPE_FILE = "recipe.yaml"
 # What a run writes at its top level (evaluation*.json/.md too); --fresh deletes nothing else.
@@ -79,6 +80,8 @@ class Run:
             if fresh:
                 _empty_run_directory(out)
             (out / "steps").mkdir(parents=True, exist_ok=True)
+            for directory in (out, out / "steps"):  # what a killed earlier run left half-written
+                sweep_directory(directory)
             write_text_atomic(out / RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False))
             write_text_atomic(stamp, _digest(recipe) + "\n")
         except BaseException:
@@ -146,6 +149,7 @@ class Run:
             finally:
                 self._depth -= 1
             seconds = time.perf_counter() - start
+            crash_point(f"step:{name}")  # the crash tests kill here: computed, not yet saved
             write_json_atomic(self._file(name), {"key": key, "result": result})
             self.steps.append(StepRecord(name, round(seconds, 1), False))
             self.log(f"{number} {name}: {seconds:.1f} s")
