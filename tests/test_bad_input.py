@@ -125,6 +125,11 @@ CASES = [
     ("attribute cna " + M + " --model-b {files}/missing-dir", "no such model directory"),
     ("attribute cna " + M + " --layers 3-1 --ablate-heads 0.1", "layers"),
     # evaluate -----------------------------------------------------------------------------------
+    ("evaluate " + M + " --tasks guard --out {files}/earlier-results", "already holds evaluation.json"),
+    ("attribute heads " + M + " --out {files}/earlier-results", "already holds heads_static.csv"),
+    ("attribute heads " + M + " --method both --out {files}/earlier-results", "already holds heads_static.csv"),
+    ("attribute neurons " + M + " --out {files}/earlier-results", "already holds neurons_logprob.json"),
+    ("attribute cna " + M + " --data-b arithmetic:2 --out {files}/earlier-results", "already holds neurons_cna.json"),
     ("evaluate " + M + " --tasks nosuch", "nosuch"),
     ("evaluate " + M + " --tasks ''", "task"),
     ("evaluate " + M + " --tasks arithmetic,arithmetic,nosuch", "nosuch"),
@@ -247,6 +252,9 @@ def bad_files(tmp_path_factory):
     (f / "existing-out").mkdir()
     (f / "existing-out" / "x").write_text("x")
     (f / "notes.txt").write_text("my notes\n")
+    (f / "earlier-results").mkdir()  # what attribute/evaluate would write: kept unless --force
+    for name in ("evaluation.json", "heads_static.csv", "neurons_logprob.json", "neurons_cna.json"):
+        (f / "earlier-results" / name).write_text("{}")
     (f / "binary.bin").write_bytes(bytes(range(256)) * 4)
     (f / "invalid.json").write_text("{nope")
     (f / "latin1.json").write_bytes('{"note": "caf\xe9"}'.encode("latin-1"))

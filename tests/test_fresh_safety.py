@@ -63,3 +63,32 @@ def test_two_writers_of_one_checkpoint_folder_never_both_write(tmp_path, tiny_di
     assert got.returncode == 2 and f"in use by pid {os.getpid()}" in got.stderr, got.stderr
     assert (out / "keep.txt").read_text() == "first writer's"
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_attribute_and_evaluate_outputs_are_locked_while_written(tmp_path, tiny_dir):
+    """A second process writing results into a folder that another holds fails in one line, naming
+    the holder, and writes nothing there; with the folder free, --force overwrites earlier results."""
+    import os
+    import subprocess
+    import sys
+
+    from editor.io import DirectoryLock
+
+    out = tmp_path / "results"
+    commands = [["attribute", "heads", "--model", str(tiny_dir), "--n", "4", "--out", str(out)],
+                ["evaluate", "--model", str(tiny_dir), "--tasks", "guard", "--set", "guard.window=64", "--out", str(out)]]
+    lock = DirectoryLock(out, beside=True).acquire()
+    try:
+        for command in commands:
+            got = subprocess.run([sys.executable, "-m", "editor", *command], capture_output=True, text=True, timeout=300)
+            assert got.returncode == 2 and got.stderr.count("\n") == 1, got.stderr
+            assert f"in use by pid {os.getpid()}" in got.stderr, got.stderr
+    finally:
+        lock.release()
+    assert not out.exists() or not any(out.iterdir())
+    for command in commands:
+        runner = CliRunner()
+        assert runner.invoke(main, command).exit_code == 0
+        again = runner.invoke(main, command)
+        assert again.exit_code == 2 and "pass --force" in again.output
+        assert runner.invoke(main, [*command, "--force"]).exit_code == 0
