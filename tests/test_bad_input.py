@@ -333,3 +333,30 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(line, message, bad_file
 
 def test_the_table_is_large_enough():
     assert len(CASES) >= 150
+
+
+def test_a_corrupt_model_in_the_store_is_one_line(bad_files, tmp_path, monkeypatch):
+    """The store holds the default model, but its weights are truncated (a disk fault, a killed copy
+    by hand): commands that load it say so in one line and write nothing."""
+    from click.testing import CliRunner
+
+    from editor.cli import main
+    from editor.model import store
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("EDITOR_HOME", str(home))
+    cached = home / "models" / store.DEFAULT_MODEL
+    cached.mkdir(parents=True)
+    model = Path(bad_files["model"])
+    (cached / "config.json").write_text((model / "config.json").read_text())
+    (cached / "model.safetensors").write_bytes((model / "model.safetensors").read_bytes()[:100])
+    (cached / store.PROVENANCE_FILE).write_text("{}")
+    before = _tree(work, home)
+    for args in (["models", "info", store.DEFAULT_MODEL], ["attribute", "heads", "--n", "4"],
+                 ["evaluate", "--tasks", "guard"]):
+        got = CliRunner().invoke(main, args)
+        lines = got.stderr.strip("\n").split("\n")
+        assert got.exit_code == 2 and len(lines) == 1 and "could not load" in lines[0], got.stderr[-800:]
+    assert _tree(work, home) == before
