@@ -79,3 +79,56 @@ def test_padding_does_not_change_the_effects(family, tokenizer):
     for a, b in ((alone.neurons, padded.neurons), (alone.heads, padded.heads), (alone.layers, padded.layers),
                  (alone.metric, padded.metric)):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-3)
+
+
+CONTRAST = [Example("12+4=", "15"), Example("The sum of 4 and 6 is", " 9"), Example("a c", " c d"),
+            Example("7*9=", "56")]
+
+
+def test_patching_effects_match_finite_differences(family, tokenizer):
+    """Patching a head or neuron from the contrast prompt: the estimate equals the derivative of the
+    exact metric along a -> a + t (a_contrast - a) at t = 0."""
+    model = tiny.tiny_model(family).double()
+    arch = Arch(model)
+    effects = gradient_effects(model, tokenizer, EXAMPLES, batch_size=1, progress=False, contrast=CONTRAST)
+    for kind, layer, index in (("head", 0, arch.n_heads - 1), ("neuron", arch.n_layers - 1, 3)):
+        proj = arch.attn_out(layer) if kind == "head" else arch.mlp_out(layer)
+        width = arch.head_dim if kind == "head" else 1
+        cols = slice(index * width, (index + 1) * width)
+        values = []
+        for t in (1e-2, -1e-2):
+            per_example = []
+            for ex, other in zip(fit_to_tokenizer(tokenizer, EXAMPLES), fit_to_tokenizer(tokenizer, CONTRAST)):
+                ans = answer_ids(tokenizer, ex.prompt, ex.answer)
+                ids = torch.tensor([tokenizer(ex.prompt)["input_ids"] + ans])
+                ids_b = torch.tensor([tokenizer(other.prompt)["input_ids"] + ans])
+                seen = {}
+                grab = proj.register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0].clone()))
+                with torch.no_grad():
+                    model(input_ids=ids_b)
+                grab.remove()
+
+                def patch(m, a, t=t, seen=seen):
+                    x = a[0].clone()
+                    x[..., cols] = x[..., cols] + t * (seen["x"][..., cols] - x[..., cols])
+                    return (x,) + tuple(a[1:])
+                h = proj.register_forward_pre_hook(patch)
+                with torch.no_grad():
+                    logp = model(input_ids=ids).logits[0, -len(ans) - 1:-1].double().log_softmax(-1)
+                h.remove()
+                per_example.append(logp.gather(-1, torch.tensor(ans)[:, None]).sum())
+            values.append(torch.stack(per_example))
+        fd = (values[0] - values[1]) / 2e-2
+        got = (effects.heads if kind == "head" else effects.neurons)[:, layer, index].double()
+        assert torch.allclose(got, fd, rtol=1e-3, atol=1e-5), (kind, got, fd)
+    assert effects.heads.abs().sum() > 0
+
+
+def test_patching_needs_pairs_of_the_same_length(tokenizer):
+    import pytest
+
+    from editor.errors import UserError
+
+    with pytest.raises(UserError, match="same length"):
+        gradient_effects(tiny.tiny_model("llama"), tokenizer, EXAMPLES[:1], contrast=[Example("123+3=", "15")],
+                         progress=False)

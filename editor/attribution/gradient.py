@@ -108,10 +108,16 @@ class _Recorder:
 
 
 def gradient_effects(model: nn.Module, tokenizer, examples: list[Example], batch_size: int = 16,
-                     progress: bool = True) -> GradientEffects:
-    """First-order effect of zeroing every neuron, head and layer on each prompt's gold log-probability."""
+                     progress: bool = True, contrast: list[Example] | None = None) -> GradientEffects:
+    """First-order effect of zeroing every neuron, head and layer on each prompt's gold log-probability.
+
+    With ``contrast`` (one prompt per example, the same length in tokens: "The woman ..." for "The
+    man ..."), the effect of PATCHING each component's activation from the contrast prompt instead:
+    ``(a_contrast - a) . g`` (attribution patching; zeroing is the special case ``a_contrast = 0``).
+    Both runs are teacher-forced on the example's own answer, so positions line up."""
     arch = Arch(model)
     rows, answers = _teacher_forced(tokenizer, examples)
+    other = _contrast_rows(tokenizer, examples, contrast, rows) if contrast is not None else None
     device, pad = model_device(model), pad_token_id(tokenizer)
     out_n, out_h, out_l, out_m = [], [], [], []
     bar = progress_bar(len(rows), "gradient attribution", "prompt", progress)
@@ -120,6 +126,11 @@ def gradient_effects(model: nn.Module, tokenizer, examples: list[Example], batch
             chunk_rows, chunk_ans = rows[start:start + batch_size], answers[start:start + batch_size]
             inputs = with_position_ids(model, pad_rows(chunk_rows, pad, "left", device))
             keep = max(map(len, chunk_ans))
+            base = None
+            if other is not None:  # the contrast run's activations, same padding, no gradients
+                with _Recorder(arch) as base, torch.no_grad():
+                    model(**with_position_ids(model, pad_rows(other[start:start + batch_size], pad, "left", device)),
+                          use_cache=False, logits_to_keep=1)
             with _Recorder(arch) as rec, torch.enable_grad():
                 logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits[:, -keep:].float()
                 logp = logits.log_softmax(-1)
@@ -131,10 +142,12 @@ def gradient_effects(model: nn.Module, tokenizer, examples: list[Example], batch
                 grads = torch.autograd.grad(metric.sum(), acts, allow_unused=True)
             n = arch.n_layers
             g_coef, g_z, g_out = grads[:n], grads[n:2 * n], grads[2 * n:]
-            neurons = torch.stack([_effect(rec.coef[l], g_coef[l]) for l in range(n)], 1)
-            heads = torch.stack([_effect(rec.z[l], g_z[l]).view(len(chunk_rows), arch.n_heads, arch.head_dim).sum(-1)
-                                 for l in range(n)], 1)
-            layers = torch.stack([_effect(rec.block_out[l] - rec.block_in[l], g_out[l]).sum(-1) for l in range(n)], 1)
+            delta = lambda r, l: r.block_out[l] - r.block_in[l]  # noqa: E731  what block l adds
+            neurons = torch.stack([_effect(rec.coef[l], g_coef[l], base and base.coef[l]) for l in range(n)], 1)
+            heads = torch.stack([_effect(rec.z[l], g_z[l], base and base.z[l])
+                                 .view(len(chunk_rows), arch.n_heads, arch.head_dim).sum(-1) for l in range(n)], 1)
+            layers = torch.stack([_effect(delta(rec, l), g_out[l], base and delta(base, l)).sum(-1)
+                                  for l in range(n)], 1)
             out_n.append(neurons.cpu())
             out_h.append(heads.cpu())
             out_l.append(layers.cpu())
@@ -144,11 +157,27 @@ def gradient_effects(model: nn.Module, tokenizer, examples: list[Example], batch
     return GradientEffects(torch.cat(out_n), torch.cat(out_h), torch.cat(out_l), torch.cat(out_m))
 
 
-def _effect(act: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
-    """``-a . g`` summed over positions: ``[batch, features]``."""
+def _contrast_rows(tokenizer, examples: list[Example], contrast: list[Example], rows: list[list[int]]) -> list[list[int]]:
+    """Each contrast prompt followed by its example's answer: the same length as the example's row."""
+    if len(contrast) != len(examples):
+        raise UserError(f"{len(contrast)} contrast prompts for {len(examples)} prompts; pair them one to one")
+    out = []
+    for ex, other, row in zip(fit_to_tokenizer(tokenizer, examples), fit_to_tokenizer(tokenizer, contrast), rows):
+        ids = tokenizer(other.prompt)["input_ids"]
+        ids = ids + row[len(tokenizer(ex.prompt)["input_ids"]):]
+        if len(ids) != len(row):
+            raise UserError(f"contrast prompt {other.prompt!r} is {len(ids) - len(row):+d} tokens longer than "
+                            f"{ex.prompt!r}; patching needs pairs of the same length")
+        out.append(ids)
+    return out
+
+
+def _effect(act: torch.Tensor, grad: torch.Tensor | None, patch: torch.Tensor | None = None) -> torch.Tensor:
+    """``(patch - a) . g`` summed over positions, ``[batch, features]``; zeroing when ``patch`` is None."""
     if grad is None:
         return torch.zeros(act.shape[0], act.shape[-1])
-    return -(act.detach().float() * grad.float()).sum(1)
+    change = -act.detach().float() if patch is None else patch.detach().float() - act.detach().float()
+    return (change * grad.float()).sum(1)
 
 
 def weighted_effects(model: nn.Module, tokenizer, examples: list[Example], weights: list[float],

@@ -155,10 +155,15 @@ def _zero_one_head_per_copy(arch: Arch, layer: int, heads: list[int], batch: int
 
 @torch.no_grad()
 def head_ablation_scan(model, tokenizer, examples: list[Example], batch_size: int = 16, heads_per_pass: int | None = None,
-                       progress: bool = True) -> ComponentScores:
-    """Exact zero-ablation scan of every head; same numbers as the naive scan, less work."""
+                       progress: bool = True, heads: list[tuple[int, int]] | None = None) -> ComponentScores:
+    """Exact zero-ablation scan of every head; same numbers as the naive scan, less work.
+
+    ``heads``: scan only these (the exact confirmation of gradient candidates); the others are NaN,
+    so such a result is for the caller to merge, not to save."""
     arch = Arch(model)
     heads_per_pass = heads_per_pass or arch.n_heads
+    wanted = {l: sorted(h for ll, h in heads if ll == l) for l, _ in heads} if heads is not None else \
+        {l: list(range(arch.n_heads)) for l in range(arch.n_layers)}
     keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
     base_lp, base_ok, abl_lp, abl_ok = [], [], [], []
     for batch in prompt_batches(tokenizer, examples, batch_size, model_device(model), "ablation scan", progress):
@@ -180,21 +185,21 @@ def head_ablation_scan(model, tokenizer, examples: list[Example], batch_size: in
                 h.remove()
         gold = batch.targets(clean, "auto")
         lp, ok = _last_logprobs(clean, gold)
-        b_lp = torch.empty(n, arch.n_layers, arch.n_heads)
-        b_ok = torch.empty_like(b_lp)
-        bar = progress_bar(arch.n_layers, "layers", "layer", enabled=progress)
-        for layer in range(arch.n_layers):
-            for first in range(0, arch.n_heads, heads_per_pass):
-                heads = list(range(first, min(first + heads_per_pass, arch.n_heads)))
-                r = len(heads)
+        b_lp = torch.full((n, arch.n_layers, arch.n_heads), float("nan"))
+        b_ok = torch.full_like(b_lp, float("nan"))
+        bar = progress_bar(len(wanted), "layers", "layer", enabled=progress)
+        for layer in sorted(wanted):
+            for first in range(0, len(wanted[layer]), heads_per_pass):
+                group = wanted[layer][first:first + heads_per_pass]
+                r = len(group)
                 rep = {k: v.repeat(r, *([1] * (v.dim() - 1))) for k, v in inputs.items()}
                 hidden = cached[layer].repeat(r, 1, 1)
-                with _resume_at(arch, layer, hidden, is_tuple[0]), _zero_one_head_per_copy(arch, layer, heads, n):
+                with _resume_at(arch, layer, hidden, is_tuple[0]), _zero_one_head_per_copy(arch, layer, group, n):
                     extra = {"logits_to_keep": 1} if keep_last else {}
                     logits = model(**rep, use_cache=False, **extra).logits[:, -1]
                 a_lp, a_ok = _last_logprobs(logits, gold.repeat(r))
-                b_lp[:, layer, first:first + r] = a_lp.view(r, n).T.cpu()
-                b_ok[:, layer, first:first + r] = a_ok.view(r, n).T.cpu()
+                b_lp[:, layer, group] = a_lp.view(r, n).T.cpu()
+                b_ok[:, layer, group] = a_ok.view(r, n).T.cpu()
             bar.update(1)
         bar.close()
         base_lp.append(lp.cpu()), base_ok.append(ok.cpu()), abl_lp.append(b_lp), abl_ok.append(b_ok)

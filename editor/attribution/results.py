@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from editor.io import atomic_file, write_text_atomic
+from editor.io import write_text_atomic
+from editor.plots import heatmap
 
 
 @dataclass
@@ -38,7 +39,7 @@ class ComponentScores:
     def ranked(self, top: int | None = None, by: str | None = None, absolute: bool = False) -> list[dict]:
         """Records ``{"component", "layer", "index", "rank", <columns>}`` best first."""
         key = self.columns[by or self.primary].flatten()
-        order = torch.argsort(key.abs() if absolute else key, descending=True, stable=True)
+        order = self._tiered(torch.argsort(key.abs() if absolute else key, descending=True, stable=True), by)
         if top is not None:
             order = order[:top]
         flat = {name: col.flatten() for name, col in self.columns.items()}
@@ -50,14 +51,24 @@ class ComponentScores:
             out.append(rec)
         return out
 
+    def _tiered(self, order: torch.Tensor, by: str | None = None) -> torch.Tensor:
+        """Rows measured exactly (an ``exact`` column of 1s) rank before estimated ones when ranking
+        by the primary column; the order within each tier is kept."""
+        if "exact" not in self.columns or by not in (None, self.primary):
+            return order
+        exact = self.columns["exact"].flatten()[order]
+        return order[torch.argsort(exact, descending=True, stable=True)]
+
     def ranked_names(self, layers: list[int] | None = None) -> list[str]:
         """Component names best first by the primary column, over ``layers`` only when given
         (unscored layers hold zeros and must not compete)."""
         column = self.columns[self.primary] if layers is None else self.columns[self.primary][layers]
         rows = list(range(column.shape[0])) if layers is None else layers
         width = column.shape[1]
-        order = column.flatten().argsort(descending=True, stable=True).tolist()
-        return [f"{rows[i // width]}.{i % width}" for i in order]
+        order = column.flatten().argsort(descending=True, stable=True)
+        if layers is None:
+            order = self._tiered(order)
+        return [f"{rows[i // width]}.{i % width}" for i in order.tolist()]
 
     def top_components(self, k: int, by: str | None = None) -> list[str]:
         return [r[self.kind] for r in self.ranked(k, by)]
@@ -99,32 +110,7 @@ class ComponentScores:
         """A readable ranked table for the terminal."""
         from editor.tables import format_table
 
-        rows = [{"rank": rank, self.kind: r[self.kind], **{c: f"{r[c]:.4g}" for c in self.columns}}
+        cell = lambda c, v: ("yes" if v else "estimate") if c == "exact" else f"{v:.4g}"  # noqa: E731
+        rows = [{"rank": rank, self.kind: r[self.kind], **{c: cell(c, r[c]) for c in self.columns}}
                 for rank, r in enumerate(self.ranked(top), 1)]
         return format_table(rows, ["rank", self.kind, *self.columns], right=True)
-
-
-def heatmap(matrix: torch.Tensor, path: str | Path, title: str = "") -> Path:
-    """A layers x heads heatmap PNG (diverging colours centred on 0)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    m = matrix.detach().float().cpu().numpy()
-    layers, heads = m.shape
-    fig, ax = plt.subplots(figsize=(max(4, heads * 0.45 + 2), max(3, layers * 0.22 + 1.5)))
-    bound = float(abs(m).max()) or 1.0
-    im = ax.imshow(m, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto", interpolation="nearest")
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    ax.set_xticks(range(heads))
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path

@@ -38,7 +38,7 @@ class CoefficientShift:
                 f"## Top neurons\n\n{markdown_table(self.rows[:20], list(self.rows[0]))}\n")
 
     def plot(self) -> bytes:
-        from editor.recipes.report import bar_plot
+        from editor.plots import bar_plot
 
         groups = {}
         for a in self.averages:

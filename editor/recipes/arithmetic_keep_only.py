@@ -21,7 +21,8 @@ from editor.evaluation.results import Evaluation
 from editor.io import write_text_atomic
 from editor.recipes.common import (Common, all_heads, checkpoint_step, evaluation_step, layer_range, neurons_in,
                                    random_components, scores_step)
-from editor.recipes.report import Report, bar_plot
+from editor.plots import bar_plot
+from editor.recipes.report import Report
 from editor.recipes.run import Run
 from editor.tasks import arithmetic
 from editor.tasks.examples import Example
@@ -173,7 +174,7 @@ def _summary(base, pruned, randoms, n_keep, n_zero_heads, n_range) -> dict:
 
 
 def _report(run, cfg, heads, neurons, comparison, randoms, summary, checkpoint, layers, width) -> dict:
-    from editor.attribution.results import heatmap
+    from editor.plots import heatmap
     from editor.attribution.vocab import neuron_tokens
 
     rep = Report(f"arithmetic-keep-only: {cfg.model}")

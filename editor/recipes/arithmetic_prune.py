@@ -27,7 +27,8 @@ from editor.model.capture import encode
 from editor.prune.scores import LAYER_ONLY, UNITS
 from editor.prune.search import SearchSettings, measure, run_search
 from editor.recipes.common import MODEL_SETTINGS, Common
-from editor.recipes.report import Report, line_plot
+from editor.plots import line_plot
+from editor.recipes.report import Report
 from editor.recipes.run import Run
 from editor.tasks import arithmetic
 from editor.tasks.examples import Example

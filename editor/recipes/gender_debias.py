@@ -34,7 +34,8 @@ from editor.errors import UserError
 from editor.evaluation.harness import ArithmeticConfig, GenderConfig, GuardConfig, PronounConfig, parse_indices
 from editor.io import write_text_atomic
 from editor.recipes.common import MODEL_SETTINGS, Common, checkpoint_step, evaluation_step, layer_range
-from editor.recipes.report import Report, scatter_plot
+from editor.plots import scatter_plot
+from editor.recipes.report import Report
 from editor.recipes.run import Run
 from editor.tasks import gender, icl
 from editor.tasks.examples import Example

@@ -20,7 +20,8 @@ from editor.errors import UserError
 from editor.evaluation.harness import GuardConfig, IclConfig, compare
 from editor.io import write_text_atomic
 from editor.recipes.common import Common, all_heads, evaluation_step, random_components, scores_step
-from editor.recipes.report import Report, bar_plot
+from editor.plots import bar_plot
+from editor.recipes.report import Report
 from editor.recipes.run import Run
 from editor.tasks import icl
 
@@ -150,7 +151,7 @@ def _biases(ev) -> dict:
 
 
 def _report(run, cfg, static, ablation, ranked, cuts, comparisons, summary) -> dict:
-    from editor.attribution.results import heatmap
+    from editor.plots import heatmap
 
     rep = Report(f"icl-heads: {cfg.model}")
     rep.paragraph(f"Heads scored on {cfg.data.n_score} foo/bar prompts ({cfg.data.k} demonstrations per label) from one "

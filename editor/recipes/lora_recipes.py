@@ -17,7 +17,8 @@ from editor.evaluation.results import Measure
 from editor.lora.compare import average_shifts, coefficient_shift, token_accuracy
 from editor.lora.train import LoraSettings, save_adapter, split_arithmetic, trained_adapter
 from editor.recipes.common import Common, layer_range, neurons_in, random_components
-from editor.recipes.report import Report, bar_plot, line_plot
+from editor.plots import bar_plot, line_plot
+from editor.recipes.report import Report
 from editor.recipes.run import Run
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from pathlib import Path
 
 from editor.evaluation.results import Comparison
@@ -34,24 +33,6 @@ window.addEventListener('load', function () {
   document.body.setAttribute('data-tables-shown', shown);
 });
 """
-
-
-def _pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (no display on servers and CI)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def figure_png(fig) -> bytes:
-    plt = _pyplot()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 class Report:
@@ -93,81 +74,3 @@ class Report:
 
     def write(self, path: str | Path) -> Path:
         return write_text_atomic(path, self.render())
-
-
-def line_plot(series: dict[str, tuple[list[float], list[float]]], xlabel: str, ylabel: str, title: str,
-              bands: dict[str, tuple[list[float], list[float]]] | None = None, hlines: dict[str, float] | None = None,
-              logx: bool = False) -> bytes:
-    """Lines (x, y) with optional shaded intervals and horizontal reference lines, as PNG bytes."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    for label, (xs, ys) in series.items():
-        ax.plot(xs, ys, marker="o", label=label)
-        if bands and label in bands:
-            ax.fill_between(xs, bands[label][0], bands[label][1], alpha=0.2)
-    for label, y in (hlines or {}).items():
-        ax.axhline(y, linestyle="--", color="grey", linewidth=1)
-        ax.annotate(label, (0.01, y), xycoords=("axes fraction", "data"), fontsize=8, color="grey",
-                    va="bottom")
-    if logx:
-        ax.set_xscale("log")
-    return _finish(fig, ax, xlabel, ylabel, title, legend_size=8)
-
-
-def _finish(fig, ax, xlabel: str, ylabel: str, title: str, legend_size: int) -> bytes:
-    """Labels, title, legend and grid every x-y figure shares; the PNG bytes."""
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=legend_size)
-    ax.grid(alpha=0.3)
-    return figure_png(fig)
-
-
-def bar_plot(groups: dict[str, list[float]], ylabel: str, title: str) -> bytes:
-    """One bar per group at its mean, with every individual value (e.g. random seeds) as a dot."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    names = list(groups)
-    means = [sum(v) / len(v) for v in groups.values()]
-    ax.bar(range(len(names)), means, color="#8fb3d9")
-    for i, values in enumerate(groups.values()):
-        ax.scatter([i] * len(values), values, color="#1f4e79", zorder=3, s=14)
-    ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    return figure_png(fig)
-
-
-def scatter_plot(groups: dict[str, tuple[list[float], list[float]]], xlabel: str, ylabel: str, title: str,
-                 vline: tuple[str, float] | None = None, hline: tuple[str, float] | None = None,
-                 symlog_x: float | None = None) -> bytes:
-    """One marker per setting, one colour per group: a trade-off of two measures (no lines, since the
-    settings of a group are not a sequence). ``symlog_x``: linear within +-that value, logarithmic
-    beyond (small changes readable beside huge ones)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for label, (xs, ys) in groups.items():
-        ax.scatter(xs, ys, label=label, s=18, alpha=0.8)
-    for line, draw in ((vline, ax.axvline), (hline, ax.axhline)):
-        if line:
-            draw(line[1], linestyle="--", color="grey", linewidth=1, label=line[0])
-    if symlog_x:
-        ax.set_xscale("symlog", linthresh=symlog_x)
-    return _finish(fig, ax, xlabel, ylabel, title, legend_size=7)
-
-
-def layer_counts_plot(components: list[str], n_layers: int, title: str) -> bytes:
-    """How many of ``components`` (``L.I`` names) sit in each layer, as a bar chart."""
-    plt = _pyplot()
-    counts = [0] * n_layers
-    for name in components:
-        counts[int(name.split(".")[0])] += 1
-    fig, ax = plt.subplots(figsize=(6.4, 3.2))
-    ax.bar(range(n_layers), counts, color="#8fb3d9")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("neurons")
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    return figure_png(fig)

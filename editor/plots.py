@@ -1,0 +1,123 @@
+"""Figures as PNG, drawn with matplotlib on its file-only Agg backend (no display on servers and CI).
+
+A leaf module: attribution, evaluation, LoRA and the recipes all draw through it, so none of them
+imports another layer for a picture."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+
+from editor.io import atomic_file
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display on servers and CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figure_png(fig) -> bytes:
+    plt = _pyplot()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def line_plot(series: dict[str, tuple[list[float], list[float]]], xlabel: str, ylabel: str, title: str,
+              bands: dict[str, tuple[list[float], list[float]]] | None = None, hlines: dict[str, float] | None = None,
+              logx: bool = False) -> bytes:
+    """Lines (x, y) with optional shaded intervals and horizontal reference lines, as PNG bytes."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o", label=label)
+        if bands and label in bands:
+            ax.fill_between(xs, bands[label][0], bands[label][1], alpha=0.2)
+    for label, y in (hlines or {}).items():
+        ax.axhline(y, linestyle="--", color="grey", linewidth=1)
+        ax.annotate(label, (0.01, y), xycoords=("axes fraction", "data"), fontsize=8, color="grey",
+                    va="bottom")
+    if logx:
+        ax.set_xscale("log")
+    return _finish(fig, ax, xlabel, ylabel, title, legend_size=8)
+
+
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, legend_size: int) -> bytes:
+    """Labels, title, legend and grid every x-y figure shares; the PNG bytes."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=legend_size)
+    ax.grid(alpha=0.3)
+    return figure_png(fig)
+
+
+def bar_plot(groups: dict[str, list[float]], ylabel: str, title: str) -> bytes:
+    """One bar per group at its mean, with every individual value (e.g. random seeds) as a dot."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    names = list(groups)
+    means = [sum(v) / len(v) for v in groups.values()]
+    ax.bar(range(len(names)), means, color="#8fb3d9")
+    for i, values in enumerate(groups.values()):
+        ax.scatter([i] * len(values), values, color="#1f4e79", zorder=3, s=14)
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    return figure_png(fig)
+
+
+def scatter_plot(groups: dict[str, tuple[list[float], list[float]]], xlabel: str, ylabel: str, title: str,
+                 vline: tuple[str, float] | None = None, hline: tuple[str, float] | None = None,
+                 symlog_x: float | None = None) -> bytes:
+    """One marker per setting, one colour per group: a trade-off of two measures (no lines, since the
+    settings of a group are not a sequence). ``symlog_x``: linear within +-that value, logarithmic
+    beyond (small changes readable beside huge ones)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for label, (xs, ys) in groups.items():
+        ax.scatter(xs, ys, label=label, s=18, alpha=0.8)
+    for line, draw in ((vline, ax.axvline), (hline, ax.axhline)):
+        if line:
+            draw(line[1], linestyle="--", color="grey", linewidth=1, label=line[0])
+    if symlog_x:
+        ax.set_xscale("symlog", linthresh=symlog_x)
+    return _finish(fig, ax, xlabel, ylabel, title, legend_size=7)
+
+
+def heatmap(matrix: torch.Tensor, path: str | Path, title: str = "") -> Path:
+    """A layers x heads heatmap PNG (diverging colours centred on 0)."""
+    plt = _pyplot()
+    m = matrix.detach().float().cpu().numpy()
+    layers, heads = m.shape
+    fig, ax = plt.subplots(figsize=(max(4, heads * 0.45 + 2), max(3, layers * 0.22 + 1.5)))
+    bound = float(abs(m).max()) or 1.0
+    im = ax.imshow(m, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto", interpolation="nearest")
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_xticks(range(heads))
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_png(png: bytes, path: str | Path) -> Path:
+    """Write PNG bytes whole or not at all."""
+    with atomic_file(path, suffix=".png") as tmp:
+        tmp.write_bytes(png)
+    return Path(path)
