@@ -326,7 +326,7 @@ def _layers(text: str | None) -> list[int] | None:
 
 _DATA_OPTIONS = [
     click.option("--data", "-d", default="arithmetic", show_default=True,
-                 help="Built-in task (arithmetic, arithmetic:2 for 2-digit operands) or a local .jsonl/.csv "
+                 help="Built-in task (arithmetic, arithmetic:2 for 2-digit operands, icl) or a local .jsonl/.csv "
                       "file with a 'prompt' field and an optional 'answer' field."),
     click.option("--n", "n_prompts", type=click.IntRange(1, MAX_PROMPTS), default=64, show_default=True,
                  help="Number of prompts (built-in tasks generate this many; files are truncated)."),
@@ -423,33 +423,130 @@ def _report(scores, outputs: _Outputs, stem: str, top: int, loaded=None, tokens:
 
 @main.group(cls=LmeditGroup)
 def attribute():
-    """Score heads and neurons for a behaviour (log-probability increase, ablation, CNA)."""
+    """Find the heads and neurons behind a behaviour (gradient + exact ablation, circuits, CNA)."""
+
+
+_SPECIFICITY = [
+    click.option("--control", metavar="DATA",
+                 help="Unrelated task for the specificity column [default: icl for arithmetic, else arithmetic]."),
+    click.option("--specificity/--no-specificity", default=True, show_default=True,
+                 help="Also measure each row's drop on --control and on the guard text (gradient/ablation/auto)."),
+]
+
+
+def specificity_options(func):
+    for option in reversed(_SPECIFICITY):
+        func = option(func)
+    return func
+
+
+def _control(data: str, control: str | None, n: int, seed: int):
+    """The control task's prompts: an unrelated task, so "arithmetic head" means more than "any head"."""
+    name = control or ("icl" if data.startswith("arithmetic") else "arithmetic")
+    if name == data:
+        raise UserError(f"--control {name} is the task itself; choose an unrelated task")
+    return name, _examples(name, n, seed + 1)
 
 
 @attribute.command("heads")
 @model_options
 @data_options
-@click.option("--method", type=click.Choice(["static", "ablation", "both"]), default="static", show_default=True,
-              help="static: log-probability increase (direct effect, fast); ablation: zero each head (exact).")
-def attribute_heads(load, data, n_prompts, seed, target, top, batch_size, out, force, method):
+@click.option("--method", type=click.Choice(["auto", "gradient", "static", "ablation", "both"]), default="auto",
+              show_default=True,
+              help="auto: gradient for every head, exact ablation of the best 3x --top (exact rows marked); "
+                   "gradient: first-order estimate only; static: direct effect (paper); ablation: zero each head "
+                   "(exact, slow); both: static and ablation.")
+@specificity_options
+def attribute_heads(load, data, n_prompts, seed, target, top, batch_size, out, force, method, control, specificity):
     """Score every attention head; write JSON, CSV and a layers x heads heatmap PNG."""
+    import torch
+
+    from editor.attribution.confirm import add_specificity, auto_head_scores, gradient_scores, guard_windows
     from editor.attribution.heads import head_ablation_scan, head_logprob_increase
 
     examples = _examples(data, n_prompts, seed)
-    out = _out_dir(out)
     methods = ["static", "ablation"] if method == "both" else [method]
+    control_name, control_examples = _control(data, control, n_prompts, seed) if specificity else (None, None)
+    out = _out_dir(out)
     outputs = _Outputs(out, [f"heads_{m}" for m in methods], force)
     loaded = load()
     with outputs:
-        if "static" in methods:
-            scores = head_logprob_increase(loaded.model, loaded.tokenizer, examples, target=target, batch_size=batch_size)
+        for m in methods:
+            if m == "static":
+                scores = head_logprob_increase(loaded.model, loaded.tokenizer, examples, target=target,
+                                               batch_size=batch_size)
+            elif m == "ablation":
+                scores = head_ablation_scan(loaded.model, loaded.tokenizer, examples, batch_size=batch_size)
+                scores.columns["exact"] = torch.ones(scores.shape)
+                click.echo(f"accuracy without ablation: {scores.meta['base_acc']:.3f}")
+            elif m == "gradient":
+                scores = gradient_scores(loaded.model, loaded.tokenizer, examples, "head", batch_size)
+            else:
+                scores = auto_head_scores(loaded.model, loaded.tokenizer, examples, top=top, batch_size=batch_size)
+                click.echo(f"accuracy without ablation: {scores.meta['base_acc']:.3f}; exact ablation of the "
+                           f"{scores.meta['confirmed']} best gradient candidates (rows marked exact)")
+            if specificity and m != "static":
+                add_specificity(scores, loaded.model, loaded.tokenizer, control_examples,
+                                guard_windows(loaded.tokenizer, n_prompts, seed=seed), batch_size)
+                scores.meta["control"] = control_name
             scores.meta.update({"model": loaded.name, "data": data})
-            _report(scores, outputs, "heads_static", top, loaded, tokens=True)
-        if "ablation" in methods:
-            scores = head_ablation_scan(loaded.model, loaded.tokenizer, examples, batch_size=batch_size)
-            scores.meta.update({"model": loaded.name, "data": data})
-            click.echo(f"accuracy without ablation: {scores.meta['base_acc']:.3f}")
-            _report(scores, outputs, "heads_ablation", top)
+            _report(scores, outputs, f"heads_{m}", top, loaded, tokens=(m == "static"))
+
+
+@attribute.command("circuit")
+@model_options
+@data_options
+@click.option("--heldout", type=click.IntRange(1, MAX_PROMPTS), default=None,
+              help="Held-out prompts that judge the set (never searched on) [default: as many as --n].")
+@click.option("--target-drop", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5,
+              show_default=True, help="Cut accuracy by this fraction of the base's (0.5: to half).")
+@click.option("--beam", type=click.IntRange(1, 64), default=1, show_default=True, help="1: greedy; more: beam search.")
+@click.option("--candidates", type=click.IntRange(1, 4096), default=8, show_default=True,
+              help="Heads ablated exactly per step (the best by gradient re-scoring).")
+@click.option("--max-size", type=click.IntRange(1, 4096), default=40, show_default=True)
+@click.option("--random-seeds", type=click.IntRange(0, 100), default=3, show_default=True,
+              help="Random sets of each size, the baseline curve.")
+@click.option("--control", metavar="DATA",
+              help="Unrelated task for specificity [default: icl for arithmetic, else arithmetic].")
+def attribute_circuit(load, data, n_prompts, seed, target, top, batch_size, out, force, heldout, target_drop, beam,
+                      candidates, max_size, random_seeds, control):
+    """Smallest set of heads whose joint removal cuts held-out accuracy by --target-drop."""
+    from editor.attribution.circuit import circuit_search, set_specificity
+    from editor.attribution.confirm import guard_windows
+
+    if not 0 < target_drop < 1:  # NaN passes click's range check
+        raise UserError(f"--target-drop must be between 0 and 1 (0.5: accuracy to half), got {target_drop}")
+    search, held = _split(data, n_prompts, heldout or n_prompts, seed)
+    control_name, control_examples = _control(data, control, n_prompts, seed)
+    out = _out_dir(out)
+    outputs = _Outputs(out, ["circuit"], force)
+    loaded = load()
+    with outputs:
+        found = circuit_search(loaded.model, loaded.tokenizer, search, held, target_drop, beam, candidates, max_size,
+                               random_seeds, seed, batch_size, log=_info)
+        heads = [tuple(map(int, h.split("."))) for h in found.heads]
+        found.specificity = set_specificity(loaded.model, loaded.tokenizer, heads, held, control_examples,
+                                            guard_windows(loaded.tokenizer, n_prompts, seed=seed), batch_size)
+        found.meta.update({"model": loaded.name, "data": data, "control": control_name})
+        click.echo(found.table())
+        sp = found.specificity
+        click.echo(f"set of {len(heads)}: held-out accuracy {found.base['heldout_acc']:.3f} -> "
+                   f"{sp['task']['acc_after']:.3f} ({'target reached' if found.reached else 'target NOT reached'}); "
+                   f"log-prob drop: task {sp['task']['logp_drop']:.3f}, {control_name} {sp['control']['logp_drop']:.3f}, "
+                   f"guard {sp['guard']['logp_drop']:.3f} nats (specificity {sp['specificity']:.3f})")
+        paths = found.save(outputs.claim())
+    click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _split(data: str, n: int, heldout: int, seed: int):
+    """Search and held-out prompts from one source, no prompt in both."""
+    examples = _examples(data, n + heldout, seed)
+    search = examples[:n]
+    seen = {e.prompt for e in search}
+    held = [e for e in examples[n:] if e.prompt not in seen]
+    if not held:
+        raise UserError(f"{data} has no prompts left for held-out after {n} search prompts; lower --n")
+    return search, held
 
 
 @attribute.command("neurons")
@@ -459,21 +556,41 @@ def attribute_heads(load, data, n_prompts, seed, target, top, batch_size, out, f
               help="mlp: FFN neurons; attn: attention value neurons (head dimensions, index = head*head_dim + j).")
 @click.option("--layers", help="Layers to score, e.g. 20-29 or 3,5,7 [default: all].")
 @click.option("--query/--no-query", default=False, help="Also score query neurons (lower FFN neurons) for the top 10 value neurons.")
-def attribute_neurons(load, data, n_prompts, seed, target, top, batch_size, out, force, kind, layers, query):
-    """Score every neuron by log-probability increase; write JSON and CSV."""
+@click.option("--method", type=click.Choice(["logprob", "gradient"]), default="logprob", show_default=True,
+              help="logprob: log-probability increase (direct effect, paper); gradient: first-order effect of "
+                   "zeroing each FFN neuron on the answer, through every later layer (--kind mlp).")
+def attribute_neurons(load, data, n_prompts, seed, target, top, batch_size, out, force, kind, layers, query, method):
+    """Score every neuron; write JSON and CSV."""
+    import torch
+
+    from editor.attribution.confirm import gradient_scores
     from editor.attribution.neurons import KINDS, neuron_logprob_increase
     from editor.attribution.query import query_neurons
 
+    if method == "gradient" and kind != "mlp":
+        raise UserError("--method gradient scores FFN neurons (--kind mlp); attention value neurons use logprob")
     examples = _examples(data, n_prompts, seed)
     layer_list = _layers(layers)
     out = _out_dir(out)
-    outputs = _Outputs(out, [f"{KINDS[kind]}s_logprob"] + (["neurons_query"] if query else []), force)
+    stem = f"{KINDS[kind]}s_{method}"
+    outputs = _Outputs(out, [stem] + (["neurons_query"] if query else []), force)
     loaded = load()
     with outputs:
-        scores = neuron_logprob_increase(loaded.model, loaded.tokenizer, examples, kind=kind, target=target,
-                                         batch_size=batch_size, layers=layer_list)
+        if method == "gradient":
+            scores = gradient_scores(loaded.model, loaded.tokenizer, examples, "neuron", batch_size)
+            if layer_list is not None:  # unscored layers hold zeros, as with logprob
+                keep = sorted(set(layer_list))
+                if keep[-1] >= scores.shape[0]:
+                    raise UserError(f"--layers: layer {keep[-1]} is out of range (the model has {scores.shape[0]} layers)")
+                for name, column in scores.columns.items():
+                    masked = torch.zeros_like(column)
+                    masked[keep] = column[keep]
+                    scores.columns[name] = masked
+        else:
+            scores = neuron_logprob_increase(loaded.model, loaded.tokenizer, examples, kind=kind, target=target,
+                                             batch_size=batch_size, layers=layer_list)
         scores.meta.update({"model": loaded.name, "data": data})
-        _report(scores, outputs, f"{scores.kind}s_logprob", top, loaded, tokens=True)
+        _report(scores, outputs, stem, top, loaded, tokens=True)
         if query:
             q = query_neurons(loaded.model, loaded.tokenizer, examples, scores, batch_size=batch_size)
             click.echo("\nquery neurons:")

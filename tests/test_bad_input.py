@@ -126,10 +126,24 @@ CASES = [
     ("attribute cna " + M + " --layers 3-1 --ablate-heads 0.1", "layers"),
     # evaluate -----------------------------------------------------------------------------------
     ("evaluate " + M + " --tasks guard --out {files}/earlier-results", "already holds evaluation.json"),
-    ("attribute heads " + M + " --out {files}/earlier-results", "already holds heads_static.csv"),
+    ("attribute heads " + M + " --out {files}/earlier-results", "already holds heads_auto.json"),
+    ("attribute heads " + M + " --method static --out {files}/earlier-results", "already holds heads_static.csv"),
     ("attribute heads " + M + " --method both --out {files}/earlier-results", "already holds heads_static.csv"),
     ("attribute neurons " + M + " --out {files}/earlier-results", "already holds neurons_logprob.json"),
     ("attribute cna " + M + " --data-b arithmetic:2 --out {files}/earlier-results", "already holds neurons_cna.json"),
+    ("attribute heads " + M + " --method exact", "Invalid value for '--method'"),
+    ("attribute heads " + M + " --control arithmetic", "is the task itself"),
+    ("attribute heads " + M + " --control nosuch", "unknown data"),
+    ("attribute neurons " + M + " --method gradient --kind attn", "--kind mlp"),
+    ("attribute neurons " + M + " --method gradient --layers 99", "out of range"),
+    ("attribute circuit " + M + " --target-drop 0", "--target-drop"),
+    ("attribute circuit " + M + " --target-drop 1", "--target-drop"),
+    ("attribute circuit " + M + " --target-drop nan", "--target-drop"),
+    ("attribute circuit " + M + " --beam 0", "--beam"),
+    ("attribute circuit " + M + " --candidates 0", "--candidates"),
+    ("attribute circuit " + M + " --heldout 0", "--heldout"),
+    ("attribute circuit " + M + " --data {files}/empty.jsonl", "no examples"),
+    ("attribute circuit " + M + " --out {files}/earlier-results --data arithmetic", "already holds"),
     ("evaluate " + M + " --tasks nosuch", "nosuch"),
     ("evaluate " + M + " --tasks ''", "task"),
     ("evaluate " + M + " --tasks arithmetic,arithmetic,nosuch", "nosuch"),
@@ -253,7 +267,8 @@ def bad_files(tmp_path_factory):
     (f / "existing-out" / "x").write_text("x")
     (f / "notes.txt").write_text("my notes\n")
     (f / "earlier-results").mkdir()  # what attribute/evaluate would write: kept unless --force
-    for name in ("evaluation.json", "heads_static.csv", "neurons_logprob.json", "neurons_cna.json"):
+    for name in ("evaluation.json", "heads_static.csv", "neurons_logprob.json", "neurons_cna.json", "circuit.json",
+                 "heads_auto.json"):
         (f / "earlier-results" / name).write_text("{}")
     (f / "binary.bin").write_bytes(bytes(range(256)) * 4)
     (f / "invalid.json").write_text("{nope")

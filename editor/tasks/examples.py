@@ -39,16 +39,18 @@ def read_file(path: str | Path) -> list[Example]:
 
 
 def load_examples(spec: str, n: int | None = None, seed: int = 0) -> list[Example]:
-    """``spec`` is a built-in task name (``arithmetic``, ``arithmetic:2``) or a local file path."""
-    from editor.tasks import arithmetic
+    """``spec`` is a built-in task name (``arithmetic``, ``arithmetic:2``, ``icl``) or a local file path."""
+    from editor.tasks import arithmetic, icl
 
     name, _, arg = spec.partition(":")
     if name == "arithmetic":
         if arg and arg not in ("1", "2", "3"):
             raise UserError(f"bad data {spec!r}: arithmetic, or arithmetic:DIGITS with DIGITS 1, 2 or 3")
         return arithmetic.generate(n=n or 64, digits=int(arg or 1), seed=seed)
+    if spec == "icl":  # in-context classification with unrelated label words (the ICL task)
+        return icl.build(icl.load_pool("builtin"), n=n or 64, seed=seed)
     if not spec.endswith((".jsonl", ".csv")) and not Path(spec).exists():
-        raise UserError(f"unknown data {spec!r}: a built-in task (arithmetic, arithmetic:2) or a .jsonl/.csv file")
+        raise UserError(f"unknown data {spec!r}: a built-in task (arithmetic, arithmetic:2, icl) or a .jsonl/.csv file")
     examples = read_file(spec)
     return examples[:n] if n else examples
 
