@@ -894,12 +894,162 @@ def lora_compare(base, adapter, data, n_prompts, seed, layers, batch_size, out, 
     base = base or read_json(config, "adapter config").get("base_model_name_or_path") or DEFAULT_MODEL
     check_model_name(base)
     examples = heldout_examples(adapter, n_prompts) if data == "heldout" else _examples(data, n_prompts, seed)
-    _info(f"loading {base} twice (base, base + adapter) ...")
+    _info(f"loading {base} once; the base is the same model with the adapter switched off ...")
     base_lm = load_model(base, device=device)
-    lora_model = load_adapter(load_model(base, device=device).model, adapter)
-    shift = coefficient_shift(base_lm.model, lora_model, base_lm.tokenizer, examples, _layers(layers),
-                              batch_size=batch_size)
+    lora_model = load_adapter(base_lm.model, adapter, merge=False)
+    shift = coefficient_shift(None, lora_model, base_lm.tokenizer, examples, _layers(layers), batch_size=batch_size)
     click.echo(format_table(shift.averages, list(shift.averages[0]), right=True))
     click.echo(f"token accuracy: base {shift.accuracy['base'].cell()}, LoRA {shift.accuracy['lora'].cell()}")
     paths = shift.save(out or Path(adapter).parent)
     click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+# service ----------------------------------------------------------------------------------------
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8321, show_default=True)
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path),
+              help="Jobs database and run directories [default: the store's home / service].")
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True, help="Jobs run at once.")
+@click.option("--tokens", type=click.Path(dir_okay=False, path_type=Path),
+              help="Lines of 'USER TOKEN'. Without it (loopback only) one user 'local' gets a token in HOME/token.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: a worker process per job; ray: a Ray task per job (--ray-address).")
+@click.option("--ray-address", help="Ray cluster to join (e.g. 10.0.0.5:6379) [default: auto].")
+@click.option("--max-queued", type=click.IntRange(1, 100_000), default=100, show_default=True,
+              help="Queued jobs before submissions get 429.")
+@click.option("--max-queued-per-user", type=click.IntRange(1, 100_000), default=20, show_default=True)
+def serve(host, port, home, workers, tokens, executor, ray_address, max_queued, max_queued_per_user):
+    """Run the job service: FastAPI on uvicorn; API under /v1, docs at /docs, a page at /."""
+    from editor.model.store import home as store_home
+    from editor.service.app import Settings, check_host, local_token, read_tokens
+
+    check_host(host, tokens is not None)
+    home = home or store_home() / "service"
+    check_writable_directory(home)
+    token_map = read_tokens(tokens) if tokens else None
+    if executor == "ray":
+        from editor.service.ray_executor import check_ray
+
+        check_ray()
+    home.mkdir(parents=True, exist_ok=True)
+    token_map = token_map or local_token(home)
+    settings = Settings(home=home, tokens=token_map, workers=workers, executor=executor, ray_address=ray_address,
+                        max_queued=max_queued, max_queued_per_user=max_queued_per_user)
+    import uvicorn
+
+    from editor.service.app import create_app
+
+    click.echo(f"lmedit service on http://{host}:{port} (home {home}; {len(token_map)} user(s); "
+               f"{executor} executor, {workers} worker(s))" + ("; token in " + str(home / "token") if not tokens else ""),
+               err=True)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+
+
+@main.group(cls=LmeditGroup)
+@click.option("--server", envvar="LMEDIT_SERVER", help="Service URL [env LMEDIT_SERVER; default http://127.0.0.1:8321].")
+@click.option("--token", envvar="LMEDIT_TOKEN", help="Bearer token [env LMEDIT_TOKEN; default: a local service's].")
+@click.pass_context
+def jobs(ctx, server, token):
+    """Submit and follow jobs on an lmedit service."""
+    ctx.obj = {"server": server, "token": token}
+
+
+def _client():
+    from editor.service.client import Client
+
+    obj = click.get_current_context().obj  # set by the `jobs` group, inherited by its commands
+    return Client(obj["server"], obj["token"])
+
+
+@jobs.command("submit")
+@click.argument("recipe")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a setting (repeatable).")
+@click.option("--follow", is_flag=True, help="Print progress until the job ends.")
+def jobs_submit(recipe, overrides, follow):
+    """Submit RECIPE (a packaged name, or a recipe file whose text is sent)."""
+    import yaml
+
+    values = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"bad --set {item!r}: write KEY=VALUE")
+        values[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    text = Path(recipe).read_text(encoding="utf-8") if recipe.endswith((".yaml", ".yml")) and Path(recipe).is_file() else recipe
+    client = _client()
+    job = client.submit(recipe=text, set=values)
+    click.echo(job)
+    if follow:
+        _follow(client, job)
+
+
+def _follow(client, job: str) -> None:
+    for event in client.events(job):
+        data = event.get("data", {})
+        if event.get("type") == "log":
+            click.echo(data.get("line", ""), err=True)
+        elif event.get("type") == "state":
+            click.echo(f"[{job}] {data.get('state')}" + (f": {data['error']}" if data.get("error") else ""), err=True)
+    final = client.status(job)
+    if final["state"] != "succeeded":
+        raise click.exceptions.Exit(1)
+
+
+@jobs.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def jobs_list(as_json):
+    """Your jobs, newest first."""
+    from editor.tables import format_table
+
+    rows = _client().jobs()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = [{"id": r["id"], "what": r["spec"].get("recipe") or r["spec"].get("command"), "state": r["state"],
+              "progress": f"{r['steps_done']}/{r['steps_total'] or '?'}", "step": r["step"] or "",
+              "error": (r["error"] or "")[:60]} for r in rows]
+    click.echo(format_table(table, ["id", "what", "state", "progress", "step", "error"]) if table else "no jobs")
+
+
+@jobs.command("status")
+@click.argument("job")
+def jobs_status(job):
+    """One job's state, step, progress, timings and error, as JSON."""
+    click.echo(json.dumps(_client().status(job), indent=2))
+
+
+@jobs.command("logs")
+@click.argument("job")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
+def jobs_logs(job, follow):
+    """A job's log lines and state changes."""
+    client = _client()
+    if follow:
+        _follow(client, job)
+        return
+    for event in client.history(job):
+        data = event.get("data", {})
+        click.echo(data.get("line") or f"[{event.get('type')}] {json.dumps(data)}")
+
+
+@jobs.command("cancel")
+@click.argument("job")
+def jobs_cancel(job):
+    """Cancel a queued or running job."""
+    click.echo(_client().cancel(job)["state"])
+
+
+@jobs.command("download")
+@click.argument("job")
+@click.argument("path", required=False)
+@click.option("--to", "dest", type=click.Path(path_type=Path), default=Path("."), show_default=True,
+              help="Folder to download into.")
+def jobs_download(job, path, dest):
+    """Download one artifact (PATH), or all of a job's artifacts, into --to."""
+    client = _client()
+    paths = [path] if path else [a["path"] for a in client.artifacts(job)]
+    for p in paths:
+        target = dest / job / p
+        client.download(job, p, target)
+        click.echo(str(target))

@@ -97,6 +97,15 @@ def test_train_and_save_then_compare(tiny_dir, tmp_path, tokenizer):
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "cmp" / "lora_compare.json").read_text())
     assert [a["top"] for a in data["averages"]] == [10, 20, 30, 50] and (tmp_path / "cmp" / "lora_compare.png").is_file()
+    # The CLI loads the base once (the adapter switched off is the base); two separate loads agree.
+    from editor.lora.compare import coefficient_shift
+    from editor.lora.train import heldout_examples as held
+
+    two = coefficient_shift(load_model(str(tiny_dir)).model, load_adapter(load_model(str(tiny_dir)).model, out / "adapter"),
+                            tokenizer, held(out / "adapter", 6), progress=False)
+    for mine, theirs in zip(data["averages"], two.averages):
+        for key, value in theirs.items():
+            assert mine[key] == pytest.approx(value, abs=1e-4), key
 
 
 def test_cli_lora_train_and_errors(tiny_dir, tmp_path):

@@ -1,7 +1,8 @@
 """Recipe ``icl-heads``: find in-context heads, show the collapse when they are cut, reduce label bias.
 
-Heads are scored on foo/bar classification prompts (static log-probability increase and the exact
-ablation scan). Zeroing the top ~1-5% is compared with zeroing as many random heads (several seeds).
+Heads are scored on foo/bar classification prompts: the static log-probability increase, and (the
+ranking) gradient attribution whose best candidates are confirmed by exact ablation (``cut.rank_by:
+auto``; ``ablation`` scans every head exactly, ``static`` ranks by the direct effect). Zeroing the top ~1-5% is compared with zeroing as many random heads (several seeds).
 Rescaling the in-context heads' outputs is the label-bias reduction; its majority-label and recency
 bias are reported before and after. Scoring and evaluation use disjoint halves of the sentence pool.
 """
@@ -13,6 +14,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Literal
 
+from editor.attribution.confirm import auto_head_scores
 from editor.attribution.heads import head_ablation_scan, head_logprob_increase
 from editor.attribution.vocab import head_tokens
 from editor.edit.plan import EditPlan
@@ -36,7 +38,7 @@ class Data:
 
 @dataclass
 class Cut:
-    rank_by: Literal["ablation", "static"] = "ablation"
+    rank_by: Literal["auto", "ablation", "static"] = "auto"  # auto: gradient + exact ablation of the best
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.05])  # share of all heads zeroed
     random_seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
 
@@ -92,11 +94,18 @@ def run(run: Run, cfg: IclHeads) -> dict:
         return scores
 
     static = scores_step(run, "static_scores", static_scores)
-    ablation = scores_step(run, "ablation_scores", lambda: head_ablation_scan(
-        run.model.model, run.model.tokenizer, examples, batch_size=bs))
-    ranking = ablation if cfg.cut.rank_by == "ablation" else static
-    n_layers, n_heads = ranking.shape
+    n_layers, n_heads = static.shape
     total = n_layers * n_heads
+    most = max(max(1, round(f * total)) for f in fractions + [cfg.rescale.fraction])
+
+    def ablation_scores():  # auto: exact for the best 3x `most` gradient candidates, which rank first
+        lm = run.model
+        if cfg.cut.rank_by == "auto":
+            return auto_head_scores(lm.model, lm.tokenizer, examples, top=most, batch_size=bs)
+        return head_ablation_scan(lm.model, lm.tokenizer, examples, batch_size=bs)
+
+    ablation = scores_step(run, "ablation_scores", ablation_scores)
+    ranking = static if cfg.cut.rank_by == "static" else ablation
     ranked = ranking.top_components(total)
     tasks = {"icl": IclConfig(n=cfg.data.n_eval, k=cfg.data.k, data=str(eval_file), seed=cfg.seed + 1),
              "guard": GuardConfig()}

@@ -136,13 +136,20 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"recipe not found: {path}")
     try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a recipe (not UTF-8 text)") from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, where: str) -> dict:
+    """A recipe's YAML text (a file's, or one sent to the service) as a mapping."""
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({exc})") from None
+        raise UserError(f"{where}: not valid YAML ({' '.join(str(exc).split())[:300]})") from None
     if not isinstance(data, dict):
-        raise UserError(f"{path}: a recipe is a mapping of keys to values")
+        raise UserError(f"{where}: a recipe is a mapping of keys to values")
     return data
 
 

@@ -1,0 +1,176 @@
+"""What a job is: a request checked exactly as the CLI checks it, and the CLI command that runs it.
+
+A job is never a second implementation of anything: a recipe job runs ``lmedit run`` on the
+validated recipe, a command job runs the same ``lmedit`` command a user would type. Validation uses
+the same code (the recipe schema; click's own option parsing), so a request the CLI would refuse is
+refused here with the same one-line message, before anything is queued. The service decides where
+a job writes (its run directory under the service home): ``out`` and ``force`` are not options a
+request may set, and a recipe's ``out:`` is ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import click
+import yaml
+
+from editor.errors import UserError
+
+# Commands a job may run: the words after `lmedit`, and where the service points their output.
+# A rerun after a service restart writes the same output again: --force where the command has it
+# (prune resumes its run directory instead).
+COMMANDS = {
+    "prune": ("--out", ".", False),
+    "attribute heads": ("--out", ".", True),
+    "attribute neurons": ("--out", ".", True),
+    "attribute circuit": ("--out", ".", True),
+    "attribute cna": ("--out", ".", True),
+    "evaluate": ("--out", ".", True),
+    "edit": ("--out", "checkpoint", True),
+    "export gguf": ("--out", "model.gguf", True),
+}
+RESERVED = {"out", "force", "fresh", "json", "help"}
+MAX_RECIPE_CHARS = 200_000
+
+
+def validate(body: object) -> dict:
+    """A request body -> the job spec stored and run, or UserError (one line) when the CLI would refuse it."""
+    if not isinstance(body, dict):
+        raise UserError("the request body must be a JSON object with 'recipe' or 'command'")
+    unknown = set(body) - {"recipe", "set", "command", "options", "resources"}
+    if unknown:
+        raise UserError(f"unknown request field(s): {', '.join(sorted(unknown))}; known: recipe, set, command, "
+                        "options, resources")
+    if ("recipe" in body) == ("command" in body):
+        raise UserError("give exactly one of 'recipe' (a packaged name or YAML text) and 'command'")
+    resources = _resources(body.get("resources", {}))
+    if "recipe" in body:
+        spec = _recipe(body["recipe"], body.get("set", {}))
+    else:
+        if "set" in body:
+            raise UserError("'set' goes with 'recipe'; a command takes 'options'")
+        spec = _command(body["command"], body.get("options", {}))
+    spec["resources"] = resources
+    return spec
+
+
+def _resources(value: object) -> dict:
+    if not isinstance(value, dict) or set(value) - {"cpus", "gpus"}:
+        raise UserError("'resources' is an object with 'cpus' and/or 'gpus' (numbers)")
+    out = {"cpus": 1, "gpus": 0}
+    for key, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1024:
+            raise UserError(f"resources.{key} must be a number from 0 to 1024")
+        out[key] = v
+    return out
+
+
+def _overrides(values: object) -> list[str]:
+    if not isinstance(values, dict):
+        raise UserError("'set' is an object of setting paths to values, e.g. {\"prune.retain\": 0.9}")
+    items = []
+    for key, value in values.items():
+        text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+        if text.endswith("\n...") or text.endswith("..."):
+            text = text.rsplit("...", 1)[0].strip()
+        items.append(f"{key}={text}")
+    return items
+
+
+def _recipe(recipe: object, values: object) -> dict:
+    from editor.model.loading import check_model_name
+    from editor.recipes import validate as validate_recipe
+    from editor.recipes.library import packaged
+    from editor.recipes.schema import apply_overrides, parse_yaml, read_yaml
+
+    if not isinstance(recipe, str) or not recipe.strip():
+        raise UserError("'recipe' is a packaged recipe name or the text of a recipe (YAML)")
+    if len(recipe) > MAX_RECIPE_CHARS:
+        raise UserError(f"the recipe text is longer than {MAX_RECIPE_CHARS} characters")
+    names = packaged()
+    if "\n" in recipe or ":" in recipe:
+        raw, where, name = parse_yaml(recipe, "recipe"), "recipe", "(inline)"
+    elif recipe in names:
+        raw, where, name = read_yaml(names[recipe].path), f"{recipe}.yaml", recipe
+    else:
+        raise UserError(f"unknown recipe {recipe!r}; packaged: {', '.join(sorted(names))} (or send the YAML text)")
+    raw = apply_overrides(copy.deepcopy(raw), _overrides(values))
+    cfg = validate_recipe(raw, where)
+    check_model_name(cfg.model)
+    raw.pop("out", None)
+    return {"kind": "recipe", "recipe": name, "recipe_kind": cfg.recipe, "config": raw}
+
+
+def _argv(options: object) -> list[str]:
+    """{"retain": 0.9, "units": ["neurons", "heads"], "force": ...} -> CLI arguments."""
+    if not isinstance(options, dict):
+        raise UserError("'options' is an object of option names to values, e.g. {\"model\": \"smollm2-135m\"}")
+    argv = []
+    for key, value in options.items():
+        if not isinstance(key, str) or not key.replace("-", "_").replace("_", "").isalnum():
+            raise UserError(f"bad option name {key!r}")
+        name = key.replace("_", "-").lstrip("-")
+        if name in RESERVED:
+            raise UserError(f"option {name!r} is set by the service (each job writes to its own run directory)")
+        flag = f"--{name}"
+        if value is True:
+            argv.append(flag)
+        elif value is False or value is None:
+            continue
+        elif isinstance(value, list):
+            for v in value:
+                argv += [flag, str(v)]
+        elif isinstance(value, (str, int, float)):
+            argv += [flag, str(value)]
+        else:
+            raise UserError(f"option {name!r}: expected a string, number, true or a list")
+    return argv
+
+
+def _command(command: object, options: object) -> dict:
+    """Parse the options with the command's own click definition: the CLI's checks and messages."""
+    from editor.cli import _one_line, main
+    from editor.model.loading import check_model_name
+
+    if command not in COMMANDS:
+        raise UserError(f"unknown command {command!r}; one of: {', '.join(COMMANDS)}")
+    words = command.split()
+    argv = _argv(options)
+    out_flag, out_name, _ = COMMANDS[command]
+    cmd, ctx = main, click.Context(main, info_name="lmedit")
+    for word in words:
+        cmd = cmd.get_command(ctx, word)
+        ctx = click.Context(cmd, info_name=word, parent=ctx)
+    args = argv + [out_flag, out_name]
+    try:
+        parsed = cmd.make_context(words[-1], list(args), parent=ctx.parent)
+    except click.exceptions.ClickException as exc:  # worded as the CLI words it (editor.cli._usage_error)
+        where = f"{exc.ctx.command_path}: " if getattr(exc, "ctx", None) is not None else ""
+        raise UserError(where + _one_line(exc.format_message())) from None
+    model = parsed.params.get("model")
+    if isinstance(model, str):
+        check_model_name(model)
+    return {"kind": "command", "command": command, "argv": argv}
+
+
+def worker_argv(spec: dict, job_dir: Path) -> list[str]:
+    """The command line of a job's worker process (run with ``job_dir/run`` as its working output)."""
+    run = job_dir / "run"
+    if spec["kind"] == "recipe":
+        return [sys.executable, "-m", "editor", "run", str(job_dir / "recipe.yaml"), "--out", str(run), "--json"]
+    out_flag, out_name, force = COMMANDS[spec["command"]]
+    return [sys.executable, "-m", "editor", *spec["command"].split(), *spec["argv"], out_flag, str(run / out_name),
+            *(["--force"] if force else [])]
+
+
+def prepare(spec: dict, job_dir: Path) -> None:
+    """Files a worker reads: the recipe as validated."""
+    from editor.io import write_text_atomic
+
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / "run").mkdir(exist_ok=True)
+    if spec["kind"] == "recipe":
+        write_text_atomic(job_dir / "recipe.yaml", yaml.safe_dump(spec["config"], sort_keys=False))

@@ -1,0 +1,227 @@
+"""Running jobs: one worker process per job, watched by one scheduler thread.
+
+Each job runs the ``lmedit`` command line of :func:`editor.service.jobs.worker_argv` in a process of
+its own, so a crash or an out-of-memory kill ends that job (``failed``, with the reason), never the
+service. The worker writes its log (``job_dir/log.txt``) and the scheduler turns the recipe's step
+lines into progress events, so the local and the Ray executor report progress the same way.
+
+A worker dies with the service (Linux ``PR_SET_PDEATHSIG``): after a SIGKILL of the service no
+orphan keeps writing, and at the next start every job that was running is queued again; it runs in
+the same run directory, whose step cache makes it resume from its last finished step.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from editor.service.jobs import prepare, worker_argv
+from editor.service.store import JobStore
+
+_PLAN = re.compile(r"^run .+: (\d+) steps")
+_STEP = re.compile(r"^\[(?:(\d+)/(\d+)|-)\] (\S+)(?: \.\.\.|: (.+))$")  # "[3/7] name ..." or "[-] inner: 0.1 s"
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class LocalExecutor:
+    """Worker processes on this machine."""
+
+    name = "local"
+
+    def start(self, job_id: str, argv: list[str], job_dir: Path, resources: dict):
+        env = {**os.environ, "LMEDIT_JOB": job_id, "TQDM_DISABLE": "1"}
+        with open(job_dir / "log.txt", "ab") as log, open(job_dir / "stdout.txt", "wb") as out:
+            return subprocess.Popen(argv, stdout=out, stderr=log, stdin=subprocess.DEVNULL, env=env,
+                                    cwd=job_dir, start_new_session=True, preexec_fn=_die_with_parent)
+
+    def ident(self, handle) -> str:
+        return str(handle.pid)
+
+    def poll(self, handle) -> int | None:
+        return handle.poll()
+
+    def stop(self, handle) -> None:
+        try:
+            os.killpg(handle.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        handle.wait()
+
+
+def stop_stale(worker: str | None, job_id: str) -> None:
+    """At start-up: a worker of ``job_id`` still alive from before (it should have died with the old
+    service; on systems without PDEATHSIG it may not) is killed before the job runs again."""
+    if not worker or not worker.isdigit():
+        return
+    try:
+        environ = Path(f"/proc/{worker}/environ").read_bytes()
+    except OSError:
+        return
+    if f"LMEDIT_JOB={job_id}".encode() in environ.split(b"\0"):
+        try:
+            os.killpg(int(worker), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+@dataclass
+class _Running:
+    job_id: str
+    handle: object
+    job_dir: Path
+    offset: int
+    partial: bytes = b""
+    events: list = field(default_factory=list)
+
+
+class Scheduler:
+    """Starts queued jobs while slots are free, follows their logs, ends them, honours cancels."""
+
+    def __init__(self, store: JobStore, home: Path, executor, workers: int = 1, interval: float = 0.2):
+        self.store, self.home, self.executor = store, home, executor
+        self.workers, self.interval = workers, interval
+        self.running: dict[str, _Running] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="lmedit-scheduler", daemon=True)
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.home / "jobs" / job_id
+
+    def start(self) -> None:
+        self.recover()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def recover(self) -> None:
+        """Jobs that were running when the service died go back to the queue (they resume)."""
+        for job in self.store.by_state("running"):
+            stop_stale(job.worker, job.id)
+            self.store.update(job.id, ("state", {"state": "queued", "note": "the service restarted; resuming"}),
+                              state="queued", worker=None)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception as exc:  # noqa: BLE001 - the loop must survive anything one job does
+                print(f"lmedit scheduler: {type(exc).__name__}: {exc}", flush=True)
+            self._stop.wait(self.interval)
+
+    def tick(self) -> None:
+        for job_id, run in list(self.running.items()):
+            self._follow(run)
+            job = self.store.get(job_id)
+            if job is not None and job.cancel:
+                self.executor.stop(run.handle)
+                self._follow(run)
+                self.store.update(job_id, ("state", {"state": "cancelled"}), state="cancelled", finished=time.time())
+                del self.running[job_id]
+                continue
+            code = self.executor.poll(run.handle)
+            if code is not None:
+                self._follow(run)
+                self._finish(run, code)
+                del self.running[job_id]
+        for job in self.store.by_state("queued"):
+            if len(self.running) >= self.workers:
+                break
+            self._launch(job)
+
+    def _launch(self, job) -> None:
+        job_dir = self.job_dir(job.id)
+        prepare(job.spec, job_dir)
+        log = job_dir / "log.txt"
+        offset = log.stat().st_size if log.exists() else 0
+        handle = self.executor.start(job.id, worker_argv(job.spec, job_dir), job_dir, job.spec.get("resources", {}))
+        if not self.store.claim(job.id, self.executor.ident(handle)):  # cancelled meanwhile
+            self.executor.stop(handle)
+            return
+        self.running[job.id] = _Running(job.id, handle, job_dir, offset)
+
+    def _follow(self, run: _Running) -> None:
+        """New complete log lines -> log, step and progress events."""
+        path = run.job_dir / "log.txt"
+        try:
+            with open(path, "rb") as f:
+                f.seek(run.offset)
+                data = f.read()
+        except OSError:
+            return
+        run.offset += len(data)
+        lines = (run.partial + data).split(b"\n")
+        run.partial = lines.pop()
+        for raw in lines:
+            line = raw.decode("utf-8", "replace").rstrip("\r")
+            if line.strip():
+                self._line(run.job_id, line)
+
+    def _line(self, job_id: str, line: str) -> None:
+        plan, step = _PLAN.match(line), _STEP.match(line)
+        if plan:
+            self.store.update(job_id, ("log", {"line": line}), total_steps=int(plan.group(1)))
+        elif step and step.group(1) is None:  # a step inside a step (a search round): no count of its own
+            tail = step.group(4)
+            status = "started" if tail is None else ("cached" if "cached" in tail else "done")
+            self.store.update(job_id, ("step", {"step": step.group(3), "inner": True, "status": status,
+                                                **({"detail": tail} if tail else {})}))
+        elif step:
+            number, total, name, tail = int(step.group(1)), int(step.group(2)), step.group(3), step.group(4)
+            if tail is None:
+                self.store.update(job_id, ("step", {"step": name, "number": number, "total": total, "status": "started"}),
+                                  step=name, total_steps=total)
+            else:
+                cached = "cached" in tail
+                self.store.update(job_id, ("step", {"step": name, "number": number, "total": total,
+                                                    "status": "cached" if cached else "done", "detail": tail}),
+                                  step=name, done_steps=number, total_steps=total)
+        else:
+            self.store.update(job_id, ("log", {"line": line}))
+
+    def _finish(self, run: _Running, code: int) -> None:
+        result = None
+        stdout = run.job_dir / "stdout.txt"
+        if code == 0:
+            try:
+                result = json.loads(stdout.read_text())
+            except (OSError, ValueError):
+                result = None
+            if result is not None:
+                from editor.io import write_json_atomic
+
+                write_json_atomic(run.job_dir / "result.json", result)
+            self.store.update(run.job_id, ("state", {"state": "succeeded"}), state="succeeded", finished=time.time(),
+                              error=None)
+            return
+        error = _reason(code, run.job_dir / "log.txt")
+        self.store.update(run.job_id, ("state", {"state": "failed", "error": error}), state="failed",
+                          finished=time.time(), error=error)
+
+
+def _reason(code: int, log: Path) -> str:
+    """One line: the worker's own error line, or the signal that killed it."""
+    if code < 0:
+        name = signal.Signals(-code).name
+        hint = " (out of memory, or killed by hand)" if name == "SIGKILL" else ""
+        return f"the worker process was killed by {name}{hint}"
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith("Error:")]
+    except OSError:
+        lines = []
+    return lines[-1][len("Error:"):].strip() if lines else f"the worker exited with status {code}"

@@ -1,0 +1,308 @@
+"""The job service: a real `lmedit serve` on loopback, real HTTP, real worker processes, tiny models."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from click.testing import CliRunner
+
+import tiny
+from editor.cli import main
+from editor.service.client import Client
+
+ALICE, BOB = "alice-token-0123456789", "bob-token-0123456789ab"
+FAST = {"batch_size": 16, "data.n_score": 16, "data.n_val": 40, "data.n_test": 48, "data.n_train": 32,
+        "data.shots": 1, "prune.retain": 0.9, "prune.max_rounds": 4, "baselines": []}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`lmedit serve` in its own process; ``kill()`` is a SIGKILL, ``start()`` brings it back on the same home."""
+
+    def __init__(self, home: Path, *args: str):
+        self.home, self.args, self.port = home, args, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        tokens = home.parent / f"{home.name}-tokens.txt"
+        tokens.write_text(f"# test users\nalice {ALICE}\nbob {BOB}\n")
+        self.tokens = tokens
+        self.proc = None
+
+    def start(self) -> "Server":
+        log = open(self.home.parent / f"{self.home.name}-server.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "editor", "serve", "--port", str(self.port), "--home",
+                                      str(self.home), "--tokens", str(self.tokens), *self.args],
+                                     stdout=log, stderr=log)
+        for _ in range(300):
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            assert self.proc.poll() is None, (self.home.parent / f"{self.home.name}-server.log").read_text()[-2000:]
+            time.sleep(0.1)
+        raise AssertionError("the server did not start")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+    def worker_pid(self, job: str) -> int | None:
+        with sqlite3.connect(self.home / "jobs.sqlite3") as db:
+            (worker,) = db.execute("SELECT worker FROM jobs WHERE id = ?", (job,)).fetchone()
+        return int(worker) if worker and worker.isdigit() else None
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is dead too
+        return f.read().split(") ")[1][0] != "Z"
+
+
+def wait_for(client: Client, job: str, states=("succeeded", "failed", "cancelled"), timeout: float = 600) -> dict:
+    end = time.time() + timeout
+    while time.time() < end:
+        status = client.status(job)
+        if status["state"] in states:
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"job {job} still {status['state']}")
+
+
+@pytest.fixture(scope="module")
+def arith_dir(tmp_path_factory):
+    return tiny.save_dir(tiny.arithmetic_model("llama"), tmp_path_factory.mktemp("models") / "tiny-arith")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = Server(tmp_path_factory.mktemp("svc") / "home", "--workers", "2").start()
+    yield s
+    s.stop()
+
+
+def prune_job(arith_dir, **extra) -> dict:
+    return {"recipe": "arithmetic-prune", "set": {"model": str(arith_dir), **FAST, **extra}}
+
+
+def test_submit_follow_download_and_reload(server, arith_dir, tmp_path):
+    """Submit -> events -> artifacts -> the checkpoint loads with plain transformers; the same through `lmedit jobs`."""
+    from transformers import AutoModelForCausalLM
+
+    client = Client(server.url, ALICE)
+    job = client.submit(**prune_job(arith_dir))
+    events = list(client.events(job))
+    states = [e["data"]["state"] for e in events if e["type"] == "state"]
+    assert states[0] == "queued" and "running" in states and states[-1] == "succeeded", states
+    steps = [e["data"] for e in events if e["type"] == "step"]
+    assert any(s["step"] == "attribution_search" and s["status"] == "done" for s in steps)
+    assert any(s["step"] == "attribution_round_01" and s.get("inner") for s in steps)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))  # none lost, none repeated
+    status = client.status(job)
+    assert status["progress"] == 1.0 and status["steps_done"] == status["steps_total"] and status["seconds"] > 0
+    names = {a["path"] for a in client.artifacts(job)}
+    assert {"report.html", "search_trace.json", "checkpoint/model.safetensors", "checkpoint/config.json"} <= names
+    assert not [n for n in names if "/." in n or n.startswith(".")]
+    got = CliRunner().invoke(main, ["jobs", "--server", server.url, "--token", ALICE, "download", job, "--to",
+                                    str(tmp_path)])
+    assert got.exit_code == 0, got.output
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / job / "checkpoint")
+    ids = torch.tensor([[3, 4, 5, 6]])
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()
+    page = httpx.get(f"{server.url}/v1/jobs/{job}/artifacts/report.html", headers={"Authorization": f"Bearer {ALICE}"})
+    assert page.headers["content-type"].startswith("text/html") and "<table>" in page.text
+    listing = CliRunner().invoke(main, ["jobs", "--server", server.url, "--token", ALICE, "list"])
+    assert listing.exit_code == 0 and job in listing.output and "succeeded" in listing.output
+
+
+def test_auth_and_users_see_only_their_jobs(server, arith_dir):
+    alice, bob = Client(server.url, ALICE), Client(server.url, BOB)
+    job = alice.submit(recipe="arithmetic-prune", set={"model": str(arith_dir), **FAST, "prune.max_rounds": 1})
+    for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": ALICE}):
+        for method, path in (("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("GET", f"/v1/jobs/{job}"),
+                             ("DELETE", f"/v1/jobs/{job}"), ("GET", f"/v1/jobs/{job}/events"),
+                             ("GET", f"/v1/jobs/{job}/artifacts")):
+            assert httpx.request(method, server.url + path, headers=headers).status_code == 401, (method, path)
+    bearer = {"Authorization": f"Bearer {BOB}"}
+    for method, path in (("GET", f"/v1/jobs/{job}"), ("DELETE", f"/v1/jobs/{job}"), ("GET", f"/v1/jobs/{job}/events"),
+                         ("GET", f"/v1/jobs/{job}/artifacts"), ("GET", f"/v1/jobs/{job}/artifacts/report.html")):
+        assert httpx.request(method, server.url + path, headers=bearer).status_code == 404, (method, path)
+    assert job not in {j["id"] for j in bob.jobs()} and job in {j["id"] for j in alice.jobs()}
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+    wait_for(alice, job)
+    traversal = httpx.get(f"{server.url}/v1/jobs/{job}/artifacts/..%2F..%2Fjobs.sqlite3",
+                          headers={"Authorization": f"Bearer {ALICE}"})
+    assert traversal.status_code == 404
+
+
+@pytest.mark.parametrize("body,cli,message", [
+    ({"recipe": "nosuch"}, None, "unknown recipe 'nosuch'"),
+    ({"recipe": "icl-heads", "set": {"cut.rank_by": "magic"}}, ["run", "icl-heads", "--set", "cut.rank_by=magic"],
+     "rank_by"),
+    ({"recipe": "icl-heads", "set": {"colour": "red"}}, ["run", "icl-heads", "--set", "colour=red"], "unknown key"),
+    ({"recipe": "icl-heads", "set": {"model": "./no/such/dir"}}, ["run", "icl-heads", "--set", "model=./no/such/dir"],
+     "no such model directory"),
+    ({"recipe": "recipe: icl-heads\nname: x\nseed: [\n"}, None, "not valid YAML"),
+    ({"command": "prune", "options": {"retain": "abc", "out": "x"}}, None, "set by the service"),
+    ({"command": "prune", "options": {"retain": "abc"}}, ["prune", "--retain", "abc", "--out", "x"],
+     "Invalid value for '--retain'"),
+    ({"command": "attribute heads", "options": {"method": "magic"}}, ["attribute", "heads", "--method", "magic"],
+     "Invalid value for '--method'"),
+    ({"command": "rm -rf"}, None, "unknown command"),
+    ({"recipe": "icl-heads", "command": "prune"}, None, "exactly one"),
+    ({"recipe": "icl-heads", "resources": {"gpus": -1}}, None, "resources.gpus"),
+])
+def test_bad_requests_are_422_with_the_cli_message_and_queue_nothing(server, body, cli, message, tmp_path, monkeypatch):
+    bob = Client(server.url, BOB)
+    before = len(bob.jobs())
+    got = httpx.post(f"{server.url}/v1/jobs", json=body, headers={"Authorization": f"Bearer {BOB}"})
+    assert got.status_code == 422, got.text
+    detail = got.json()["detail"]
+    assert message in detail and "\n" not in detail
+    if cli:  # the CLI says the same thing
+        monkeypatch.chdir(tmp_path)
+        result = CliRunner().invoke(main, cli, prog_name="lmedit")
+        assert result.exit_code == 2 and result.stderr.strip() == f"Error: {detail}", (result.stderr, detail)
+    assert len(bob.jobs()) == before
+    assert httpx.post(f"{server.url}/v1/jobs", content=b"{not json", headers={"Authorization": f"Bearer {BOB}"}
+                      ).status_code == 422
+    huge = httpx.post(f"{server.url}/v1/jobs", content=b"x" * (2 << 20), headers={"Authorization": f"Bearer {BOB}"})
+    assert huge.status_code == 413
+
+
+def test_queue_limits_cancel_and_a_killed_worker(tmp_path, arith_dir):
+    server = Server(tmp_path / "home", "--workers", "1", "--max-queued", "1").start()
+    try:
+        client = Client(server.url, ALICE)
+        running = client.submit(**prune_job(arith_dir, **{"prune.max_rounds": 8}))
+        wait_for(client, running, ("running",))
+        queued = client.submit(**prune_job(arith_dir, seed=1))
+        full = httpx.post(f"{server.url}/v1/jobs", json=prune_job(arith_dir, seed=2),
+                          headers={"Authorization": f"Bearer {ALICE}"})
+        assert full.status_code == 429 and int(full.headers["retry-after"]) > 0
+        assert client.cancel(queued)["state"] == "cancelled"
+        pid = server.worker_pid(running)
+        assert pid and alive(pid)
+        client.cancel(running)
+        assert wait_for(client, running)["state"] == "cancelled"
+        time.sleep(0.5)
+        assert not alive(pid)
+        # A worker killed from outside (the OOM killer, say): the job fails with the reason, the service lives on.
+        victim = client.submit(**prune_job(arith_dir, seed=3))
+        wait_for(client, victim, ("running",))
+        os.kill(server.worker_pid(victim), signal.SIGKILL)
+        failed = wait_for(client, victim)
+        assert failed["state"] == "failed" and "SIGKILL" in failed["error"]
+        assert httpx.get(f"{server.url}/healthz").json()["ok"]
+        assert client.status(queued)["state"] == "cancelled"
+    finally:
+        server.stop()
+
+
+def _results(text: str, run: Path):
+    def scrub(value):
+        if isinstance(value, dict):
+            return {k: scrub(v) for k, v in value.items() if "seconds" not in k}
+        return [scrub(v) for v in value] if isinstance(value, list) else value
+    return scrub(json.loads(text.replace(str(run), "RUN")))
+
+
+def test_a_killed_service_resumes_its_jobs_to_the_same_artifacts(tmp_path, arith_dir):
+    """SIGKILL the service while a job runs: its worker dies with it; on restart the job is still
+    listed, resumes from its last finished step, and ends with what an uninterrupted run writes."""
+    from safetensors.torch import load_file
+
+    slower = {"data.n_test": 600}  # the rest of the run must outlast the events' way to this test
+    reference = tmp_path / "reference"
+    sets = sum((["--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"]
+                for k, v in {"model": str(arith_dir), **FAST, **slower}.items()), [])
+    direct = subprocess.run([sys.executable, "-m", "editor", "run", "arithmetic-prune", "--out", str(reference),
+                             "--json", *sets], capture_output=True, text=True)
+    assert direct.returncode == 0, direct.stderr
+    server = Server(tmp_path / "home").start()
+    try:
+        client = Client(server.url, ALICE)
+        job = client.submit(**prune_job(arith_dir, **slower))
+        for event in client.events(job):  # wait until some steps are done, then kill
+            if event["type"] == "step" and event["data"]["step"] == "base_validation" \
+                    and event["data"]["status"] == "done":
+                break
+        assert client.status(job)["state"] == "running"
+        worker = server.worker_pid(job)
+        server.kill()
+        time.sleep(0.5)
+        assert not alive(worker), "the worker must die with the service"
+        server.start()
+        client = Client(server.url, ALICE)
+        assert job in {j["id"] for j in client.jobs()}
+        status = wait_for(client, job)
+        assert status["state"] == "succeeded" and status["attempts"] == 2, status
+        events = client.history(job)
+        assert any("restarted" in json.dumps(e["data"]) for e in events)
+        assert any(e["type"] == "step" and e["data"]["status"] == "cached" for e in events)
+    finally:
+        server.stop()
+    run = tmp_path / "home" / "jobs" / job / "run"
+    result = json.loads((tmp_path / "home" / "jobs" / job / "result.json").read_text())
+    assert _results(json.dumps(result["summary"]), run) == _results(json.dumps(json.loads(direct.stdout)["summary"]),
+                                                                    reference)
+    a, b = load_file(run / "checkpoint" / "model.safetensors"), load_file(reference / "checkpoint" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not [p for p in run.rglob("*") if ".tmp-" in p.name]
+
+
+def test_refuses_a_public_address_without_tokens(tmp_path):
+    got = CliRunner().invoke(main, ["serve", "--host", "0.0.0.0", "--home", str(tmp_path / "h")])
+    assert got.exit_code == 2 and "needs --tokens" in got.stderr
+    bad = tmp_path / "tokens.txt"
+    bad.write_text("alice short\n")
+    got = CliRunner().invoke(main, ["serve", "--tokens", str(bad), "--home", str(tmp_path / "h")])
+    assert got.exit_code == 2 and "shorter than 16" in got.stderr
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (make test installs it where it can)")
+def test_the_web_page_in_headless_chromium(server, arith_dir, tmp_path):
+    client = Client(server.url, ALICE)
+    job = client.submit(recipe="arithmetic-prune", set={"model": str(arith_dir), **FAST, "prune.max_rounds": 1})
+    wait_for(client, job)
+
+    def dom(url):
+        return subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                               f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
+                               url], capture_output=True, text=True, timeout=120).stdout
+
+    signed_in = dom(f"{server.url}/?token={ALICE}")
+    assert f"data-job='{job}'" in signed_in.replace('"', "'") and "jobs of alice" in signed_in
+    assert "report.html" in signed_in and "<form" in signed_in
+    assert BOB not in signed_in and ALICE not in signed_in  # the token is not echoed into the page
+    assert "sign in" in dom(f"{server.url}/?token=wrong-token-000000000")
