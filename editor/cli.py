@@ -42,7 +42,15 @@ def _info(message: str) -> None:
     a script reading stderr for the one error line."""
     import os
 
-    if sys.stderr.isatty() or os.environ.get("LMEDIT_VERBOSE") == "1":
+    if os.environ.get("LMEDIT_QUIET") != "1" and (sys.stderr.isatty() or os.environ.get("LMEDIT_VERBOSE") == "1"):
+        click.echo(message, err=True)
+
+
+def _log(message: str) -> None:
+    """A run's progress lines (steps, rounds) on stderr, unless `lmedit --quiet`."""
+    import os
+
+    if os.environ.get("LMEDIT_QUIET") != "1":
         click.echo(message, err=True)
 
 
@@ -50,6 +58,45 @@ def _one_line(text: str, limit: int = 500) -> str:
     """Messages are one line (newlines and NUL bytes of user input folded) of bounded length."""
     text = " ".join(text.replace("\0", "\\0").split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def json_option(func):
+    """``--json``: the command's results as one JSON document on stdout instead of tables (notes and
+    errors stay on stderr). The command prints through :func:`_say` and records through :func:`_record`."""
+
+    @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document instead of tables.")
+    @functools.wraps(func)
+    def wrapper(*args, as_json, **kwargs):
+        ctx = click.get_current_context()
+        ctx.meta["lmedit.json"] = {} if as_json else None
+        result = func(*args, **kwargs)
+        if as_json:
+            click.echo(json.dumps(ctx.meta["lmedit.json"], indent=2, default=str))
+        return result
+
+    return wrapper
+
+
+def _json_mode() -> dict | None:
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get("lmedit.json") if ctx is not None else None
+
+
+def _say(text: str) -> None:
+    """Human output (tables, summaries): stdout, unless --json."""
+    if _json_mode() is None:
+        click.echo(text)
+
+
+def _record(key: str, value, append: bool = False) -> None:
+    """A result for --json (ignored otherwise)."""
+    doc = _json_mode()
+    if doc is None:
+        return
+    if append:
+        doc.setdefault(key, []).append(value)
+    else:
+        doc[key] = value
 
 
 def _usage_error(exc: click.UsageError):
@@ -121,8 +168,14 @@ def _print_table(rows: list[dict], columns: list[str]) -> None:
 
 @click.group(cls=LmeditGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lmedit")
-def main():
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or notes, for every command (as TQDM_DISABLE=1).")
+def main(quiet):
     """Find the heads and neurons behind a behaviour, cut or rescale them, ship a checkpoint."""
+    if quiet:
+        import os
+
+        os.environ["TQDM_DISABLE"] = "1"  # read by every progress bar, ours and the libraries'
+        os.environ["LMEDIT_QUIET"] = "1"
 
 
 # models -----------------------------------------------------------------------------------------
@@ -267,7 +320,10 @@ def _verify(model, tokenizer, path: Path) -> float:
 
     inputs = encode(tokenizer, VERIFY_PROMPTS)
     diff = reload_difference(model, path, inputs)
-    click.echo(f"reloaded with plain transformers (fresh process): max |logit difference| = {diff:g}")
+    _say(f"reloaded with plain transformers (fresh process): max |logit difference| = {diff:g}")
+    _record("checkpoint", str(path))
+    _record("max_logit_difference", diff)
+    _record("identical", diff == 0.0)
     if diff != 0.0:  # a failed check, not a usage error: exit 1 (2 stays for usage errors)
         click.echo(f"Error: the reloaded checkpoint differs from the rebuilt model by {diff:g}", err=True)
         raise click.exceptions.Exit(1)
@@ -275,6 +331,7 @@ def _verify(model, tokenizer, path: Path) -> float:
 
 
 @main.command()
+@json_option
 @click.argument("checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--device", default="cpu", show_default=True)
 def verify(checkpoint, device):
@@ -405,20 +462,25 @@ class _Outputs:
 
 
 def _report(scores, outputs: _Outputs, stem: str, top: int, loaded=None, tokens: bool = False) -> None:
-    click.echo(scores.table(top))
+    _say(scores.table(top))
+    leading = {}
     if tokens and loaded is not None:
         from editor.attribution.vocab import head_tokens, neuron_tokens
 
-        click.echo("\ntop tokens of the leading components:")
+        _say("\ntop tokens of the leading components:")
         for rec in scores.ranked(min(top, 10)):
             if scores.kind == "head":
                 toks = head_tokens(loaded.arch, loaded.tokenizer,
                                    scores.vectors["mean_output"][rec["layer"], rec["index"]], k=6)
             else:
                 toks = neuron_tokens(loaded.arch, loaded.tokenizer, rec["layer"], rec["index"], kind=scores.kind, k=6)
-            click.echo(f"  {rec[scores.kind]:>9}  + {toks['top']}")
+            leading[rec[scores.kind]] = toks["top"]
+            _say(f"  {rec[scores.kind]:>9}  + {toks['top']}")
     paths = scores.save(outputs.claim(), stem, top=max(top, 50))
-    click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+    _say("wrote " + ", ".join(str(p) for p in paths.values()))
+    _record("results", {"name": stem, "kind": scores.kind, "method": scores.method, "meta": scores.meta,
+                        "top": scores.ranked(top), "top_tokens": leading,
+                        "files": {k: str(v) for k, v in paths.items()}}, append=True)
 
 
 @main.group(cls=LmeditGroup)
@@ -449,6 +511,7 @@ def _control(data: str, control: str | None, n: int, seed: int):
 
 
 @attribute.command("heads")
+@json_option
 @model_options
 @data_options
 @click.option("--method", type=click.Choice(["auto", "gradient", "static", "ablation", "both"]), default="auto",
@@ -478,12 +541,12 @@ def attribute_heads(load, data, n_prompts, seed, target, top, batch_size, out, f
             elif m == "ablation":
                 scores = head_ablation_scan(loaded.model, loaded.tokenizer, examples, batch_size=batch_size)
                 scores.columns["exact"] = torch.ones(scores.shape)
-                click.echo(f"accuracy without ablation: {scores.meta['base_acc']:.3f}")
+                _say(f"accuracy without ablation: {scores.meta['base_acc']:.3f}")
             elif m == "gradient":
                 scores = gradient_scores(loaded.model, loaded.tokenizer, examples, "head", batch_size)
             else:
                 scores = auto_head_scores(loaded.model, loaded.tokenizer, examples, top=top, batch_size=batch_size)
-                click.echo(f"accuracy without ablation: {scores.meta['base_acc']:.3f}; exact ablation of the "
+                _say(f"accuracy without ablation: {scores.meta['base_acc']:.3f}; exact ablation of the "
                            f"{scores.meta['confirmed']} best gradient candidates (rows marked exact)")
             if specificity and m != "static":
                 add_specificity(scores, loaded.model, loaded.tokenizer, control_examples,
@@ -494,6 +557,7 @@ def attribute_heads(load, data, n_prompts, seed, target, top, batch_size, out, f
 
 
 @attribute.command("circuit")
+@json_option
 @model_options
 @data_options
 @click.option("--heldout", type=click.IntRange(1, MAX_PROMPTS), default=None,
@@ -528,14 +592,16 @@ def attribute_circuit(load, data, n_prompts, seed, target, top, batch_size, out,
         found.specificity = set_specificity(loaded.model, loaded.tokenizer, heads, held, control_examples,
                                             guard_windows(loaded.tokenizer, n_prompts, seed=seed), batch_size)
         found.meta.update({"model": loaded.name, "data": data, "control": control_name})
-        click.echo(found.table())
+        _say(found.table())
         sp = found.specificity
-        click.echo(f"set of {len(heads)}: held-out accuracy {found.base['heldout_acc']:.3f} -> "
+        _say(f"set of {len(heads)}: held-out accuracy {found.base['heldout_acc']:.3f} -> "
                    f"{sp['task']['acc_after']:.3f} ({'target reached' if found.reached else 'target NOT reached'}); "
                    f"log-prob drop: task {sp['task']['logp_drop']:.3f}, {control_name} {sp['control']['logp_drop']:.3f}, "
                    f"guard {sp['guard']['logp_drop']:.3f} nats (specificity {sp['specificity']:.3f})")
         paths = found.save(outputs.claim())
-    click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+    _say("wrote " + ", ".join(str(p) for p in paths.values()))
+    _record("circuit", found.to_json())
+    _record("files", {k: str(v) for k, v in paths.items()})
 
 
 def _split(data: str, n: int, heldout: int, seed: int):
@@ -550,6 +616,7 @@ def _split(data: str, n: int, heldout: int, seed: int):
 
 
 @attribute.command("neurons")
+@json_option
 @model_options
 @data_options
 @click.option("--kind", type=click.Choice(["mlp", "attn"]), default="mlp", show_default=True,
@@ -593,11 +660,12 @@ def attribute_neurons(load, data, n_prompts, seed, target, top, batch_size, out,
         _report(scores, outputs, stem, top, loaded, tokens=True)
         if query:
             q = query_neurons(loaded.model, loaded.tokenizer, examples, scores, batch_size=batch_size)
-            click.echo("\nquery neurons:")
+            _say("\nquery neurons:")
             _report(q, outputs, "neurons_query", top)
 
 
 @attribute.command("cna")
+@json_option
 @model_options
 @data_options
 @click.option("--kind", type=click.Choice(["mlp", "attn"]), default="mlp", show_default=True)
@@ -644,6 +712,7 @@ def _settings(items: tuple[str, ...]) -> dict[str, str]:
 
 
 @main.command("evaluate")
+@json_option
 @model_options
 @click.option("--tasks", default="arithmetic,gender,pronoun,icl,guard", show_default=True,
               help="Comma-separated tasks: arithmetic, gender, pronoun, icl, guard.")
@@ -675,15 +744,18 @@ def evaluate_cmd(load, tasks, against, alone, settings, batch_size, out, force, 
     outputs = _Outputs(out, ["evaluation"], force)
     if base:
         if not against:  # part of the result: say which base the changes are against
-            click.echo(f"comparing against the base named in the manifest: {base}")
+            _say(f"comparing against the base named in the manifest: {base}")
+            _record("against", base)
         result = evaluate_against(load, model, base, task_configs, batch_size, not quiet, _info)
     else:
         loaded = load()
         result = evaluate_model(loaded.model, loaded.tokenizer, task_configs, model, batch_size, not quiet, log=_info)
-    click.echo(result.table())
+    _say(result.table())
     with outputs:
         paths = result.save(outputs.claim())
-    click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+    _say("wrote " + ", ".join(str(p) for p in paths.values()))
+    _record("evaluation", result.to_json())
+    _record("files", {k: str(v) for k, v in paths.items()})
 
 
 # recipes ----------------------------------------------------------------------------------------
@@ -730,7 +802,7 @@ def run_cmd(recipe, overrides, out, fresh, device, as_json):
     from editor.tables import format_table
 
     overrides = (*overrides, f"device={device}") if device else overrides
-    target, result = run_recipe(recipe, overrides, fresh=fresh, log=functools.partial(click.echo, err=True), out=out)
+    target, result = run_recipe(recipe, overrides, fresh=fresh, log=_log, out=out)
     summary = result["summary"]
     if as_json:
         click.echo(json.dumps({"run_directory": str(target), **result}, indent=2, default=str))
@@ -786,7 +858,7 @@ def prune_cmd(model, task, retain, units, method, baselines, max_guard_increase,
                        baselines=split(baselines), max_guard_increase=max_guard_increase, recover=recover,
                        recover_steps=recover_steps, search_retain=search_retain, seed=seed, device=device,
                        overrides=list(settings))
-    target, result = run_config(cfg, log=functools.partial(click.echo, err=True), out=out)
+    target, result = run_config(cfg, log=_log, out=out)
     summary = result["summary"]
     if as_json:
         click.echo(json.dumps({"run_directory": str(target), **summary}, indent=2, default=str))
@@ -804,6 +876,7 @@ def export():
 
 
 @export.command("gguf")
+@json_option
 @click.argument("model")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The .gguf file to write.")
 @click.option("--type", "kind", type=click.Choice(["f32", "f16", "q8_0"]), default="f16", show_default=True,
@@ -817,8 +890,10 @@ def export_gguf_cmd(model, out, kind, tokenizer_from, force):
 
     if out.exists() and not force:
         raise UserError(f"{out} exists; pass --force to replace it")
-    export_gguf(model, out, kind, tokenizer_from, log=functools.partial(click.echo, err=True))
-    click.echo(f"run it: llama-cli -m {out} -p 'The capital of France is'  (Ollama: FROM {out.resolve()} in a Modelfile)")
+    exported = export_gguf(model, out, kind, tokenizer_from, log=_log)
+    _say(f"run it: llama-cli -m {out} -p 'The capital of France is'  (Ollama: FROM {out.resolve()} in a Modelfile)")
+    _record("gguf", {"path": str(exported.path), "architecture": exported.architecture, "type": kind,
+                     "tensors": exported.tensors, "tokenizer_from": str(exported.tokenizer_from)})
 
 
 # lora -------------------------------------------------------------------------------------------
@@ -828,6 +903,7 @@ def lora():
 
 
 @lora.command("train")
+@json_option
 @model_options
 @click.option("--task", type=click.Choice(["arithmetic"]), default="arithmetic", show_default=True)
 @click.option("--layers", required=True, help="Layers that get adapters, e.g. 3 or 0-2 or 1,5.")
@@ -859,12 +935,16 @@ def lora_train(load, task, layers, targets, rank, alpha, steps, lr, batch_size, 
     out = out or Path("checkpoints") / "lora" / f"{_model_stem(model)}-L{layers.replace(',', '_')}"
     if out.exists() and not force:
         raise UserError(f"{out} already exists; pass --force to overwrite it")
-    summary = train_and_save(load(), settings, out, force=force, log=functools.partial(click.echo, err=True))
-    click.echo(f"adapter: {out / 'adapter'}\nmerged checkpoint: {out / 'merged'}\n"
-               f"token accuracy {summary['accuracy_before']['value']:.3f} -> {summary['accuracy_after']['value']:.3f}")
+    summary = train_and_save(load(), settings, out, force=force, log=_log)
+    _say(f"adapter: {out / 'adapter'}\nmerged checkpoint: {out / 'merged'}\n"
+         f"token accuracy {summary['accuracy_before']['value']:.3f} -> {summary['accuracy_after']['value']:.3f}")
+    _record("adapter", str(out / "adapter"))
+    _record("merged", str(out / "merged"))
+    _record("summary", summary)
 
 
 @lora.command("compare")
+@json_option
 @click.option("--model", "-m", "--base", "base", default=None,
               help="The base model [default: the one named in the adapter's adapter_config.json].")
 @click.option("--adapter", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -898,10 +978,12 @@ def lora_compare(base, adapter, data, n_prompts, seed, layers, batch_size, out, 
     base_lm = load_model(base, device=device)
     lora_model = load_adapter(base_lm.model, adapter, merge=False)
     shift = coefficient_shift(None, lora_model, base_lm.tokenizer, examples, _layers(layers), batch_size=batch_size)
-    click.echo(format_table(shift.averages, list(shift.averages[0]), right=True))
-    click.echo(f"token accuracy: base {shift.accuracy['base'].cell()}, LoRA {shift.accuracy['lora'].cell()}")
+    _say(format_table(shift.averages, list(shift.averages[0]), right=True))
+    _say(f"token accuracy: base {shift.accuracy['base'].cell()}, LoRA {shift.accuracy['lora'].cell()}")
     paths = shift.save(out or Path(adapter).parent)
-    click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+    _say("wrote " + ", ".join(str(p) for p in paths.values()))
+    _record("compare", shift.to_json())
+    _record("files", {k: str(v) for k, v in paths.items()})
 
 
 # service ----------------------------------------------------------------------------------------
@@ -921,6 +1003,7 @@ def lora_compare(base, adapter, data, n_prompts, seed, layers, batch_size, out, 
 @click.option("--max-queued-per-user", type=click.IntRange(1, 100_000), default=20, show_default=True)
 def serve(host, port, home, workers, tokens, executor, ray_address, max_queued, max_queued_per_user):
     """Run the job service: FastAPI on uvicorn; API under /v1, docs at /docs, a page at /."""
+    _need("fastapi", "uvicorn", extra="service")
     from editor.model.store import home as store_home
     from editor.service.app import Settings, check_host, local_token, read_tokens
 
@@ -955,7 +1038,17 @@ def jobs(ctx, server, token):
     ctx.obj = {"server": server, "token": token}
 
 
+def _need(*modules: str, extra: str) -> None:
+    """An optional dependency missing is one line saying how to get it, not an ImportError."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"this needs {', '.join(missing)}: pip install 'lmedit[{extra}]'")
+
+
 def _client():
+    _need("httpx", extra="service")
     from editor.service.client import Client
 
     obj = click.get_current_context().obj  # set by the `jobs` group, inherited by its commands

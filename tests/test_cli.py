@@ -147,3 +147,34 @@ def test_verify_refuses_a_source_that_changed_since_the_edit(tiny_dir, tmp_path)
     save_file(weights, source / "model.safetensors", metadata={"format": "pt"})
     result = run("verify", out)
     assert result.exit_code == 1 and "not the one this checkpoint was made from" in result.output
+
+
+def test_json_output_and_quiet(tiny_dir, tmp_path, monkeypatch):
+    """--json: one JSON document on stdout, the same results the files hold; --quiet: no notes or step lines."""
+    import json
+
+    runner = CliRunner()
+    got = runner.invoke(main, ["attribute", "heads", "--model", str(tiny_dir), "--n", "6", "--top", "3", "--json",
+                               "--out", str(tmp_path / "a")])
+    assert got.exit_code == 0, got.output
+    doc = json.loads(got.stdout)
+    (result,) = doc["results"]
+    saved = json.loads((tmp_path / "a" / "heads_auto.json").read_text())
+    assert result["name"] == "heads_auto" and result["top"] == saved["top"][:3]
+    got = runner.invoke(main, ["edit", "--model", str(tiny_dir), "--zero-heads", "0.1", "--out", str(tmp_path / "c")])
+    assert got.exit_code == 0, got.output
+    got = runner.invoke(main, ["verify", str(tmp_path / "c"), "--json"])
+    assert got.exit_code == 0 and json.loads(got.stdout) == {"checkpoint": str(tmp_path / "c"),
+                                                              "max_logit_difference": 0.0, "identical": True}
+    got = runner.invoke(main, ["evaluate", "--model", str(tmp_path / "c"), "--tasks", "guard", "--set",
+                               "guard.window=64", "--json", "--out", str(tmp_path / "e")])
+    assert got.exit_code == 0, got.output
+    doc = json.loads(got.stdout)
+    assert doc["against"] == str(tiny_dir) and doc["evaluation"] == json.loads((tmp_path / "e" / "evaluation.json").read_text())
+    for name in ("LMEDIT_QUIET", "TQDM_DISABLE"):  # --quiet sets them; restored after the test
+        monkeypatch.setenv(name, "0")
+    quiet = runner.invoke(main, ["--quiet", "run", "recipes/icl-heads.yaml", "--out", str(tmp_path / "r"), "--set",
+                                 f"model={tiny_dir}", "--set", "data.n_score=4", "--set", "data.n_eval=6", "--set",
+                                 "cut.fractions=[0.1]", "--set", "cut.random_seeds=[1]", "--set", "rescale.factors=[0.5]"])
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stderr == "" and "summary" in quiet.stdout

@@ -2,7 +2,6 @@
 Makefile's test target), against transformers on the same tokens."""
 
 import json
-import subprocess
 
 import numpy as np
 import pytest

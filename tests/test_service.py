@@ -306,3 +306,41 @@ def test_the_web_page_in_headless_chromium(server, arith_dir, tmp_path):
     assert "report.html" in signed_in and "<form" in signed_in
     assert BOB not in signed_in and ALICE not in signed_in  # the token is not echoed into the page
     assert "sign in" in dom(f"{server.url}/?token=wrong-token-000000000")
+
+
+@pytest.mark.slow
+def test_the_ray_executor_end_to_end(tmp_path, arith_dir):
+    """A local Ray instance started here; the service submits each job as a Ray task with the job's
+    resources; the artifacts land in the service home and equal the local executor's."""
+    from safetensors.torch import load_file
+
+    ray = str(Path(sys.executable).parent / "ray")
+    port = free_port()
+    started = subprocess.run([ray, "start", "--head", "--num-cpus", "2", "--port", str(port), "--include-dashboard=false",
+                              "--disable-usage-stats"], capture_output=True, text=True, timeout=180)
+    assert started.returncode == 0, started.stderr[-2000:]
+    server = Server(tmp_path / "home", "--executor", "ray", "--ray-address", f"127.0.0.1:{port}", "--workers", "2")
+    local = Server(tmp_path / "local-home")
+    try:
+        server.start()
+        local.start()
+        client, other = Client(server.url, ALICE), Client(local.url, ALICE)
+        job = client.submit(**prune_job(arith_dir), resources={"cpus": 1})
+        ref = other.submit(**prune_job(arith_dir))
+        assert wait_for(client, job)["state"] == "succeeded" and wait_for(other, ref)["state"] == "succeeded"
+        with sqlite3.connect(server.home / "jobs.sqlite3") as db:
+            (worker,) = db.execute("SELECT worker FROM jobs WHERE id = ?", (job,)).fetchone()
+        assert worker.startswith("ray:")
+        assert any(e["type"] == "step" for e in client.history(job))  # progress flows from Ray workers too
+        a = load_file(server.home / "jobs" / job / "run" / "checkpoint" / "model.safetensors")
+        b = load_file(local.home / "jobs" / ref / "run" / "checkpoint" / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        # Cancel reaches a Ray task too.
+        long = client.submit(**prune_job(arith_dir, **{"data.n_test": 2000}))
+        wait_for(client, long, ("running",))
+        client.cancel(long)
+        assert wait_for(client, long)["state"] == "cancelled"
+    finally:
+        server.stop()
+        local.stop()
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)

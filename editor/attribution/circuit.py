@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from editor.attribution.common import model_device, prompt_batches
+from editor.attribution.common import prompt_batches
+from editor.model.capture import model_device
 from editor.attribution.confirm import gradient_scores
 from editor.attribution.heads import head_ablation_scan
 from editor.edit.plan import EditPlan

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-from tqdm.auto import tqdm
 
 from editor.errors import UserError
 from editor.model.capture import encode
+from editor.progress import progress_bar
 from editor.tasks.examples import Example, fit_to_tokenizer, gold_token_ids
 
 TARGETS = ("auto", "gold", "top1")
@@ -53,13 +52,3 @@ def prompt_batches(tokenizer, examples: list[Example], batch_size: int, device, 
         yield PromptBatch(start, chunk, inputs, gold[start:start + batch_size])
         bar.update(len(chunk))
     bar.close()
-
-
-def progress_bar(total: int, desc: str, unit: str = "it", enabled: bool = True):
-    """A bar on stderr; none when disabled or when stderr is not a terminal (no escape codes in logs)."""
-    return tqdm(total=total, desc=desc, unit=unit, disable=None if enabled else True, file=sys.stderr, leave=False,
-                dynamic_ncols=True)
-
-
-def model_device(model) -> torch.device:
-    return next(model.parameters()).device

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from editor.attribution.common import model_device, progress_bar
+from editor.model.capture import model_device
+from editor.progress import progress_bar
 from editor.errors import UserError
 from editor.evaluation.scoring import pad_rows, pad_token_id
 from editor.model.arch import Arch

@@ -17,7 +17,9 @@ from contextlib import contextmanager
 
 import torch
 
-from editor.attribution.common import model_device, progress_bar, prompt_batches
+from editor.attribution.common import prompt_batches
+from editor.model.capture import model_device
+from editor.progress import progress_bar
 from editor.attribution.readout import Readout
 from editor.attribution.results import ComponentScores
 from editor.edit.plan import EditPlan

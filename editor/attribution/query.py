@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from editor.attribution.common import model_device, prompt_batches
+from editor.attribution.common import prompt_batches
+from editor.model.capture import model_device
 from editor.attribution.readout import norm_weight
 from editor.attribution.results import ComponentScores
 from editor.errors import UserError

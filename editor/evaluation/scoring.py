@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from editor.attribution.common import model_device, progress_bar
+from editor.model.capture import model_device
+from editor.progress import progress_bar
 from editor.errors import UserError
 from editor.tasks.examples import answer_ids
 

@@ -214,3 +214,7 @@ def capture(
         logits = logits[:, 0]
         tensors = {p: t[:, 0] for p, t in tensors.items()}
     return Captured(positions=positions, layers=layers, logits=logits, tensors=tensors)
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import functools
-import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +14,8 @@ from editor.errors import UserError
 from editor.io import recover
 from editor.model import store
 from editor.model.arch import Arch
+from editor.model.gguf_read import load_gguf
+from editor.progress import quiet_transformers
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEVICES = ("auto", "cpu", "cuda")
@@ -43,16 +43,6 @@ class LoadedModel:
                 **self.arch.describe(), "parameters": params, "dtype": str(self.model.dtype).removeprefix("torch.")}
 
 
-def _quiet_transformers():
-    # Loading reports (unused keys, GGUF progress) are noise for a CLI user; errors still raise.
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    if not sys.stderr.isatty() or os.environ.get("TQDM_DISABLE"):  # no bars (escape codes) in logs
-        transformers.utils.logging.disable_progress_bar()
-
-
 def _resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype | str:
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -74,38 +64,11 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def load_gguf(path: Path, dtype: torch.dtype = torch.float32):
-    """Load a ``.gguf`` file as a plain (serialisable) transformers model and its tokenizer.
-
-    transformers de-quantises GGUF weights but marks the model as "quantized with gguf" and refuses
-    ``save_pretrained``; rebuilding from the config without ``quantization_config`` and loading the
-    state dict strictly gives the same weights in a model that saves normally.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    _quiet_transformers()
-    path = Path(path)
-    try:
-        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    except Exception as exc:  # transformers raises many types for unreadable or unsupported GGUF
-        raise UserError(f"could not load GGUF file {path}: {exc}") from exc
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.name_or_path = str(path)
-    plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    plain.load_state_dict(loaded.state_dict(), strict=True)
-    plain.tie_weights()
-    plain.eval()
-    return plain, tokenizer
-
-
 def _from_pretrained(source: str | Path, dtype, device: str, device_map: str | None,
                      attn_implementation: str, trust_remote_code: bool, offline_hint: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     kwargs = dict(dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code,
                   use_safetensors=True)  # never unpickle weights
     if device_map:

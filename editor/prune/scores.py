@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from editor.attribution.common import model_device
+from editor.model.capture import model_device
 from editor.attribution.gradient import gradient_effects
 from editor.evaluation.scoring import pad_rows, pad_token_id
 from editor.model.arch import Arch, weight_in_slice, weight_out_rows

@@ -18,15 +18,15 @@ from editor.errors import UserError
 
 
 def check_ray() -> None:
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        raise UserError("--executor ray needs the ray package (pip install 'lmedit[ray]')") from None
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise UserError("--executor ray needs the ray package (pip install 'lmedit[ray]')")
 
 
 def _run_worker(argv: list[str], job_dir: str, job_id: str) -> int:
     """Runs inside a Ray worker: the job's lmedit process, its log appended to the job's log."""
-    from editor.service.runner import _die_with_parent
+    from editor.service.runner import _worker_preexec
 
     directory = Path(job_dir)
     if not directory.is_dir():
@@ -34,7 +34,7 @@ def _run_worker(argv: list[str], job_dir: str, job_id: str) -> int:
     env = {**os.environ, "LMEDIT_JOB": job_id, "TQDM_DISABLE": "1"}
     with open(directory / "log.txt", "ab") as log, open(directory / "stdout.txt", "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=directory,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=_worker_preexec)
         return proc.wait()
 
 
