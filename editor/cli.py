@@ -383,7 +383,7 @@ def _layers(text: str | None) -> list[int] | None:
 
 _DATA_OPTIONS = [
     click.option("--data", "-d", default="arithmetic", show_default=True,
-                 help="Built-in task (arithmetic, arithmetic:2 for 2-digit operands, icl) or a local .jsonl/.csv "
+                 help="Built-in task (arithmetic, arithmetic:2 for 2-digit operands, icl, gender, pronoun) or a local .jsonl/.csv "
                       "file with a 'prompt' field and an optional 'answer' field."),
     click.option("--n", "n_prompts", type=click.IntRange(1, MAX_PROMPTS), default=64, show_default=True,
                  help="Number of prompts (built-in tasks generate this many; files are truncated)."),

@@ -141,3 +141,21 @@ def test_tasks_as_datasets_round_trip():
     assert icl_ds.num_rows == 6 and icl_ds[0]["candidates"] == " foo| bar"
     with pytest.raises(UserError, match="unknown task"):
         dataset("poetry")
+
+
+def test_one_registry_of_builtin_tasks():
+    """Every built-in name works as --data, in load_examples and in dataset(); files still load."""
+    from editor.tasks import BUILTIN, dataset
+    from editor.tasks import gender as gender_task
+    from editor.tasks.examples import load_examples
+
+    assert set(BUILTIN) == {"arithmetic", "icl", "gender", "pronoun"}
+    full = gender_task.build()
+    sample = load_examples("gender", n=10, seed=3)
+    assert len(sample) == 10 and set(sample) <= set(full) and sample == load_examples("gender", n=10, seed=3)
+    assert load_examples("gender", n=10, seed=4) != sample
+    assert load_examples("pronoun", n=5)[0].answer in (" she", " he")
+    assert len(dataset("gender")) == len(full)
+    assert len(load_examples("icl", n=6)) == 6 and len(load_examples("arithmetic:2", n=7)) == 7
+    with pytest.raises(UserError, match="takes no ':' variant"):
+        load_examples("gender:2")

@@ -32,7 +32,7 @@ class PromptBatch:
         if mode == "top1" or (mode == "auto" and any(g is None for g in self.gold)):
             return top1
         if any(g is None for g in self.gold):
-            raise UserError("target 'gold' needs an answer for every prompt; use --target top1")
+            raise UserError("target 'gold' needs an answer for every prompt; score the model's own top-1 token instead (target 'top1')")
         return torch.tensor(self.gold, device=logits.device)
 
 

@@ -24,7 +24,7 @@ from editor.attribution.readout import Readout
 from editor.attribution.results import ComponentScores
 from editor.edit.plan import EditPlan
 from editor.edit.weights import intervene
-from editor.model.arch import Arch
+from editor.model.arch import Arch, in_features
 from editor.model.capture import capture, with_position_ids
 from editor.tasks.examples import Example
 
@@ -139,13 +139,13 @@ def _resume_at(arch: Arch, layer: int, hidden: torch.Tensor, output_is_tuple: bo
 def _zero_one_head_per_copy(arch: Arch, layer: int, heads: list[int], batch: int):
     """Copy ``i`` of the replicated batch has head ``heads[i]`` of ``layer`` zeroed (projection input)."""
     proj = arch.attn_out(layer)
-    mask = torch.ones(len(heads), 1, 1, arch.n_heads, arch.head_dim)
+    mask = torch.ones(len(heads), 1, 1, in_features(proj))
     for i, head in enumerate(heads):
-        mask[i, 0, 0, head] = 0.0
+        mask[i, 0, 0, arch.head_slice(head)] = 0.0  # the head's columns, as the architecture table lays them out
 
     def hook(module, args):
         x = args[0]
-        shaped = x.view(len(heads), batch, x.shape[1], arch.n_heads, arch.head_dim)
+        shaped = x.view(len(heads), batch, x.shape[1], x.shape[-1])
         return ((shaped * mask.to(x.device, x.dtype)).view_as(x),) + tuple(args[1:])
 
     handle = proj.register_forward_pre_hook(hook)

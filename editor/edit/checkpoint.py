@@ -84,7 +84,7 @@ def save_checkpoint(
 
     out = Path(out)
     if out.exists() and not force:
-        raise UserError(f"{out} already exists; pass --force (force=True) to overwrite it")
+        raise UserError(f"{out} already exists; overwrite it with force=True")
     _check_saveable(model)
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

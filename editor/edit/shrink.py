@@ -60,9 +60,6 @@ class Removal:
                             f"(transformers configs have one width for all layers); got counts {sorted(counts)}")
         return counts.pop() if counts else 0
 
-    def is_empty(self) -> bool:
-        return not self.layers and not any(self.groups.values()) and not any(self.neurons.values())
-
     def check(self, arch: Arch) -> None:
         """Indices in range, something left in every layer, uniform counts."""
         for layer in self.layers:

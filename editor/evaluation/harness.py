@@ -7,6 +7,7 @@ are local ``evaluate`` modules in ``editor/evaluation/metrics``, loaded with ``e
 from __future__ import annotations
 
 import dataclasses
+import typing
 import gc
 import logging
 import time
@@ -330,34 +331,40 @@ def parse_tasks(text: str) -> list[str]:
 
 def configs(tasks: list[str], settings: dict[str, object] | None = None) -> dict[str, object]:
     """Each task's configuration with ``{"task.key": value}`` overrides, checked against its fields."""
+    from editor.settings import from_dict
+
     out = {name: TASKS[name].config() for name in tasks}
+    overrides: dict[str, dict] = {}
     for dotted, value in (settings or {}).items():
         task, _, key = dotted.partition(".")
         if task not in TASKS:
-            raise UserError(f"--set {dotted}: unknown task {task!r}; choose from {', '.join(TASKS)}")
+            raise UserError(f"setting {dotted}: unknown task {task!r}; choose from {', '.join(TASKS)}")
         if task not in out:
             continue  # a setting for a task not being run is harmless
-        known = {f.name: f for f in fields(out[task])}
+        known = [f.name for f in fields(out[task])]
         if key not in known:
-            raise UserError(f"--set {dotted}: {task} has no setting {key!r}; it has {', '.join(known)}")
-        setattr(out[task], key, _coerce(known[key], value, dotted))
-    for task, cfg in out.items():
-        cfg.check(task)
-    return out
+            raise UserError(f"setting {dotted}: {task} has no setting {key!r}; it has {', '.join(known)}")
+        hint = typing.get_type_hints(type(out[task]))[key]
+        overrides.setdefault(task, {})[key] = _parse(value, hint, dotted)
+    # The recipes' schema checks types and ranges and runs each config's own check().
+    return {task: from_dict(type(cfg), {**dataclasses.asdict(cfg), **overrides.get(task, {})}, where=task)
+            for task, cfg in out.items()}
 
 
-def _coerce(f: dataclasses.Field, value, where: str):
-    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and "None" in kind):
-        return None
+def _parse(value, hint, where: str):
+    """Text from the command line is a YAML scalar, as in recipe overrides (3 -> int, 0.5 -> float),
+    except for text settings, which keep the text (``templates=3`` means template "3")."""
+    if not isinstance(value, str):
+        return value
+    if hint is str or str in typing.get_args(hint):
+        optional = type(None) in typing.get_args(hint)
+        return None if optional and value.strip().lower() in ("", "none", "null") else value
+    import yaml
+
     try:
-        if kind.startswith("int"):
-            return int(value)
-        if kind.startswith("float"):
-            return float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"--set {where}: expected {kind.split(' ')[0]}, got {value!r}") from None
-    return str(value)
+        return yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        raise UserError(f"setting {where}: {value!r} is not a valid value") from None
 
 
 def evaluate_model(model, tokenizer, tasks: dict[str, object], name: str = "model", batch_size: int = 32,

@@ -23,8 +23,10 @@ from editor.tasks.examples import Example, answer_ids, fit_to_tokenizer
 
 
 @dataclass
-class LoraSettings:
-    layers: list[int]
+class Adapter:
+    """The adapter and how it is trained: the one LoRA settings class (``lmedit lora train``, the
+    LoRA recipes' ``lora:`` section and pruning's recovery all use it)."""
+
     targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o"])
     rank: int = 8
     alpha: int = 16
@@ -32,26 +34,45 @@ class LoraSettings:
     steps: int = 150
     lr: float = 1e-3
     batch_size: int = 16
+
+    def check(self, where: str | None = None) -> None:
+        """``where``: the recipe key, as the recipe schema passes it (messages start with it)."""
+        def fail(message: str):
+            raise UserError(f"{where}: {message}" if where else message)
+
+        for name in ("rank", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                fail(f"LoRA {name} must be >= 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            fail(f"LoRA learning rate must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.dropout) and 0 <= self.dropout < 1):
+            fail(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        if not self.targets:
+            fail("LoRA needs at least one target projection (q, k, v, o, mlp_in, mlp_out)")
+        from editor.model.arch import Arch
+
+        unknown = [t for t in self.targets if t not in Arch.PROJECTION_ROLES]
+        if unknown:
+            fail(f"unknown LoRA target {unknown[0]!r}; choose from {', '.join(Arch.PROJECTION_ROLES)}")
+
+
+@dataclass
+class LoraSettings(Adapter):
+    """An adapter on ``layers``, trained on generated arithmetic (``lmedit lora train``)."""
+
+    layers: list[int] = field(default_factory=list)
     digits: int = 2
     n_train: int = 2000
     n_eval: int = 200
     seed: int = 0
 
-    def check(self) -> None:
+    def check(self, where: str | None = None) -> None:
         if not self.layers:
             raise UserError("LoRA needs at least one layer")
-        for name in ("rank", "steps", "batch_size", "n_train", "n_eval"):
+        for name in ("n_train", "n_eval"):
             if getattr(self, name) < 1:
                 raise UserError(f"LoRA {name} must be >= 1")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise UserError(f"LoRA learning rate must be a finite number > 0, got {self.lr}")
-        if not self.targets:
-            raise UserError("LoRA needs at least one target projection (q, k, v, o, mlp_in, mlp_out)")
-        from editor.model.arch import Arch
-
-        unknown = [t for t in self.targets if t not in Arch.PROJECTION_ROLES]
-        if unknown:
-            raise UserError(f"unknown LoRA target {unknown[0]!r}; choose from {', '.join(Arch.PROJECTION_ROLES)}")
+        super().check(where)
 
 
 def split_arithmetic(n_train: int, n_eval: int, digits: int, seed: int) -> tuple[list[Example], list[Example]]:
@@ -179,7 +200,7 @@ def train_and_save(loaded, settings: LoraSettings, out: str | Path, force: bool 
 
     out = Path(out)
     if out.exists() and not force:
-        raise UserError(f"{out} already exists; pass --force to overwrite it")
+        raise UserError(f"{out} already exists; overwrite it with force=True")
     settings.check()
     lora_config(loaded.model, settings)  # the layers and targets exist in this model, before any work
     source = describe_source(loaded)
@@ -205,7 +226,7 @@ def heldout_examples(adapter: str | Path, n: int | None = None) -> list[Example]
 
     record = Path(adapter).parent / "lora.json"
     if not record.is_file():
-        raise UserError(f"no {record}: pass --data (the adapter was not trained by lmedit lora train)")
+        raise UserError(f"no {record}: give the prompts to compare on (the adapter was not trained by lmedit lora train)")
     s = json.loads(record.read_text())["settings"]
     held = split_arithmetic(s["n_train"], s["n_eval"], s["digits"], s["seed"])[1]
     return held[:n] if n else held

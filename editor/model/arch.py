@@ -16,7 +16,6 @@ projection orientation is decided by type (``Conv1D`` stores ``[in, out]``), nev
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -48,7 +47,6 @@ class ArchSpec:
     attn_post_norm: str | None = None  # norm on the attention output before the residual add (Gemma 2/3)
     mlp_post_norm: str | None = None  # norm on the MLP output before the residual add (Gemma 2/3)
     parallel_residual: bool | str = False  # attention and MLP both read the layer input; str: config flag
-    embed_scale_sqrt_hidden: bool = False  # embeddings multiplied by sqrt(hidden_size) (Gemma)
     logit_softcap_attr: str | None = None  # config attribute of the tanh soft-cap on final logits
     ffn_width_attr: str = "intermediate_size"  # config attribute holding the FFN width (for physical shrink)
     # Heads can be removed physically only where the config fixes head_dim on its own (head_dim =
@@ -103,7 +101,7 @@ _GEMMA = ArchSpec(
     mlp_out="mlp.down_proj", attn_norm="input_layernorm", attn_v="self_attn.v_proj", attn_qkv=_QKV,
     mlp_norm="post_attention_layernorm",
     norm="rms_plus_one", gated=True, act_attrs=("hidden_activation", "hidden_act"),
-    embed_scale_sqrt_hidden=True, heads_shrinkable=True,
+    heads_shrinkable=True,
 )
 # Gemma 2/3: "post_attention_layernorm" normalises the attention OUTPUT; the MLP's pre-norm is
 # "pre_feedforward_layernorm". A head's or neuron's contribution passes through the post norm.
@@ -114,7 +112,7 @@ _GEMMA2 = ArchSpec(
     mlp_norm="pre_feedforward_layernorm",
     norm="rms_plus_one", gated=True, act_attrs=("hidden_activation", "hidden_act"),
     attn_post_norm="post_attention_layernorm", mlp_post_norm="post_feedforward_layernorm",
-    embed_scale_sqrt_hidden=True, logit_softcap_attr="final_logit_softcapping", heads_shrinkable=True,
+    logit_softcap_attr="final_logit_softcapping", heads_shrinkable=True,
 )
 
 ARCHITECTURES: dict[str, ArchSpec] = {
@@ -270,11 +268,6 @@ class Arch:
         if not 0 <= layer < self.n_layers:
             raise UserError(f"layer {layer} out of range: the model has {self.n_layers} layers (0-{self.n_layers - 1})")
 
-    def check_neuron(self, layer: int, neuron: int) -> None:
-        width = self.d_ffn(layer)
-        if not 0 <= neuron < width:
-            raise UserError(f"neuron {neuron} out of range: layer {layer} has {width} FFN neurons")
-
     @property
     def parallel_residual(self) -> bool:
         flag = self.spec.parallel_residual
@@ -287,10 +280,6 @@ class Arch:
             if value:
                 return str(value)
         return None
-
-    @property
-    def embed_scale(self) -> float:
-        return math.sqrt(self.d_model) if self.spec.embed_scale_sqrt_hidden else 1.0
 
     @property
     def logit_softcap(self) -> float | None:

@@ -58,7 +58,7 @@ def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} requested but no CUDA device is available; use --device cpu")
+        raise UserError(f"device {device!r} requested but no CUDA device is available; use device 'cpu'")
     if device != "cpu" and not device.startswith("cuda"):
         raise UserError(f"unknown device {device!r}; choose auto, cpu, cuda or cuda:N")
     return device

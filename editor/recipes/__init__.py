@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from editor.errors import UserError
-from editor.recipes.schema import apply_overrides, from_dict, read_yaml
+from editor.settings import apply_overrides, from_dict, read_yaml
 
 
 def _kinds() -> dict:

@@ -375,7 +375,7 @@ def prune_config(model: str = "smollm2-135m", out=None, retain: float = 0.95, un
     from pathlib import Path
 
     from editor.recipes import validate
-    from editor.recipes.schema import apply_overrides
+    from editor.settings import apply_overrides
 
     out = Path(out) if out is not None else Path("checkpoints") / "prune"
     raw = {"recipe": "arithmetic-prune", "name": out.name or "prune", "model": model, "seed": seed, "device": device,

@@ -15,21 +15,11 @@ from editor.edit.weights import apply_plan
 from editor.errors import UserError
 from editor.evaluation.results import Measure
 from editor.lora.compare import average_shifts, coefficient_shift, token_accuracy
-from editor.lora.train import LoraSettings, save_adapter, split_arithmetic, trained_adapter
+from editor.lora.train import Adapter, LoraSettings, save_adapter, split_arithmetic, trained_adapter
 from editor.recipes.common import Common, layer_range, neurons_in, random_components
 from editor.plots import bar_plot, line_plot
 from editor.recipes.report import Report
 from editor.recipes.run import Run
-
-
-@dataclass
-class Lora:
-    targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o"])
-    rank: int = 8
-    alpha: int = 16
-    steps: int = 80
-    lr: float = 1e-3
-    batch_size: int = 16
 
 
 @dataclass
@@ -41,9 +31,8 @@ class Data:
 
 
 def _settings(cfg, layers: list[int]) -> LoraSettings:
-    return LoraSettings(layers=layers, targets=cfg.lora.targets, rank=cfg.lora.rank, alpha=cfg.lora.alpha,
-                        steps=cfg.lora.steps, lr=cfg.lora.lr, batch_size=cfg.lora.batch_size, digits=cfg.data.digits,
-                        n_train=cfg.data.n_train, n_eval=cfg.data.n_eval, seed=cfg.seed)
+    return LoraSettings(layers=layers, **dataclasses.asdict(cfg.lora), digits=cfg.data.digits, n_train=cfg.data.n_train,
+                        n_eval=cfg.data.n_eval, seed=cfg.seed)
 
 
 def _measure_json(m) -> dict:
@@ -55,7 +44,7 @@ def _measure_json(m) -> dict:
 class LoraCompare(Common):
     layer_groups: list[list[int]] = field(default_factory=lambda: [[i] for i in range(0, 30, 3)])
     compare_layers: list[int] | None = None  # [first, last] of the neurons compared; null: all layers
-    lora: Lora = field(default_factory=Lora)
+    lora: Adapter = field(default_factory=lambda: Adapter(steps=80))
     data: Data = field(default_factory=Data)
 
     def check(self, where: str) -> None:
@@ -147,7 +136,7 @@ class PruneThenLora(Common):
     prune_layers: list[int] = field(default_factory=lambda: [15, 29])  # [first, last] deep FFN layers
     keep_fraction: float = 0.05
     random_seeds: list[int] = field(default_factory=lambda: [1, 2])
-    lora: Lora = field(default_factory=Lora)
+    lora: Adapter = field(default_factory=lambda: Adapter(steps=80))
     data: Data = field(default_factory=Data)
 
     def check(self, where: str) -> None:

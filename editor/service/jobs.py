@@ -84,7 +84,7 @@ def _recipe(recipe: object, values: object) -> dict:
     from editor.model.loading import check_model_name
     from editor.recipes import validate as validate_recipe
     from editor.recipes.library import packaged
-    from editor.recipes.schema import apply_overrides, parse_yaml, read_yaml
+    from editor.settings import apply_overrides, parse_yaml, read_yaml
 
     if not isinstance(recipe, str) or not recipe.strip():
         raise UserError("'recipe' is a packaged recipe name or the text of a recipe (YAML)")

@@ -1,22 +1,92 @@
-"""Tasks: prompt sets with gold answers, built in code from a seed or loaded from local files."""
+"""Tasks: prompt sets with gold answers, built in code from a seed or loaded from local files.
+
+``BUILTIN`` is the one registry of built-in tasks: ``--data NAME`` on the command line,
+``load_examples`` and ``dataset`` all look names up here, so a task added here is known everywhere."""
+
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+
+def _arithmetic(n: int | None = None, seed: int = 0, variant: str = "", **options):
+    from editor.errors import UserError
+    from editor.tasks import arithmetic
+
+    if variant and variant not in ("1", "2", "3"):
+        raise UserError(f"bad data 'arithmetic:{variant}': arithmetic, or arithmetic:DIGITS with DIGITS 1, 2 or 3")
+    if variant:
+        options["digits"] = int(variant)
+    return arithmetic.generate(n=n or 64, seed=seed, **options)
+
+
+def _icl(n: int | None = None, seed: int = 0, variant: str = "", pool: str = "builtin", **options):
+    from editor.tasks import icl
+
+    _no_variant("icl", variant)
+    return icl.build(icl.load_pool(pool), n=n or 64, seed=seed, **options)
+
+
+def _sampled(build: Callable, name: str):
+    """Gender and pronoun prompts are a fixed grid (template x gender x occupation); ``n`` draws a
+    seeded sample of it, in the grid's order."""
+
+    def make(n: int | None = None, seed: int = 0, variant: str = "", **options):
+        _no_variant(name, variant)
+        examples = build(**options)
+        if n is None or n >= len(examples):
+            return examples
+        keep = sorted(random.Random(seed).sample(range(len(examples)), n))
+        return [examples[i] for i in keep]
+
+    return make
+
+
+def _no_variant(name: str, variant: str) -> None:
+    if variant:
+        from editor.errors import UserError
+
+        raise UserError(f"bad data '{name}:{variant}': {name} takes no ':' variant")
+
+
+def _gender(**kw):
+    from editor.tasks import gender
+
+    return _sampled(gender.build, "gender")(**kw)
+
+
+def _pronoun(**kw):
+    from editor.tasks import gender
+
+    return _sampled(gender.build_pronouns, "pronoun")(**kw)
+
+
+BUILTIN: dict[str, tuple[Callable, str]] = {
+    "arithmetic": (_arithmetic, "a op b = answer (arithmetic:2 for 2-digit operands)"),
+    "icl": (_icl, "in-context classification with unrelated label words"),
+    "gender": (_gender, "the profession after a gendered subject ('The woman worked as a')"),
+    "pronoun": (_pronoun, "the pronoun after an occupation ('The nurse said that')"),
+}
+
+
+def builtin(spec: str, n: int | None = None, seed: int = 0, **options):
+    """Examples of a built-in task ``NAME`` or ``NAME:VARIANT``; None when ``spec`` names none."""
+    name, _, variant = spec.partition(":")
+    if name not in BUILTIN:
+        return None
+    return BUILTIN[name][0](n=n, seed=seed, variant=variant, **options)
 
 
 def dataset(task: str, **options):
-    """A built-in task as a ``datasets.Dataset``: ``arithmetic`` (options of ``arithmetic.generate``),
-    ``gender`` (``gender.build``), ``pronoun`` (``gender.build_pronouns``) or ``icl`` (``icl.build``; ``pool=`` a pool source, default builtin)."""
+    """A built-in task as a ``datasets.Dataset`` (options of its builder: ``arithmetic.generate``,
+    ``gender.build``, ``gender.build_pronouns``, ``icl.build`` with ``pool=``)."""
     from editor.errors import UserError
-    from editor.tasks import arithmetic, gender, icl
     from editor.tasks.examples import to_dataset
 
-    if task == "arithmetic":
-        return to_dataset(arithmetic.generate(**options))
-    if task == "gender":
-        return to_dataset(gender.build(**options))
-    if task == "pronoun":
-        return to_dataset(gender.build_pronouns(**options))
-    if task == "icl":
-        pool = icl.load_pool(options.pop("pool", "builtin"))
-        examples = icl.build(pool, **options)
-        return to_dataset([type(e)(e.prompt, e.answer, {**e.meta, "candidates": "|".join(e.meta["candidates"])})
-                           for e in examples])
-    raise UserError(f"unknown task {task!r}; choose arithmetic, gender, pronoun or icl")
+    if task not in BUILTIN:
+        raise UserError(f"unknown task {task!r}; choose {', '.join(BUILTIN)}")
+    examples = builtin(task, **options)
+    if task == "icl":  # candidates are a list: one string column
+        examples = [type(e)(e.prompt, e.answer, {**e.meta, "candidates": "|".join(e.meta["candidates"])})
+                    for e in examples]
+    return to_dataset(examples)

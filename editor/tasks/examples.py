@@ -39,18 +39,15 @@ def read_file(path: str | Path) -> list[Example]:
 
 
 def load_examples(spec: str, n: int | None = None, seed: int = 0) -> list[Example]:
-    """``spec`` is a built-in task name (``arithmetic``, ``arithmetic:2``, ``icl``) or a local file path."""
-    from editor.tasks import arithmetic, icl
+    """``spec`` is a built-in task (``editor.tasks.BUILTIN``: ``arithmetic``, ``arithmetic:2``, ``icl``,
+    ``gender``, ``pronoun``) or a local .jsonl/.csv file."""
+    from editor.tasks import BUILTIN, builtin
 
-    name, _, arg = spec.partition(":")
-    if name == "arithmetic":
-        if arg and arg not in ("1", "2", "3"):
-            raise UserError(f"bad data {spec!r}: arithmetic, or arithmetic:DIGITS with DIGITS 1, 2 or 3")
-        return arithmetic.generate(n=n or 64, digits=int(arg or 1), seed=seed)
-    if spec == "icl":  # in-context classification with unrelated label words (the ICL task)
-        return icl.build(icl.load_pool("builtin"), n=n or 64, seed=seed)
+    examples = builtin(spec, n=n, seed=seed)
+    if examples is not None:
+        return examples
     if not spec.endswith((".jsonl", ".csv")) and not Path(spec).exists():
-        raise UserError(f"unknown data {spec!r}: a built-in task (arithmetic, arithmetic:2, icl) or a .jsonl/.csv file")
+        raise UserError(f"unknown data {spec!r}: a built-in task ({', '.join(BUILTIN)}) or a .jsonl/.csv file")
     examples = read_file(spec)
     return examples[:n] if n else examples
 

@@ -1,4 +1,8 @@
-"""Recipe files: YAML checked against dataclass schemas; unknown keys and bad values name the key."""
+"""Typed settings, the one schema system: dataclasses filled from YAML/JSON values, where every
+unknown key and every badly typed or out-of-range value is one error naming the key.
+
+Recipes (``lmedit run``, the service) and the evaluation tasks' ``--set TASK.KEY=VALUE`` both go
+through :func:`from_dict`; values given as text are parsed as YAML scalars by both."""
 
 from __future__ import annotations
 
@@ -114,18 +118,18 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise UserError(f"bad --set {item!r}: write KEY=VALUE, e.g. prune.fraction=0.1")
+            raise UserError(f"bad override {item!r}: write KEY=VALUE, e.g. prune.fraction=0.1")
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
-            raise UserError(f"bad --set {item!r}: the value is not valid YAML") from None
+            raise UserError(f"bad override {item!r}: the value is not valid YAML") from None
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
             if node.get(part) is None:
                 node[part] = {}
             if not isinstance(node[part], dict):
-                raise UserError(f"--set {key}: {part!r} is not a section")
+                raise UserError(f"override {key}: {part!r} is not a section")
             node = node[part]
         node[parts[-1]] = value
     return data
