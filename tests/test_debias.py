@@ -11,7 +11,8 @@ from editor.errors import UserError
 from editor.evaluation.harness import GenderConfig, PronounConfig, evaluate_model
 from editor.recipes import load_recipe, run_recipe
 from editor.recipes.gender_debias import (
-    N_TEMPLATES, contrast_examples, random_like, relative, select, split_occupations)
+    N_TEMPLATES, contrast_examples, random_like, relative, select)
+from editor.tasks.gender import split_occupations
 from editor.tasks import gender
 
 

@@ -147,7 +147,7 @@ def test_settings_are_checked():
     assert cfg["arithmetic"].digits == 2 and cfg["icl"].order == "grouped" and "gender" not in cfg
     with pytest.raises(UserError, match="has no setting 'digit'"):
         configs(["arithmetic"], {"arithmetic.digit": "2"})
-    with pytest.raises(UserError, match="expected int"):
+    with pytest.raises(UserError, match="arithmetic.n: expected an integer"):
         configs(["arithmetic"], {"arithmetic.n": "many"})
     with pytest.raises(UserError, match="unknown task"):
         harness.parse_tasks("arithmetic,poetry")

@@ -10,7 +10,8 @@ import tiny
 from editor.cli import main
 from editor.errors import UserError
 from editor.lora.compare import coefficient_shift
-from editor.lora.train import (LoraSettings, heldout_examples, load_adapter, lora_config, split_arithmetic,
+from editor.tasks.arithmetic import split_arithmetic
+from editor.lora.train import (LoraSettings, heldout_examples, load_adapter, lora_config,
                                train_and_save, train_lora, trained_adapter)
 from editor.model.capture import encode
 from editor.model.loading import load_model

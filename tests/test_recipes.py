@@ -60,6 +60,8 @@ def test_recipe_end_to_end(kind, tiny_model_dir, tmp_path):
         assert any(out.glob("evaluation*.json")) and any((out / "attribution").glob("*.json"))
     html = (out / "report.html").read_text()
     assert "<table>" in html and html.count("data:image/png;base64,") >= 1 and "http" not in html.split("<script>")[0]
+    digest = (out / "steps" / "recipe.sha256").read_text().strip()
+    assert "Reproduce" in html and f"lmedit run {out / 'recipe.yaml'}" in html and digest in html
     if kind in WITH_CHECKPOINT:
         lm = load_model(str(out / "checkpoint"))
         manifest = json.loads((out / "checkpoint" / "edit_manifest.json").read_text())

@@ -11,7 +11,7 @@ import typing
 import gc
 import logging
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -50,6 +50,8 @@ class ArithmeticConfig:
     shots: int = 0
     seed: int = 0
     data: str | None = None  # a local .jsonl/.csv file instead of generated prompts
+    # Prompts in memory (a recipe's own split) instead of generated or file prompts; recorded by count.
+    examples: list[Example] | None = field(default=None, repr=False)
 
     def check(self, where: str) -> None:
         _within(where, "n", self.n, 1, MAX_PROMPTS)
@@ -161,8 +163,20 @@ def _answer_matches(generated: str, answer: str) -> bool:
     return text.startswith(gold) and (len(text) == len(gold) or not text[len(gold)].isalnum())
 
 
+def _recorded(cfg) -> dict:
+    """A task's configuration as results record it: in-memory examples by their count."""
+    out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "examples"}
+    if getattr(cfg, "examples", None) is not None:
+        out["examples"] = f"{len(cfg.examples)} given in memory"
+    return out
+
+
 def run_arithmetic(ctx: Context, cfg: ArithmeticConfig) -> TaskResult:
-    if cfg.data:
+    if cfg.examples is not None:
+        examples = list(cfg.examples)[:cfg.n]
+        if any(e.answer is None for e in examples):
+            raise UserError("every arithmetic example needs an answer")
+    elif cfg.data:
         examples = read_file(cfg.data)[:cfg.n]
         if any(e.answer is None for e in examples):
             raise UserError(f"{cfg.data}: every arithmetic example needs an 'answer'")
@@ -186,7 +200,7 @@ def run_arithmetic(ctx: Context, cfg: ArithmeticConfig) -> TaskResult:
         by_op.setdefault((e.meta or {}).get("op", "all"), []).extend(s.correct)
     details = {"token_accuracy_by_op": {op: sum(v) / len(v) for op, v in by_op.items()},
                "samples": [{"prompt": e.prompt, "answer": e.answer, "greedy": g} for e, g in zip(examples[:8], greedy)]}
-    return TaskResult("arithmetic", dataclasses.asdict(cfg), measures, 0.0, details)
+    return TaskResult("arithmetic", _recorded(cfg), measures, 0.0, details)
 
 
 # Gender -------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from editor.progress import progress_bar
 from editor.errors import UserError
 from editor.evaluation.scoring import pad_rows, pad_token_id
 from editor.model.arch import Arch
-from editor.tasks import arithmetic
+from editor.tasks.arithmetic import split_arithmetic
 from editor.tasks.examples import Example, answer_ids, fit_to_tokenizer
 
 
@@ -73,17 +73,6 @@ class LoraSettings(Adapter):
             if getattr(self, name) < 1:
                 raise UserError(f"LoRA {name} must be >= 1")
         super().check(where)
-
-
-def split_arithmetic(n_train: int, n_eval: int, digits: int, seed: int) -> tuple[list[Example], list[Example]]:
-    """Training and evaluation prompts from the generator; no (operation, a, b) appears in both."""
-    held = arithmetic.generate(n_eval, digits, seed=seed + 104729)
-    seen = {(e.meta["op"], e.meta["a"], e.meta["b"]) for e in held}
-    pool = arithmetic.generate(n_train * 2 + 64, digits, seed=seed)
-    train = [e for e in pool if (e.meta["op"], e.meta["a"], e.meta["b"]) not in seen][:n_train]
-    if len(train) < n_train:
-        raise UserError(f"only {len(train)} training prompts differ from the evaluation prompts; use fewer")
-    return train, held
 
 
 def lora_config(model, settings: LoraSettings):

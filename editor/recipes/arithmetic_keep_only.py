@@ -90,7 +90,7 @@ def run(run: Run, cfg: ArithmeticKeepOnly) -> dict:
     run.plan(STEPS)
     data = run.step("data", lambda: _data(cfg))
     score_ex = _examples(data["score"])
-    eval_file = run.path("data", "eval.jsonl")
+    eval_file = run.path("data", "eval.jsonl")  # a copy for the reader; the harness gets the prompts in memory
     write_text_atomic(eval_file, "".join(json.dumps({"prompt": r["prompt"], "answer": r["answer"], **r["meta"]}) + "\n"
                                          for r in data["eval"]))
     bs = cfg.batch_size
@@ -134,7 +134,7 @@ def run(run: Run, cfg: ArithmeticKeepOnly) -> dict:
     plan = plan_for(keep, zero_heads, f"arithmetic-keep-only: keep top {n_keep} neurons of layers {layers[0]}-{layers[-1]} "
                                       f"({cfg.neurons.method}), zero {n_zero_heads} least important heads ({cfg.heads.method})")
     plan.save(run.path("plan.json"))
-    tasks = {"arithmetic": ArithmeticConfig(n=cfg.data.n_eval, data=str(eval_file)), "guard": GuardConfig()}
+    tasks = {"arithmetic": ArithmeticConfig(n=cfg.data.n_eval, examples=_examples(data["eval"])), "guard": GuardConfig()}
     base = evaluation_step(run, "evaluate_base", tasks)
     pruned = evaluation_step(run, "evaluate_pruned", tasks, plan, reference=base)
 
@@ -206,5 +206,5 @@ def _report(run, cfg, heads, neurons, comparison, randoms, summary, checkpoint, 
     rep.table(heads.ranked(10), ["rank", "head", *heads.columns])
     if checkpoint:
         rep.paragraph(f"Checkpoint: {checkpoint} (loads with AutoModelForCausalLM.from_pretrained).")
-    rep.write(run.path("report.html"))
+    rep.finish(run)
     return {"report": str(run.path("report.html"))}

@@ -178,10 +178,10 @@ def _build_pruned(run: Run, cfg: ArithmeticPrune, removal: Removal, train: list[
 
 
 def _tasks(run: Run, cfg: ArithmeticPrune, test: list[Example]) -> dict:
-    test_file = run.path("data", "test.jsonl")
-    write_text_atomic(test_file, "".join(json.dumps({"prompt": e.prompt, "answer": e.answer, **e.meta}) + "\n"
-                                         for e in test))
-    return {"arithmetic": ArithmeticConfig(n=len(test), data=str(test_file)), "guard": GuardConfig()}
+    """The test prompts go to the harness in memory; data/test.jsonl keeps a copy for the reader."""
+    write_text_atomic(run.path("data", "test.jsonl"), "".join(json.dumps({"prompt": e.prompt, "answer": e.answer,
+                                                                         **e.meta}) + "\n" for e in test))
+    return {"arithmetic": ArithmeticConfig(n=len(test), examples=test), "guard": GuardConfig()}
 
 
 def run(run: Run, cfg: ArithmeticPrune) -> dict:
@@ -361,7 +361,7 @@ def _report(run: Run, cfg: ArithmeticPrune, comparison, summary: dict, traces: d
     if summary.get("checkpoint"):
         rep.paragraph(f"Checkpoint: {summary['checkpoint']} (a smaller model; loads with "
                       "AutoModelForCausalLM.from_pretrained).")
-    rep.write(run.path("report.html"))
+    rep.finish(run)
     return {"report": str(run.path("report.html"))}
 
 

@@ -107,26 +107,6 @@ class GenderDebias(Common):
                 seen[i] = key
 
 
-# Splits -------------------------------------------------------------------------------------------
-def split_occupations(occupations: list[tuple[str, str]], fractions: list[float], seed: int) -> dict[str, list]:
-    """Disjoint choose/validate/test occupation sets with equal woman- and man-leaning counts in each."""
-    by_lean = {lean: [o for o in occupations if o[1] == lean] for lean in gender.GENDERS}
-    n = min(len(v) for v in by_lean.values())
-    counts = [max(1, int(f * n)) for f in fractions]
-    if sum(counts) > n:
-        raise UserError(f"{n} occupations per lean cannot fill three splits of at least one each")
-    rng = random.Random(seed)
-    out: dict[str, list] = {name: [] for name in SPLITS}
-    for lean in gender.GENDERS:
-        pool = sorted(by_lean[lean])
-        rng.shuffle(pool)
-        start = 0
-        for name, count in zip(SPLITS, counts):
-            out[name] += [list(o) for o in pool[start:start + count]]
-            start += count
-    return out
-
-
 def contrast_examples(templates: list[int], occupations: list[tuple[str, str]]) -> tuple[list[Example], list[float]]:
     """Both directions' prompts with weights whose weighted log-probability sum is bias(profession) +
     bias(pronoun): each direction's mean gap toward the stereotype over its (template, occupation) pairs."""
@@ -289,7 +269,7 @@ def run(run: Run, cfg: GenderDebias) -> dict:
     run.plan(["split", *[f"rank_{m}" for m in s.methods], "validate_base", *[_step(*v) for v in sweep],
               "test_base", *tests, "checkpoint", "report"])
     occupations = gender.occupations(cfg.split.occupations or gender.OCCUPATIONS_CSV)
-    split = run.step("split", lambda: split_occupations(occupations, cfg.split.fractions, cfg.seed),
+    split = run.step("split", lambda: gender.split_occupations(occupations, cfg.split.fractions, cfg.seed, SPLITS),
                      reads=("split.fractions", "split.occupations", "seed"), uses=())
     files = _files(run, split)
 
@@ -414,5 +394,5 @@ def _report(run, cfg, split, summary, ranked) -> dict:
                for m, by_penalty in ranked.items() for p, comps in by_penalty.items()], ["method", "penalty", "top"])
     if summary["checkpoint"]:
         rep.paragraph(f"Checkpoint: {summary['checkpoint']} (loads with AutoModelForCausalLM.from_pretrained).")
-    rep.write(run.path("report.html"))
+    rep.finish(run)
     return {"report": str(run.path("report.html"))}

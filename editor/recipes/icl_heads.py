@@ -10,7 +10,6 @@ bias are reported before and after. Scoring and evaluation use disjoint halves o
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -62,24 +61,12 @@ class IclHeads(Common):
                 raise UserError(f"{where}: head fractions must be in (0, 1), got {f}")
 
 
-def _split_pool(pool: icl.Pool, seed: int) -> tuple[icl.Pool, icl.Pool]:
-    rng = random.Random(seed)
-    halves: tuple[list[int], list[int]] = ([], [])
-    for members in pool.by_class():
-        members = members[:]
-        rng.shuffle(members)
-        halves[0].extend(members[: len(members) // 2])
-        halves[1].extend(members[len(members) // 2:])
-    return tuple(icl.Pool([pool.sentences[i] for i in sorted(h)], [pool.labels[i] for i in sorted(h)], pool.classes)
-                 for h in halves)  # type: ignore[return-value]
-
-
 def run(run: Run, cfg: IclHeads) -> dict:
     fractions = sorted(set(cfg.cut.fractions))
     factors = list(dict.fromkeys(cfg.rescale.factors))
     run.plan(["static_scores", "ablation_scores", "evaluate_base", *[f"cut_{f:g}" for f in fractions],
               *[f"rescale_{x:g}" for x in factors], "report"])
-    score_pool, eval_pool = _split_pool(icl.load_pool(cfg.data.pool), cfg.seed)
+    score_pool, eval_pool = icl.split_pool(icl.load_pool(cfg.data.pool), cfg.seed)
     eval_file = run.path("data", "eval_pool.jsonl")
     write_text_atomic(eval_file, "".join(json.dumps({"sentence": s, "label": eval_pool.classes[y]}) + "\n"
                                          for s, y in zip(eval_pool.sentences, eval_pool.labels)))
@@ -192,5 +179,5 @@ def _report(run, cfg, static, ablation, ranked, cuts, comparisons, summary) -> d
                      "static": round(float(static.columns["mean"][layer, head]), 4),
                      "top tokens (mean output)": " ".join(static.meta["top_tokens"][name])})
     rep.table(rows, list(rows[0]))
-    rep.write(run.path("report.html"))
+    rep.finish(run)
     return {"report": str(run.path("report.html"))}

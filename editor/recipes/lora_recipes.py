@@ -15,7 +15,8 @@ from editor.edit.weights import apply_plan
 from editor.errors import UserError
 from editor.evaluation.results import Measure
 from editor.lora.compare import average_shifts, coefficient_shift, token_accuracy
-from editor.lora.train import Adapter, LoraSettings, save_adapter, split_arithmetic, trained_adapter
+from editor.lora.train import Adapter, LoraSettings, save_adapter, trained_adapter
+from editor.tasks.arithmetic import split_arithmetic
 from editor.recipes.common import Common, layer_range, neurons_in, random_components
 from editor.plots import bar_plot, line_plot
 from editor.recipes.report import Report
@@ -125,7 +126,7 @@ def _report_compare(run, cfg, summary, results) -> dict:
     for r in results:
         rep.heading(f"layers {r['layers']}", level=3)
         rep.table(r["rows"][:10], list(r["rows"][0]))
-    rep.write(run.path("report.html"))
+    rep.finish(run)
     return {"report": str(run.path("report.html"))}
 
 
@@ -207,5 +208,5 @@ def _report_prune(run, cfg, summary, cna_run, randoms) -> dict:
               "random pruned + LoRA": [r["pruned_lora"]["value"] for r in randoms.values()]}
     rep.image(bar_plot(groups, "held-out token accuracy", "prune then LoRA: CNA vs random"),
               "Accuracy after pruning and after a new LoRA, CNA-chosen vs random neurons (dots: seeds)")
-    rep.write(run.path("report.html"))
+    rep.finish(run)
     return {"report": str(run.path("report.html"))}

@@ -74,3 +74,30 @@ class Report:
 
     def write(self, path: str | Path) -> Path:
         return write_text_atomic(path, self.render())
+
+    def finish(self, run) -> Path:
+        """End with what reproduces ``run`` (command, resolved recipe and its digest, the model and the
+        versions), then write ``report.html`` in the run directory."""
+        import platform
+
+        import torch
+        import transformers
+
+        from editor import __version__
+        from editor.model import store
+
+        model = run.recipe.get("model", "")
+        source = (f"store alias; GGUF sha256 {store.ALIASES[model].gguf_sha256}" if model in store.ALIASES
+                  else "a local or hub model (its weight hashes are in the checkpoint manifest, if any)")
+        digest = (run.out / "steps" / "recipe.sha256").read_text().strip() if (run.out / "steps" / "recipe.sha256").is_file() else "-"
+        self.heading("Reproduce")
+        self.paragraph(f"lmedit run {run.out / 'recipe.yaml'} --out NEW_DIR  (the resolved recipe, saved beside this "
+                       f"report; rerunning into {run.out} reuses its finished steps)")
+        self.table([{"what": "model", "value": f"{model} ({source})"},
+                    {"what": "recipe sha256", "value": digest},
+                    {"what": "seed", "value": run.recipe.get("seed", "-")},
+                    {"what": "lmedit", "value": __version__},
+                    {"what": "torch / transformers", "value": f"{torch.__version__} / {transformers.__version__}"},
+                    {"what": "python / platform", "value": f"{platform.python_version()} / {platform.machine()}"}],
+                   ["what", "value"])
+        return self.write(run.path("report.html"))

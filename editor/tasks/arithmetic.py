@@ -167,3 +167,14 @@ def split_prompts(sizes: dict[str, int], fractions: dict[str, float], digits: in
             examples.append(Example("".join(prefix) + prompt, answer, meta))
         out[name] = examples
     return out
+
+
+def split_arithmetic(n_train: int, n_eval: int, digits: int, seed: int) -> tuple[list[Example], list[Example]]:
+    """Training and evaluation prompts from the generator; no (operation, a, b) appears in both."""
+    held = generate(n_eval, digits, seed=seed + 104729)
+    seen = {(e.meta["op"], e.meta["a"], e.meta["b"]) for e in held}
+    pool = generate(n_train * 2 + 64, digits, seed=seed)
+    train = [e for e in pool if (e.meta["op"], e.meta["a"], e.meta["b"]) not in seen][:n_train]
+    if len(train) < n_train:
+        raise UserError(f"only {len(train)} training prompts differ from the evaluation prompts; use fewer")
+    return train, held

@@ -16,6 +16,8 @@ gender-editing paper reported (``WOMAN_LEANING``, ``MAN_LEANING``) stay the ``ge
 
 from __future__ import annotations
 
+import random
+
 from collections import defaultdict
 from pathlib import Path
 
@@ -131,3 +133,24 @@ def profession_gaps(profession, lean, logprob_woman, logprob_man) -> dict[str, t
         gaps[prof].append(w - m if side == "woman" else m - w)
         leans[prof] = side
     return {prof: (leans[prof], sum(g) / len(g)) for prof, g in gaps.items()}
+
+
+def split_occupations(occupations: list[tuple[str, str]], fractions: list[float], seed: int,
+                      names: tuple[str, ...] = ("choose", "validate", "test")) -> dict[str, list]:
+    """Disjoint occupation sets (choose/validate/test by default) with equal woman- and man-leaning
+    counts in each."""
+    by_lean = {lean: [o for o in occupations if o[1] == lean] for lean in GENDERS}
+    n = min(len(v) for v in by_lean.values())
+    counts = [max(1, int(f * n)) for f in fractions]
+    if sum(counts) > n:
+        raise UserError(f"{n} occupations per lean cannot fill three splits of at least one each")
+    rng = random.Random(seed)
+    out: dict[str, list] = {name: [] for name in names}
+    for lean in GENDERS:
+        pool = sorted(by_lean[lean])
+        rng.shuffle(pool)
+        start = 0
+        for name, count in zip(names, counts):
+            out[name] += [list(o) for o in pool[start:start + count]]
+            start += count
+    return out

@@ -117,3 +117,16 @@ def build(pool: Pool, n: int = 100, k: int = 2, labels: tuple[str, str] | None =
                 "last": seq[-1][1], "setting": setting, "order": order}
         out.append(Example(prompt, f" {words[gold]}", meta))
     return out
+
+
+def split_pool(pool: Pool, seed: int) -> tuple[Pool, Pool]:
+    """Two halves of the pool, each class split evenly (scoring prompts vs evaluation prompts)."""
+    rng = random.Random(seed)
+    halves: tuple[list[int], list[int]] = ([], [])
+    for members in pool.by_class():
+        members = members[:]
+        rng.shuffle(members)
+        halves[0].extend(members[: len(members) // 2])
+        halves[1].extend(members[len(members) // 2:])
+    return tuple(Pool([pool.sentences[i] for i in sorted(h)], [pool.labels[i] for i in sorted(h)], pool.classes)
+                 for h in halves)  # type: ignore[return-value]
