@@ -252,6 +252,7 @@ def _default_out(model: str) -> Path:
 
 
 @main.command()
+@json_option
 @model_options
 @click.option("--zero-heads", metavar="L.H,...", help="Heads to zero, e.g. 3.1,5.2")
 @click.option("--scale-heads", metavar="L.H=F,...", help="Heads to scale, e.g. 3.1=0.5")
@@ -289,11 +290,14 @@ def edit(load, zero_heads, scale_heads, zero_neurons, scale_neurons, plan_file, 
     check_writable_directory(out)
     loaded = load()
     applied = apply_plan(loaded.model, plan)
-    click.echo(plan.summary())
-    click.echo(f"edited {applied.n_features} input features of output projections")
+    _say(plan.summary())
+    _say(f"edited {applied.n_features} input features of output projections")
     source = describe_source(loaded)
     path = save_checkpoint(loaded.model, loaded.tokenizer, out, plan=plan, source=source, scores=scores, force=force)
-    click.echo(f"saved checkpoint: {path}")
+    _say(f"saved checkpoint: {path}")
+    _record("checkpoint", str(path))
+    _record("plan", plan.to_json())
+    _record("edited_features", applied.n_features)
     if verify:
         _verify(loaded.model, loaded.tokenizer, path)
 

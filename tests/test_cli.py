@@ -161,8 +161,11 @@ def test_json_output_and_quiet(tiny_dir, tmp_path, monkeypatch):
     (result,) = doc["results"]
     saved = json.loads((tmp_path / "a" / "heads_auto.json").read_text())
     assert result["name"] == "heads_auto" and result["top"] == saved["top"][:3]
-    got = runner.invoke(main, ["edit", "--model", str(tiny_dir), "--zero-heads", "0.1", "--out", str(tmp_path / "c")])
+    got = runner.invoke(main, ["edit", "--model", str(tiny_dir), "--zero-heads", "0.1", "--out", str(tmp_path / "c"),
+                               "--json"])
     assert got.exit_code == 0, got.output
+    edited = json.loads(got.stdout)
+    assert edited["checkpoint"] == str(tmp_path / "c") and edited["identical"] and edited["plan"]["edits"]
     got = runner.invoke(main, ["verify", str(tmp_path / "c"), "--json"])
     assert got.exit_code == 0 and json.loads(got.stdout) == {"checkpoint": str(tmp_path / "c"),
                                                               "max_logit_difference": 0.0, "identical": True}

@@ -64,7 +64,10 @@ def test_search_keeps_the_validation_rule_and_shrinks(pruned_run, arith_dir):
     size = lambda d: sum(f.stat().st_size for f in d.glob("*.safetensors"))  # noqa: E731
     base.model.save_pretrained(out / "base-copy")
     assert size(out / "checkpoint") < size(out / "base-copy")
-    assert "<table>" in (out / "report.html").read_text()
+    html = (out / "report.html").read_text()
+    assert "<table>" in html and "What attribution removed" in html
+    for layer in removal.layers:
+        assert f"<td>{layer}</td><td>the whole layer</td>" in html
 
 
 def test_an_interrupted_search_resumes_to_the_same_result(pruned_run, arith_dir):

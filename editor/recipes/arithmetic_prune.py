@@ -248,7 +248,7 @@ def run(run: Run, cfg: ArithmeticPrune) -> dict:
     summary = _summary(cfg, base, results, removals, base_val)
     checkpoint = _checkpoint_step(run, cfg, removals[main_method], train, val, test, summary, traces[main_method])
     summary["checkpoint"] = checkpoint
-    run.step("report", lambda: _report(run, cfg, comparison, summary, traces))
+    run.step("report", lambda: _report(run, cfg, comparison, summary, traces, removals[main_method]))
     return summary
 
 
@@ -341,7 +341,25 @@ def curve_png(traces: dict, base_non_embedding: int, base_accuracy: float, title
     return line_plot(series, "non-embedding parameters removed (%)", "validation answer accuracy", title)
 
 
-def _report(run: Run, cfg: ArithmeticPrune, comparison, summary: dict, traces: dict) -> dict:
+def _removed_rows(removal: Removal) -> list[dict]:
+    """Every removed component, one row per touched layer."""
+    touched = set(removal.layers) | {l for l, v in removal.groups.items() if v} | {l for l, v in removal.neurons.items() if v}
+    rows = []
+    for layer in sorted(touched):
+        if layer in removal.layers:
+            rows.append({"layer": layer, "removed": "the whole layer"})
+            continue
+        parts = []
+        if removal.groups.get(layer):
+            parts.append(f"key/value groups {sorted(removal.groups[layer])}")
+        if removal.neurons.get(layer):
+            neurons = sorted(removal.neurons[layer])
+            parts.append(f"{len(neurons)} FFN neurons: {', '.join(map(str, neurons))}")
+        rows.append({"layer": layer, "removed": "; ".join(parts)})
+    return rows
+
+
+def _report(run: Run, cfg: ArithmeticPrune, comparison, summary: dict, traces: dict, removal: Removal) -> dict:
     rows = summary["rows"]
     main = next(r for r in rows if r["model"] == cfg.prune.method)
     rep = Report(f"arithmetic-prune: {cfg.model}")
@@ -358,6 +376,8 @@ def _report(run: Run, cfg: ArithmeticPrune, comparison, summary: dict, traces: d
               "Validation answer accuracy after each accepted round, by method")
     rep.heading("Base vs pruned (paired, test prompts)")
     rep.comparison(comparison)
+    rep.heading(f"What {cfg.prune.method} removed")
+    rep.table(_removed_rows(removal), ["layer", "removed"])
     if summary.get("checkpoint"):
         rep.paragraph(f"Checkpoint: {summary['checkpoint']} (a smaller model; loads with "
                       "AutoModelForCausalLM.from_pretrained).")
