@@ -111,7 +111,9 @@ def run(run: Run, cfg: IclHeads) -> dict:
                     for s in cfg.cut.random_seeds]
             acc = [ev.tasks["icl"].measures["accuracy"].value for ev in rand]
             return {"fraction": f, "heads": n, "zeroed": ranked[:n],
-                    "accuracy_top": top.tasks["icl"].measures["accuracy"].value, "accuracy_random": acc}
+                    "accuracy_top": top.tasks["icl"].measures["accuracy"].value, "accuracy_random": acc,
+                    "accuracy_top_95": top.tasks["icl"].measures["accuracy"].cell(),
+                    "accuracy_random_95": [ev.tasks["icl"].measures["accuracy"].cell() for ev in rand]}
 
         cuts.append(run.step(f"cut_{f:g}", cut))
 
@@ -129,11 +131,13 @@ def run(run: Run, cfg: IclHeads) -> dict:
 
 
 def _summary(base, cuts, rescaled, n_icl) -> dict:
-    acc0 = base.tasks["icl"].measures["accuracy"].value
-    rows = [{"edit": "none", "heads": 0, "accuracy": round(acc0, 4), "random_heads_accuracy": "-"}]
+    acc0 = base.tasks["icl"].measures["accuracy"]
+    rows = [{"edit": "none", "heads": 0, "accuracy": round(acc0.value, 4), "accuracy_95": acc0.cell(),
+             "random_heads_accuracy_95": "-"}]
     for c in cuts:
         rows.append({"edit": f"zero top {c['fraction']:.0%}", "heads": c["heads"], "accuracy": round(c["accuracy_top"], 4),
-                     "random_heads_accuracy": " / ".join(f"{a:.3f}" for a in c["accuracy_random"])})
+                     "accuracy_95": c["accuracy_top_95"],
+                     "random_heads_accuracy_95": " / ".join(c["accuracy_random_95"])})
     bias = [{"edit": "none", **_biases(base)}] + [{"edit": f"scale top {n_icl} heads x{x:g}", **_biases(ev)}
                                                   for x, ev in rescaled.items()]
     return {"rows": rows, "bias_rows": bias, "in_context_heads": n_icl}
@@ -161,6 +165,10 @@ def _report(run, cfg, static, ablation, ranked, cuts, comparisons, summary) -> d
         groups[f"random {c['heads']}"] = c["accuracy_random"]
     rep.image(bar_plot(groups, "in-context accuracy (foo/bar)", "zeroing top vs random heads"),
               "foo/bar accuracy after zeroing the top heads and as many random heads (dots: seeds)")
+    rep.table([{"edit": f"zero top {c['fraction']:.0%}", "heads zeroed": ", ".join(c["zeroed"])} for c in cuts]
+              + [{"edit": f"rescale (x{', x'.join(f'{x:g}' for x in comparisons)})",
+                  "heads zeroed": "rescaled: " + ", ".join(ranked[:summary["in_context_heads"]])}],
+              ["edit", "heads zeroed"])
     rep.heading("Label-bias reduction: rescaled in-context heads")
     rep.table(summary["bias_rows"], list(summary["bias_rows"][0]))
     for x, c in comparisons.items():
