@@ -389,6 +389,11 @@ def _report(run, cfg, split, summary, ranked) -> dict:
     rep.heading("Occupations per split (lean from labour statistics)")
     rep.table([{"split": n, "occupations": ", ".join(f"{p} ({l[0]})" for p, l in split[n])} for n in SPLITS],
               ["split", "occupations"])
+    chosen = summary.get("chosen")
+    if chosen:
+        picked = ranked[chosen["method"]][f"{chosen['penalty']:g}"][:chosen["k"]]
+        rep.heading(f"The chosen edit: {len(picked)} components scaled by {chosen['factor']:g}")
+        rep.table([{"kind": c["kind"], "component": c["component"]} for c in picked], ["kind", "component"])
     rep.heading("Top components per method")
     rep.table([{"method": m, "penalty": p, "top": " ".join(f"{c['kind'][0]}{c['component']}" for c in comps[:12])}
                for m, by_penalty in ranked.items() for p, comps in by_penalty.items()], ["method", "penalty", "top"])
