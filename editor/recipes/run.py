@@ -182,7 +182,7 @@ def _check_kind(out: Path, recipe: dict) -> None:
     kind = earlier.get("recipe") if isinstance(earlier, dict) else None
     if kind is not None and kind != recipe.get("recipe"):
         raise UserError(f"{out} holds a run of the {kind!r} recipe, not {recipe.get('recipe')!r}; "
-                        "choose another --out (or --fresh to replace it)")
+                        "choose another output directory (or start it afresh)")
 
 
 def _empty_run_directory(out: Path) -> None:
@@ -201,13 +201,13 @@ def _check_run_directory(out: Path, stamp: Path) -> None:
     ``steps/recipe.sha256`` we wrote, holding nothing but what a run writes. Anything else (a home
     directory, a folder of notes, a recipe's mistyped ``out:``) is refused before any deletion."""
     if out.is_symlink() or not out.is_dir() or not stamp.is_file():
-        raise UserError(f"refusing to delete {out} for --fresh: it is not an lmedit run directory "
-                        f"(no steps/recipe.sha256); choose another --out or remove it yourself")
+        raise UserError(f"refusing to delete {out} to start afresh: it is not an lmedit run directory "
+                        f"(no steps/recipe.sha256); choose another output directory or remove it yourself")
     foreign = [p.name for p in out.iterdir()
                if p.name not in RUN_ENTRIES and not p.name.startswith((".", "evaluation"))]
     if foreign:
-        raise UserError(f"refusing to delete {out} for --fresh: it holds files a run does not write "
-                        f"({', '.join(sorted(foreign)[:3])}); remove them or choose another --out")
+        raise UserError(f"refusing to delete {out} to start afresh: it holds files a run does not write "
+                        f"({', '.join(sorted(foreign)[:3])}); remove them or choose another output directory")
 
 
 def step_result(run_dir: str | Path, name: str) -> Any:
