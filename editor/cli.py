@@ -811,14 +811,16 @@ def run_cmd(recipe, overrides, out, fresh, device, as_json):
     if as_json:
         click.echo(json.dumps({"run_directory": str(target), **result}, indent=2, default=str))
         return
-    click.echo("\nsteps:")
+    if summary.get("headline"):
+        click.echo(summary["headline"] + "\n")
+    click.echo("steps:")
     click.echo(format_table([{**s, "seconds": "cached" if s["cached"] else s["seconds"]} for s in result["steps"]],
                             ["name", "seconds"]))
     if summary.get("rows"):
         click.echo("\nsummary:")
         columns = list(dict.fromkeys(k for row in summary["rows"] for k in row))  # rows may differ in keys
         click.echo(format_table(summary["rows"], columns))
-    if summary.get("verdict"):
+    if summary.get("verdict") and summary["verdict"] != summary.get("headline"):
         click.echo("\n" + summary["verdict"])
     click.echo(f"\nrun directory: {target}  (report: {target / 'report.html'})")
 

@@ -60,6 +60,8 @@ def test_recipe_end_to_end(kind, tiny_model_dir, tmp_path):
         assert any(out.glob("evaluation*.json")) and any((out / "attribution").glob("*.json"))
     html = (out / "report.html").read_text()
     assert "<table>" in html and html.count("data:image/png;base64,") >= 1 and "http" not in html.split("<script>")[0]
+    headline = result["summary"]["headline"]
+    assert headline and html.index("class='headline'") < html.index("<table>")  # the page opens with it
     digest = (out / "steps" / "recipe.sha256").read_text().strip()
     assert "Reproduce" in html and f"lmedit run {out / 'recipe.yaml'}" in html and digest in html
     if kind in WITH_CHECKPOINT:
@@ -133,6 +135,7 @@ def test_cli_run_prints_steps_and_summary(tiny_model_dir, tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "steps:" in result.output and "summary:" in result.output and "report.html" in result.output
+    assert result.stdout.startswith("Heads scored on")  # the headline comes first
 
 
 def _chromium():

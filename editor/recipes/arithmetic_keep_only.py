@@ -155,7 +155,9 @@ def run(run: Run, cfg: ArithmeticKeepOnly) -> dict:
     checkpoint = checkpoint_step(run, plan, {"heads": heads.ranked(20), "neurons": neurons.ranked(20)},
                                  cfg.save_checkpoint)
     summary = _summary(base, pruned, randoms, n_keep, n_zero_heads, len(order))
-    run.step("report", lambda: _report(run, cfg, heads, neurons, comparison, randoms, summary, checkpoint, layers, width))
+    report = run.step("report", lambda: _report(
+        run, cfg, heads, neurons, comparison, randoms, summary, checkpoint, layers, width))
+    summary["headline"] = report.get("headline")  # printed first by lmedit run
     return summary
 
 
@@ -206,5 +208,4 @@ def _report(run, cfg, heads, neurons, comparison, randoms, summary, checkpoint, 
     rep.table(heads.ranked(10), ["rank", "head", *heads.columns])
     if checkpoint:
         rep.paragraph(f"Checkpoint: {checkpoint} (loads with AutoModelForCausalLM.from_pretrained).")
-    rep.finish(run)
-    return {"report": str(run.path("report.html"))}
+    return rep.finish(run)

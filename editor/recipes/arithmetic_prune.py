@@ -248,7 +248,8 @@ def run(run: Run, cfg: ArithmeticPrune) -> dict:
     summary = _summary(cfg, base, results, removals, base_val)
     checkpoint = _checkpoint_step(run, cfg, removals[main_method], train, val, test, summary, traces[main_method])
     summary["checkpoint"] = checkpoint
-    run.step("report", lambda: _report(run, cfg, comparison, summary, traces, removals[main_method]))
+    report = run.step("report", lambda: _report(run, cfg, comparison, summary, traces, removals[main_method]))
+    summary["headline"] = report.get("headline")  # printed first by lmedit run
     return summary
 
 
@@ -381,8 +382,7 @@ def _report(run: Run, cfg: ArithmeticPrune, comparison, summary: dict, traces: d
     if summary.get("checkpoint"):
         rep.paragraph(f"Checkpoint: {summary['checkpoint']} (a smaller model; loads with "
                       "AutoModelForCausalLM.from_pretrained).")
-    rep.finish(run)
-    return {"report": str(run.path("report.html"))}
+    return rep.finish(run)
 
 
 def prune_config(model: str = "smollm2-135m", out=None, retain: float = 0.95, units=("neurons", "heads", "layers"),

@@ -324,7 +324,8 @@ def run(run: Run, cfg: GenderDebias) -> dict:
         "templates": {n: getattr(cfg.split, f"{n}_templates") for n in SPLITS}}})
     summary = {"chosen": chosen, "verdict": verdict, "rows": _rounded(table), "validation": rows,
                "validation_base": base_val, "checkpoint": checkpoint}
-    run.step("report", lambda: _report(run, cfg, split, summary, ranked))
+    report = run.step("report", lambda: _report(run, cfg, split, summary, ranked))
+    summary["headline"] = report.get("headline")  # printed first by lmedit run
     return summary
 
 
@@ -360,11 +361,11 @@ def _rounded(rows: list[dict]) -> list[dict]:
 
 def _report(run, cfg, split, summary, ranked) -> dict:
     rep = Report(f"gender-debias: {cfg.model}")
+    rep.headline(summary["verdict"])
     rep.paragraph("Bias in two directions: profession given gender (\"A woman works as a\" -> \" nurse\") and gender "
                   "given occupation (\"The nurse said that\" -> \" she\"). Each value is the mean log-probability gap "
                   "toward the stereotype (0: none). Occupations and templates are split into choose (scoring), "
                   "validate (every choice) and test (these numbers); no occupation or template is in two splits.")
-    rep.paragraph(summary["verdict"])
     rep.heading("Test split (never used for a choice)")
     rows = summary["rows"]
     cols = ["model", "penalty", "components", "factor", "bias_profession", "bias_pronoun", "reduction_profession",
@@ -399,5 +400,4 @@ def _report(run, cfg, split, summary, ranked) -> dict:
                for m, by_penalty in ranked.items() for p, comps in by_penalty.items()], ["method", "penalty", "top"])
     if summary["checkpoint"]:
         rep.paragraph(f"Checkpoint: {summary['checkpoint']} (loads with AutoModelForCausalLM.from_pretrained).")
-    rep.finish(run)
-    return {"report": str(run.path("report.html"))}
+    return rep.finish(run)

@@ -126,7 +126,8 @@ def run(run: Run, cfg: IclHeads) -> dict:
     for x, c in comparisons.items():
         c.save(run.out, f"evaluation_rescale_{x:g}")
     summary = _summary(base, cuts, rescaled, n_icl)
-    run.step("report", lambda: _report(run, cfg, static, ablation, ranked, cuts, comparisons, summary))
+    report = run.step("report", lambda: _report(run, cfg, static, ablation, ranked, cuts, comparisons, summary))
+    summary["headline"] = report.get("headline")  # printed first by lmedit run
     return summary
 
 
@@ -187,5 +188,4 @@ def _report(run, cfg, static, ablation, ranked, cuts, comparisons, summary) -> d
                      "static": round(float(static.columns["mean"][layer, head]), 4),
                      "top tokens (mean output)": " ".join(static.meta["top_tokens"][name])})
     rep.table(rows, list(rows[0]))
-    rep.finish(run)
-    return {"report": str(run.path("report.html"))}
+    return rep.finish(run)

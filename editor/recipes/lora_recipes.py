@@ -99,7 +99,8 @@ def run_lora_compare(run: Run, cfg: LoraCompare) -> dict:
                      **{f"abs_coef_change_top{n}": round(averages[n]["magnitude_change"], 3) for n in (10, 50)},
                      "loss": f"{r['loss_first']:.2f}->{r['loss_last']:.2f}"})
     summary = {"base_accuracy": base["value"], "rows": rows}
-    run.step("report", lambda: _report_compare(run, cfg, summary, results))
+    report = run.step("report", lambda: _report_compare(run, cfg, summary, results))
+    summary["headline"] = report.get("headline")  # printed first by lmedit run
     return summary
 
 
@@ -126,8 +127,7 @@ def _report_compare(run, cfg, summary, results) -> dict:
     for r in results:
         rep.heading(f"layers {r['layers']}", level=3)
         rep.table(r["rows"][:10], list(r["rows"][0]))
-    rep.finish(run)
-    return {"report": str(run.path("report.html"))}
+    return rep.finish(run)
 
 
 # prune-then-lora --------------------------------------------------------------------------------
@@ -192,7 +192,8 @@ def run_prune_then_lora(run: Run, cfg: PruneThenLora) -> dict:
         rows += [{"model": f"random pruned (seed {s})", "accuracy": round(r["pruned"]["value"], 4)},
                  {"model": f"random pruned (seed {s}) + new LoRA", "accuracy": round(r["pruned_lora"]["value"], 4)}]
     summary = {"kept": n_keep, "of": len(layers) * width, "layers": [layers[0], layers[-1]], "rows": rows}
-    run.step("report", lambda: _report_prune(run, cfg, summary, cna_run, randoms))
+    report = run.step("report", lambda: _report_prune(run, cfg, summary, cna_run, randoms))
+    summary["headline"] = report.get("headline")  # printed first by lmedit run
     return summary
 
 
@@ -208,5 +209,4 @@ def _report_prune(run, cfg, summary, cna_run, randoms) -> dict:
               "random pruned + LoRA": [r["pruned_lora"]["value"] for r in randoms.values()]}
     rep.image(bar_plot(groups, "held-out token accuracy", "prune then LoRA: CNA vs random"),
               "Accuracy after pruning and after a new LoRA, CNA-chosen vs random neurons (dots: seeds)")
-    rep.finish(run)
-    return {"report": str(run.path("report.html"))}
+    return rep.finish(run)

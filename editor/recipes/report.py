@@ -39,11 +39,22 @@ class Report:
     def __init__(self, title: str):
         self.title = title
         self.parts: list[str] = []
+        self.headline_text: str | None = None
+
+    def headline(self, text: str) -> None:
+        """What was done and the main result, in one paragraph: first on the page and first in the
+        console summary (``lmedit run`` prints it)."""
+        self.headline_text = text
+        self.parts.insert(0, f"<p class='headline'><strong>{html.escape(text)}</strong></p>")
 
     def heading(self, text: str, level: int = 2) -> None:
         self.parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
 
     def paragraph(self, text: str) -> None:
+        """A paragraph; the page's first one is its headline unless :meth:`headline` set another."""
+        if self.headline_text is None and not self.parts:
+            self.headline(text)
+            return
         self.parts.append(f"<p>{html.escape(text)}</p>")
 
     def table(self, rows: list[dict], columns: list[str], bold: str | None = None) -> None:
@@ -75,9 +86,9 @@ class Report:
     def write(self, path: str | Path) -> Path:
         return write_text_atomic(path, self.render())
 
-    def finish(self, run) -> Path:
+    def finish(self, run) -> dict:
         """End with what reproduces ``run`` (command, resolved recipe and its digest, the model and the
-        versions), then write ``report.html`` in the run directory."""
+        versions), write ``report.html`` in the run directory; returns its path and the headline."""
         import platform
 
         import torch
@@ -100,4 +111,5 @@ class Report:
                     {"what": "torch / transformers", "value": f"{torch.__version__} / {transformers.__version__}"},
                     {"what": "python / platform", "value": f"{platform.python_version()} / {platform.machine()}"}],
                    ["what", "value"])
-        return self.write(run.path("report.html"))
+        path = self.write(run.path("report.html"))
+        return {"report": str(path), "headline": self.headline_text}
