@@ -451,7 +451,6 @@ class _Outputs:
             except BaseException:
                 self.release()
                 raise
-            self.force = True  # what we write ourselves from here on is ours to overwrite
         return self.out
 
     def release(self) -> None:

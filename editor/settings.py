@@ -123,15 +123,21 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             raise UserError(f"bad override {item!r}: the value is not valid YAML") from None
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            if node.get(part) is None:
-                node[part] = {}
-            if not isinstance(node[part], dict):
-                raise UserError(f"override {key}: {part!r} is not a section")
-            node = node[part]
-        node[parts[-1]] = value
+        set_value(data, key.strip(), value)
+    return data
+
+
+def set_value(data: dict, key: str, value) -> dict:
+    """Set the dotted ``key`` (``prune.retain``) of a raw mapping to ``value``, making sections as needed."""
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if node.get(part) is None:
+            node[part] = {}
+        if not isinstance(node[part], dict):
+            raise UserError(f"override {key}: {part!r} is not a section")
+        node = node[part]
+    node[parts[-1]] = value
     return data
 
 

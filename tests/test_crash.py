@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import tiny
+from same import results, same_weights
 from editor.io import atomic_directory, recover, sweep_directory
 from editor.model.loading import load_model
 
@@ -36,29 +36,9 @@ def leftovers(root: Path) -> list[str]:
                   if any(m in p.name for m in marks) and p.name not in (".lmedit.lock", ".lmedit.pid"))
 
 
-def weights(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return {k: v for f in sorted(path.glob("*.safetensors")) for k, v in load_file(f).items()}
-
-
-def same_weights(a: Path, b: Path) -> bool:
-    wa, wb = weights(a), weights(b)
-    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
 @pytest.fixture(scope="module")
 def arith_dir(tmp_path_factory):
     return tiny.save_dir(tiny.arithmetic_model("llama"), tmp_path_factory.mktemp("models") / "tiny-arith")
-
-
-def results(text: str, run: Path):
-    """JSON results with the run's own path and wall-clock timings taken out (all else must match)."""
-    def scrub(value):
-        if isinstance(value, dict):
-            return {k: scrub(v) for k, v in value.items() if "seconds" not in k}
-        return [scrub(v) for v in value] if isinstance(value, list) else value
-    return scrub(json.loads(text.replace(str(run), "RUN")))
 
 
 def run_prune(arith_dir, out, crash=None):

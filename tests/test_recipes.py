@@ -2,7 +2,6 @@
 
 import json
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -15,6 +14,7 @@ from editor.errors import UserError
 from editor.model.capture import encode
 from editor.model.loading import load_model
 from editor.recipes import load_recipe, run_recipe
+from same import chromium
 
 RECIPES = {
     "arithmetic-keep-only": ["data.n_score=6", "data.n_eval=10", "neurons.layers=[1, 2]", "random_seeds=[1, 2]",
@@ -138,17 +138,10 @@ def test_cli_run_prints_steps_and_summary(tiny_model_dir, tmp_path):
     assert result.stdout.startswith("Heads scored on")  # the headline comes first
 
 
-def _chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
-@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (make test installs the Debian packages "
+@pytest.mark.skipif(chromium() is None, reason="chromium is not installed (make test installs the Debian packages "
                     "chromium and chromium-driver where it runs as root with apt)")
 def test_report_renders_in_headless_chromium(tiny_model_dir, tmp_path):
-    browser = _chromium()
+    browser = chromium()
     out = tmp_path / "ih"
     run_recipe("recipes/icl-heads.yaml", overrides("icl-heads", tiny_model_dir), log=quiet, out=out)
     # No network: a page that needed any would fail to load its images here.

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import socket
 import sqlite3
@@ -17,6 +16,7 @@ import torch
 from click.testing import CliRunner
 
 import tiny
+from same import chromium, results, same_weights
 from editor.cli import main
 from editor.service.client import Client
 
@@ -222,19 +222,9 @@ def test_queue_limits_cancel_and_a_killed_worker(tmp_path, arith_dir):
         server.stop()
 
 
-def _results(text: str, run: Path):
-    def scrub(value):
-        if isinstance(value, dict):
-            return {k: scrub(v) for k, v in value.items() if "seconds" not in k}
-        return [scrub(v) for v in value] if isinstance(value, list) else value
-    return scrub(json.loads(text.replace(str(run), "RUN")))
-
-
 def test_a_killed_service_resumes_its_jobs_to_the_same_artifacts(tmp_path, arith_dir):
     """SIGKILL the service while a job runs: its worker dies with it; on restart the job is still
     listed, resumes from its last finished step, and ends with what an uninterrupted run writes."""
-    from safetensors.torch import load_file
-
     slower = {"data.n_test": 600}  # the rest of the run must outlast the events' way to this test
     reference = tmp_path / "reference"
     sets = sum((["--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"]
@@ -267,10 +257,9 @@ def test_a_killed_service_resumes_its_jobs_to_the_same_artifacts(tmp_path, arith
         server.stop()
     run = tmp_path / "home" / "jobs" / job / "run"
     result = json.loads((tmp_path / "home" / "jobs" / job / "result.json").read_text())
-    assert _results(json.dumps(result["summary"]), run) == _results(json.dumps(json.loads(direct.stdout)["summary"]),
-                                                                    reference)
-    a, b = load_file(run / "checkpoint" / "model.safetensors"), load_file(reference / "checkpoint" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert results(json.dumps(result["summary"]), run) == results(json.dumps(json.loads(direct.stdout)["summary"]),
+                                                                  reference)
+    assert same_weights(run / "checkpoint", reference / "checkpoint")
     assert not [p for p in run.rglob("*") if ".tmp-" in p.name]
 
 
@@ -283,21 +272,14 @@ def test_refuses_a_public_address_without_tokens(tmp_path):
     assert got.exit_code == 2 and "shorter than 16" in got.stderr
 
 
-def _chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
-@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (make test installs it where it can)")
+@pytest.mark.skipif(chromium() is None, reason="chromium is not installed (make test installs it where it can)")
 def test_the_web_page_in_headless_chromium(server, arith_dir, tmp_path):
     client = Client(server.url, ALICE)
     job = client.submit(recipe="arithmetic-prune", set={"model": str(arith_dir), **FAST, "prune.max_rounds": 1})
     wait_for(client, job)
 
     def dom(url):
-        return subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        return subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                                f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
                                url], capture_output=True, text=True, timeout=120).stdout
 
@@ -312,8 +294,6 @@ def test_the_web_page_in_headless_chromium(server, arith_dir, tmp_path):
 def test_the_ray_executor_end_to_end(tmp_path, arith_dir):
     """A local Ray instance started here; the service submits each job as a Ray task with the job's
     resources; the artifacts land in the service home and equal the local executor's."""
-    from safetensors.torch import load_file
-
     ray = str(Path(sys.executable).parent / "ray")
     port = free_port()
     started = subprocess.run([ray, "start", "--head", "--num-cpus", "2", "--port", str(port), "--include-dashboard=false",
@@ -332,9 +312,8 @@ def test_the_ray_executor_end_to_end(tmp_path, arith_dir):
             (worker,) = db.execute("SELECT worker FROM jobs WHERE id = ?", (job,)).fetchone()
         assert worker.startswith("ray:")
         assert any(e["type"] == "step" for e in client.history(job))  # progress flows from Ray workers too
-        a = load_file(server.home / "jobs" / job / "run" / "checkpoint" / "model.safetensors")
-        b = load_file(local.home / "jobs" / ref / "run" / "checkpoint" / "model.safetensors")
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert same_weights(server.home / "jobs" / job / "run" / "checkpoint",
+                            local.home / "jobs" / ref / "run" / "checkpoint")
         # Cancel reaches a Ray task too.
         long = client.submit(**prune_job(arith_dir, **{"data.n_test": 2000}))
         wait_for(client, long, ("running",))

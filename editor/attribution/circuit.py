@@ -24,7 +24,7 @@ import torch
 
 from editor.attribution.common import prompt_batches
 from editor.model.capture import model_device
-from editor.attribution.confirm import gradient_scores
+from editor.attribution.confirm import gradient_scores, top_heads
 from editor.attribution.heads import head_ablation_scan
 from editor.edit.plan import EditPlan
 from editor.edit.weights import apply_plan
@@ -100,8 +100,7 @@ def _step(model, tokenizer, search, chosen: list[Head], candidates: int, batch_s
     """Re-score with ``chosen`` removed, then ablate the best new candidates exactly: (head, acc, logp)."""
     with apply_plan(model, EditPlan().zero("head", chosen) if chosen else EditPlan()):
         estimate = gradient_scores(model, tokenizer, search, "head", batch_size, progress=False)
-        order = [(r["layer"], r["index"]) for r in estimate.ranked()]
-        pool = [h for h in order if h not in chosen][:candidates]
+        pool = [h for h in top_heads(estimate, len(chosen) + candidates) if h not in chosen][:candidates]
         scan = head_ablation_scan(model, tokenizer, search, batch_size, progress=False, heads=pool)
     return [(h, float(scan.columns["ablated_acc"][h]), float(scan.meta["base_logp"] - scan.columns["logp_drop"][h]))
             for h in pool]

@@ -68,23 +68,28 @@ def _resources(value: object) -> dict:
     return out
 
 
-def _overrides(values: object) -> list[str]:
+def _override(raw: dict, values: object) -> dict:
+    """The request's ``set``: text values are parsed as on the command line (``--set k=0.9``), JSON
+    numbers, lists and booleans are taken as they are."""
+    from editor.settings import apply_overrides, set_value
+
     if not isinstance(values, dict):
         raise UserError("'set' is an object of setting paths to values, e.g. {\"prune.retain\": 0.9}")
-    items = []
     for key, value in values.items():
-        text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
-        if text.endswith("\n...") or text.endswith("..."):
-            text = text.rsplit("...", 1)[0].strip()
-        items.append(f"{key}={text}")
-    return items
+        if not key.strip():
+            raise UserError(f"bad override {key!r}: a setting path, e.g. prune.retain")
+        if isinstance(value, str):
+            apply_overrides(raw, [f"{key}={value}"])
+        else:
+            set_value(raw, key.strip(), value)
+    return raw
 
 
 def _recipe(recipe: object, values: object) -> dict:
     from editor.model.loading import check_model_name
     from editor.recipes import validate as validate_recipe
     from editor.recipes.library import packaged
-    from editor.settings import apply_overrides, parse_yaml, read_yaml
+    from editor.settings import parse_yaml, read_yaml
 
     if not isinstance(recipe, str) or not recipe.strip():
         raise UserError("'recipe' is a packaged recipe name or the text of a recipe (YAML)")
@@ -97,7 +102,7 @@ def _recipe(recipe: object, values: object) -> dict:
         raw, where, name = read_yaml(names[recipe].path), f"{recipe}.yaml", recipe
     else:
         raise UserError(f"unknown recipe {recipe!r}; packaged: {', '.join(sorted(names))} (or send the YAML text)")
-    raw = apply_overrides(copy.deepcopy(raw), _overrides(values))
+    raw = _override(copy.deepcopy(raw), values)
     cfg = validate_recipe(raw, where)
     check_model_name(cfg.model)
     raw.pop("out", None)

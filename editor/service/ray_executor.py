@@ -10,8 +10,6 @@ Cancelling force-cancels the task; the ``lmedit`` process dies with its Ray work
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 from editor.errors import UserError
@@ -25,17 +23,13 @@ def check_ray() -> None:
 
 
 def _run_worker(argv: list[str], job_dir: str, job_id: str) -> int:
-    """Runs inside a Ray worker: the job's lmedit process, its log appended to the job's log."""
-    from editor.service.runner import _worker_preexec
+    """Runs inside a Ray worker: the job's lmedit process, as the local executor starts it."""
+    from editor.service.runner import spawn_worker
 
     directory = Path(job_dir)
     if not directory.is_dir():
         raise RuntimeError(f"{job_dir} is not visible on this node: the service home must be on a shared filesystem")
-    env = {**os.environ, "LMEDIT_JOB": job_id, "TQDM_DISABLE": "1"}
-    with open(directory / "log.txt", "ab") as log, open(directory / "stdout.txt", "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=directory,
-                                preexec_fn=_worker_preexec)
-        return proc.wait()
+    return spawn_worker(argv, directory, job_id).wait()
 
 
 class RayExecutor:

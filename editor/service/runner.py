@@ -43,16 +43,23 @@ def _worker_preexec() -> None:  # pragma: no cover - runs in the child between f
         pass
 
 
+def spawn_worker(argv: list[str], job_dir: Path, job_id: str) -> subprocess.Popen:
+    """A job's ``lmedit`` process, whichever executor runs it: its own process group (cancel kills
+    the group), stderr appended to ``log.txt`` (the progress the service follows), stdout to
+    ``stdout.txt`` (the result), tagged ``LMEDIT_JOB`` (so a stale one is recognised at start-up)."""
+    env = {**os.environ, "LMEDIT_JOB": job_id, "TQDM_DISABLE": "1"}
+    with open(job_dir / "log.txt", "ab") as log, open(job_dir / "stdout.txt", "wb") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=log, stdin=subprocess.DEVNULL, env=env,
+                                cwd=job_dir, start_new_session=True, preexec_fn=_worker_preexec)
+
+
 class LocalExecutor:
     """Worker processes on this machine."""
 
     name = "local"
 
     def start(self, job_id: str, argv: list[str], job_dir: Path, resources: dict):
-        env = {**os.environ, "LMEDIT_JOB": job_id, "TQDM_DISABLE": "1"}
-        with open(job_dir / "log.txt", "ab") as log, open(job_dir / "stdout.txt", "wb") as out:
-            return subprocess.Popen(argv, stdout=out, stderr=log, stdin=subprocess.DEVNULL, env=env,
-                                    cwd=job_dir, start_new_session=True, preexec_fn=_worker_preexec)
+        return spawn_worker(argv, job_dir, job_id)
 
     def ident(self, handle) -> str:
         return str(handle.pid)
