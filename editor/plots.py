@@ -33,14 +33,17 @@ def figure_png(fig) -> bytes:
 
 def line_plot(series: dict[str, tuple[list[float], list[float]]], xlabel: str, ylabel: str, title: str,
               bands: dict[str, tuple[list[float], list[float]]] | None = None, hlines: dict[str, float] | None = None,
-              logx: bool = False) -> bytes:
-    """Lines (x, y) with optional shaded intervals and horizontal reference lines, as PNG bytes."""
+              logx: bool = False, errors: dict[str, tuple[list[float], list[float]]] | None = None) -> bytes:
+    """Lines (x, y) with optional intervals, shaded (``bands``) or as error bars (``errors``: (lows,
+    highs) per series, for lines that overlap), and horizontal reference lines, as PNG bytes."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for label, (xs, ys) in series.items():
-        ax.plot(xs, ys, marker="o", label=label)
+        line, = ax.plot(xs, ys, marker="o", label=label)
         if bands and label in bands:
             ax.fill_between(xs, bands[label][0], bands[label][1], alpha=0.2)
+        if errors and label in errors:
+            _error_bars(ax, xs, ys, errors[label], line.get_color())
     for label, y in (hlines or {}).items():
         ax.axhline(y, linestyle="--", color="grey", linewidth=1)
         ax.annotate(label, (0.01, y), xycoords=("axes fraction", "data"), fontsize=8, color="grey",
@@ -48,6 +51,14 @@ def line_plot(series: dict[str, tuple[list[float], list[float]]], xlabel: str, y
     if logx:
         ax.set_xscale("log")
     return _finish(fig, ax, xlabel, ylabel, title, legend_size=8)
+
+
+def _error_bars(ax, xs, ys, interval: tuple[list[float], list[float]], color) -> None:
+    """Vertical bars from each interval's low to its high (matplotlib wants distances from the point)."""
+    lows, highs = interval
+    below = [max(y - lo, 0.0) for y, lo in zip(ys, lows)]
+    above = [max(hi - y, 0.0) for y, hi in zip(ys, highs)]
+    ax.errorbar(xs, ys, yerr=[below, above], fmt="none", ecolor=color, alpha=0.6, capsize=2, linewidth=1)
 
 
 def _finish(fig, ax, xlabel: str, ylabel: str, title: str, legend_size: int) -> bytes:
@@ -78,14 +89,17 @@ def bar_plot(groups: dict[str, list[float]], ylabel: str, title: str) -> bytes:
 
 def scatter_plot(groups: dict[str, tuple[list[float], list[float]]], xlabel: str, ylabel: str, title: str,
                  vline: tuple[str, float] | None = None, hline: tuple[str, float] | None = None,
-                 symlog_x: float | None = None) -> bytes:
+                 symlog_x: float | None = None,
+                 errors: dict[str, tuple[list[float], list[float]]] | None = None) -> bytes:
     """One marker per setting, one colour per group: a trade-off of two measures (no lines, since the
     settings of a group are not a sequence). ``symlog_x``: linear within +-that value, logarithmic
-    beyond (small changes readable beside huge ones)."""
+    beyond (small changes readable beside huge ones). ``errors``: (lows, highs) of y per group."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for label, (xs, ys) in groups.items():
-        ax.scatter(xs, ys, label=label, s=18, alpha=0.8)
+        dots = ax.scatter(xs, ys, label=label, s=18, alpha=0.8)
+        if errors and label in errors:
+            _error_bars(ax, xs, ys, errors[label], dots.get_facecolor()[0])
     for line, draw in ((vline, ax.axvline), (hline, ax.axhline)):
         if line:
             draw(line[1], linestyle="--", color="grey", linewidth=1, label=line[0])

@@ -11,7 +11,7 @@ from editor.errors import UserError
 from editor.evaluation.harness import GenderConfig, PronounConfig, evaluate_model
 from editor.recipes import load_recipe, run_recipe
 from editor.recipes.gender_debias import (
-    N_TEMPLATES, contrast_examples, random_like, relative, select)
+    N_TEMPLATES, contrast_examples, random_like, relative, relative_interval, select)
 from editor.tasks.gender import split_occupations
 from editor.tasks import gender
 
@@ -78,6 +78,16 @@ def test_selection_needs_both_directions_lower_within_the_guard():
     assert relative(_row("x", 1, -0.5, 0.25, 1), base) == (0.5, 0.5)  # a reversed bias counts by its size
 
 
+def test_relative_interval_is_the_worse_directions_interval_scaled_by_the_base():
+    base = _row("base", 0, 1.0, 0.5, 20.0)
+    row = {**_row("x", 1, 0.2, 0.4, 20.0), "bias_profession_95": [0.1, 0.3], "bias_pronoun_95": [0.3, 0.5]}
+    assert relative(row, base) == (0.2, 0.8)  # the pronoun direction is the worse one
+    assert relative_interval(row, base) == pytest.approx((0.6, 1.0))
+    spans_zero = {**row, "bias_pronoun_95": [-0.1, 0.45]}
+    assert relative_interval(spans_zero, base) == pytest.approx((0.0, 0.9))  # |bias| can be 0
+    assert relative_interval(_row("y", 1, 0.2, 0.4, 20.0), base) is None  # measured without intervals
+
+
 def test_random_components_match_kinds_and_counts():
     comps = [{"kind": "head", "component": "1.0"}] + [{"kind": "neuron", "component": f"2.{i}"} for i in range(5)]
     rand = random_like(comps, [1, 2], n_heads=4, width=64, seed=3)
@@ -116,6 +126,8 @@ def test_recipe_saves_exactly_the_validation_pick(tmp_path):
     assert models[0] == "base"
     report = (out / "report.html").read_text()
     assert "gender given occupation" in report and "Validation sweep" in report
+    assert "bias_profession_95" in report and "95% bootstrap interval" in report
+    assert all(len(r["bias_pronoun_95"]) == 2 for r in summary["validation"])
     if summary["chosen"] is None:
         assert "no checkpoint saved" in summary["verdict"] and not (out / "checkpoint").exists()
         return

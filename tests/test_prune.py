@@ -65,7 +65,7 @@ def test_search_keeps_the_validation_rule_and_shrinks(pruned_run, arith_dir):
     base.model.save_pretrained(out / "base-copy")
     assert size(out / "checkpoint") < size(out / "base-copy")
     html = (out / "report.html").read_text()
-    assert "<table>" in html and "What attribution removed" in html
+    assert "<table>" in html and "What attribution removed" in html and "95% Wilson intervals" in html
     for layer in removal.layers:
         assert f"<td>{layer}</td><td>the whole layer</td>" in html
 

@@ -22,6 +22,7 @@ from editor.edit.shrink import Removal, parameter_counts, removed_parameters, sh
 from editor.errors import UserError
 from editor.evaluation.harness import ArithmeticConfig, GuardConfig, compare, evaluate_model
 from editor.evaluation.results import Evaluation
+from editor.evaluation.stats import wilson
 from editor.io import write_text_atomic
 from editor.model.capture import encode
 from editor.prune.scores import LAYER_ONLY, UNITS
@@ -332,14 +333,18 @@ COLUMNS = ["model", "non_embedding", "non_embedding_removed", "layers_removed", 
            "answer_accuracy_95", "retained", "exact_match", "token_accuracy", "guard_perplexity"]
 
 
-def curve_png(traces: dict, base_non_embedding: int, base_accuracy: float, title: str) -> bytes:
-    """Validation accuracy against the share of non-embedding parameters removed, one line per method."""
-    series = {}
+def curve_png(traces: dict, base_non_embedding: int, base_accuracy: float, n_val: int, title: str) -> bytes:
+    """Validation accuracy against the share of non-embedding parameters removed, one line per method,
+    each point with its 95% Wilson interval over the ``n_val`` validation prompts."""
+    series, errors = {}, {}
     for method, trace in traces.items():
         taken = [row for row in trace if row["taken"]]
-        series[method] = ([0.0] + [100 * r["removed_parameters"] / base_non_embedding for r in taken],
-                          [base_accuracy] + [r["val_accuracy"] for r in taken])
-    return line_plot(series, "non-embedding parameters removed (%)", "validation answer accuracy", title)
+        ys = [base_accuracy] + [r["val_accuracy"] for r in taken]
+        series[method] = ([0.0] + [100 * r["removed_parameters"] / base_non_embedding for r in taken], ys)
+        intervals = [wilson(round(y * n_val), n_val) for y in ys]
+        errors[method] = ([lo for lo, _ in intervals], [hi for _, hi in intervals])
+    return line_plot(series, "non-embedding parameters removed (%)", "validation answer accuracy", title,
+                     errors=errors)
 
 
 def _removed_rows(removal: Removal) -> list[dict]:
@@ -373,8 +378,9 @@ def _report(run: Run, cfg: ArithmeticPrune, comparison, summary: dict, traces: d
     rep.heading("Every method, the same search, the same shrink (test prompts)")
     rep.table(rows, COLUMNS)
     rep.image(curve_png(traces, rows[0]["non_embedding"], summary["base_val_accuracy"],
-                        "accuracy as the search removes parameters"),
-              "Validation answer accuracy after each accepted round, by method")
+                        cfg.data.n_val, "accuracy as the search removes parameters"),
+              f"Validation answer accuracy after each accepted round, by method; bars: 95% Wilson intervals "
+              f"over the {cfg.data.n_val} validation prompts")
     rep.heading("Base vs pruned (paired, test prompts)")
     rep.comparison(comparison)
     rep.heading(f"What {cfg.prune.method} removed")

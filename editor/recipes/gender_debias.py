@@ -206,6 +206,18 @@ def relative(row: dict, base: dict) -> tuple[float, float]:
     return tuple(abs(row[key]) / max(abs(base[key]), 1e-9) for key in ("bias_profession", "bias_pronoun"))
 
 
+def relative_interval(row: dict, base: dict) -> tuple[float, float] | None:
+    """The 95% interval of the worse direction's |bias| / |base bias| (the base taken as exact: the
+    bars show the spread over this row's prompts). None for rows measured without intervals."""
+    key = ("bias_profession", "bias_pronoun")[max(range(2), key=lambda i: relative(row, base)[i])]
+    if f"{key}_95" not in row:
+        return None
+    low, high = row[f"{key}_95"]
+    scale = max(abs(base[key]), 1e-9)
+    near = 0.0 if low <= 0 <= high else min(abs(low), abs(high))
+    return near / scale, max(abs(low), abs(high)) / scale
+
+
 def select(rows: list[dict], base: dict, max_increase: float) -> dict | None:
     """The validation row with the smallest worse-direction relative bias among those within the
     guard limit that lower the bias in BOTH directions; ties go to fewer components. None: none qualifies."""
@@ -244,6 +256,8 @@ def _row(ev, **extra) -> dict:
     m = {t: ev.tasks[t].measures for t in ev.tasks}
     row = {**extra, "bias_profession": m["gender"]["bias"].value, "bias_pronoun": m["pronoun"]["bias"].value,
            "perplexity": m["guard"]["perplexity"].value}
+    for key, task in (("bias_profession_95", "gender"), ("bias_pronoun_95", "pronoun")):
+        row[key] = [round(m[task]["bias"].low, 4), round(m[task]["bias"].high, 4)]
     if "gender@choose" in m:
         row["bias_profession_choose"] = m["gender@choose"]["bias"].value
         row["bias_pronoun_choose"] = m["pronoun@choose"]["bias"].value
@@ -368,7 +382,8 @@ def _report(run, cfg, split, summary, ranked) -> dict:
                   "validate (every choice) and test (these numbers); no occupation or template is in two splits.")
     rep.heading("Test split (never used for a choice)")
     rows = summary["rows"]
-    cols = ["model", "penalty", "components", "factor", "bias_profession", "bias_pronoun", "reduction_profession",
+    cols = ["model", "penalty", "components", "factor", "bias_profession", "bias_profession_95", "bias_pronoun",
+            "bias_pronoun_95", "reduction_profession",
             "reduction_pronoun", "perplexity", "perplexity_change", "arithmetic", "arithmetic_95",
             "bias_profession_choose", "bias_pronoun_choose", "note"]
     rep.table(rows, [c for c in cols if any(c in r for r in rows)])
@@ -377,16 +392,23 @@ def _report(run, cfg, split, summary, ranked) -> dict:
     rep.table(_rounded([base] + val), ["method", "penalty", "k", "factor", "bias_profession", "bias_pronoun",
                                        "perplexity"])
     groups: dict[str, tuple[list[float], list[float]]] = {}
+    errors: dict[str, tuple[list[float], list[float]]] = {}
     for r in val:
-        xs, ys = groups.setdefault(f"{r['method']}, penalty {r['penalty']:g}", ([], []))
+        label = f"{r['method']}, penalty {r['penalty']:g}"
+        xs, ys = groups.setdefault(label, ([], []))
+        lows, highs = errors.setdefault(label, ([], []))
         xs.append(100 * (r["perplexity"] / base["perplexity"] - 1))
         ys.append(max(relative(r, base)))
+        interval = relative_interval(r, base) or (ys[-1], ys[-1])
+        lows.append(interval[0])
+        highs.append(interval[1])
     rep.image(scatter_plot(groups, "guard perplexity change (%, log scale past 10%)", "worse direction |bias| / base (1: unchanged)",
                            "validation: bias against capability, every k and factor",
                            vline=("guard limit", 100 * cfg.select.max_perplexity_increase),
-                           hline=("base", 1.0), symlog_x=10),
+                           hline=("base", 1.0), symlog_x=10, errors=errors),
               "Each point is one validation setting (method, penalty, k, factor); lower is less biased, left is "
-              "cheaper. The recipe takes the lowest point left of the guard limit.")
+              "cheaper; bars: 95% bootstrap interval of that setting's bias over the validation prompts, "
+              "relative to the base's value. The recipe takes the lowest point left of the guard limit.")
     rep.heading("Occupations per split (lean from labour statistics)")
     rep.table([{"split": n, "occupations": ", ".join(f"{p} ({l[0]})" for p, l in split[n])} for n in SPLITS],
               ["split", "occupations"])
