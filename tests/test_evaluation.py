@@ -199,3 +199,20 @@ def test_template_indices():
         harness.parse_indices("x", 8, "gender templates")
     with pytest.raises(UserError, match=r"indices must be in 0\.\.7"):
         harness.parse_indices("6-8", 8, "gender templates")
+
+
+def test_icl_pool_in_memory_equals_the_same_pool_from_a_file(tmp_path, tokenizer):
+    from editor.tasks import icl
+
+    _, held = icl.split_pool(icl.load_pool("builtin"), seed=3)
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps({"sentence": s, "label": held.classes[y]}) + "\n"
+                            for s, y in zip(held.sentences, held.labels)))
+    model = tiny.tiny_model("llama").eval()
+    run = lambda cfg: evaluate_model(model, tokenizer, {"icl": cfg}, progress=False)  # noqa: E731
+    from_memory = run(harness.IclConfig(n=6, k=1, pool=held, seed=1))
+    from_file = run(harness.IclConfig(n=6, k=1, data=str(path), seed=1))
+    for key, m in from_file.tasks["icl"].measures.items():
+        assert from_memory.tasks["icl"].measures[key].per_unit == m.per_unit, key
+    assert from_memory.tasks["icl"].config["pool"] == f"{len(held.sentences)} sentences given in memory"
+    json.dumps(from_memory.to_json())  # the result stays serialisable

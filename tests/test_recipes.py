@@ -31,6 +31,7 @@ RECIPES = {
                         "data.n_train=24", "data.n_eval=8", "data.n_compare=4", "random_seeds=[1]"],
 }
 WITH_CHECKPOINT = {"arithmetic-keep-only"}  # gender-debias saves one only when an edit qualifies: test_debias.py
+WITH_REMOVALS = {"arithmetic-keep-only", "prune-then-lora"}
 WITH_SCORES = {"arithmetic-keep-only", "icl-heads"}
 
 
@@ -62,6 +63,9 @@ def test_recipe_end_to_end(kind, tiny_model_dir, tmp_path):
     assert "<table>" in html and html.count("data:image/png;base64,") >= 1 and "http" not in html.split("<script>")[0]
     headline = result["summary"]["headline"]
     assert headline and html.index("class='headline'") < html.index("<table>")  # the page opens with it
+    assert re.search(r"\[-?[0-9.]+, -?[0-9.]+\]", headline), headline  # its main result carries an interval
+    if kind in WITH_REMOVALS:
+        assert "What was removed" in html or "removed</th>" in html
     digest = (out / "steps" / "recipe.sha256").read_text().strip()
     assert "Reproduce" in html and f"lmedit run {out / 'recipe.yaml'}" in html and digest in html
     if kind in WITH_CHECKPOINT:
@@ -135,7 +139,7 @@ def test_cli_run_prints_steps_and_summary(tiny_model_dir, tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "steps:" in result.output and "summary:" in result.output and "report.html" in result.output
-    assert result.stdout.startswith("Heads scored on")  # the headline comes first
+    assert result.stdout.startswith("Zeroing the top")  # the headline comes first
 
 
 @pytest.mark.skipif(chromium() is None, reason="chromium is not installed (make test installs the Debian packages "

@@ -110,6 +110,8 @@ class IclConfig:
     order: str = "random"
     data: str = "builtin"
     seed: int = 0
+    # A labelled pool in memory (a recipe's own held-out half) instead of ``data``; recorded by size.
+    pool: icl.Pool | None = field(default=None, repr=False)
 
     def check(self, where: str) -> None:
         _within(where, "n", self.n, 1, MAX_PROMPTS)
@@ -164,10 +166,12 @@ def _answer_matches(generated: str, answer: str) -> bool:
 
 
 def _recorded(cfg) -> dict:
-    """A task's configuration as results record it: in-memory examples by their count."""
-    out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "examples"}
+    """A task's configuration as results record it: in-memory examples and pools by their size."""
+    out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ("examples", "pool")}
     if getattr(cfg, "examples", None) is not None:
         out["examples"] = f"{len(cfg.examples)} given in memory"
+    if getattr(cfg, "pool", None) is not None:
+        out["pool"] = f"{len(cfg.pool.sentences)} sentences given in memory"
     return out
 
 
@@ -269,7 +273,7 @@ def _icl_predictions(ctx: Context, examples: list[Example], desc: str) -> list[i
 
 
 def run_icl(ctx: Context, cfg: IclConfig) -> TaskResult:
-    pool = icl.load_pool(cfg.data)
+    pool = cfg.pool if cfg.pool is not None else icl.load_pool(cfg.data)
     sets = {
         "unrelated": icl.build(pool, cfg.n, cfg.k, icl.UNRELATED_LABELS, "balanced", cfg.order, cfg.seed),
         "imbalanced": icl.build(pool, cfg.n, cfg.k, icl.UNRELATED_LABELS, "imbalanced", cfg.order, cfg.seed + 1),
@@ -294,7 +298,7 @@ def run_icl(ctx: Context, cfg: IclConfig) -> TaskResult:
                                                            [float(p == g) for p, g in zip(preds, gold)])
     details = {"labels": {"unrelated": list(icl.UNRELATED_LABELS), "natural": list(pool.classes)},
                "example_prompt": sets["unrelated"][0].prompt}
-    return TaskResult("icl", dataclasses.asdict(cfg), measures, 0.0, details)
+    return TaskResult("icl", _recorded(cfg), measures, 0.0, details)
 
 
 # Capability guard ---------------------------------------------------------------------------------

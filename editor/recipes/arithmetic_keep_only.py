@@ -22,7 +22,7 @@ from editor.io import write_text_atomic
 from editor.recipes.common import (Common, all_heads, checkpoint_step, evaluation_step, layer_range, neurons_in,
                                    random_components, scores_step)
 from editor.plots import bar_plot
-from editor.recipes.report import Report
+from editor.recipes.report import Report, index_ranges
 from editor.recipes.run import Run
 from editor.tasks import arithmetic
 from editor.tasks.examples import Example
@@ -156,9 +156,22 @@ def run(run: Run, cfg: ArithmeticKeepOnly) -> dict:
                                  cfg.save_checkpoint)
     summary = _summary(base, pruned, randoms, n_keep, n_zero_heads, len(order))
     report = run.step("report", lambda: _report(
-        run, cfg, heads, neurons, comparison, randoms, summary, checkpoint, layers, width))
+        run, cfg, heads, neurons, comparison, randoms, summary, checkpoint, layers, width, keep, zero_heads))
     summary["headline"] = report.get("headline")  # printed first by lmedit run
     return summary
+
+
+def _removed(layers: list[int], width: int, keep: list[str], zero_heads: list[str]) -> list[dict]:
+    """Every removed component, one row per layer: the FFN neurons outside the kept set (as index
+    ranges), then the zeroed heads."""
+    kept = set(keep)
+    rows = []
+    for layer in layers:
+        gone = [i for i in range(width) if f"{layer}.{i}" not in kept]
+        rows.append({"layer": layer, "removed": f"{len(gone)} of {width} FFN neurons: {index_ranges(gone)}"})
+    if zero_heads:
+        rows.append({"layer": "heads", "removed": f"{len(zero_heads)} heads zeroed: {' '.join(zero_heads)}"})
+    return rows
 
 
 def _metric(ev, task, key):
@@ -175,23 +188,36 @@ def _summary(base, pruned, randoms, n_keep, n_zero_heads, n_range) -> dict:
     }
 
 
-def _report(run, cfg, heads, neurons, comparison, randoms, summary, checkpoint, layers, width) -> dict:
+def _report(run, cfg, heads, neurons, comparison, randoms, summary, checkpoint, layers, width, keep,
+            zero_heads) -> dict:
     from editor.plots import heatmap
     from editor.attribution.vocab import neuron_tokens
 
     rep = Report(f"arithmetic-keep-only: {cfg.model}")
+    before, after = (comparison.before.tasks["arithmetic"].measures, comparison.after.tasks["arithmetic"].measures)
+    random_acc = [r["token_accuracy"] for r in summary["rows"][2:]]
+    rep.headline(f"Kept {summary['kept_neurons']} of {summary['neurons_in_range']} FFN neurons in layers "
+                 f"{layers[0]}-{layers[-1]} ({cfg.neurons.method}) and zeroed {summary['zeroed_heads']} heads: "
+                 f"held-out token accuracy {before['token_accuracy'].cell()} -> {after['token_accuracy'].cell()}, "
+                 f"exact match {before['exact_match'].cell()} -> {after['exact_match'].cell()}"
+                 + (f"; random pruning of the same size {min(random_acc):.3f}-{max(random_acc):.3f} "
+                    f"({len(random_acc)} seeds)" if random_acc else "") + ". An analysis (are the attributed "
+                 "neurons sufficient?), not a smaller model: arithmetic-prune makes one.")
     rep.paragraph(f"Scored on {cfg.data.n_score} arithmetic prompts; evaluated on {cfg.data.n_eval} held-out prompts "
                   f"and the guard text. Kept {summary['kept_neurons']} of {summary['neurons_in_range']} FFN neurons "
                   f"in layers {layers[0]}-{layers[-1]} ({cfg.neurons.method}); zeroed {summary['zeroed_heads']} "
                   f"heads ({cfg.heads.method}, least important first).")
     rep.heading("Before and after pruning")
     rep.comparison(comparison)
-    rep.heading("Against random pruning of the same size")
-    rep.table(summary["rows"], ["model", "token_accuracy", "exact_match", "perplexity"])
+    rep.heading("Against random pruning of the same size (every measure, 95% intervals)")
+    rep.evaluations({"base": comparison.before, "pruned (attribution)": comparison.after,
+                     **{f"random seed {s}": e for s, e in randoms.items()}})
     groups = {"base": [summary["rows"][0]["token_accuracy"]], "attribution": [summary["rows"][1]["token_accuracy"]],
               "random": [r["token_accuracy"] for r in summary["rows"][2:]]}
     rep.image(bar_plot(groups, "teacher-forced token accuracy", "held-out arithmetic"),
-              "Token accuracy: base, attribution-chosen pruning, random pruning (dots: seeds)")
+              "Token accuracy: base, attribution-chosen pruning, random pruning (dots: seeds; intervals in the table)")
+    rep.heading("What was removed")
+    rep.table(_removed(layers, width, keep, zero_heads), ["layer", "removed"])
     png = heatmap(heads.columns[heads.primary], run.path("attribution", "head_scores.png"),
                   title=f"heads: {heads.method} {heads.primary}")
     rep.image(png, f"Head scores ({heads.method}, {heads.primary}), layers x heads")

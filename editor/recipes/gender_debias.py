@@ -353,15 +353,21 @@ def _note(method: str, penalty: str, k: int, factor: float) -> str:
 
 def _verdict(chosen: dict | None, table: list[dict], cfg: GenderDebias) -> tuple[str, bool]:
     """What the run concluded, in words, and whether a checkpoint is saved."""
+    base = table[0]
+
+    def bias(r: dict, key: str) -> str:
+        return f"{r[key]:.3f} {[round(x, 3) for x in r[key + '_95']]}"
+
     if chosen is None:
         return ("No method, k and factor lowers validation bias in both directions within the guard limit; "
-                "no checkpoint saved."), False
+                f"no checkpoint saved. Base test bias: {bias(base, 'bias_profession')} (profession given gender), "
+                f"{bias(base, 'bias_pronoun')} (gender given occupation)."), False
     row = next(r for r in table if r.get("model") == chosen["method"])
     text = (f"Chosen on validation: {chosen['method']} (capability penalty {chosen['penalty']:g}), top {chosen['k']}, "
-            f"factor {chosen['factor']:g}. On the test "
-            f"split bias falls {row['reduction_profession']:.0%} (profession given gender) and "
-            f"{row['reduction_pronoun']:.0%} (gender given occupation); guard perplexity "
-            f"{row['perplexity_change']:+.1%}.")
+            f"factor {chosen['factor']:g}. On the test split bias falls {row['reduction_profession']:.0%} "
+            f"(profession given gender: {bias(base, 'bias_profession')} -> {bias(row, 'bias_profession')}) and "
+            f"{row['reduction_pronoun']:.0%} (gender given occupation: {bias(base, 'bias_pronoun')} -> "
+            f"{bias(row, 'bias_pronoun')}; 95% intervals); guard perplexity {row['perplexity_change']:+.1%}.")
     if not cfg.save_checkpoint:
         return text, False
     if min(row["reduction_profession"], row["reduction_pronoun"]) <= 0 and not cfg.save_if_test_worse:

@@ -9,7 +9,6 @@ bias are reported before and after. Scoring and evaluation use disjoint halves o
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -19,7 +18,6 @@ from editor.attribution.vocab import head_tokens
 from editor.edit.plan import EditPlan
 from editor.errors import UserError
 from editor.evaluation.harness import GuardConfig, IclConfig, compare
-from editor.io import write_text_atomic
 from editor.recipes.common import Common, all_heads, evaluation_step, random_components, scores_step
 from editor.plots import bar_plot
 from editor.recipes.report import Report
@@ -67,9 +65,6 @@ def run(run: Run, cfg: IclHeads) -> dict:
     run.plan(["static_scores", "ablation_scores", "evaluate_base", *[f"cut_{f:g}" for f in fractions],
               *[f"rescale_{x:g}" for x in factors], "report"])
     score_pool, eval_pool = icl.split_pool(icl.load_pool(cfg.data.pool), cfg.seed)
-    eval_file = run.path("data", "eval_pool.jsonl")
-    write_text_atomic(eval_file, "".join(json.dumps({"sentence": s, "label": eval_pool.classes[y]}) + "\n"
-                                         for s, y in zip(eval_pool.sentences, eval_pool.labels)))
     examples = icl.build(score_pool, cfg.data.n_score, cfg.data.k, icl.UNRELATED_LABELS, seed=cfg.seed)
     bs = cfg.batch_size
     def static_scores():
@@ -94,7 +89,7 @@ def run(run: Run, cfg: IclHeads) -> dict:
     ablation = scores_step(run, "ablation_scores", ablation_scores)
     ranking = static if cfg.cut.rank_by == "static" else ablation
     ranked = ranking.top_components(total)
-    tasks = {"icl": IclConfig(n=cfg.data.n_eval, k=cfg.data.k, data=str(eval_file), seed=cfg.seed + 1),
+    tasks = {"icl": IclConfig(n=cfg.data.n_eval, k=cfg.data.k, pool=eval_pool, seed=cfg.seed + 1),
              "guard": GuardConfig()}
     base = evaluation_step(run, "evaluate_base", tasks)
 
@@ -148,13 +143,19 @@ def _biases(ev) -> dict:
     m = ev.tasks["icl"].measures
     return {"accuracy": round(m["accuracy"].value, 4), "majority_label_bias": round(m["majority_label_bias"].value, 4),
             "recency_bias": round(m["recency_bias"].value, 4),
-            "perplexity": round(ev.tasks["guard"].measures["perplexity"].value, 3)}
+            "perplexity": round(ev.tasks["guard"].measures["perplexity"].value, 3),
+            **{f"{k}_95": m[k].cell() for k in ("accuracy", "majority_label_bias", "recency_bias")},
+            "perplexity_95": ev.tasks["guard"].measures["perplexity"].cell()}
 
 
 def _report(run, cfg, static, ablation, ranked, cuts, comparisons, summary) -> dict:
     from editor.plots import heatmap
 
     rep = Report(f"icl-heads: {cfg.model}")
+    base, big = summary["rows"][0], summary["rows"][-1]
+    rep.headline(f"Zeroing the top {big['heads']} in-context heads ({cfg.cut.rank_by} ranking) moves foo/bar accuracy "
+                 f"{base['accuracy_95']} -> {big['accuracy_95']}; as many random heads: "
+                 f"{big['random_heads_accuracy_95']} (95% intervals, {cfg.data.n_eval} held-out queries).")
     rep.paragraph(f"Heads scored on {cfg.data.n_score} foo/bar prompts ({cfg.data.k} demonstrations per label) from one "
                   f"half of the sentence pool; evaluated on {cfg.data.n_eval} queries per setting from the other half. "
                   f"Ranking: {cfg.cut.rank_by}.")

@@ -19,7 +19,7 @@ from editor.lora.train import Adapter, LoraSettings, save_adapter, trained_adapt
 from editor.tasks.arithmetic import split_arithmetic
 from editor.recipes.common import Common, layer_range, neurons_in, random_components
 from editor.plots import bar_plot, line_plot
-from editor.recipes.report import Report
+from editor.recipes.report import Report, index_ranges
 from editor.recipes.run import Run
 
 
@@ -94,11 +94,13 @@ def run_lora_compare(run: Run, cfg: LoraCompare) -> dict:
     for r in results:
         averages = {a["top"]: a for a in average_shifts(r["rows"])}
         rows.append({"layers": ",".join(map(str, r["layers"])), "accuracy": round(r["accuracy"]["value"], 4),
+                     "accuracy_95": [round(r["accuracy"]["low"], 4), round(r["accuracy"]["high"], 4)],
                      "gain": round(r["accuracy"]["value"] - base["value"], 4),
                      **{f"coef_change_top{n}": round(averages[n]["relative_increase"], 3) for n in (10, 50)},
                      **{f"abs_coef_change_top{n}": round(averages[n]["magnitude_change"], 3) for n in (10, 50)},
                      "loss": f"{r['loss_first']:.2f}->{r['loss_last']:.2f}"})
-    summary = {"base_accuracy": base["value"], "rows": rows}
+    summary = {"base_accuracy": base["value"], "base_accuracy_95": [round(base["low"], 4), round(base["high"], 4)],
+               "rows": rows}
     report = run.step("report", lambda: _report_compare(run, cfg, summary, results))
     summary["headline"] = report.get("headline")  # printed first by lmedit run
     return summary
@@ -106,6 +108,11 @@ def run_lora_compare(run: Run, cfg: LoraCompare) -> dict:
 
 def _report_compare(run, cfg, summary, results) -> dict:
     rep = Report(f"lora-compare: {cfg.model}")
+    best = max(summary["rows"], key=lambda r: r["gain"])
+    rep.headline(f"{len(summary['rows'])} LoRA adapters, one per layer group: held-out token accuracy base "
+                 f"{summary['base_accuracy']:.3f} {summary['base_accuracy_95']}; best layers {best['layers']} "
+                 f"{best['accuracy']:.3f} {best['accuracy_95']} (gain {best['gain']:+.3f}); the mean coefficient "
+                 f"of its top 10 CNA neurons changes by {best['coef_change_top10']:+.0%}.")
     rep.paragraph(f"One LoRA adapter (rank {cfg.lora.rank}, {', '.join(cfg.lora.targets)}, {cfg.lora.steps} steps) per "
                   f"layer group, trained on {cfg.data.n_train} {cfg.data.digits}-digit arithmetic prompts; token accuracy "
                   f"on {cfg.data.n_eval} held-out prompts (base {summary['base_accuracy']:.3f}); CNA between the LoRA "
@@ -184,14 +191,15 @@ def run_prune_then_lora(run: Run, cfg: PruneThenLora) -> dict:
     randoms = {s: run.step(f"random{s}_pruned", pruned_then_lora(
         random_components(neurons_in(layers, width), n_keep, s), f"keep {n_keep} random neurons, seed {s}"))
         for s in seeds}
-    rows = [{"model": "base", "accuracy": round(base["value"], 4)},
-            {"model": f"base + LoRA (layers {cfg.lora_layers})", "accuracy": round(chosen["lora_accuracy"]["value"], 4)},
-            {"model": "CNA keep-only pruned", "accuracy": round(cna_run["pruned"]["value"], 4)},
-            {"model": "CNA keep-only pruned + new LoRA", "accuracy": round(cna_run["pruned_lora"]["value"], 4)}]
+    def row(model: str, m: dict) -> dict:
+        return {"model": model, "accuracy": round(m["value"], 4), "accuracy_95": [round(m["low"], 4), round(m["high"], 4)]}
+
+    rows = [row("base", base), row(f"base + LoRA (layers {cfg.lora_layers})", chosen["lora_accuracy"]),
+            row("CNA keep-only pruned", cna_run["pruned"]), row("CNA keep-only pruned + new LoRA", cna_run["pruned_lora"])]
     for s, r in randoms.items():
-        rows += [{"model": f"random pruned (seed {s})", "accuracy": round(r["pruned"]["value"], 4)},
-                 {"model": f"random pruned (seed {s}) + new LoRA", "accuracy": round(r["pruned_lora"]["value"], 4)}]
-    summary = {"kept": n_keep, "of": len(layers) * width, "layers": [layers[0], layers[-1]], "rows": rows}
+        rows += [row(f"random pruned (seed {s})", r["pruned"]), row(f"random pruned (seed {s}) + new LoRA", r["pruned_lora"])]
+    summary = {"kept": n_keep, "of": len(layers) * width, "layers": [layers[0], layers[-1]], "rows": rows,
+               "kept_neurons": chosen["keep"]}
     report = run.step("report", lambda: _report_prune(run, cfg, summary, cna_run, randoms))
     summary["headline"] = report.get("headline")  # printed first by lmedit run
     return summary
@@ -199,14 +207,27 @@ def run_prune_then_lora(run: Run, cfg: PruneThenLora) -> dict:
 
 def _report_prune(run, cfg, summary, cna_run, randoms) -> dict:
     rep = Report(f"prune-then-lora: {cfg.model}")
+    rows = {r["model"]: r for r in summary["rows"]}
+    cna_row, cna_lora = rows["CNA keep-only pruned"], rows["CNA keep-only pruned + new LoRA"]
+    rep.headline(f"Kept {summary['kept']} of {summary['of']} FFN neurons (CNA): held-out token accuracy base "
+                 f"{summary['rows'][0]['accuracy']:.3f} {summary['rows'][0]['accuracy_95']}, pruned "
+                 f"{cna_row['accuracy']:.3f} {cna_row['accuracy_95']}, pruned + new LoRA {cna_lora['accuracy']:.3f} "
+                 f"{cna_lora['accuracy_95']}; random pruning of the same size in the table.")
     rep.paragraph(f"Keep-only pruning of layers {summary['layers'][0]}-{summary['layers'][1]}: {summary['kept']} of "
                   f"{summary['of']} FFN neurons kept, chosen by CNA between a LoRA model (layers {cfg.lora_layers}) and "
                   "the base, or at random; then a new LoRA on the pruned model. Token accuracy on "
                   f"{cfg.data.n_eval} held-out {cfg.data.digits}-digit prompts.")
-    rep.table(summary["rows"], ["model", "accuracy"])
+    rep.table(summary["rows"], ["model", "accuracy", "accuracy_95"])
     groups = {"CNA pruned": [cna_run["pruned"]["value"]], "CNA pruned + LoRA": [cna_run["pruned_lora"]["value"]],
               "random pruned": [r["pruned"]["value"] for r in randoms.values()],
               "random pruned + LoRA": [r["pruned_lora"]["value"] for r in randoms.values()]}
     rep.image(bar_plot(groups, "held-out token accuracy", "prune then LoRA: CNA vs random"),
-              "Accuracy after pruning and after a new LoRA, CNA-chosen vs random neurons (dots: seeds)")
+              "Accuracy after pruning and after a new LoRA, CNA-chosen vs random neurons (dots: seeds; intervals "
+              "in the table)")
+    rep.heading("What was removed (CNA keep-only)")
+    kept = set(summary["kept_neurons"])
+    first, last = summary["layers"]
+    width = summary["of"] // (last - first + 1)
+    rep.table([{"layer": layer, "removed": index_ranges([i for i in range(width) if f"{layer}.{i}" not in kept])}
+               for layer in range(first, last + 1)], ["layer", "removed"])
     return rep.finish(run)

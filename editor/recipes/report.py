@@ -6,7 +6,7 @@ import base64
 import html
 from pathlib import Path
 
-from editor.evaluation.results import Comparison
+from editor.evaluation.results import Comparison, Evaluation
 from editor.io import write_text_atomic
 
 _STYLE = """
@@ -33,6 +33,18 @@ window.addEventListener('load', function () {
   document.body.setAttribute('data-tables-shown', shown);
 });
 """
+
+
+def index_ranges(indices: list[int]) -> str:
+    """0,1,2,5,7,8 -> "0-2 5 7-8" (a removed set of thousands, readable)."""
+    out, start = [], None
+    for i, x in enumerate(indices):
+        if start is None:
+            start = x
+        if i + 1 == len(indices) or indices[i + 1] != x + 1:
+            out.append(str(start) if start == x else f"{start}-{x}")
+            start = None
+    return " ".join(out)
 
 
 class Report:
@@ -71,6 +83,15 @@ class Report:
 
     def comparison(self, comparison: Comparison) -> None:
         self.table(comparison.rows(), Comparison.COLUMNS, bold="change")
+
+    def evaluations(self, evaluations: dict[str, Evaluation]) -> None:
+        """One row per model, one column per task and measure, each cell its value and 95% interval:
+        every measured metric for every model (random baselines included) in one table."""
+        columns = list(dict.fromkeys(f"{t}: {k}" for e in evaluations.values()
+                                     for t, task in e.tasks.items() for k in task.measures))
+        rows = [{"model": name, **{f"{t}: {k}": m.cell() for t, task in e.tasks.items() for k, m in task.measures.items()}}
+                for name, e in evaluations.items()]
+        self.table(rows, ["model", *columns])
 
     def image(self, png: bytes | Path, caption: str) -> None:
         data = png.read_bytes() if isinstance(png, Path) else png
