@@ -14,7 +14,7 @@ from editor.edit.weights import apply_plan
 from editor.evaluation import harness
 from editor.evaluation.harness import METRICS_DIR, compare, configs, evaluate_model
 from editor.evaluation.results import load_result
-from editor.evaluation.scoring import greedy_answers, score_continuations, score_text
+from editor.evaluation.scoring import answer_matches, greedy_answers, score_continuations, score_text
 from editor.errors import UserError
 
 # Metric modules, loaded the way a user loads any evaluate module -----------------------------------
@@ -121,10 +121,10 @@ def test_text_scores_match_manual(tokenizer):
 
 
 def test_answer_matching():
-    assert harness._answer_matches(" 12.\nThe", " 12")
-    assert harness._answer_matches("8", "8")
-    assert not harness._answer_matches("123", "12")
-    assert not harness._answer_matches(" 1", " 12")
+    assert answer_matches(" 12.\nThe", " 12")
+    assert answer_matches("8", "8")
+    assert not answer_matches("123", "12")
+    assert not answer_matches(" 1", " 12")
 
 
 # Harness ------------------------------------------------------------------------------------------

@@ -146,3 +146,16 @@ def test_precomputed_base_scores_give_the_same_shift(tokenizer):
     assert reused.rows == direct.rows and reused.averages == direct.averages
     with pytest.raises(UserError, match="other layers"):
         coefficient_shift(base, tuned, tokenizer, held, layers=[0, 1], progress=False, base_scores=cached)
+
+
+def test_exact_match_is_the_harness_exact_match(tokenizer):
+    from editor.evaluation.harness import ArithmeticConfig, evaluate_model
+    from editor.lora.compare import exact_match
+
+    model = tiny.tiny_model("llama").eval()
+    _, held = split_arithmetic(4, 12, 1, 0)
+    ours = exact_match(model, tokenizer, held, batch_size=5, progress=False)
+    harness = evaluate_model(model, tokenizer, {"arithmetic": ArithmeticConfig(n=12, examples=held)}, progress=False)
+    reference = harness.tasks["arithmetic"].measures["exact_match"]
+    assert ours.per_unit == reference.per_unit and ours.n == 12
+    assert (ours.low, ours.high) == pytest.approx((reference.low, reference.high))

@@ -20,7 +20,7 @@ from editor.errors import UserError
 from editor.ranges import MAX_PROMPTS
 from editor.ranges import parse_ranges
 from editor.evaluation.results import Change, Comparison, Evaluation, Measure, TaskResult
-from editor.evaluation.scoring import greedy_answers, score_continuations, score_text
+from editor.evaluation.scoring import answer_matches, greedy_answers, score_continuations, score_text
 from editor.tasks import arithmetic, gender, icl
 from editor.tasks.examples import Example, fit_to_tokenizer, read_file
 from editor.tasks.guard import GUARD_SHA256, guard_text
@@ -159,12 +159,6 @@ def _accuracy(hits: list[bool], unit: str) -> Measure:
 
 
 # Arithmetic ---------------------------------------------------------------------------------------
-def _answer_matches(generated: str, answer: str) -> bool:
-    """The greedy text starts with the answer and the answer is not the prefix of a longer number/word."""
-    text, gold = generated.strip(), answer.strip()
-    return text.startswith(gold) and (len(text) == len(gold) or not text[len(gold)].isalnum())
-
-
 def _recorded(cfg) -> dict:
     """A task's configuration as results record it: in-memory examples and pools by their size."""
     out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ("examples", "pool")}
@@ -197,7 +191,7 @@ def run_arithmetic(ctx: Context, cfg: ArithmeticConfig) -> TaskResult:
     measures = {
         "token_accuracy": _measure(r, None, "answer token", "higher", [float(x) for x in tokens]),
         "answer_accuracy": _accuracy([all(s.correct) for s in scored], "prompt"),
-        "exact_match": _accuracy([_answer_matches(g, e.answer) for g, e in zip(greedy, examples)], "prompt"),
+        "exact_match": _accuracy([answer_matches(g, e.answer) for g, e in zip(greedy, examples)], "prompt"),
     }
     by_op: dict[str, list[bool]] = {}
     for e, s in zip(examples, scored):

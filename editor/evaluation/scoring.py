@@ -125,6 +125,12 @@ def score_continuations(model, tokenizer, prompts: list[str], continuations: lis
     return out  # type: ignore[return-value]
 
 
+def answer_matches(generated: str, answer: str) -> bool:
+    """The greedy text starts with the answer and the answer is not the prefix of a longer number/word."""
+    text, gold = generated.strip(), answer.strip()
+    return text.startswith(gold) and (len(text) == len(gold) or not text[len(gold)].isalnum())
+
+
 @torch.no_grad()
 def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 32,
                    progress: bool = True, desc: str = "generating") -> list[str]:

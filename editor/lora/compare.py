@@ -9,7 +9,7 @@ from pathlib import Path
 from editor.attribution.cna import cna
 from editor.evaluation.harness import load_metric
 from editor.evaluation.results import Measure
-from editor.evaluation.scoring import score_continuations
+from editor.evaluation.scoring import answer_matches, greedy_answers, score_continuations
 from editor.io import write_bytes_atomic, write_json_atomic, write_text_atomic
 from editor.tables import markdown_table
 from editor.tasks.examples import Example, fit_to_tokenizer
@@ -63,6 +63,18 @@ def token_accuracy(model, tokenizer, examples: list[Example], batch_size: int = 
     hits = [ok for s in scored for ok in s.correct]
     r = load_metric("accuracy_interval").compute(predictions=[int(h) for h in hits], references=[1] * len(hits))
     return Measure(r["accuracy"], r["low"], r["high"], r["n"], "answer token", "higher", [float(h) for h in hits])
+
+
+def exact_match(model, tokenizer, examples: list[Example], batch_size: int = 32, progress: bool = True) -> Measure:
+    """Greedy generation gives the whole answer (the harness's exact match), per prompt, with a Wilson
+    interval: what a user of the model sees, beside the teacher-forced token accuracy."""
+    examples = fit_to_tokenizer(tokenizer, examples)
+    max_new = max(len(tokenizer(e.answer, add_special_tokens=False)["input_ids"]) for e in examples) + 1
+    greedy = greedy_answers(model, tokenizer, [e.prompt for e in examples], max_new, batch_size, progress=progress,
+                            desc="exact match")
+    hits = [answer_matches(g, e.answer) for g, e in zip(greedy, examples)]
+    r = load_metric("accuracy_interval").compute(predictions=[int(h) for h in hits], references=[1] * len(hits))
+    return Measure(r["accuracy"], r["low"], r["high"], r["n"], "prompt", "higher", [float(h) for h in hits])
 
 
 def _relative(after: float, before: float) -> float:

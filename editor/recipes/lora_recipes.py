@@ -14,7 +14,7 @@ from editor.edit.plan import EditPlan
 from editor.edit.weights import apply_plan
 from editor.errors import UserError
 from editor.evaluation.results import Measure
-from editor.lora.compare import average_shifts, coefficient_shift, token_accuracy
+from editor.lora.compare import average_shifts, coefficient_shift, exact_match, token_accuracy
 from editor.lora.train import Adapter, LoraSettings, save_adapter, trained_adapter
 from editor.tasks.arithmetic import split_arithmetic
 from editor.recipes.common import Common, layer_range, neurons_in, random_components
@@ -40,6 +40,11 @@ def _measure_json(m) -> dict:
     return dataclasses.asdict(m) | {"per_unit": None}
 
 
+def _cell(m: dict) -> str:
+    """A stored measure as "value [low, high]"."""
+    return f"{m['value']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"
+
+
 # lora-compare -----------------------------------------------------------------------------------
 @dataclass
 class LoraCompare(Common):
@@ -56,11 +61,14 @@ class LoraCompare(Common):
 
 def run_lora_compare(run: Run, cfg: LoraCompare) -> dict:
     groups = ["_".join(map(str, g)) for g in cfg.layer_groups]
-    run.plan(["base_accuracy", "base_scores", *[f"lora_L{g}" for g in groups], "report"])
+    run.plan(["base_accuracy", "base_exact_match", "base_scores", *[f"lora_L{g}" for g in groups], "report"])
     settings0 = _settings(cfg, cfg.layer_groups[0])
     train, held = split_arithmetic(settings0.n_train, settings0.n_eval, settings0.digits, settings0.seed)
     compare_ex = held[:cfg.data.n_compare]
     base = run.step("base_accuracy", lambda: _measure_json(token_accuracy(run.model.model, run.model.tokenizer, held)))
+    base_exact = run.step("base_exact_match",
+                          lambda: _measure_json(exact_match(run.model.model, run.model.tokenizer, held)))
+
     def compare_layers():
         n_layers = run.model.arch.n_layers
         return layer_range(cfg.compare_layers, n_layers, "compare_layers") if cfg.compare_layers else list(range(n_layers))
@@ -81,13 +89,14 @@ def run_lora_compare(run: Run, cfg: LoraCompare) -> dict:
             with trained_adapter(lm.model, lm.tokenizer, _settings(cfg, layers), train) as (peft_model, result):
                 save_adapter(peft_model, run.path("adapters", f"L{name}"))
                 acc = token_accuracy(peft_model, lm.tokenizer, held)
+                exact = exact_match(peft_model, lm.tokenizer, held)
                 shift = coefficient_shift(None, peft_model, lm.tokenizer, compare_ex, compare_layers(),
                                           batch_size=cfg.batch_size,
                                           base_scores=ComponentScores.from_json(base_cached["scores"]),
                                           base_accuracy=Measure(**base_cached["accuracy"]))
             shift.save(run.path("compare"), f"L{name}")
             return {"layers": layers, "loss_first": result.losses[0], "loss_last": result.losses[-1],
-                    "accuracy": _measure_json(acc), "rows": shift.rows}
+                    "accuracy": _measure_json(acc), "exact_match": _measure_json(exact), "rows": shift.rows}
 
         results.append(run.step(f"lora_L{name}", one))
     rows = []
@@ -96,11 +105,12 @@ def run_lora_compare(run: Run, cfg: LoraCompare) -> dict:
         rows.append({"layers": ",".join(map(str, r["layers"])), "accuracy": round(r["accuracy"]["value"], 4),
                      "accuracy_95": [round(r["accuracy"]["low"], 4), round(r["accuracy"]["high"], 4)],
                      "gain": round(r["accuracy"]["value"] - base["value"], 4),
+                     "exact_match": _cell(r["exact_match"]),
                      **{f"coef_change_top{n}": round(averages[n]["relative_increase"], 3) for n in (10, 50)},
                      **{f"abs_coef_change_top{n}": round(averages[n]["magnitude_change"], 3) for n in (10, 50)},
                      "loss": f"{r['loss_first']:.2f}->{r['loss_last']:.2f}"})
     summary = {"base_accuracy": base["value"], "base_accuracy_95": [round(base["low"], 4), round(base["high"], 4)],
-               "rows": rows}
+               "base_exact_match": _cell(base_exact), "rows": rows}
     report = run.step("report", lambda: _report_compare(run, cfg, summary, results))
     summary["headline"] = report.get("headline")  # printed first by lmedit run
     return summary
@@ -110,8 +120,9 @@ def _report_compare(run, cfg, summary, results) -> dict:
     rep = Report(f"lora-compare: {cfg.model}")
     best = max(summary["rows"], key=lambda r: r["gain"])
     rep.headline(f"{len(summary['rows'])} LoRA adapters, one per layer group: held-out token accuracy base "
-                 f"{summary['base_accuracy']:.3f} {summary['base_accuracy_95']}; best layers {best['layers']} "
-                 f"{best['accuracy']:.3f} {best['accuracy_95']} (gain {best['gain']:+.3f}); the mean coefficient "
+                 f"{summary['base_accuracy']:.3f} {summary['base_accuracy_95']} (exact match {summary['base_exact_match']}); "
+                 f"best layers {best['layers']} "
+                 f"{best['accuracy']:.3f} {best['accuracy_95']} (gain {best['gain']:+.3f}; exact match {best['exact_match']}); the mean coefficient "
                  f"of its top 10 CNA neurons changes by {best['coef_change_top10']:+.0%}.")
     rep.paragraph(f"One LoRA adapter (rank {cfg.lora.rank}, {', '.join(cfg.lora.targets)}, {cfg.lora.steps} steps) per "
                   f"layer group, trained on {cfg.data.n_train} {cfg.data.digits}-digit arithmetic prompts; token accuracy "
@@ -155,23 +166,27 @@ class PruneThenLora(Common):
 
 def run_prune_then_lora(run: Run, cfg: PruneThenLora) -> dict:
     seeds = list(dict.fromkeys(cfg.random_seeds))
-    run.plan(["base_accuracy", "cna_lora_vs_base", "cna_pruned", *[f"random{s}_pruned" for s in seeds], "report"])
+    run.plan(["base_accuracy", "base_exact_match", "cna_lora_vs_base", "cna_pruned", *[f"random{s}_pruned" for s in seeds], "report"])
     settings = _settings(cfg, cfg.lora_layers)
     train, held = split_arithmetic(settings.n_train, settings.n_eval, settings.digits, settings.seed)
     compare_ex = held[:cfg.data.n_compare]
     base = run.step("base_accuracy", lambda: _measure_json(token_accuracy(run.model.model, run.model.tokenizer, held)))
+    base_exact = run.step("base_exact_match",
+                          lambda: _measure_json(exact_match(run.model.model, run.model.tokenizer, held)))
 
     def choose():
         lm = run.model
         layers = layer_range(cfg.prune_layers, lm.arch.n_layers, "prune_layers")
         with trained_adapter(lm.model, lm.tokenizer, settings, train) as (peft_model, result):
             acc = token_accuracy(peft_model, lm.tokenizer, held)
+            exact = exact_match(peft_model, lm.tokenizer, held)
             scores = cna(peft_model, lm.tokenizer, compare_ex, context_b=peft_model.disable_adapter, layers=layers,
                          target="gold", batch_size=cfg.batch_size)
         ranked = scores.ranked_names(layers)
         n_keep = max(1, round(cfg.keep_fraction * len(ranked)))
         return {"layers": layers, "keep": ranked[:n_keep], "width": scores.shape[1],
-                "lora_accuracy": _measure_json(acc), "loss_last": result.losses[-1]}
+                "lora_accuracy": _measure_json(acc), "lora_exact_match": _measure_json(exact),
+                "loss_last": result.losses[-1]}
 
     chosen = run.step("cna_lora_vs_base", choose)
     layers, width, n_keep = chosen["layers"], chosen["width"], len(chosen["keep"])
@@ -182,22 +197,30 @@ def run_prune_then_lora(run: Run, cfg: PruneThenLora) -> dict:
             plan = EditPlan(note=note).keep_only("neuron", layers[0], layers[-1], keep)
             with apply_plan(lm.model, plan):
                 pruned = token_accuracy(lm.model, lm.tokenizer, held)
+                pruned_exact = exact_match(lm.model, lm.tokenizer, held)
                 with trained_adapter(lm.model, lm.tokenizer, settings, train) as (peft_model, result):
                     after = token_accuracy(peft_model, lm.tokenizer, held)
-            return {"pruned": _measure_json(pruned), "pruned_lora": _measure_json(after), "loss_last": result.losses[-1]}
+                    after_exact = exact_match(peft_model, lm.tokenizer, held)
+            return {"pruned": _measure_json(pruned), "pruned_lora": _measure_json(after),
+                    "pruned_exact_match": _measure_json(pruned_exact),
+                    "pruned_lora_exact_match": _measure_json(after_exact), "loss_last": result.losses[-1]}
         return compute
 
     cna_run = run.step("cna_pruned", pruned_then_lora(chosen["keep"], f"keep the top {n_keep} CNA neurons"))
     randoms = {s: run.step(f"random{s}_pruned", pruned_then_lora(
         random_components(neurons_in(layers, width), n_keep, s), f"keep {n_keep} random neurons, seed {s}"))
         for s in seeds}
-    def row(model: str, m: dict) -> dict:
-        return {"model": model, "accuracy": round(m["value"], 4), "accuracy_95": [round(m["low"], 4), round(m["high"], 4)]}
+    def row(model: str, m: dict, exact: dict) -> dict:
+        return {"model": model, "accuracy": round(m["value"], 4), "accuracy_95": [round(m["low"], 4), round(m["high"], 4)],
+                "exact_match": _cell(exact)}
 
-    rows = [row("base", base), row(f"base + LoRA (layers {cfg.lora_layers})", chosen["lora_accuracy"]),
-            row("CNA keep-only pruned", cna_run["pruned"]), row("CNA keep-only pruned + new LoRA", cna_run["pruned_lora"])]
+    rows = [row("base", base, base_exact),
+            row(f"base + LoRA (layers {cfg.lora_layers})", chosen["lora_accuracy"], chosen["lora_exact_match"]),
+            row("CNA keep-only pruned", cna_run["pruned"], cna_run["pruned_exact_match"]),
+            row("CNA keep-only pruned + new LoRA", cna_run["pruned_lora"], cna_run["pruned_lora_exact_match"])]
     for s, r in randoms.items():
-        rows += [row(f"random pruned (seed {s})", r["pruned"]), row(f"random pruned (seed {s}) + new LoRA", r["pruned_lora"])]
+        rows += [row(f"random pruned (seed {s})", r["pruned"], r["pruned_exact_match"]),
+                 row(f"random pruned (seed {s}) + new LoRA", r["pruned_lora"], r["pruned_lora_exact_match"])]
     summary = {"kept": n_keep, "of": len(layers) * width, "layers": [layers[0], layers[-1]], "rows": rows,
                "kept_neurons": chosen["keep"]}
     report = run.step("report", lambda: _report_prune(run, cfg, summary, cna_run, randoms))
@@ -215,9 +238,9 @@ def _report_prune(run, cfg, summary, cna_run, randoms) -> dict:
                  f"{cna_lora['accuracy_95']}; random pruning of the same size in the table.")
     rep.paragraph(f"Keep-only pruning of layers {summary['layers'][0]}-{summary['layers'][1]}: {summary['kept']} of "
                   f"{summary['of']} FFN neurons kept, chosen by CNA between a LoRA model (layers {cfg.lora_layers}) and "
-                  "the base, or at random; then a new LoRA on the pruned model. Token accuracy on "
+                  "the base, or at random; then a new LoRA on the pruned model. Teacher-forced token accuracy and greedy exact match on "
                   f"{cfg.data.n_eval} held-out {cfg.data.digits}-digit prompts.")
-    rep.table(summary["rows"], ["model", "accuracy", "accuracy_95"])
+    rep.table(summary["rows"], ["model", "accuracy", "accuracy_95", "exact_match"])
     groups = {"CNA pruned": [cna_run["pruned"]["value"]], "CNA pruned + LoRA": [cna_run["pruned_lora"]["value"]],
               "random pruned": [r["pruned"]["value"] for r in randoms.values()],
               "random pruned + LoRA": [r["pruned_lora"]["value"] for r in randoms.values()]}
