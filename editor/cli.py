@@ -132,6 +132,44 @@ def model_options(func):
     return wrapper
 
 
+_EXECUTOR = [
+    click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                 help="local: this process; ray: shards of prompts (and heads) on Ray workers, merged exactly."),
+    click.option("--ray-address", metavar="ADDR", help="Ray cluster to join [default: start a local Ray instance]."),
+    click.option("--workers", type=click.IntRange(1, 4096), default=2, show_default=True,
+                 help="Ray workers (each loads the model once) with --executor ray."),
+    click.option("--threads", type=click.IntRange(1, 1024), default=1, show_default=True,
+                 help="torch threads (and Ray CPUs) per Ray worker."),
+]
+
+
+def executor_options(func):
+    """--executor, --ray-address, --workers, --threads; the command gets ``scorer_for``: a function of
+    ``batch_size`` that returns (scorer, close) for where the work runs."""
+    for option in reversed(_EXECUTOR):
+        func = option(func)
+
+    @functools.wraps(func)
+    def wrapper(*args, executor, ray_address, workers, threads, load, **kwargs):
+        from editor.attribution.sharded import scorer_for
+
+        params = click.get_current_context().params
+
+        def make(batch_size: int):
+            from editor.distributed import ModelSpec, check_ray
+
+            if executor == "ray":
+                check_ray()
+            spec = ModelSpec(params.get("device", "cpu"), params.get("dtype", "auto"),
+                             bool(params.get("trust_remote_code")), threads)
+            return scorer_for(executor, load, params.get("model") or DEFAULT_MODEL, batch_size, workers, ray_address,
+                              spec, progress=True, log=_info)
+
+        return func(*args, load=load, scorer_for=make, executor=executor, **kwargs)
+
+    return wrapper
+
+
 def _components(text: str | None, kind: str) -> list[str]:
     from editor.edit.plan import parse_component
 
@@ -464,21 +502,14 @@ class _Outputs:
         self.release()
 
 
-def _report(scores, outputs: _Outputs, stem: str, top: int, loaded=None, tokens: bool = False) -> None:
+def _report(scores, outputs: _Outputs, stem: str, top: int, scorer=None, tokens: bool = False) -> None:
     _say(scores.table(top))
     leading = {}
-    if tokens and loaded is not None:
-        from editor.attribution.vocab import head_tokens, neuron_tokens
-
+    if tokens and scorer is not None:
+        leading = scorer.tokens(scores, min(top, 10))
         _say("\ntop tokens of the leading components:")
-        for rec in scores.ranked(min(top, 10)):
-            if scores.kind == "head":
-                toks = head_tokens(loaded.arch, loaded.tokenizer,
-                                   scores.vectors["mean_output"][rec["layer"], rec["index"]], k=6)
-            else:
-                toks = neuron_tokens(loaded.arch, loaded.tokenizer, rec["layer"], rec["index"], kind=scores.kind, k=6)
-            leading[rec[scores.kind]] = toks["top"]
-            _say(f"  {rec[scores.kind]:>9}  + {toks['top']}")
+        for name, toks in leading.items():
+            _say(f"  {name:>9}  + {toks}")
     paths = scores.save(outputs.claim(), stem, top=max(top, 50))
     _say("wrote " + ", ".join(str(p) for p in paths.values()))
     _record("results", {"name": stem, "kind": scores.kind, "method": scores.method, "meta": scores.meta,
@@ -516,6 +547,7 @@ def _control(data: str, control: str | None, n: int, seed: int):
 @attribute.command("heads")
 @json_option
 @model_options
+@executor_options
 @data_options
 @click.option("--method", type=click.Choice(["auto", "gradient", "static", "ablation", "both"]), default="auto",
               show_default=True,
@@ -523,40 +555,45 @@ def _control(data: str, control: str | None, n: int, seed: int):
                    "gradient: first-order estimate only; static: direct effect (paper); ablation: zero each head "
                    "(exact, slow); both: static and ablation.")
 @specificity_options
-def attribute_heads(load, data, n_prompts, seed, target, top, batch_size, out, force, method, control, specificity):
+def attribute_heads(load, scorer_for, executor, data, n_prompts, seed, target, top, batch_size, out, force, method,
+                    control, specificity):
     """Score every attention head; write JSON, CSV and a layers x heads heatmap PNG."""
     import torch
 
-    from editor.attribution.confirm import add_specificity, auto_head_scores, gradient_scores, guard_windows
-    from editor.attribution.heads import head_ablation_scan, head_logprob_increase
+    from editor.attribution.confirm import add_specificity, auto_head_scores
 
     examples = _examples(data, n_prompts, seed)
     methods = ["static", "ablation"] if method == "both" else [method]
     control_name, control_examples = _control(data, control, n_prompts, seed) if specificity else (None, None)
     out = _out_dir(out)
     outputs = _Outputs(out, [f"heads_{m}" for m in methods], force)
-    loaded = load()
+    scorer, close = scorer_for(batch_size)
     with outputs:
-        for m in methods:
-            if m == "static":
-                scores = head_logprob_increase(loaded.model, loaded.tokenizer, examples, target=target,
-                                               batch_size=batch_size)
-            elif m == "ablation":
-                scores = head_ablation_scan(loaded.model, loaded.tokenizer, examples, batch_size=batch_size)
-                scores.columns["exact"] = torch.ones(scores.shape)
-                _say(f"accuracy without ablation: {scores.meta['base_acc']:.3f}")
-            elif m == "gradient":
-                scores = gradient_scores(loaded.model, loaded.tokenizer, examples, "head", batch_size)
-            else:
-                scores = auto_head_scores(loaded.model, loaded.tokenizer, examples, top=top, batch_size=batch_size)
-                _say(f"accuracy without ablation: {scores.meta['base_acc']:.3f}; exact ablation of the "
-                           f"{scores.meta['confirmed']} best gradient candidates (rows marked exact)")
-            if specificity and m != "static":
-                add_specificity(scores, loaded.model, loaded.tokenizer, control_examples,
-                                guard_windows(loaded.tokenizer, n_prompts, seed=seed), batch_size)
-                scores.meta["control"] = control_name
-            scores.meta.update({"model": loaded.name, "data": data})
-            _report(scores, outputs, f"heads_{m}", top, loaded, tokens=(m == "static"))
+        try:
+            for m in methods:
+                if m == "static":
+                    scores = scorer.static(examples, target)
+                elif m == "ablation":
+                    scores = scorer.scan(examples)
+                    scores.columns["exact"] = torch.ones(scores.shape)
+                    _say(f"accuracy without ablation: {scores.meta['base_acc']:.3f}")
+                elif m == "gradient":
+                    scores = scorer.gradient(examples, "head")
+                else:
+                    scores = auto_head_scores(None, None, examples, top=top, scorer=scorer)
+                    _say(f"accuracy without ablation: {scores.meta['base_acc']:.3f}; exact ablation of the "
+                         f"{scores.meta['confirmed']} best gradient candidates (rows marked exact)")
+                if specificity and m != "static":
+                    add_specificity(scores, None, None, control_examples, scorer.guard(n_prompts, seed), scorer=scorer)
+                    scores.meta["control"] = control_name
+                scores.meta.update({"model": _model_name(), "data": data, "executor": executor})
+                _report(scores, outputs, f"heads_{m}", top, scorer, tokens=(m == "static"))
+        finally:
+            close()
+
+
+def _model_name() -> str:
+    return click.get_current_context().params.get("model") or DEFAULT_MODEL
 
 
 @attribute.command("circuit")
@@ -621,6 +658,7 @@ def _split(data: str, n: int, heldout: int, seed: int):
 @attribute.command("neurons")
 @json_option
 @model_options
+@executor_options
 @data_options
 @click.option("--kind", type=click.Choice(["mlp", "attn"]), default="mlp", show_default=True,
               help="mlp: FFN neurons; attn: attention value neurons (head dimensions, index = head*head_dim + j).")
@@ -629,78 +667,87 @@ def _split(data: str, n: int, heldout: int, seed: int):
 @click.option("--method", type=click.Choice(["logprob", "gradient"]), default="logprob", show_default=True,
               help="logprob: log-probability increase (direct effect, paper); gradient: first-order effect of "
                    "zeroing each FFN neuron on the answer, through every later layer (--kind mlp).")
-def attribute_neurons(load, data, n_prompts, seed, target, top, batch_size, out, force, kind, layers, query, method):
+def attribute_neurons(load, scorer_for, executor, data, n_prompts, seed, target, top, batch_size, out, force, kind,
+                      layers, query, method):
     """Score every neuron; write JSON and CSV."""
     import torch
 
-    from editor.attribution.confirm import gradient_scores
-    from editor.attribution.neurons import KINDS, neuron_logprob_increase
+    from editor.attribution.neurons import KINDS
     from editor.attribution.query import query_neurons
 
     if method == "gradient" and kind != "mlp":
         raise UserError("--method gradient scores FFN neurons (--kind mlp); attention value neurons use logprob")
+    if query and executor == "ray":
+        raise UserError("--query runs in one process; leave out --executor ray")
     examples = _examples(data, n_prompts, seed)
     layer_list = _layers(layers)
     out = _out_dir(out)
     stem = f"{KINDS[kind]}s_{method}"
     outputs = _Outputs(out, [stem] + (["neurons_query"] if query else []), force)
-    loaded = load()
+    scorer, close = scorer_for(batch_size)
     with outputs:
-        if method == "gradient":
-            scores = gradient_scores(loaded.model, loaded.tokenizer, examples, "neuron", batch_size)
-            if layer_list is not None:  # unscored layers hold zeros, as with logprob
-                keep = sorted(set(layer_list))
-                if keep[-1] >= scores.shape[0]:
-                    raise UserError(f"--layers: layer {keep[-1]} is out of range (the model has {scores.shape[0]} layers)")
-                for name, column in scores.columns.items():
-                    masked = torch.zeros_like(column)
-                    masked[keep] = column[keep]
-                    scores.columns[name] = masked
-        else:
-            scores = neuron_logprob_increase(loaded.model, loaded.tokenizer, examples, kind=kind, target=target,
-                                             batch_size=batch_size, layers=layer_list)
-        scores.meta.update({"model": loaded.name, "data": data})
-        _report(scores, outputs, stem, top, loaded, tokens=True)
-        if query:
-            q = query_neurons(loaded.model, loaded.tokenizer, examples, scores, batch_size=batch_size)
-            _say("\nquery neurons:")
-            _report(q, outputs, "neurons_query", top)
+        try:
+            if method == "gradient":
+                scores = scorer.gradient(examples, "neuron")
+                if layer_list is not None:  # unscored layers hold zeros, as with logprob
+                    keep = sorted(set(layer_list))
+                    if keep[-1] >= scores.shape[0]:
+                        raise UserError(f"--layers: layer {keep[-1]} is out of range (the model has {scores.shape[0]} layers)")
+                    for name, column in scores.columns.items():
+                        masked = torch.zeros_like(column)
+                        masked[keep] = column[keep]
+                        scores.columns[name] = masked
+            else:
+                scores = scorer.neurons(examples, kind=kind, target=target, layers=layer_list)
+            scores.meta.update({"model": _model_name(), "data": data, "executor": executor})
+            _report(scores, outputs, stem, top, scorer, tokens=True)
+            if query:
+                q = query_neurons(scorer.model, scorer.tokenizer, examples, scores, batch_size=batch_size)
+                _say("\nquery neurons:")
+                _report(q, outputs, "neurons_query", top)
+        finally:
+            close()
 
 
 @attribute.command("cna")
 @json_option
 @model_options
+@executor_options
 @data_options
 @click.option("--kind", type=click.Choice(["mlp", "attn"]), default="mlp", show_default=True)
 @click.option("--layers", help="Layers to score, e.g. 17-29 [default: all].")
 @click.option("--data-b", help="Condition B: prompts aligned pair by pair with --data (same count).")
 @click.option("--ablate-heads", metavar="L.H,...", help="Condition B: the same model with these heads zeroed.")
 @click.option("--model-b", help="Condition B: a second model of the same architecture.")
-def attribute_cna(load, data, n_prompts, seed, target, top, batch_size, out, force, kind, layers, data_b, ablate_heads,
-                  model_b):
+def attribute_cna(load, scorer_for, executor, data, n_prompts, seed, target, top, batch_size, out, force, kind, layers,
+                  data_b, ablate_heads, model_b):
     """Comparative Neuron Analysis between two conditions, ranked by the importance difference."""
-    from editor.attribution.cna import cna
     from editor.attribution.neurons import KINDS
     from editor.edit.plan import EditPlan
-    from editor.model.loading import load_model
+    from editor.model.loading import check_model_name, load_model
 
     if sum(x is not None for x in (data_b, ablate_heads, model_b)) != 1:
         raise UserError("give exactly one of --data-b, --ablate-heads, --model-b")
     examples = _examples(data, n_prompts, seed)
-    kwargs = dict(kind=kind, target=target, batch_size=batch_size, layers=_layers(layers))
+    kwargs = dict(kind=kind, target=target, layers=_layers(layers))
     if data_b is not None:
         kwargs["examples_b"] = _examples(data_b, n_prompts, seed)
     if ablate_heads is not None:
         kwargs["ablate"] = EditPlan().zero("head", _components(ablate_heads, "head"))
+    if model_b is not None:
+        check_model_name(model_b)
     out = _out_dir(out)
     outputs = _Outputs(out, [f"{KINDS[kind]}s_cna"], force)
-    loaded = load()
-    if model_b is not None:
-        kwargs["model_b"] = load_model(model_b, device=str(loaded.device)).model
+    scorer, close = scorer_for(batch_size)
+    device = click.get_current_context().params.get("device", "cpu")
     with outputs:
-        scores = cna(loaded.model, loaded.tokenizer, examples, **kwargs)
-        scores.meta.update({"model": loaded.name, "data": data, "data_b": data_b, "model_b": model_b})
-        _report(scores, outputs, f"{scores.kind}s_cna", top, loaded, tokens=True)
+        try:
+            scores = scorer.cna(examples, model_b=model_b, load=lambda name: load_model(name, device=device), **kwargs)
+            scores.meta.update({"model": _model_name(), "data": data, "data_b": data_b, "model_b": model_b,
+                                "executor": executor})
+            _report(scores, outputs, f"{scores.kind}s_cna", top, scorer, tokens=True)
+        finally:
+            close()
 
 
 # evaluate ---------------------------------------------------------------------------------------
@@ -717,6 +764,7 @@ def _settings(items: tuple[str, ...]) -> dict[str, str]:
 @main.command("evaluate")
 @json_option
 @model_options
+@executor_options
 @click.option("--tasks", default="arithmetic,gender,pronoun,icl,guard", show_default=True,
               help="Comma-separated tasks: arithmetic, gender, pronoun, icl, guard.")
 @click.option("--against", metavar="BASE",
@@ -729,7 +777,7 @@ def _settings(items: tuple[str, ...]) -> dict[str, str]:
               help="Output directory for evaluation.json/.md [default: checkpoints/eval/<model>].")
 @click.option("--force", is_flag=True, help="Overwrite an evaluation already in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def evaluate_cmd(load, tasks, against, alone, settings, batch_size, out, force, quiet):
+def evaluate_cmd(load, scorer_for, executor, tasks, against, alone, settings, batch_size, out, force, quiet):
     """Evaluate a model on tasks, or an edited checkpoint against its base, with 95% intervals."""
     from editor.edit.checkpoint import base_model_of
     from editor.evaluation.harness import configs, evaluate_against, evaluate_model, parse_tasks
@@ -745,10 +793,18 @@ def evaluate_cmd(load, tasks, against, alone, settings, batch_size, out, force, 
         check_model_name(name)  # both found before either loads
     out = out or Path("checkpoints") / "eval" / _model_stem(model)
     outputs = _Outputs(out, ["evaluation"], force)
-    if base:
-        if not against:  # part of the result: say which base the changes are against
-            _say(f"comparing against the base named in the manifest: {base}")
-            _record("against", base)
+    if base and not against:  # part of the result: say which base the changes are against
+        _say(f"comparing against the base named in the manifest: {base}")
+        _record("against", base)
+    if executor == "ray":
+        from editor.evaluation.sharded import evaluate_on_ray
+
+        scorer, close = scorer_for(batch_size)
+        try:
+            result = evaluate_on_ray(scorer.pool, model, base, task_configs, batch_size, not quiet)
+        finally:
+            close()
+    elif base:
         result = evaluate_against(load, model, base, task_configs, batch_size, not quiet, _info)
     else:
         loaded = load()
@@ -1017,7 +1073,7 @@ def serve(host, port, home, workers, tokens, executor, ray_address, max_queued, 
     check_writable_directory(home)
     token_map = read_tokens(tokens) if tokens else None
     if executor == "ray":
-        from editor.service.ray_executor import check_ray
+        from editor.distributed import check_ray
 
         check_ray()
     home.mkdir(parents=True, exist_ok=True)

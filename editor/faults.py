@@ -12,5 +12,14 @@ import signal
 
 
 def crash_point(name: str) -> None:
-    if os.environ.get("LMEDIT_CRASH_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Die here when ``LMEDIT_CRASH_AT`` names this point; with ``LMEDIT_CRASH_ONCE=FILE`` only the
+    first process to get here dies (it creates FILE first), so a retry can be tested."""
+    if os.environ.get("LMEDIT_CRASH_AT") != name:
+        return
+    once = os.environ.get("LMEDIT_CRASH_ONCE")
+    if once:
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return
+    os.kill(os.getpid(), signal.SIGKILL)

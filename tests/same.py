@@ -3,6 +3,10 @@ the headless browser the rendering tests drive."""
 
 import json
 import shutil
+import socket
+import subprocess
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -34,3 +38,28 @@ def chromium() -> str | None:
         if shutil.which(name):
             return shutil.which(name)
     return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def local_ray(cpus: int = 2):
+    """A real Ray head on loopback (``ray start``), its address, stopped (with this process's
+    connection to it) on exit."""
+    ray = str(Path(sys.executable).parent / "ray")
+    port = free_port()
+    started = subprocess.run([ray, "start", "--head", "--num-cpus", str(cpus), "--port", str(port),
+                              "--include-dashboard=false", "--disable-usage-stats"], capture_output=True, text=True,
+                             timeout=180)
+    assert started.returncode == 0, started.stderr[-2000:]
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        import ray as ray_module
+
+        ray_module.shutdown()
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -16,19 +15,13 @@ import torch
 from click.testing import CliRunner
 
 import tiny
-from same import chromium, results, same_weights
+from same import chromium, free_port, local_ray, results, same_weights
 from editor.cli import main
 from editor.service.client import Client
 
 ALICE, BOB = "alice-token-0123456789", "bob-token-0123456789ab"
 FAST = {"batch_size": 16, "data.n_score": 16, "data.n_val": 40, "data.n_test": 48, "data.n_train": 32,
         "data.shots": 1, "prune.retain": 0.9, "prune.max_rounds": 4, "baselines": []}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -294,12 +287,12 @@ def test_the_web_page_in_headless_chromium(server, arith_dir, tmp_path):
 def test_the_ray_executor_end_to_end(tmp_path, arith_dir):
     """A local Ray instance started here; the service submits each job as a Ray task with the job's
     resources; the artifacts land in the service home and equal the local executor's."""
-    ray = str(Path(sys.executable).parent / "ray")
-    port = free_port()
-    started = subprocess.run([ray, "start", "--head", "--num-cpus", "2", "--port", str(port), "--include-dashboard=false",
-                              "--disable-usage-stats"], capture_output=True, text=True, timeout=180)
-    assert started.returncode == 0, started.stderr[-2000:]
-    server = Server(tmp_path / "home", "--executor", "ray", "--ray-address", f"127.0.0.1:{port}", "--workers", "2")
+    with local_ray() as address:
+        _ray_jobs(tmp_path, arith_dir, address)
+
+
+def _ray_jobs(tmp_path, arith_dir, address):
+    server = Server(tmp_path / "home", "--executor", "ray", "--ray-address", address, "--workers", "2")
     local = Server(tmp_path / "local-home")
     try:
         server.start()
@@ -322,4 +315,3 @@ def test_the_ray_executor_end_to_end(tmp_path, arith_dir):
     finally:
         server.stop()
         local.stop()
-        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)

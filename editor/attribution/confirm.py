@@ -22,7 +22,6 @@ import random
 import torch
 
 from editor.attribution.gradient import gradient_effects
-from editor.attribution.heads import head_ablation_scan
 from editor.attribution.results import ComponentScores
 from editor.tasks.examples import Example
 
@@ -43,11 +42,15 @@ def top_heads(scores: ComponentScores, k: int, column: str | None = None) -> lis
 
 
 def auto_head_scores(model, tokenizer, examples: list[Example], top: int = 20, factor: int = 3,
-                     batch_size: int = 16, progress: bool = True) -> ComponentScores:
-    """Gradient estimate for every head, exact ablation for the ``factor * top`` best of them."""
-    estimate = gradient_scores(model, tokenizer, examples, "head", batch_size, progress)
+                     batch_size: int = 16, progress: bool = True, scorer=None) -> ComponentScores:
+    """Gradient estimate for every head, exact ablation for the ``factor * top`` best of them.
+    ``scorer``: where the primitives run (editor/attribution/sharded.py); default: ``model`` here."""
+    from editor.attribution.sharded import LocalScorer
+
+    scorer = scorer or LocalScorer(model, tokenizer, batch_size, progress)
+    estimate = scorer.gradient(examples, "head")
     candidates = top_heads(estimate, factor * top)
-    exact = head_ablation_scan(model, tokenizer, examples, batch_size, progress=progress, heads=candidates)
+    exact = scorer.scan(examples, heads=candidates)
     confirmed = torch.zeros(estimate.shape)
     for layer, head in candidates:
         confirmed[layer, head] = 1.0
@@ -74,16 +77,20 @@ def guard_windows(tokenizer, n: int = 64, length: int = 48, seed: int = 0) -> li
 
 
 def add_specificity(scores: ComponentScores, model, tokenizer, control: list[Example], guard: list[Example],
-                    batch_size: int = 16, progress: bool = True) -> ComponentScores:
+                    batch_size: int = 16, progress: bool = True, scorer=None) -> ComponentScores:
     """Add ``control_drop``, ``guard_drop`` and ``specificity`` columns to a head ranking: exact (the
-    same ablation scan) on rows marked exact, gradient estimates elsewhere."""
+    same ablation scan) on rows marked exact, gradient estimates elsewhere. ``scorer``: as in
+    :func:`auto_head_scores`."""
+    from editor.attribution.sharded import LocalScorer
+
+    scorer = scorer or LocalScorer(model, tokenizer, batch_size, progress)
     exact_rows = scores.columns.get("exact", torch.zeros(scores.shape)).bool()
     heads = [(int(l), int(h)) for l, h in exact_rows.nonzero().tolist()]
     columns = {}
     for name, examples in (("control_drop", control), ("guard_drop", guard)):
-        value = gradient_scores(model, tokenizer, examples, "head", batch_size, progress).columns["logp_drop_estimate"]
+        value = scorer.gradient(examples, "head").columns["logp_drop_estimate"]
         if heads:
-            scan = head_ablation_scan(model, tokenizer, examples, batch_size, progress=progress, heads=heads)
+            scan = scorer.scan(examples, heads=heads)
             value = torch.where(exact_rows, scan.columns["logp_drop"], value)
         columns[name] = value
     task = scores.columns[scores.primary]

@@ -29,3 +29,16 @@ def neuron_tokens(arch: Arch, tokenizer, layer: int, index: int, kind: str = "ne
 def head_tokens(arch: Arch, tokenizer, mean_output: torch.Tensor, k: int = 10) -> dict:
     """Tokens promoted by a head's mean output vector (its output depends on the input)."""
     return project(arch, tokenizer, mean_output, k)
+
+
+def leading_tokens(arch: Arch, tokenizer, scores, top: int, k: int = 6) -> dict[str, list[str]]:
+    """The tokens each of the ``top`` leading components of ``scores`` promotes (heads: through their
+    mean output, which static head scores keep; neurons: their value vector)."""
+    out = {}
+    for rec in scores.ranked(top):
+        if scores.kind == "head":
+            toks = head_tokens(arch, tokenizer, scores.vectors["mean_output"][rec["layer"], rec["index"]], k)
+        else:
+            toks = neuron_tokens(arch, tokenizer, rec["layer"], rec["index"], kind=scores.kind, k=k)
+        out[rec[scores.kind]] = toks["top"]
+    return out

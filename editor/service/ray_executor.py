@@ -12,15 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from editor.errors import UserError
-
-
-def check_ray() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("ray") is None:
-        raise UserError("--executor ray needs the ray package (pip install 'lmedit[ray]')")
-
 
 def _run_worker(argv: list[str], job_dir: str, job_id: str) -> int:
     """Runs inside a Ray worker: the job's lmedit process, as the local executor starts it."""
