@@ -157,9 +157,11 @@ def executor_options(func):
 
         def make(batch_size: int):
             from editor.distributed import ModelSpec, check_ray
+            from editor.model.loading import check_model_name
 
-            if executor == "ray":
+            if executor == "ray":  # the workers load the model: check its name here, before any starts
                 check_ray()
+                check_model_name(params.get("model") or DEFAULT_MODEL)
             spec = ModelSpec(params.get("device", "cpu"), params.get("dtype", "auto"),
                              bool(params.get("trust_remote_code")), threads)
             return scorer_for(executor, load, params.get("model") or DEFAULT_MODEL, batch_size, workers, ray_address,

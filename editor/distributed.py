@@ -85,6 +85,8 @@ class RayPool:
         if workers < 1:
             raise UserError(f"--workers must be at least 1, got {workers}")
         if not ray.is_initialized():
+            if address and address != "auto":
+                _reachable(address)
             try:
                 ray.init(address=address, log_to_driver=False, ignore_reinit_error=True, include_dashboard=False,
                          configure_logging=False)
@@ -148,6 +150,20 @@ class RayPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, in one line, when nothing listens at ``address`` (HOST:PORT or
+    ray://HOST:PORT): Ray itself retries for minutes before giving up."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--ray-address {address!r}: write HOST:PORT, e.g. 10.0.0.5:6379")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UserError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
 def _task_error(exc, shard: int, desc: str) -> Exception:

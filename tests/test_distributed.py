@@ -199,3 +199,13 @@ def test_a_dead_worker_is_retried_once_then_reported(tmp_path, ray_address, mode
     assert r.exit_code == 2
     assert "failed twice" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "dead" / "neurons_logprob.json").exists()
+
+
+@pytest.mark.slow
+def test_ray_on_the_default_model_equals_the_single_process(tmp_path, ray_address):
+    local, remote = both(tmp_path, ray_address, "attribute", "neurons", "--n", 8, "--layers", "28-29",
+                         "--batch-size", 4)
+    close(scores_of(remote / "neurons_logprob.json"), scores_of(local / "neurons_logprob.json"))
+    local, remote = both(tmp_path / "heads", ray_address, "attribute", "heads", "--n", 8, "--batch-size", 4,
+                         "--method", "gradient", "--no-specificity")
+    close(scores_of(remote / "heads_gradient.json"), scores_of(local / "heads_gradient.json"))
