@@ -209,3 +209,26 @@ def test_ray_on_the_default_model_equals_the_single_process(tmp_path, ray_addres
     local, remote = both(tmp_path / "heads", ray_address, "attribute", "heads", "--n", 8, "--batch-size", 4,
                          "--method", "gradient", "--no-specificity")
     close(scores_of(remote / "heads_gradient.json"), scores_of(local / "heads_gradient.json"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["arithmetic-keep-only", "icl-heads", "gender-debias"])
+def test_a_recipe_with_executor_ray_equals_the_local_run(kind, tmp_path, ray_address, model_dir):
+    """--set executor=ray: the attribution steps run on Ray workers; everything the run reports is
+    the local run's (timings and the run's own path aside). The heads.method=ablation variant
+    exercises the scan, the default static scores and CNA."""
+    from same import results
+    from test_recipes import RECIPES
+
+    from editor.recipes import run_recipe
+
+    sets = [f"model={model_dir}", "batch_size=4", *RECIPES[kind]]
+    if kind == "arithmetic-keep-only":
+        sets += ["heads.method=ablation", "neurons.method=cna"]
+    runs = {}
+    for executor, extra in (("local", []), ("ray", ["executor=ray", f"ray_address={ray_address}", "workers=2"])):
+        out, lines = tmp_path / executor, []
+        _, result = run_recipe(f"recipes/{kind}.yaml", sets + extra, log=lines.append, out=out)
+        runs[executor] = results(json.dumps(result["summary"]), out)
+        assert any("Ray workers" in line for line in lines) == (executor == "ray")
+    assert runs["ray"] == runs["local"]

@@ -111,11 +111,20 @@ def test_two_runs_never_write_one_directory(tiny_model_dir, tmp_path):
     (["name=../x"], "a plain directory name"),
     (["recipe=bake"], "'recipe' must be one of"),
     (["seed"], "write KEY=VALUE"),
+    (["executor=dask"], "executor: expected one of 'local' | 'ray'"),
+    (["executor=ray", "workers=0"], "workers 1-4096"),
 ])
 def test_schema_errors_name_the_key(change, message):
     with pytest.raises(UserError) as err:
         load_recipe("recipes/arithmetic-keep-only.yaml", change)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["arithmetic-prune", "lora-compare", "prune-then-lora"])
+def test_recipes_that_cannot_shard_refuse_executor_ray(kind):
+    with pytest.raises(UserError, match="executor: ray is not available for this recipe"):
+        load_recipe(f"recipes/{kind}.yaml", ["executor=ray"])
+    load_recipe(f"recipes/{kind}.yaml", ["executor=local"])
 
 
 def test_every_shipped_recipe_is_valid():

@@ -11,9 +11,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Literal
 
-from editor.attribution.cna import cna
-from editor.attribution.heads import head_ablation_scan, head_logprob_increase
-from editor.attribution.neurons import neuron_logprob_increase
 from editor.edit.plan import EditPlan
 from editor.errors import UserError
 from editor.evaluation.harness import ArithmeticConfig, GuardConfig, compare
@@ -93,13 +90,11 @@ def run(run: Run, cfg: ArithmeticKeepOnly) -> dict:
     eval_file = run.path("data", "eval.jsonl")  # a copy for the reader; the harness gets the prompts in memory
     write_text_atomic(eval_file, "".join(json.dumps({"prompt": r["prompt"], "answer": r["answer"], **r["meta"]}) + "\n"
                                          for r in data["eval"]))
-    bs = cfg.batch_size
 
-    def head_scores():
-        lm = run.model
+    def head_scores():  # run.scorer: here, or sharded over Ray workers (executor: ray)
         if cfg.heads.method == "ablation":
-            return head_ablation_scan(lm.model, lm.tokenizer, score_ex, batch_size=bs)
-        return head_logprob_increase(lm.model, lm.tokenizer, score_ex, target="gold", batch_size=bs)
+            return run.scorer.scan(score_ex)
+        return run.scorer.static(score_ex, target="gold")
 
     heads = scores_step(run, "head_scores", head_scores)
     ranked_heads = heads.top_components(heads.shape[0] * heads.shape[1])  # most important first
@@ -109,9 +104,8 @@ def run(run: Run, cfg: ArithmeticKeepOnly) -> dict:
         lm = run.model
         layers = layer_range(cfg.neurons.layers, lm.arch.n_layers, "neurons.layers")
         if cfg.neurons.method == "cna":
-            return cna(lm.model, lm.tokenizer, score_ex, ablate=EditPlan().zero("head", [top_head]),
-                       layers=layers, target="gold", batch_size=bs)
-        return neuron_logprob_increase(lm.model, lm.tokenizer, score_ex, target="gold", layers=layers, batch_size=bs)
+            return run.scorer.cna(score_ex, ablate=EditPlan().zero("head", [top_head]), layers=layers, target="gold")
+        return run.scorer.neurons(score_ex, target="gold", layers=layers)
 
     neurons = scores_step(run, "neuron_scores", neuron_scores)
     n_layers, n_heads = heads.shape

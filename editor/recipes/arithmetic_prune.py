@@ -13,7 +13,7 @@ import csv
 import io
 import json
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -77,6 +77,8 @@ class Recover:
 
 @dataclass
 class ArithmeticPrune(Common):
+    RAY: ClassVar[bool] = False
+    RAY_WHY: ClassVar[str] = "its search re-scores the pruned model in one process"
     data: Data = field(default_factory=Data)
     prune: Prune = field(default_factory=Prune)
     recover: Recover = field(default_factory=Recover)

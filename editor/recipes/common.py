@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from editor.attribution.results import ComponentScores
 from editor.edit.checkpoint import describe_source, save_checkpoint
@@ -34,6 +34,14 @@ class Common:
     device: str = "cpu"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     out: str | None = None
+    # Recipes whose attribution goes through Run.scorer can shard it over Ray; the others say why not.
+    RAY: ClassVar[bool] = True
+    RAY_WHY: ClassVar[str] = ""
+    # Where attribution steps run: this process, or Ray workers (the scores are the same either way).
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = None  # a Ray cluster; none: start a local Ray instance
+    workers: int = 2
+    threads: int = 1  # torch threads per Ray worker
 
     def check(self, where: str) -> None:
         from editor.model.loading import check_device
@@ -45,6 +53,15 @@ class Common:
         check_device(self.device, f"{where}.device")
         if self.batch_size < 1:
             raise UserError(f"{where}.batch_size: must be >= 1")
+        if not 1 <= self.workers <= 4096 or not 1 <= self.threads <= 1024:
+            raise UserError(f"{where}: workers 1-4096 and threads 1-1024, got {self.workers} and {self.threads}")
+        if self.executor == "ray":
+            if not self.RAY:
+                raise UserError(f"{where}.executor: ray is not available for this recipe ({self.RAY_WHY}); "
+                                "use executor: local")
+            from editor.distributed import check_ray
+
+            check_ray()
 
 
 def evaluation_step(run: Run, name: str, tasks: dict, plan: EditPlan | None = None,

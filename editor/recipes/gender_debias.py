@@ -27,7 +27,6 @@ from typing import Literal
 
 import torch
 
-from editor.attribution.cna import cna
 from editor.attribution.gradient import weighted_effects
 from editor.edit.plan import EditPlan
 from editor.errors import UserError
@@ -145,7 +144,7 @@ def rank_components(run: Run, cfg: GenderDebias, method: str, split: dict, layer
         key = lambda e: (e.meta["template"], e.meta["profession"])  # noqa: E731 - pairs A and B row by row
         a = sorted((e for e in prompts if e.meta["gender"] == e.meta["lean"]), key=key)
         b = sorted((e for e in prompts if e.meta["gender"] != e.meta["lean"]), key=key)
-        scores = cna(lm.model, lm.tokenizer, a, examples_b=b, layers=layers, target="gold", batch_size=cfg.batch_size)
+        scores = run.scorer.cna(a, examples_b=b, layers=layers, target="gold")  # here or on Ray workers
         diff = scores.columns["diff"]
         table = torch.zeros(lm.arch.n_layers, diff.shape[-1])
         table[layers] = torch.as_tensor(diff).float()[:len(layers)]

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from editor.attribution.confirm import auto_head_scores
-from editor.attribution.heads import head_ablation_scan, head_logprob_increase
 from editor.attribution.vocab import head_tokens
 from editor.edit.plan import EditPlan
 from editor.errors import UserError
@@ -66,10 +65,9 @@ def run(run: Run, cfg: IclHeads) -> dict:
               *[f"rescale_{x:g}" for x in factors], "report"])
     score_pool, eval_pool = icl.split_pool(icl.load_pool(cfg.data.pool), cfg.seed)
     examples = icl.build(score_pool, cfg.data.n_score, cfg.data.k, icl.UNRELATED_LABELS, seed=cfg.seed)
-    bs = cfg.batch_size
-    def static_scores():
+    def static_scores():  # run.scorer: here, or sharded over Ray workers (executor: ray)
         lm = run.model
-        scores = head_logprob_increase(lm.model, lm.tokenizer, examples, target="gold", batch_size=bs)
+        scores = run.scorer.static(examples, target="gold")
         mean_output = scores.vectors["mean_output"]  # not serialised: keep each head's top tokens instead
         scores.meta["top_tokens"] = {f"{l}.{h}": head_tokens(lm.arch, lm.tokenizer, mean_output[l, h], k=6)["top"]
                                      for l in range(mean_output.shape[0]) for h in range(mean_output.shape[1])}
@@ -81,10 +79,9 @@ def run(run: Run, cfg: IclHeads) -> dict:
     most = max(max(1, round(f * total)) for f in fractions + [cfg.rescale.fraction])
 
     def ablation_scores():  # auto: exact for the best 3x `most` gradient candidates, which rank first
-        lm = run.model
         if cfg.cut.rank_by == "auto":
-            return auto_head_scores(lm.model, lm.tokenizer, examples, top=most, batch_size=bs)
-        return head_ablation_scan(lm.model, lm.tokenizer, examples, batch_size=bs)
+            return auto_head_scores(None, None, examples, top=most, scorer=run.scorer)
+        return run.scorer.scan(examples)
 
     ablation = scores_step(run, "ablation_scores", ablation_scores)
     ranking = static if cfg.cut.rank_by == "static" else ablation

@@ -5,6 +5,7 @@ new LoRA on the pruned model, against random pruning of the same size)."""
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 from dataclasses import dataclass, field
 
 from editor.attribution.cna import cna
@@ -48,6 +49,8 @@ def _cell(m: dict) -> str:
 # lora-compare -----------------------------------------------------------------------------------
 @dataclass
 class LoraCompare(Common):
+    RAY: ClassVar[bool] = False
+    RAY_WHY: ClassVar[str] = "CNA compares a LoRA model in memory with its base"
     layer_groups: list[list[int]] = field(default_factory=lambda: [[i] for i in range(0, 30, 3)])
     compare_layers: list[int] | None = None  # [first, last] of the neurons compared; null: all layers
     lora: Adapter = field(default_factory=lambda: Adapter(steps=80))
@@ -151,6 +154,8 @@ def _report_compare(run, cfg, summary, results) -> dict:
 # prune-then-lora --------------------------------------------------------------------------------
 @dataclass
 class PruneThenLora(Common):
+    RAY: ClassVar[bool] = False
+    RAY_WHY: ClassVar[str] = "CNA compares a LoRA model in memory with its base"
     lora_layers: list[int] = field(default_factory=lambda: [3])
     prune_layers: list[int] = field(default_factory=lambda: [15, 29])  # [first, last] deep FFN layers
     keep_fraction: float = 0.05

@@ -26,8 +26,9 @@ RECIPE_FILE = "recipe.yaml"
 # What a run writes at its top level (evaluation*.json/.md too); --fresh deletes nothing else.
 RUN_ENTRIES = {RECIPE_FILE, "steps", "attribution", "adapters", "checkpoint", "compare", "data", "plan.json",
                "report.html", "search_trace.csv", "search_trace.json"}
-# Settings that never change a result: where the run is written and what it is called.
-UNREAD = {"name", "out"}
+# Settings that never change a result: where the run is written, what it is called, and where its
+# attribution runs (Ray shards merge to the single-process numbers).
+UNREAD = {"name", "out", "executor", "ray_address", "workers", "threads"}
 
 
 def _digest(value: Any) -> str:
@@ -64,6 +65,8 @@ class Run:
     _results: dict[str, str] = field(default_factory=dict)  # step name -> digest of its result
     _depth: int = 0  # > 0 while a step computes (steps it runs inside are covered by its own result)
     _lock: DirectoryLock | None = None
+    _scorer: Any = None
+    _close_scorer: Callable[[], None] | None = None
 
     @classmethod
     def open(cls, out: str | Path, recipe: dict, fresh: bool = False, log: Callable[[str], None] = print,
@@ -90,7 +93,11 @@ class Run:
         return cls(out=out, recipe=recipe, log=log, load=load, _lock=lock)
 
     def close(self) -> None:
-        """Release the directory (also released when the process ends, however it ends)."""
+        """Stop the Ray workers, if any, and release the directory (also released when the process
+        ends, however it ends)."""
+        if self._close_scorer is not None:
+            self._close_scorer()
+            self._close_scorer = None
         if self._lock is not None:
             self._lock.release()
 
@@ -165,6 +172,23 @@ class Run:
                 raise RuntimeError("this run has no model loader")
             self._loaded = self.load()
         return self._loaded
+
+    @property
+    def scorer(self):
+        """Where the recipe's attribution runs (editor/attribution/sharded.py): the loaded model here,
+        or Ray workers when the recipe says ``executor: ray``; made on first use."""
+        if self._scorer is None:
+            from editor.attribution.sharded import scorer_for
+            from editor.distributed import ModelSpec
+
+            r = self.recipe
+            spec = ModelSpec(r.get("device", "cpu"), r.get("dtype", "auto"), False, r.get("threads", 1))
+            self._scorer, self._close_scorer = scorer_for(
+                r.get("executor", "local"), lambda: self.model, r["model"], r.get("batch_size", 16), r.get("workers", 2),
+                r.get("ray_address"), spec, progress=True, log=self.log)
+            if r.get("executor") == "ray":
+                self.log(f"attribution on {r.get('workers', 2)} Ray workers ({r.get('ray_address') or 'a local Ray instance'})")
+        return self._scorer
 
     def path(self, *parts: str) -> Path:
         return self.out.joinpath(*parts)
