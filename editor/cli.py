@@ -114,18 +114,27 @@ def model_options(func):
     @click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
                   help="Store alias, local Hugging Face directory, .gguf file, or hub id.")
     @click.option("--device", default="cpu", show_default=True,
-                  help="cpu, cuda, cuda:N, or auto (device_map='auto' over all GPUs when CUDA is present).")
+                  help="cpu, cuda, cuda:N, or auto (accelerate's device_map='auto': GPUs, CPU, then disk).")
+    @click.option("--max-memory", metavar="DEV=SIZE,...",
+                  help="With --device auto: memory per device, e.g. cpu=2GiB or 0=20GiB,cpu=30GiB; the rest is "
+                       "offloaded to disk (scores and edits stay exact).")
     @click.option("--dtype", default="auto", show_default=True,
                   type=click.Choice(["auto", "float32", "float16", "bfloat16"]),
                   help="Weight dtype; auto = float32 on CPU, the checkpoint's dtype on GPU.")
     @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (off by default).")
     @functools.wraps(func)
-    def wrapper(*args, model, device, dtype, trust_remote_code, **kwargs):
+    def wrapper(*args, model, device, max_memory, dtype, trust_remote_code, **kwargs):
         from editor.model.loading import load_model
+        from editor.model.offload import parse_max_memory
+
+        parse_max_memory(max_memory)  # a malformed limit fails before anything loads
+        if max_memory and device != "auto":
+            raise UserError("--max-memory needs --device auto (accelerate places and offloads the model)")
 
         def load(name: str | None = None):
             _info(f"loading {name or model} ...")
-            return load_model(name or model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+            return load_model(name or model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                              max_memory=max_memory)
 
         return func(*args, load=load, **kwargs)
 
@@ -163,7 +172,7 @@ def executor_options(func):
                 check_ray()
                 check_model_name(params.get("model") or DEFAULT_MODEL)
             spec = ModelSpec(params.get("device", "cpu"), params.get("dtype", "auto"),
-                             bool(params.get("trust_remote_code")), threads)
+                             bool(params.get("trust_remote_code")), threads, params.get("max_memory"))
             return scorer_for(executor, load, params.get("model") or DEFAULT_MODEL, batch_size, workers, ray_address,
                               spec, progress=True, log=_info)
 

@@ -34,6 +34,7 @@ class ModelSpec:
     dtype: str = "auto"
     trust_remote_code: bool = False
     threads: int = 1  # torch threads per worker
+    max_memory: str | None = None  # with device auto: accelerate's limits, the rest offloaded
 
 
 def check_ray() -> None:
@@ -58,7 +59,8 @@ class _Worker:
             from editor.model.loading import load_model
 
             self.models[name] = load_model(name, device=self.spec.device, dtype=self.spec.dtype,
-                                           trust_remote_code=self.spec.trust_remote_code)
+                                           trust_remote_code=self.spec.trust_remote_code,
+                                           max_memory=self.spec.max_memory)
         return self.models[name]
 
     def run(self, target: str, kwargs: dict):

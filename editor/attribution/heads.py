@@ -127,12 +127,15 @@ def _resume_at(arch: Arch, layer: int, hidden: torch.Tensor, output_is_tuple: bo
     try:
         for below in range(layer):
             block = arch.layers[below]
+            stubs.append((block, block.__dict__.get("forward")))  # accelerate's offload wrapper, if any
             block.forward = stub
-            stubs.append(block)
         yield
     finally:
-        for block in stubs:
-            del block.forward
+        for block, own in stubs:
+            if own is None:
+                del block.forward
+            else:
+                block.forward = own
 
 
 @contextmanager

@@ -15,12 +15,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from editor.model import offload
 from editor.model.arch import Arch
 
 
 def norm_weight(arch: Arch, norm: nn.Module) -> torch.Tensor:
     """The effective elementwise gain of a norm (``1 + weight`` for Gemma)."""
-    w = norm.weight.detach().float()
+    w = offload.read(norm).detach().float()
     return 1.0 + w if arch.spec.norm == "rms_plus_one" else w
 
 
@@ -44,8 +45,8 @@ class Readout:
                  mlp_out: torch.Tensor | None = None):
         self.arch = arch
         unembed = arch.unembed
-        self.W_U = unembed.weight.detach().float()  # [V, d]
-        self.b_U = None if getattr(unembed, "bias", None) is None else unembed.bias.detach().float()
+        self.W_U = offload.read(unembed).detach().float()  # [V, d]
+        self.b_U = None if getattr(unembed, "bias", None) is None else offload.read(unembed, "bias").detach().float()
         self.gain = norm_weight(arch, arch.final_norm)  # [d]
         self.sigma = norm_scale(arch, arch.final_norm, final_hidden)  # [B]
         self.softcap = arch.logit_softcap

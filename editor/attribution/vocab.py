@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from editor.attribution.readout import norm_weight
+from editor.model import offload
 from editor.model.arch import Arch, weight_in_slice
 
 
@@ -14,7 +15,7 @@ def project(arch: Arch, tokenizer, vector: torch.Tensor, k: int = 10) -> dict[st
     v = vector.float()
     if arch.spec.norm == "layernorm":
         v = v - v.mean()
-    z = arch.unembed.weight.float() @ (v * norm_weight(arch, arch.final_norm))
+    z = offload.read(arch.unembed).float() @ (v * norm_weight(arch, arch.final_norm))
     top, bottom = z.topk(k).indices.tolist(), (-z).topk(k).indices.tolist()
     decode = lambda ids: [tokenizer.decode([i]) for i in ids]  # noqa: E731
     return {"top": decode(top), "bottom": decode(bottom)}

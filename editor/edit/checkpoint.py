@@ -23,6 +23,7 @@ from editor.edit.plan import EditPlan
 from editor.errors import UserError
 from editor.faults import crash_point
 from editor.io import atomic_directory, write_json_atomic
+from editor.model.capture import model_device
 from editor.model.store import sha256_file
 
 MANIFEST = "edit_manifest.json"
@@ -200,7 +201,7 @@ def plain_reload_logits(path: str | Path, inputs: dict, dtype: torch.dtype = tor
 def reload_difference(model: nn.Module, path: str | Path, inputs: dict) -> float:
     """Max |logit difference| between the in-memory ``model`` and ``path`` reloaded by plain transformers."""
     attn = getattr(model.config, "_attn_implementation", None) or "eager"
-    mine = model(**{k: v.to(model.device) for k, v in inputs.items()}).logits.float().cpu()
+    mine = model(**{k: v.to(model_device(model)) for k, v in inputs.items()}).logits.float().cpu()
     theirs = plain_reload_logits(path, inputs, dtype=model.dtype, attn_implementation=attn)
     mask = inputs["attention_mask"].bool().cpu()
     return (mine - theirs)[mask].abs().max().item()

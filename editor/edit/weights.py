@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from editor.edit.plan import EditPlan
-from editor.errors import UserError
+from editor.model import offload
 from editor.model.arch import Arch, in_features, input_dim
 
 
@@ -60,11 +60,11 @@ class AppliedEdits:
     """
 
     def __init__(self) -> None:
-        self._saved: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []
+        self._saved: list[tuple[nn.Module, int, torch.Tensor, torch.Tensor]] = []
         self.n_features = 0
 
-    def _record(self, weight: torch.Tensor, dim: int, idx: torch.Tensor, original: torch.Tensor) -> None:
-        self._saved.append((weight, dim, idx, original))
+    def _record(self, proj: nn.Module, dim: int, idx: torch.Tensor, original: torch.Tensor) -> None:
+        self._saved.append((proj, dim, idx, original))
         self.n_features += idx.numel()
 
     @property
@@ -73,8 +73,8 @@ class AppliedEdits:
 
     def restore(self) -> None:
         with torch.no_grad():
-            for weight, dim, idx, original in reversed(self._saved):
-                weight.index_copy_(dim, idx, original)
+            for proj, dim, idx, original in reversed(self._saved):
+                _set_slices(proj, dim, idx, original)
         self._saved.clear()
 
     def __enter__(self) -> "AppliedEdits":
@@ -91,19 +91,29 @@ def apply_plan(model: nn.Module, plan: EditPlan) -> AppliedEdits:
     try:
         with torch.no_grad():
             for edit in resolve(arch, plan):
-                weight = edit.proj.weight
-                if weight.device.type == "meta":
-                    raise UserError(f"{edit.name} is offloaded (meta device); load the model without offloading to edit it")
+                weight = offload.read(edit.proj)  # an offloaded weight: its stored values
                 dim = input_dim(edit.proj)
                 idx = edit.features.to(weight.device)
                 original = weight.index_select(dim, idx)  # a copy of just these slices
                 shape = (-1, 1) if dim == 0 else (1, -1)
-                weight.index_copy_(dim, idx, original * edit.factors.to(weight.device, weight.dtype).view(shape))
-                handle._record(weight, dim, idx, original)
+                _set_slices(edit.proj, dim, idx, original * edit.factors.to(weight.device, weight.dtype).view(shape))
+                handle._record(edit.proj, dim, idx, original)
     except BaseException:
         handle.restore()  # never leave a half-applied plan behind
         raise
     return handle
+
+
+def _set_slices(proj: nn.Module, dim: int, idx: torch.Tensor, values: torch.Tensor) -> None:
+    """Write ``values`` into the ``idx`` slices of ``proj``'s weight: in place when it is in memory;
+    an offloaded weight is read, changed and written back to its store (never a silent no-op)."""
+    weight = proj.weight
+    if not offload.is_offloaded(weight):
+        weight.index_copy_(dim, idx, values)
+        return
+    stored = offload.read(proj).clone()
+    stored.index_copy_(dim, idx.to(stored.device), values.to(stored.device, stored.dtype))
+    offload.write(proj, "weight", stored)
 
 
 @contextmanager

@@ -23,6 +23,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from editor.errors import UserError
+from editor.model import offload
 
 
 @dataclass(frozen=True)
@@ -156,12 +157,14 @@ def weight_in_slice(proj: nn.Module, cols: slice | int) -> torch.Tensor:
     """View of ``proj``'s weight for input features ``cols``, shaped ``[n_in, out]`` for every type."""
     if isinstance(cols, int):
         cols = slice(cols, cols + 1)
-    return proj.weight[cols, :] if input_dim(proj) == 0 else proj.weight[:, cols].T
+    weight = offload.read(proj)  # offloaded weights read from their store (editor/model/offload.py)
+    return weight[cols, :] if input_dim(proj) == 0 else weight[:, cols].T
 
 
 def weight_out_rows(proj: nn.Module) -> torch.Tensor:
     """``proj``'s weight as ``[out, in]`` for every type: row k is what output feature k reads."""
-    return proj.weight.T if input_dim(proj) == 0 else proj.weight
+    weight = offload.read(proj)
+    return weight.T if input_dim(proj) == 0 else weight
 
 
 def in_features(proj: nn.Module) -> int:

@@ -217,4 +217,9 @@ def capture(
 
 
 def model_device(model) -> torch.device:
-    return next(model.parameters()).device
+    """Where inputs go: the first parameter in memory (offloaded ones sit on the meta device and are
+    brought to the execution device by accelerate's hooks)."""
+    for param in model.parameters():
+        if param.device.type != "meta":
+            return param.device
+    return torch.device("cpu")

@@ -64,7 +64,19 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def _from_pretrained(source: str | Path, dtype, device: str, device_map: str | None,
+def _offload_folder() -> str:
+    """A folder of this process for weights accelerate offloads to disk and for edited offloaded
+    weights (the user's checkpoint is never written); removed when the process ends."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="lmedit-offload-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def _from_pretrained(source: str | Path, dtype, device: str, device_map: dict | None,
                      attn_implementation: str, trust_remote_code: bool, offline_hint: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -72,7 +84,7 @@ def _from_pretrained(source: str | Path, dtype, device: str, device_map: str | N
     kwargs = dict(dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code,
                   use_safetensors=True)  # never unpickle weights
     if device_map:
-        kwargs["device_map"] = device_map
+        kwargs.update({k: v for k, v in device_map.items() if v is not None})
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -184,17 +196,26 @@ def load_model(
     attn_implementation: str = "eager",
     trust_remote_code: bool = False,
     pull: bool = True,
+    max_memory: str | dict | None = None,
 ) -> LoadedModel:
     """Load ``name`` for editing and attribution.
 
     ``name`` is a store alias (pulled on first use when ``pull``), a local Hugging Face directory,
-    a ``.gguf`` file, or a hub id. ``device="auto"`` uses ``device_map="auto"`` (accelerate) when
-    CUDA is present, so models larger than one GPU spread over GPUs and CPU. Eager attention is the
-    default because only it returns attention probabilities; remote code runs only when asked.
+    a ``.gguf`` file, or a hub id. ``device="auto"`` loads through accelerate (``device_map="auto"``):
+    the model spreads over the GPUs, CPU memory and, past ``max_memory`` (e.g. ``"cpu=2GiB,0=20GiB"``),
+    disk, so a model larger than memory still loads (editor/model/offload.py: reading and editing
+    offloaded weights). Eager attention is the default because only it returns attention
+    probabilities; remote code runs only when asked.
     """
+    from editor.model.offload import parse_max_memory
+
     check_device(device)
+    memory = parse_max_memory(max_memory) if isinstance(max_memory, str) or max_memory is None else max_memory
+    if memory and device != "auto":
+        raise UserError("a memory limit needs device auto (accelerate places and offloads the model)")
     check_model_name(name)  # the same checks `lmedit run` makes before a run directory exists
-    device_map = "auto" if device == "auto" and torch.cuda.is_available() else None
+    device_map = {"device_map": "auto", "max_memory": memory, "offload_folder": _offload_folder()} \
+        if device == "auto" else None
     device = _resolve_device(device)
     torch_dtype = _resolve_dtype(dtype, device)
     info: dict = {}
