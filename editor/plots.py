@@ -71,15 +71,19 @@ def _finish(fig, ax, xlabel: str, ylabel: str, title: str, legend_size: int) -> 
     return figure_png(fig)
 
 
-def bar_plot(groups: dict[str, list[float]], ylabel: str, title: str) -> bytes:
-    """One bar per group at its mean, with every individual value (e.g. random seeds) as a dot."""
+def bar_plot(groups: dict[str, list[float]], ylabel: str, title: str,
+             errors: dict[str, tuple[list[float], list[float]]] | None = None) -> bytes:
+    """One bar per group at its mean, with every individual value (e.g. random seeds) as a dot and,
+    in ``errors``, each value's interval (lows, highs) as a bar through its dot."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     names = list(groups)
     means = [sum(v) / len(v) for v in groups.values()]
     ax.bar(range(len(names)), means, color="#8fb3d9")
-    for i, values in enumerate(groups.values()):
+    for i, (name, values) in enumerate(groups.items()):
         ax.scatter([i] * len(values), values, color="#1f4e79", zorder=3, s=14)
+        if errors and name in errors:
+            _error_bars(ax, [i] * len(values), values, errors[name], "#1f4e79")
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -50,8 +50,14 @@ def free_port() -> int:
 def local_ray(cpus: int = 2):
     """A real Ray head on loopback (``ray start``), its address, stopped (with this process's
     connection to it) on exit."""
+    import os
+
     ray = str(Path(sys.executable).parent / "ray")
     port = free_port()
+    # Loopback only, started and stopped here: no token (a token a earlier local Ray left in ~/.ray
+    # would otherwise be demanded of this process's connection).
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     started = subprocess.run([ray, "start", "--head", "--num-cpus", str(cpus), "--port", str(port),
                               "--include-dashboard=false", "--disable-usage-stats"], capture_output=True, text=True,
                              timeout=180)
@@ -63,3 +69,7 @@ def local_ray(cpus: int = 2):
 
         ray_module.shutdown()
         subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+        if saved is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved

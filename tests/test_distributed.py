@@ -11,7 +11,8 @@ from click.testing import CliRunner
 import tiny
 from same import local_ray
 from editor.attribution.confirm import add_specificity, auto_head_scores, guard_windows
-from editor.attribution.sharded import LocalScorer, head_shards, merge_shards, prompt_shards
+from editor.attribution.sharded import (LocalScorer, head_shards, layer_shards, merge_layer_shards, merge_shards,
+                                       prompt_shards)
 from editor.cli import main
 from editor.edit.plan import EditPlan
 from editor.tasks.arithmetic import generate
@@ -86,6 +87,22 @@ def test_cna_shards_merge_in_both_conditions(setup):
         parts = [scorer.cna(examples[lo:hi], **{k: (v[lo:hi] if k == "examples_b" else v) for k, v in kwargs.items()})
                  for lo, hi in shards]
         close(merge_shards(parts, [hi - lo for lo, hi in shards]), whole)
+
+
+def test_layer_shards_merge_to_the_single_run(setup):
+    """Neuron scores and CNA split by layer (what Ray does for them): every column, top-k counts
+    recounted from each prompt's top k."""
+    scorer, examples = setup
+    whole = scorer.neurons(examples)
+    layers = list(range(whole.shape[0]))
+    assert sum(layer_shards(layers, 2), []) == layers
+    merged = merge_layer_shards([scorer.neurons(examples, layers=g) for g in layer_shards(layers, 2)])
+    close(merged, whole)
+    assert merged.columns["top10_count"].sum() == whole.columns["top10_count"].sum() > 0
+    assert merged.meta["layers"] == whole.meta["layers"] == layers
+    for kwargs in ({"ablate": EditPlan().zero("head", ["0.1"])}, {"examples_b": generate(18, 1, "+-", seed=9)}):
+        whole = scorer.cna(examples, **kwargs)
+        close(merge_layer_shards([scorer.cna(examples, layers=g, **kwargs) for g in layer_shards(layers, 3)]), whole)
 
 
 def test_a_column_without_a_merge_rule_is_refused(setup):

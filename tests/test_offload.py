@@ -92,6 +92,17 @@ def test_cli_scores_with_offload_equal_in_memory(model_dir, tmp_path):
         assert torch.allclose(torch.tensor(a[name]), torch.tensor(b[name]), atol=1e-5), name
 
 
+def test_shrinking_and_training_refuse_an_offloaded_model(both):
+    from editor.edit.shrink import Removal, shrink
+    from editor.lora.train import LoraSettings, train_lora
+
+    _, offloaded = both
+    with pytest.raises(UserError, match="shrinking needs the whole model in memory"):
+        shrink(offloaded.model, Removal())
+    with pytest.raises(UserError, match="LoRA training needs the whole model in memory"):
+        train_lora(offloaded.model, offloaded.tokenizer, LoraSettings(steps=1), generate(4, 1, "+", seed=0))
+
+
 def test_memory_limits_are_checked():
     assert parse_max_memory("cpu=2GiB, 0=20GB") == {"cpu": "2GiB", 0: "20GB"}
     for bad in ("cpu", "cpu=lots", "gpu=1GB", "=1GB"):

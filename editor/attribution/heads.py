@@ -62,12 +62,15 @@ def _aggregate(scores: torch.Tensor, kind: str, method: str, topk: int, meta: di
     flat = scores.reshape(n, -1)
     k = min(topk, flat.shape[1])
     counts = torch.zeros(flat.shape[1])
-    counts.scatter_add_(0, flat.topk(k, dim=1).indices.flatten(), torch.ones(n * k))
+    best = flat.topk(k, dim=1)
+    counts.scatter_add_(0, best.indices.flatten(), torch.ones(n * k))
     return ComponentScores(
         kind=kind, method=method, primary="mean",
         columns={"mean": scores.mean(0), "std": scores.std(0, unbiased=False),
                  f"top{k}_count": counts.view(scores.shape[1:])},
         meta={**meta, "topk": k},
+        # each prompt's top k (flat indices), so results over disjoint layer sets merge their counts exactly
+        vectors={"topk_values": best.values, "topk_index": best.indices},
     )
 
 

@@ -155,6 +155,8 @@ def neuron_logprob_increase(model, tokenizer, examples: list[Example], kind: str
                         {"target": target, "prompts": n, "tol": tol, "method": method})
     # keep the layer axis complete (unscored layers are zeros; meta["layers"] says which were scored)
     sel = torch.tensor(layers)
+    local = result.vectors["topk_index"]  # flat over the scored layers -> flat over all layers
+    result.vectors["topk_index"] = sel[local // width] * width + local % width
     for name, col in list(result.columns.items()) + [("coef_mean", coefs.mean(0))]:
         full = torch.zeros(arch.n_layers, width)
         full[sel] = col

@@ -29,6 +29,7 @@ from editor.tasks.examples import Example
 MEAN_COLUMNS = {"mean", "coef_mean", "logp_drop", "acc_drop", "ablated_acc", "logp_drop_estimate", "abs_estimate",
                 "diff", "importance_a", "importance_b", "coef_a", "coef_b"}
 MEAN_META = ("base_acc", "base_logp", "exact_sum_fraction")
+PER_PROMPT = {"topk_values", "topk_index"}  # one row per prompt: shards concatenate
 
 
 # Local --------------------------------------------------------------------------------------------
@@ -100,7 +101,7 @@ class RayScorer:
     batch_size: int = 16
     progress: bool = True
     log: object = None
-    _bars: list = field(default_factory=list, repr=False)
+    _grid: tuple[int, int] | None = field(default=None, repr=False)
 
     @property
     def workers(self) -> int:
@@ -142,10 +143,35 @@ class RayScorer:
         return self._run("static", examples, "head scores", target=target)
 
     def neurons(self, examples: list[Example], **kwargs) -> ComponentScores:
-        return self._run("neurons", examples, "neuron scores", **kwargs)
+        return self._by_layers("neurons", examples, "neuron scores", **kwargs)
 
     def cna(self, examples: list[Example], model_b: str | None = None, load=None, **kwargs) -> ComponentScores:
-        return self._run("cna", examples, "CNA", model_b=model_b, **kwargs)
+        return self._by_layers("cna", examples, "CNA", model_b=model_b, **kwargs)
+
+    def _by_layers(self, op: str, examples: list[Example], desc: str, layers=None, **kwargs) -> ComponentScores:
+        """Neuron scores split by LAYER: their largest cost, a neurons x vocabulary product per layer,
+        does not depend on the prompts, so prompt shards would each pay it again; layer shards pay
+        it once (the capture pass, the cheap part, runs on every worker)."""
+        from editor.progress import progress_bar
+
+        layers = list(range(self.grid()[0])) if layers is None else list(layers)
+        groups = layer_shards(layers, self.workers)
+        if len(groups) < 2:
+            return self._run(op, examples, desc, layers=layers, **kwargs)
+        jobs = [{"op": op, "model": self.model, "examples": examples, "batch_size": self.batch_size, "layers": group,
+                 "weight": len(group), **kwargs} for group in groups]
+        bar = progress_bar(len(layers), f"{desc} ({self.workers} Ray workers)", "layer", enabled=self.progress)
+        try:
+            parts = self.pool.run_shards("editor.attribution.sharded:run_shard", jobs, desc, progress=bar.update)
+        finally:
+            bar.close()
+        return merge_layer_shards(parts)
+
+    def grid(self) -> tuple[int, int]:
+        """(layers, heads) of the model, read once on a worker."""
+        if self._grid is None:
+            self._grid = self._one("grid")
+        return self._grid
 
     def tokens(self, scores: ComponentScores, top: int) -> dict[str, list[str]]:
         return self._one("tokens", scores=scores, top=top)
@@ -159,7 +185,7 @@ class RayScorer:
                                     op)[0]
 
     def _all_heads(self) -> list[tuple[int, int]]:
-        layers, heads = self._one("grid")
+        layers, heads = self.grid()
         return [(layer, head) for layer in range(layers) for head in range(heads)]
 
 
@@ -195,6 +221,53 @@ def scorer_for(executor: str, load, model: str, batch_size: int, workers: int = 
 
 
 # Sharding and merging -----------------------------------------------------------------------------
+def layer_shards(layers: list[int], parts: int) -> list[list[int]]:
+    """Contiguous runs of ``layers`` for at most ``parts`` workers."""
+    parts = max(1, min(parts, len(layers)))
+    bounds = [round(i * len(layers) / parts) for i in range(parts + 1)]
+    return [layers[bounds[i]:bounds[i + 1]] for i in range(parts)]
+
+
+def merge_layer_shards(parts: list[ComponentScores]) -> ComponentScores:
+    """One neuron result from results over disjoint layer sets (all prompts each): every layer's
+    rows from the shard that scored it; top-k counts recounted from each prompt's top k over the
+    union (the global top k of a prompt lies within the union of the shards' top k's)."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    columns = {}
+    for name, column in first.columns.items():
+        merged = torch.zeros_like(column)
+        for part in parts:
+            rows = part.meta.get("layers") or part.meta.get("a", {}).get("layers")
+            merged[rows] = part.columns[name][rows]
+        columns[name] = merged
+    meta = dict(first.meta)
+    layers = sorted(l for p in parts for l in (p.meta.get("layers") or p.meta.get("a", {}).get("layers")))
+    for key in ("a", "b"):  # CNA: each condition's own meta
+        if isinstance(meta.get(key), dict) and "layers" in meta[key]:
+            meta[key] = {**meta[key], "layers": layers}
+    if "layers" in meta:
+        meta["layers"] = layers
+    if meta.get("exact_sum_fraction") is not None:
+        sizes = [len(p.meta["layers"]) for p in parts]
+        meta["exact_sum_fraction"] = sum(s * p.meta["exact_sum_fraction"] for s, p in zip(sizes, parts)) / sum(sizes)
+    vectors = {}
+    count_column = next((c for c in columns if c.startswith("top") and c.endswith("_count")), None)
+    if count_column is not None:
+        k = meta["topk"]
+        values = torch.cat([p.vectors["topk_values"] for p in parts], dim=1)
+        index = torch.cat([p.vectors["topk_index"] for p in parts], dim=1)
+        best = values.topk(k, dim=1)
+        chosen = index.gather(1, best.indices)
+        counts = torch.zeros(columns[count_column].numel())
+        counts.scatter_add_(0, chosen.flatten(), torch.ones(chosen.numel()))
+        columns[count_column] = counts.view_as(columns[count_column])
+        vectors = {"topk_values": best.values, "topk_index": chosen}
+    return ComponentScores(first.kind, first.method, first.primary, columns, meta, vectors)
+
+
+
 def prompt_shards(n: int, workers: int, batch_size: int) -> list[tuple[int, int]]:
     """Contiguous ``[lo, hi)`` ranges of whole batches, as even as whole batches allow."""
     batches = math.ceil(n / batch_size)
@@ -244,7 +317,8 @@ def merge_shards(parts: list[ComponentScores], counts: list[int], prompts: int |
     for key in MEAN_META:
         if meta.get(key) is not None:
             meta[key] = float(sum(w * p.meta[key] for w, p in zip(counts, parts)) / sum(counts))
-    vectors = {name: _weighted_mean(torch.stack([p.vectors[name].double() for p in parts]), weights).float()
+    vectors = {name: (torch.cat([p.vectors[name] for p in parts]) if name in PER_PROMPT else
+                      _weighted_mean(torch.stack([p.vectors[name].double() for p in parts]), weights).float())
                for name in first.vectors}
     return ComponentScores(first.kind, first.method, first.primary, {k: columns[k] for k in first.columns},
                            meta, vectors)

@@ -229,6 +229,9 @@ def shrink(model: nn.Module, removal: Removal) -> tuple[nn.Module, list[str]]:
     """
     from transformers import AutoModelForCausalLM
 
+    from editor.model.offload import require_in_memory
+
+    require_in_memory(model, "shrinking")
     arch = Arch(model)
     removal.check(arch)
     spec, config = arch.spec, copy.deepcopy(arch.config)

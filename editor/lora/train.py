@@ -123,6 +123,9 @@ def train_lora(model, tokenizer, settings: LoraSettings, train: list[Example], p
 
     Deterministic for a seed: adapter initialisation and batch order come from ``settings.seed``.
     """
+    from editor.model.offload import require_in_memory
+
+    require_in_memory(model, "LoRA training")
     from peft import get_peft_model
 
     settings.check()

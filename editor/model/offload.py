@@ -71,6 +71,14 @@ def write(module: nn.Module, name: str, values: torch.Tensor) -> None:
     offload_weight(values.detach().to("cpu").contiguous(), key, loader.save_folder, index=loader.index)
 
 
+def require_in_memory(model: nn.Module, what: str) -> None:
+    """``what`` (shrinking, training) builds or trains new weights from the whole model: refuse an
+    offloaded one in one line rather than compute with meta tensors."""
+    if any(is_offloaded(p) for p in model.parameters()):
+        raise UserError(f"{what} needs the whole model in memory; load it without a memory limit "
+                        "(leave out --max-memory)")
+
+
 def parse_max_memory(text: str | None) -> dict | None:
     """``cpu=2GiB,0=20GiB`` -> ``{"cpu": "2GiB", 0: "20GiB"}`` (accelerate's ``max_memory``)."""
     if not text:

@@ -206,10 +206,13 @@ def _report(run, cfg, heads, neurons, comparison, randoms, summary, checkpoint, 
     rep.heading("Against random pruning of the same size (every measure, 95% intervals)")
     rep.evaluations({"base": comparison.before, "pruned (attribution)": comparison.after,
                      **{f"random seed {s}": e for s, e in randoms.items()}})
-    groups = {"base": [summary["rows"][0]["token_accuracy"]], "attribution": [summary["rows"][1]["token_accuracy"]],
-              "random": [r["token_accuracy"] for r in summary["rows"][2:]]}
-    rep.image(bar_plot(groups, "teacher-forced token accuracy", "held-out arithmetic"),
-              "Token accuracy: base, attribution-chosen pruning, random pruning (dots: seeds; intervals in the table)")
+    measured = {"base": [comparison.before], "attribution": [comparison.after], "random": list(randoms.values())}
+    token = {g: [e.tasks["arithmetic"].measures["token_accuracy"] for e in evs] for g, evs in measured.items()}
+    groups = {g: [m.value for m in ms] for g, ms in token.items()}
+    errors = {g: ([m.low for m in ms], [m.high for m in ms]) for g, ms in token.items()}
+    rep.image(bar_plot(groups, "teacher-forced token accuracy", "held-out arithmetic", errors=errors),
+              "Token accuracy: base, attribution-chosen pruning, random pruning (dots: seeds; bars through them: "
+              "95% intervals)")
     rep.heading("What was removed")
     rep.table(_removed(layers, width, keep, zero_heads), ["layer", "removed"])
     png = heatmap(heads.columns[heads.primary], run.path("attribution", "head_scores.png"),

@@ -145,6 +145,12 @@ def _biases(ev) -> dict:
             "perplexity_95": ev.tasks["guard"].measures["perplexity"].cell()}
 
 
+def _interval(cell: str) -> tuple[float, float]:
+    """"0.5 [0.3, 0.7]" (a stored measure cell) -> (0.3, 0.7)."""
+    low, high = cell[cell.index("[") + 1:cell.index("]")].split(",")
+    return float(low), float(high)
+
+
 def _report(run, cfg, static, ablation, ranked, cuts, comparisons, summary) -> dict:
     from editor.plots import heatmap
 
@@ -159,11 +165,16 @@ def _report(run, cfg, static, ablation, ranked, cuts, comparisons, summary) -> d
     rep.heading("Accuracy when in-context heads are zeroed, against random heads")
     rep.table(summary["rows"], list(summary["rows"][0]))
     groups = {"none": [summary["rows"][0]["accuracy"]]}
+    cells = {"none": [summary["rows"][0]["accuracy_95"]]}
     for c in cuts:
         groups[f"top {c['heads']}"] = [c["accuracy_top"]]
+        cells[f"top {c['heads']}"] = [c["accuracy_top_95"]]
         groups[f"random {c['heads']}"] = c["accuracy_random"]
-    rep.image(bar_plot(groups, "in-context accuracy (foo/bar)", "zeroing top vs random heads"),
-              "foo/bar accuracy after zeroing the top heads and as many random heads (dots: seeds)")
+        cells[f"random {c['heads']}"] = c["accuracy_random_95"]
+    errors = {g: ([_interval(t)[0] for t in ts], [_interval(t)[1] for t in ts]) for g, ts in cells.items()}
+    rep.image(bar_plot(groups, "in-context accuracy (foo/bar)", "zeroing top vs random heads", errors=errors),
+              "foo/bar accuracy after zeroing the top heads and as many random heads (dots: seeds; bars through "
+              "them: 95% intervals)")
     rep.table([{"edit": f"zero top {c['fraction']:.0%}", "heads zeroed": ", ".join(c["zeroed"])} for c in cuts]
               + [{"edit": f"rescale (x{', x'.join(f'{x:g}' for x in comparisons)})",
                   "heads zeroed": "rescaled: " + ", ".join(ranked[:summary["in_context_heads"]])}],

@@ -135,9 +135,12 @@ def _report_compare(run, cfg, summary, results) -> dict:
                   "the same for the mean |coefficient|.")
     rep.table(summary["rows"], list(summary["rows"][0]))
     xs = [sum(r["layers"]) / len(r["layers"]) for r in results]
-    rep.image(line_plot({"accuracy gain": (xs, [r["gain"] for r in summary["rows"]])}, "adapter layer",
-                        "token accuracy gain", "accuracy gain against the adapter's layer"),
-              "Held-out token accuracy gain of each adapter over the base")
+    accuracy = [r["accuracy"] for r in results]
+    rep.image(line_plot({"LoRA": (xs, [a["value"] for a in accuracy])}, "adapter layer", "held-out token accuracy",
+                        "accuracy against the adapter's layer",
+                        errors={"LoRA": ([a["low"] for a in accuracy], [a["high"] for a in accuracy])},
+                        hlines={"base": summary["base_accuracy"]}),
+              "Held-out token accuracy of each adapter (bars: 95% Wilson intervals) against the base's (dashed)")
     rep.image(line_plot({f"{kind}, top {n}": (xs, [r[f"{key}_top{n}"] for r in summary["rows"]])
                          for n in (10, 50) for kind, key in (("mean", "coef_change"), ("|mean|", "abs_coef_change"))},
                         "adapter layer", "relative change, LoRA vs base",
@@ -246,12 +249,14 @@ def _report_prune(run, cfg, summary, cna_run, randoms) -> dict:
                   "the base, or at random; then a new LoRA on the pruned model. Teacher-forced token accuracy and greedy exact match on "
                   f"{cfg.data.n_eval} held-out {cfg.data.digits}-digit prompts.")
     rep.table(summary["rows"], ["model", "accuracy", "accuracy_95", "exact_match"])
-    groups = {"CNA pruned": [cna_run["pruned"]["value"]], "CNA pruned + LoRA": [cna_run["pruned_lora"]["value"]],
-              "random pruned": [r["pruned"]["value"] for r in randoms.values()],
-              "random pruned + LoRA": [r["pruned_lora"]["value"] for r in randoms.values()]}
-    rep.image(bar_plot(groups, "held-out token accuracy", "prune then LoRA: CNA vs random"),
-              "Accuracy after pruning and after a new LoRA, CNA-chosen vs random neurons (dots: seeds; intervals "
-              "in the table)")
+    measures = {"CNA pruned": [cna_run["pruned"]], "CNA pruned + LoRA": [cna_run["pruned_lora"]],
+                "random pruned": [r["pruned"] for r in randoms.values()],
+                "random pruned + LoRA": [r["pruned_lora"] for r in randoms.values()]}
+    groups = {g: [m["value"] for m in ms] for g, ms in measures.items()}
+    errors = {g: ([m["low"] for m in ms], [m["high"] for m in ms]) for g, ms in measures.items()}
+    rep.image(bar_plot(groups, "held-out token accuracy", "prune then LoRA: CNA vs random", errors=errors),
+              "Accuracy after pruning and after a new LoRA, CNA-chosen vs random neurons (dots: seeds; bars "
+              "through them: 95% Wilson intervals)")
     rep.heading("What was removed (CNA keep-only)")
     kept = set(summary["kept_neurons"])
     first, last = summary["layers"]
