@@ -81,15 +81,20 @@ def test_an_edited_offloaded_model_saves_the_in_memory_checkpoint(both, model_di
     assert folder_digest(model_dir) == before  # the user's checkpoint was only read
 
 
-def test_cli_scores_with_offload_equal_in_memory(model_dir, tmp_path):
+def same_scores_offloaded(command: list[str], limit: str, tmp_path, tol: float) -> None:
+    """``lmedit attribute neurons`` in memory and with ``--max-memory limit``: equal columns."""
     runner = CliRunner()
-    base = ["attribute", "neurons", "-m", str(model_dir), "--n", "8", "--batch-size", "4"]
-    assert runner.invoke(main, base + ["--out", str(tmp_path / "a")]).exit_code == 0
-    r = runner.invoke(main, base + ["--out", str(tmp_path / "b"), "--device", "auto", "--max-memory", "cpu=8KiB"])
+    assert runner.invoke(main, command + ["--out", str(tmp_path / "a")]).exit_code == 0
+    r = runner.invoke(main, command + ["--out", str(tmp_path / "b"), "--device", "auto", "--max-memory", limit])
     assert r.exit_code == 0, r.output
     a, b = (json.loads((tmp_path / d / "neurons_logprob.json").read_text())["columns"] for d in "ab")
     for name in a:
-        assert torch.allclose(torch.tensor(a[name]), torch.tensor(b[name]), atol=1e-5), name
+        assert torch.allclose(torch.tensor(a[name]), torch.tensor(b[name]), atol=tol), name
+
+
+def test_cli_scores_with_offload_equal_in_memory(model_dir, tmp_path):
+    same_scores_offloaded(["attribute", "neurons", "-m", str(model_dir), "--n", "8", "--batch-size", "4"], "cpu=8KiB",
+                          tmp_path, 1e-5)
 
 
 def test_shrinking_and_training_refuse_an_offloaded_model(both):
@@ -114,14 +119,9 @@ def test_memory_limits_are_checked():
 
 @pytest.mark.slow
 def test_the_default_model_offloaded_scores_and_saves_as_in_memory(tmp_path):
+    same_scores_offloaded(["attribute", "neurons", "--n", "8", "--batch-size", "4", "--layers", "28-29"], "cpu=200MiB",
+                          tmp_path, 1e-4)
     runner = CliRunner()
-    base = ["attribute", "neurons", "--n", "8", "--batch-size", "4", "--layers", "28-29"]
-    assert runner.invoke(main, base + ["--out", str(tmp_path / "a")]).exit_code == 0
-    r = runner.invoke(main, base + ["--out", str(tmp_path / "b"), "--device", "auto", "--max-memory", "cpu=200MiB"])
-    assert r.exit_code == 0, r.output
-    a, b = (json.loads((tmp_path / d / "neurons_logprob.json").read_text())["columns"] for d in "ab")
-    for name in a:
-        assert torch.allclose(torch.tensor(a[name]), torch.tensor(b[name]), atol=1e-4), name
     common = ["edit", "--zero-heads", "3.1,20.4", "--zero-neurons", "29.100"]
     assert runner.invoke(main, common + ["--out", str(tmp_path / "memory")]).exit_code == 0
     r = runner.invoke(main, common + ["--out", str(tmp_path / "offloaded"), "--device", "auto", "--max-memory", "cpu=200MiB"])
