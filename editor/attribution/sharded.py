@@ -107,9 +107,18 @@ class RayScorer:
     def workers(self) -> int:
         return len(self.pool.actors)
 
-    def _run(self, op: str, examples: list[Example], desc: str, heads=None, **kwargs) -> ComponentScores:
+    def _submit(self, jobs: list[dict], desc: str, unit: str) -> list[ComponentScores]:
+        """Run ``jobs`` on the pool behind one progress bar over their weights (prompts or layers)."""
         from editor.progress import progress_bar
 
+        bar = progress_bar(sum(j["weight"] for j in jobs), f"{desc} ({self.workers} Ray workers)", unit,
+                           enabled=self.progress)
+        try:
+            return self.pool.run_shards("editor.attribution.sharded:run_shard", jobs, desc, progress=bar.update)
+        finally:
+            bar.close()
+
+    def _run(self, op: str, examples: list[Example], desc: str, heads=None, **kwargs) -> ComponentScores:
         shards = prompt_shards(len(examples), self.workers, self.batch_size)
         head_parts = head_shards(heads, self.workers) if op == "scan" else [None]
         jobs, counts = [], []
@@ -123,13 +132,8 @@ class RayScorer:
                     job["heads"] = part
                 jobs.append(job)
                 counts.append(hi - lo)
-        total = sum(counts)
-        bar = progress_bar(total, f"{desc} ({self.workers} Ray workers)", "prompt", enabled=self.progress)
-        try:
-            parts = self.pool.run_shards("editor.attribution.sharded:run_shard", jobs, desc, progress=bar.update)
-        finally:
-            bar.close()
-        return merge_shards(parts, counts, prompts=len(examples))
+        unit = "prompt" if len(head_parts) == 1 else "prompt x head shard"
+        return merge_shards(self._submit(jobs, desc, unit), counts, prompts=len(examples))
 
     def gradient(self, examples: list[Example], kind: str = "head") -> ComponentScores:
         return self._run("gradient", examples, "gradient", kind=kind)
@@ -152,20 +156,13 @@ class RayScorer:
         """Neuron scores split by LAYER: their largest cost, a neurons x vocabulary product per layer,
         does not depend on the prompts, so prompt shards would each pay it again; layer shards pay
         it once (the capture pass, the cheap part, runs on every worker)."""
-        from editor.progress import progress_bar
-
         layers = list(range(self.grid()[0])) if layers is None else list(layers)
         groups = layer_shards(layers, self.workers)
         if len(groups) < 2:
             return self._run(op, examples, desc, layers=layers, **kwargs)
         jobs = [{"op": op, "model": self.model, "examples": examples, "batch_size": self.batch_size, "layers": group,
                  "weight": len(group), **kwargs} for group in groups]
-        bar = progress_bar(len(layers), f"{desc} ({self.workers} Ray workers)", "layer", enabled=self.progress)
-        try:
-            parts = self.pool.run_shards("editor.attribution.sharded:run_shard", jobs, desc, progress=bar.update)
-        finally:
-            bar.close()
-        return merge_layer_shards(parts)
+        return merge_layer_shards(self._submit(jobs, desc, "layer"))
 
     def grid(self) -> tuple[int, int]:
         """(layers, heads) of the model, read once on a worker."""
