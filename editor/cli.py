@@ -143,7 +143,7 @@ def model_options(func):
 
 _EXECUTOR = [
     click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-                 help="local: this process; ray: shards of prompts (and heads) on Ray workers, merged exactly."),
+                 help="local: this process; ray: shards (of prompts, heads or layers) on Ray workers, merged exactly."),
     click.option("--ray-address", metavar="ADDR", help="Ray cluster to join [default: start a local Ray instance]."),
     click.option("--workers", type=click.IntRange(1, 4096), default=2, show_default=True,
                  help="Ray workers (each loads the model once) with --executor ray."),
