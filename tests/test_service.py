@@ -315,3 +315,23 @@ def _ray_jobs(tmp_path, arith_dir, address):
     finally:
         server.stop()
         local.stop()
+
+
+def test_a_job_whose_worker_cannot_start_fails_once_with_the_reason(tmp_path):
+    """A job folder that cannot be made (here: a file in its place) fails that job with one line;
+    the scheduler does not retry it on every tick, and the next job still runs."""
+    from editor.service.runner import LocalExecutor, Scheduler
+    from editor.service.store import JobStore
+
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    spec = {"kind": "command", "argv": ["models", "list"]}
+    broken, _ = store.create("alice", spec, 10, 10)
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / broken).write_text("in the way")
+    scheduler = Scheduler(store, tmp_path, LocalExecutor(), workers=1)
+    scheduler.tick()
+    job = store.get(broken)
+    assert job.state == "failed" and "could not start the job's worker" in job.error
+    scheduler.tick()  # not retried: no second state event
+    events = [e for e in store.events(broken) if e["type"] == "state"]
+    assert [e["data"]["state"] for e in events].count("failed") == 1

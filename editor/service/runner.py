@@ -155,7 +155,12 @@ class Scheduler:
         for job in self.store.by_state("queued"):
             if len(self.running) >= self.workers:
                 break
-            self._launch(job)
+            try:
+                self._launch(job)
+            except OSError as exc:  # its folder or worker cannot be made (disk full, permissions): fail it once
+                error = f"could not start the job's worker: {exc.strerror or exc}"
+                self.store.update(job.id, ("state", {"state": "failed", "error": error}), state="failed",
+                                  finished=time.time(), error=error)
 
     def _launch(self, job) -> None:
         job_dir = self.job_dir(job.id)
