@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 import tiny
-from same import local_ray
+from same import local_ray, results
 from editor.attribution.confirm import add_specificity, auto_head_scores, guard_windows
 from editor.attribution.sharded import (LocalScorer, head_shards, layer_shards, merge_layer_shards, merge_shards,
                                        prompt_shards)
@@ -193,12 +193,16 @@ def test_ray_evaluation_equals_the_single_process(tmp_path, ray_address, model_d
     command = ["evaluate", "-m", model_dir, "--tasks", "arithmetic,icl,guard", "--set", "arithmetic.n=10",
                "--set", "icl.n=6", "--batch-size", 4, "--alone"]
     local, remote = both(tmp_path, ray_address, *command)
-    a, b = (json.loads((d / "evaluation.json").read_text()) for d in (local, remote))
-    for task in a["tasks"].values():
-        task["seconds"] = 0
-    for task in b["tasks"].values():
-        task["seconds"] = 0
+    a, b = (results((d / "evaluation.json").read_text(), d) for d in (local, remote))
     assert a == b
+    # An edited checkpoint against its base: both models on each worker, changes recomputed on merge.
+    edited = tmp_path / "edited"
+    assert lmedit("edit", "-m", model_dir, "--zero-heads", "1.0,2.3", "--out", edited).exit_code == 0
+    command = ["evaluate", "-m", edited, "--against", model_dir, "--tasks", "arithmetic,guard,icl",
+               "--set", "arithmetic.n=10", "--set", "icl.n=6", "--batch-size", 4]
+    local, remote = both(tmp_path / "against", ray_address, *command)
+    a, b = (results((d / "evaluation.json").read_text(), d) for d in (local, remote))
+    assert a == b and a["changes"]  # paired changes present and equal
 
 
 @pytest.mark.slow
@@ -234,7 +238,6 @@ def test_a_recipe_with_executor_ray_equals_the_local_run(kind, tmp_path, ray_add
     """--set executor=ray: the attribution steps run on Ray workers; everything the run reports is
     the local run's (timings and the run's own path aside). The heads.method=ablation variant
     exercises the scan, the default static scores and CNA."""
-    from same import results
     from test_recipes import RECIPES
 
     from editor.recipes import run_recipe
