@@ -141,6 +141,11 @@ def model_options(func):
     return wrapper
 
 
+def _model_name() -> str:
+    """The command's --model (the default model when it has none)."""
+    return click.get_current_context().params.get("model") or DEFAULT_MODEL
+
+
 _EXECUTOR = [
     click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
                  help="local: this process; ray: shards (of prompts, heads or layers) on Ray workers, merged exactly."),
@@ -170,10 +175,10 @@ def executor_options(func):
 
             if executor == "ray":  # the workers load the model: check its name here, before any starts
                 check_ray()
-                check_model_name(params.get("model") or DEFAULT_MODEL)
+                check_model_name(_model_name())
             spec = ModelSpec(params.get("device", "cpu"), params.get("dtype", "auto"),
                              bool(params.get("trust_remote_code")), threads, params.get("max_memory"))
-            return scorer_for(executor, load, params.get("model") or DEFAULT_MODEL, batch_size, workers, ray_address,
+            return scorer_for(executor, load, _model_name(), batch_size, workers, ray_address,
                               spec, progress=True, log=_info)
 
         return func(*args, load=load, scorer_for=make, executor=executor, **kwargs)
@@ -467,7 +472,7 @@ def _examples(data: str, n: int, seed: int):
 def _out_dir(out: Path | None) -> Path:
     if out is not None:
         return out
-    model = click.get_current_context().params.get("model") or DEFAULT_MODEL
+    model = _model_name()
     return Path("checkpoints") / "attribution" / _model_stem(model)
 
 
@@ -601,10 +606,6 @@ def attribute_heads(load, scorer_for, executor, data, n_prompts, seed, target, t
                 _report(scores, outputs, f"heads_{m}", top, scorer, tokens=(m == "static"))
         finally:
             close()
-
-
-def _model_name() -> str:
-    return click.get_current_context().params.get("model") or DEFAULT_MODEL
 
 
 @attribute.command("circuit")
@@ -793,7 +794,7 @@ def evaluate_cmd(load, scorer_for, executor, tasks, against, alone, settings, ba
     from editor.edit.checkpoint import base_model_of
     from editor.evaluation.harness import configs, evaluate_against, evaluate_model, parse_tasks
 
-    model = click.get_current_context().params.get("model") or DEFAULT_MODEL
+    model = _model_name()
     task_configs = configs(parse_tasks(tasks), _settings(settings))
     if against and alone:
         raise UserError("--against and --alone exclude each other")
@@ -1003,7 +1004,7 @@ def lora_train(load, task, layers, targets, rank, alpha, steps, lr, batch_size, 
     settings = LoraSettings(layers=layer_list, targets=_components_raw(targets), rank=rank, alpha=alpha, steps=steps,
                             lr=lr, batch_size=batch_size, digits=digits, n_train=n_train, n_eval=n_eval, seed=seed)
     settings.check()
-    model = click.get_current_context().params.get("model") or DEFAULT_MODEL
+    model = _model_name()
     out = out or Path("checkpoints") / "lora" / f"{_model_stem(model)}-L{layers.replace(',', '_')}"
     if out.exists() and not force:
         raise UserError(f"{out} already exists; pass --force to overwrite it")

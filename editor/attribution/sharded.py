@@ -220,9 +220,12 @@ def scorer_for(executor: str, load, model: str, batch_size: int, workers: int = 
 # Sharding and merging -----------------------------------------------------------------------------
 def layer_shards(layers: list[int], parts: int) -> list[list[int]]:
     """Contiguous runs of ``layers`` for at most ``parts`` workers."""
-    parts = max(1, min(parts, len(layers)))
-    bounds = [round(i * len(layers) / parts) for i in range(parts + 1)]
-    return [layers[bounds[i]:bounds[i + 1]] for i in range(parts)]
+    return contiguous_runs(layers, parts)
+
+
+def _scored_layers(part: ComponentScores) -> list[int]:
+    """The layers a neuron result scored (CNA keeps them in each condition's meta)."""
+    return part.meta.get("layers") or part.meta.get("a", {}).get("layers")
 
 
 def merge_layer_shards(parts: list[ComponentScores]) -> ComponentScores:
@@ -236,11 +239,11 @@ def merge_layer_shards(parts: list[ComponentScores]) -> ComponentScores:
     for name, column in first.columns.items():
         merged = torch.zeros_like(column)
         for part in parts:
-            rows = part.meta.get("layers") or part.meta.get("a", {}).get("layers")
+            rows = _scored_layers(part)
             merged[rows] = part.columns[name][rows]
         columns[name] = merged
     meta = dict(first.meta)
-    layers = sorted(l for p in parts for l in (p.meta.get("layers") or p.meta.get("a", {}).get("layers")))
+    layers = sorted(l for p in parts for l in _scored_layers(p))
     for key in ("a", "b"):  # CNA: each condition's own meta
         if isinstance(meta.get(key), dict) and "layers" in meta[key]:
             meta[key] = {**meta[key], "layers": layers}
@@ -275,9 +278,14 @@ def prompt_shards(n: int, workers: int, batch_size: int) -> list[tuple[int, int]
 
 def head_shards(heads: list[tuple[int, int]], parts: int) -> list[list[tuple[int, int]]]:
     """``heads`` in ``parts`` contiguous runs (a layer's heads stay together where they can)."""
-    parts = max(1, min(parts, len(heads)))
-    bounds = [round(i * len(heads) / parts) for i in range(parts + 1)]
-    return [heads[bounds[i]:bounds[i + 1]] for i in range(parts)]
+    return contiguous_runs(heads, parts)
+
+
+def contiguous_runs(items: list, parts: int) -> list[list]:
+    """``items`` cut into at most ``parts`` contiguous runs of near-equal length, in order."""
+    parts = max(1, min(parts, len(items)))
+    bounds = [round(i * len(items) / parts) for i in range(parts + 1)]
+    return [items[bounds[i]:bounds[i + 1]] for i in range(parts)]
 
 
 def merge_shards(parts: list[ComponentScores], counts: list[int], prompts: int | None = None) -> ComponentScores:
@@ -290,9 +298,9 @@ def merge_shards(parts: list[ComponentScores], counts: list[int], prompts: int |
     weights = torch.tensor(counts, dtype=torch.float64)
     columns = {}
     for name in first.columns:
-        stack = torch.stack([p.columns[name].double() for p in parts])  # [S, L, I]
         if name == "std":
             continue  # after the means: it needs them
+        stack = torch.stack([p.columns[name].double() for p in parts])  # [S, L, I]
         if name == "exact":
             columns[name] = stack.amax(0).float()
         elif name in MEAN_COLUMNS:

@@ -74,7 +74,7 @@ class AppliedEdits:
     def restore(self) -> None:
         with torch.no_grad():
             for proj, dim, idx, original in reversed(self._saved):
-                _set_slices(proj, dim, idx, original)
+                _set_slices(proj, offload.read(proj), dim, idx, original)
         self._saved.clear()
 
     def __enter__(self) -> "AppliedEdits":
@@ -96,7 +96,8 @@ def apply_plan(model: nn.Module, plan: EditPlan) -> AppliedEdits:
                 idx = edit.features.to(weight.device)
                 original = weight.index_select(dim, idx)  # a copy of just these slices
                 shape = (-1, 1) if dim == 0 else (1, -1)
-                _set_slices(edit.proj, dim, idx, original * edit.factors.to(weight.device, weight.dtype).view(shape))
+                _set_slices(edit.proj, weight, dim, idx,
+                            original * edit.factors.to(weight.device, weight.dtype).view(shape))
                 handle._record(edit.proj, dim, idx, original)
     except BaseException:
         handle.restore()  # never leave a half-applied plan behind
@@ -104,14 +105,14 @@ def apply_plan(model: nn.Module, plan: EditPlan) -> AppliedEdits:
     return handle
 
 
-def _set_slices(proj: nn.Module, dim: int, idx: torch.Tensor, values: torch.Tensor) -> None:
-    """Write ``values`` into the ``idx`` slices of ``proj``'s weight: in place when it is in memory;
-    an offloaded weight is read, changed and written back to its store (never a silent no-op)."""
-    weight = proj.weight
-    if not offload.is_offloaded(weight):
+def _set_slices(proj: nn.Module, weight: torch.Tensor, dim: int, idx: torch.Tensor, values: torch.Tensor) -> None:
+    """Write ``values`` into the ``idx`` slices of ``proj``'s weight, whose values ``weight`` are
+    (``offload.read(proj)``): in place when it is in memory; an offloaded weight's values are
+    changed and written back to its store (never a silent no-op)."""
+    if not offload.is_offloaded(proj.weight):
         weight.index_copy_(dim, idx, values)
         return
-    stored = offload.read(proj).clone()
+    stored = weight.clone()
     stored.index_copy_(dim, idx.to(stored.device), values.to(stored.device, stored.dtype))
     offload.write(proj, "weight", stored)
 

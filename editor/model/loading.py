@@ -76,15 +76,15 @@ def _offload_folder() -> str:
     return folder
 
 
-def _from_pretrained(source: str | Path, dtype, device: str, device_map: dict | None,
+def _from_pretrained(source: str | Path, dtype, device: str, placement: dict | None,
                      attn_implementation: str, trust_remote_code: bool, offline_hint: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
     kwargs = dict(dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code,
                   use_safetensors=True)  # never unpickle weights
-    if device_map:
-        kwargs.update({k: v for k, v in device_map.items() if v is not None})
+    if placement:  # accelerate's device_map="auto" with its memory limits and offload folder
+        kwargs.update({k: v for k, v in placement.items() if v is not None})
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -92,7 +92,7 @@ def _from_pretrained(source: str | Path, dtype, device: str, device_map: dict | 
         hint = (f"; it is not a store alias ({', '.join(store.ALIASES)}) nor an existing local path, "
                 "and the hub may be unreachable") if offline_hint else ""
         raise UserError(f"could not load model {str(source)!r}: {str(exc).splitlines()[0]}{hint}") from exc
-    if not device_map:
+    if not placement:
         model.to(device)
     return model, tokenizer
 
@@ -214,7 +214,7 @@ def load_model(
     if memory and device != "auto":
         raise UserError("a memory limit needs device auto (accelerate places and offloads the model)")
     check_model_name(name)  # the same checks `lmedit run` makes before a run directory exists
-    device_map = {"device_map": "auto", "max_memory": memory, "offload_folder": _offload_folder()} \
+    placement = {"device_map": "auto", "max_memory": memory, "offload_folder": _offload_folder()} \
         if device == "auto" else None
     device = _resolve_device(device)
     torch_dtype = _resolve_dtype(dtype, device)
@@ -227,7 +227,7 @@ def load_model(
             store.pull(name)
         path, kind = store.model_dir(name), "alias"
         info["store"] = store.provenance(path)
-        model, tokenizer = _from_pretrained(path, torch_dtype, device, device_map, attn_implementation,
+        model, tokenizer = _from_pretrained(path, torch_dtype, device, placement, attn_implementation,
                                             trust_remote_code, offline_hint=False)
     elif local.suffix == ".gguf":
         path, kind = local, "gguf"
@@ -236,11 +236,11 @@ def load_model(
         model.to(device)
     elif local.exists():
         path, kind = local, "directory"
-        model, tokenizer = _from_pretrained(local, torch_dtype, device, device_map, attn_implementation,
+        model, tokenizer = _from_pretrained(local, torch_dtype, device, placement, attn_implementation,
                                             trust_remote_code, offline_hint=False)
     else:
         path, kind = None, "hub"
-        model, tokenizer = _from_pretrained(name, torch_dtype, device, device_map, attn_implementation,
+        model, tokenizer = _from_pretrained(name, torch_dtype, device, placement, attn_implementation,
                                             trust_remote_code, offline_hint=True)
     model.eval()
     if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:

@@ -19,7 +19,7 @@ from editor.io import write_text_atomic
 from editor.recipes.common import (Common, all_heads, checkpoint_step, evaluation_step, layer_range, neurons_in,
                                    random_components, scores_step)
 from editor.plots import bar_plot
-from editor.recipes.report import Report, index_ranges
+from editor.recipes.report import Report, removed_neuron_rows
 from editor.recipes.run import Run
 from editor.tasks import arithmetic
 from editor.tasks.examples import Example
@@ -158,11 +158,7 @@ def run(run: Run, cfg: ArithmeticKeepOnly) -> dict:
 def _removed(layers: list[int], width: int, keep: list[str], zero_heads: list[str]) -> list[dict]:
     """Every removed component, one row per layer: the FFN neurons outside the kept set (as index
     ranges), then the zeroed heads."""
-    kept = set(keep)
-    rows = []
-    for layer in layers:
-        gone = [i for i in range(width) if f"{layer}.{i}" not in kept]
-        rows.append({"layer": layer, "removed": f"{len(gone)} of {width} FFN neurons: {index_ranges(gone)}"})
+    rows = removed_neuron_rows(layers, width, keep)
     if zero_heads:
         rows.append({"layer": "heads", "removed": f"{len(zero_heads)} heads zeroed: {' '.join(zero_heads)}"})
     return rows

@@ -20,7 +20,7 @@ from editor.lora.train import Adapter, LoraSettings, save_adapter, trained_adapt
 from editor.tasks.arithmetic import split_arithmetic
 from editor.recipes.common import Common, layer_range, neurons_in, random_components
 from editor.plots import bar_plot, line_plot
-from editor.recipes.report import Report, index_ranges
+from editor.recipes.report import Report, removed_neuron_rows
 from editor.recipes.run import Run
 
 
@@ -42,8 +42,8 @@ def _measure_json(m) -> dict:
 
 
 def _cell(m: dict) -> str:
-    """A stored measure as "value [low, high]"."""
-    return f"{m['value']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"
+    """A stored measure (its JSON) as Measure.cell writes it: "value [low, high]"."""
+    return Measure(**m).cell()
 
 
 # lora-compare -----------------------------------------------------------------------------------
@@ -258,9 +258,7 @@ def _report_prune(run, cfg, summary, cna_run, randoms) -> dict:
               "Accuracy after pruning and after a new LoRA, CNA-chosen vs random neurons (dots: seeds; bars "
               "through them: 95% Wilson intervals)")
     rep.heading("What was removed (CNA keep-only)")
-    kept = set(summary["kept_neurons"])
     first, last = summary["layers"]
-    width = summary["of"] // (last - first + 1)
-    rep.table([{"layer": layer, "removed": index_ranges([i for i in range(width) if f"{layer}.{i}" not in kept])}
-               for layer in range(first, last + 1)], ["layer", "removed"])
+    rep.table(removed_neuron_rows(range(first, last + 1), summary["of"] // (last - first + 1),
+                                  summary["kept_neurons"]), ["layer", "removed"])
     return rep.finish(run)

@@ -35,6 +35,17 @@ window.addEventListener('load', function () {
 """
 
 
+def removed_neuron_rows(layers, width: int, kept: list[str]) -> list[dict]:
+    """One report row per layer of a keep-only edit: the FFN neurons outside ``kept`` ("L.I" names),
+    counted and as index ranges."""
+    kept = set(kept)
+    rows = []
+    for layer in layers:
+        gone = [i for i in range(width) if f"{layer}.{i}" not in kept]
+        rows.append({"layer": layer, "removed": f"{len(gone)} of {width} FFN neurons: {index_ranges(gone)}"})
+    return rows
+
+
 def index_ranges(indices: list[int]) -> str:
     """0,1,2,5,7,8 -> "0-2 5 7-8" (a removed set of thousands, readable)."""
     out, start = [], None
