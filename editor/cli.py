@@ -906,11 +906,13 @@ def run_cmd(recipe, overrides, out, fresh, device, as_json):
               help="Also run the same search with these methods and report them beside it [default: none].")
 @click.option("--max-guard-increase", type=float, default=None,
               help="Also keep guard perplexity <= (1 + X) x the base's, e.g. 0.5.")
-@click.option("--recover", type=click.Choice(["none", "lora"]), default="none", show_default=True,
-              help="Fine-tune the shrunk model with a merged LoRA on the task's training prompts.")
+@click.option("--recover", type=click.Choice(["none", "lora"]), default="lora", show_default=True,
+              help="Fine-tune the shrunk model with a merged LoRA on the task's training prompts (none: the "
+                   "search itself must keep RETAIN).")
 @click.option("--recover-steps", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--search-retain", type=float, default=None,
-              help="The search's own rule when recovery follows (e.g. 0.8) [default: RETAIN].")
+              help="With recovery, the search cuts while validation >= X x base; the recovered model must "
+                   "then keep RETAIN, else an earlier cut is recovered [default: 0.5].")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Any other arithmetic-prune recipe value, e.g. data.n_test=1000 (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -18,7 +18,7 @@ from editor.prune.scores import magnitude_scores, wanda_scores
 from editor.recipes import run_recipe
 
 FAST = ["batch_size=16", "data.n_score=16", "data.n_val=40", "data.n_test=48", "data.n_train=32", "data.shots=1",
-        "prune.retain=0.9", "prune.max_rounds=8"]
+        "prune.retain=0.9", "prune.max_rounds=8", "recover.method=none"]
 
 
 @pytest.fixture(scope="module")

@@ -183,13 +183,15 @@ def search_round(model, tokenizer, state: SearchState, settings: SearchSettings,
 def run_search(model, tokenizer, settings: SearchSettings, score_examples: list[Example],
                val_examples: list[Example], base: dict,
                step: Callable[[str, Callable[[], dict]], dict] | None = None,
-               log: Callable[[str], None] = print, progress: bool = True) -> tuple[SearchState, list[dict]]:
+               log: Callable[[str], None] = print,
+               progress: bool = True) -> tuple[SearchState, list[dict], list[Removal]]:
     """Rounds until no kind is active. ``step(name, fn)`` caches each round (a recipe Run's step), so
-    an interrupted search resumes after its last finished round."""
+    an interrupted search resumes after its last finished round. Returns the final state, the trace
+    and the removal after each taken round (what a recovery that fails can fall back to)."""
     arch = Arch(model)
     step = step or (lambda name, fn: fn())
     state = initial_state(arch, settings, base)
-    trace = []
+    trace, accepted = [], []
     for index in range(1, settings.max_rounds + 1):
         if not state.steps:
             break
@@ -203,6 +205,8 @@ def run_search(model, tokenizer, settings: SearchSettings, score_examples: list[
         state = SearchState.from_json(result["state"])
         trace.append(result["trace"])
         row = result["trace"]
+        if row["taken"]:
+            accepted.append(state.removal)
         log(f"  round {index}: {row['taken'] or 'no move qualifies'}; removed {row['removed_parameters']:,} "
             f"parameters; validation accuracy {row['val_accuracy']:.3f}")
-    return state, trace
+    return state, trace, accepted

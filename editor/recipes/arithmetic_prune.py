@@ -57,9 +57,10 @@ class Prune:
     method: Method = "attribution"
     units: list[Literal["neurons", "heads", "layers"]] = field(default_factory=lambda: list(UNITS))
     retain: float = 0.95
-    # The search's own stopping rule; null = retain. With LoRA recovery it may cut deeper (e.g. 0.8),
-    # since recovery wins some accuracy back; the recovered model is then measured against retain.
-    search_retain: float | None = None
+    # The search's own stopping rule when LoRA recovery follows (ignored without recovery; null =
+    # retain): the search cuts while validation stays >= search_retain x base, then the RECOVERED
+    # model must keep validation >= retain x base, or the cut backs off to an earlier round.
+    search_retain: float | None = 0.5
     max_guard_increase: float | None = None
     neuron_step: float = 0.125
     min_neuron_step: float = 0.015625
@@ -69,7 +70,8 @@ class Prune:
 
 @dataclass
 class Recover:
-    method: Literal["none", "lora"] = "none"
+    method: Literal["none", "lora"] = "lora"
+    tries: int = 3  # recovered cuts tried (the search's last, then about 2/3 and 1/3 of it) before giving up
     steps: int = 100
     rank: int = 8
     lr: float = 0.001
@@ -111,21 +113,22 @@ class ArithmeticPrune(Common):
             raise UserError(f"{where}.data.query_shares: three positive integers (score, val, test)")
         if self.data.digits not in (1, 2):
             raise UserError(f"{where}.data.digits: 1 or 2")
-        if self.recover.steps < 1 or self.recover.rank < 1 or not self.recover.lr > 0:
-            raise UserError(f"{where}.recover: steps and rank >= 1, lr > 0")
+        if self.recover.steps < 1 or self.recover.rank < 1 or not self.recover.lr > 0 or not 1 <= self.recover.tries <= 10:
+            raise UserError(f"{where}.recover: steps and rank >= 1, lr > 0, tries 1-10")
 
 
 # What a search reads (prune.method is not among them: each method's search is keyed by its name).
 SEARCH_READS = (*MODEL_SETTINGS, "seed", "prune.units", "prune.retain", "prune.search_retain",
                 "prune.max_guard_increase", "prune.neuron_step", "prune.min_neuron_step", "prune.layer_tries",
-                "prune.max_rounds")
+                "prune.max_rounds", "recover.method")
 EVALUATION_READS = (*MODEL_SETTINGS, "seed", "recover")
 
 
 def _settings(cfg: ArithmeticPrune, method: str) -> SearchSettings:
     units = ["layers"] if method in LAYER_ONLY else list(cfg.prune.units)
     p = cfg.prune
-    return SearchSettings(method, units, p.search_retain or p.retain, p.max_guard_increase, p.neuron_step, p.min_neuron_step,
+    rule = p.search_retain if cfg.recover.method != "none" and p.search_retain else p.retain
+    return SearchSettings(method, units, rule, p.max_guard_increase, p.neuron_step, p.min_neuron_step,
                           p.layer_tries, p.max_rounds, cfg.batch_size, cfg.seed)
 
 
@@ -154,27 +157,65 @@ def _recover(run: Run, cfg: ArithmeticPrune, model, train: list[Example]):
 
 
 _BUILT: dict = {}  # (run directory, removal) -> (model, info): LoRA recovery trains once per process
+_KEPT: set = set()  # keys held for the checkpoint step; any other model is held until the next is built
 
 
 def _pruned_model(run: Run, cfg: ArithmeticPrune, removal: Removal, train: list[Example], val: list[Example],
                   keep: bool = False):
     """The shrunk model, LoRA-recovered when asked (with the recovered model's validation accuracy:
-    the rule it must meet). `keep`: hold it for the checkpoint step, so recovery trains once."""
+    the rule it must meet). The last model built is held (its evaluation follows its recovery step);
+    `keep` also holds it for the checkpoint step, so recovery trains once per removal."""
     key = (str(run.out), json.dumps(removal.to_json(), sort_keys=True))
-    if key in _BUILT:
-        return _BUILT[key]
-    built = _build_pruned(run, cfg, removal, train, val)
+    if key not in _BUILT:
+        for old in [k for k in _BUILT if k not in _KEPT]:
+            del _BUILT[old]
+        _BUILT[key] = _build_pruned(run, cfg, removal, train, val)
     if keep:
-        _BUILT.clear()  # one model held at a time
-        _BUILT[key] = built
-    return built
+        _KEPT.clear()
+        _KEPT.add(key)
+        for old in [k for k in _BUILT if k != key]:
+            del _BUILT[old]
+    return _BUILT[key]
+
+
+def _backoff(accepted: list[Removal], arch, tries: int) -> list[Removal]:
+    """The cuts a failed recovery falls back to: the search's last, then the taken rounds whose removed
+    parameters are nearest (tries-1)/tries, ..., 1/tries of it (each tried once, largest first)."""
+    if not accepted:
+        return []
+    sizes = [removed_parameters(arch, r) for r in accepted]
+    picked = []
+    for i in range(tries):
+        target = sizes[-1] * (tries - i) / tries
+        index = min(range(len(accepted)), key=lambda j: (abs(sizes[j] - target), -j))
+        if index not in picked:
+            picked.append(index)
+    return [accepted[i] for i in picked]
+
+
+def _recovered_cut(run: Run, cfg: ArithmeticPrune, method: str, accepted: list[Removal], train, val,
+                   base_val: dict) -> dict:
+    """The largest searched cut whose LoRA-recovered model keeps validation >= retain x base: a search
+    run to ``search_retain`` relies on recovery, and this is where that reliance is checked."""
+    floor = cfg.prune.retain * base_val["val_accuracy"]
+    tried = []
+    for removal in _backoff(accepted, run.model.arch, cfg.recover.tries):
+        _, info = _pruned_model(run, cfg, removal, train, val, keep=method == cfg.prune.method)
+        accuracy = info["recovery"]["val_accuracy"]
+        tried.append({"removed_parameters": removed_parameters(run.model.arch, removal), "val_accuracy": accuracy,
+                      "qualifies": accuracy >= floor - 1e-12})
+        run.log(f"  {method}: recovered cut of {tried[-1]['removed_parameters']:,} parameters: validation accuracy "
+                f"{accuracy:.3f} ({'keeps' if tried[-1]['qualifies'] else 'below'} {floor:.3f})")
+        if tried[-1]["qualifies"]:
+            return {"removal": removal.to_json(), "tried": tried}
+    return {"removal": Removal().to_json(), "tried": tried}
 
 
 def _build_pruned(run: Run, cfg: ArithmeticPrune, removal: Removal, train: list[Example], val: list[Example]):
     lm = run.model
     small, notes = shrink(lm.model, removal)
     info = {"notes": notes, "recovery": None}
-    if cfg.recover.method == "lora":
+    if cfg.recover.method == "lora" and removed_parameters(lm.arch, removal):  # nothing cut: nothing to recover
         small, info["recovery"] = _recover(run, cfg, small, train)
         info["recovery"]["val_accuracy"] = measure(small, lm.tokenizer, val, cfg.batch_size, False)["val_accuracy"]
     return small, info
@@ -187,15 +228,10 @@ def _tasks(run: Run, cfg: ArithmeticPrune, test: list[Example]) -> dict:
     return {"arithmetic": ArithmeticConfig(n=len(test), examples=test), "guard": GuardConfig()}
 
 
-def run(run: Run, cfg: ArithmeticPrune) -> dict:
-    methods = list(dict.fromkeys([cfg.prune.method, *cfg.baselines]))
-    run.plan(["data", "base_validation", *[f"{m}_search" for m in methods], "evaluate_base",
-              *[f"evaluate_{m}" for m in methods], "checkpoint", "report"])
-    data = run.step("data", lambda: _data(cfg), reads=("data", "seed"), uses=())
-    score, val, test, train = (_examples(data[k]) for k in ("score", "val", "test", "train"))
+def _base_validation(run: Run, cfg: ArithmeticPrune, val: list[Example]) -> dict:
     guard = cfg.prune.max_guard_increase is not None
 
-    def base_validation():
+    def compute():
         lm = run.model
         got = measure(lm.model, lm.tokenizer, val, cfg.batch_size, guard)
         if got["val_accuracy"] == 0:
@@ -203,27 +239,42 @@ def run(run: Run, cfg: ArithmeticPrune) -> dict:
                             "to retain (choose a task setting the model can do)")
         return got
 
-    base_val = run.step("base_validation", base_validation, reads=(*MODEL_SETTINGS, "prune.max_guard_increase"),
-                        uses=("data",))
+    return run.step("base_validation", compute, reads=(*MODEL_SETTINGS, "prune.max_guard_increase"), uses=("data",))
+
+
+def _search(run: Run, cfg: ArithmeticPrune, method: str, score, val, train, base_val: dict):
+    """One method's search (each round a cached step), then, with recovery, the largest of its cuts
+    that recovers. Returns (removal, trace, the step the removal comes from, the recovered cuts tried)."""
+    run.log(f"search: {method}")
+    lm = run.model
+    rounds: list[str] = []
+
+    def round_step(name, fn):  # a round depends on the data, the base and its own earlier rounds
+        result = run.step(name, fn, reads=SEARCH_READS, uses=("data", "base_validation", *rounds))
+        rounds.append(name)
+        return result
+
+    state, trace, accepted = run_search(lm.model, lm.tokenizer, _settings(cfg, method), score, val, base_val,
+                                        step=round_step, log=run.log)
+    run.step(f"{method}_search", lambda: {"removal": state.removal.to_json(), "rounds": len(trace)},
+             reads=SEARCH_READS, uses=tuple(rounds))
+    if cfg.recover.method == "none":
+        return state.removal, trace, f"{method}_search", None
+    cut = run.step(f"{method}_recovery", lambda: _recovered_cut(run, cfg, method, accepted, train, val, base_val),
+                   reads=(*SEARCH_READS, "recover"), uses=(f"{method}_search",))
+    return Removal.from_json(cut["removal"]), trace, f"{method}_recovery", cut["tried"]
+
+
+def run(run: Run, cfg: ArithmeticPrune) -> dict:
+    methods = list(dict.fromkeys([cfg.prune.method, *cfg.baselines]))
+    recover = cfg.recover.method != "none"
+    run.plan(["data", "base_validation", "evaluate_base",
+              *[s for m in methods for s in (f"{m}_search", *([f"{m}_recovery"] if recover else []), f"evaluate_{m}")],
+              "checkpoint", "report"])
+    data = run.step("data", lambda: _data(cfg), reads=("data", "seed"), uses=())
+    score, val, test, train = (_examples(data[k]) for k in ("score", "val", "test", "train"))
+    base_val = _base_validation(run, cfg, val)
     run.log(f"base validation accuracy {base_val['val_accuracy']:.3f}; keep >= {cfg.prune.retain} x that")
-    removals, traces = {}, {}
-    for method in methods:
-        run.log(f"search: {method}")
-        lm = run.model
-        rounds: list[str] = []
-
-        def round_step(name, fn, rounds=rounds):  # a round depends on the data, the base and its own earlier rounds
-            result = run.step(name, fn, reads=SEARCH_READS, uses=("data", "base_validation", *rounds))
-            rounds.append(name)
-            return result
-
-        state, trace = run_search(lm.model, lm.tokenizer, _settings(cfg, method), score, val, base_val,
-                                  step=round_step, log=run.log)
-        removals[method], traces[method] = state.removal, trace
-        run.step(f"{method}_search", lambda state=state, trace=trace: {"removal": state.removal.to_json(),
-                                                                      "rounds": len(trace)},
-                 reads=SEARCH_READS, uses=tuple(rounds))
-    _write_traces(run, traces)
     tasks = _tasks(run, cfg, test)
 
     def evaluate_base():
@@ -234,8 +285,11 @@ def run(run: Run, cfg: ArithmeticPrune) -> dict:
 
     base = run.step("evaluate_base", evaluate_base, reads=MODEL_SETTINGS, uses=("data",))
     base_eval = Evaluation.from_json(base["evaluation"])
-    results = {}
-    for method in methods:
+    removals, traces, results, tried = {}, {}, {}, {}
+    for method in methods:  # search, recover, evaluate: the recovered model is evaluated while it is held
+        removals[method], traces[method], chosen_by, tried[method] = _search(run, cfg, method, score, val, train,
+                                                                              base_val)
+
         def evaluate_pruned(method=method):
             small, info = _pruned_model(run, cfg, removals[method], train, val, keep=method == cfg.prune.method)
             ev = evaluate_model(small, run.model.tokenizer, tasks, f"{cfg.model} [{method}]", cfg.batch_size,
@@ -243,7 +297,9 @@ def run(run: Run, cfg: ArithmeticPrune) -> dict:
             return {"evaluation": ev.to_json(), "parameters": parameter_counts(small), **info}
 
         results[method] = run.step(f"evaluate_{method}", evaluate_pruned, reads=EVALUATION_READS,
-                                   uses=("data", f"{method}_search"))
+                                   uses=("data", chosen_by))
+        results[method]["recovery_tries"] = tried[method]
+    _write_traces(run, traces)
     main_method = cfg.prune.method
     pruned_eval = Evaluation.from_json(results[main_method]["evaluation"])
     comparison = compare(base_eval, pruned_eval, cfg.seed)
@@ -276,7 +332,8 @@ def _checkpoint_step(run: Run, cfg: ArithmeticPrune, removal: Removal, train, va
             "removed": removal.to_json(), "removed_parameters": removed_parameters(lm.arch, removal),
             "parameters_before": parameter_counts(lm.model), "parameters_after": parameter_counts(small),
             "shrunk_vs_zeroed_max_logit_difference": shrink_check, "notes": info["notes"],
-            "recovery": info["recovery"], "data": {k: v for k, v in run.recipe["data"].items()},
+            "recovery": info["recovery"],
+            "recovery_tries": summary["recovery_tries"].get(cfg.prune.method), "data": {k: v for k, v in run.recipe["data"].items()},
             "seed": cfg.seed, "results": summary["rows"], "search_rounds": len(trace)}}
         path = save_checkpoint(small, lm.tokenizer, run.path("checkpoint"), None, describe_source(lm),
                                scores=None, force=True, extra=extra)
@@ -314,7 +371,8 @@ def _summary(cfg, base, results, removals, base_val) -> dict:
     for r in rows:
         r["retained"] = round(r["answer_accuracy"] / base_acc, 3) if base_acc else None
     return {"method": cfg.prune.method, "retain": cfg.prune.retain, "base_val_accuracy": base_val["val_accuracy"],
-            "n_test": cfg.data.n_test, "rows": rows}
+            "n_test": cfg.data.n_test, "rows": rows,
+            "recovery_tries": {m: r["recovery_tries"] for m, r in results.items() if r.get("recovery_tries")}}
 
 
 def _write_traces(run: Run, traces: dict) -> None:
@@ -367,6 +425,14 @@ def _removed_rows(removal: Removal) -> list[dict]:
     return rows
 
 
+def _rule(cfg: ArithmeticPrune) -> str:
+    if cfg.recover.method == "none":
+        return f"the search kept validation accuracy >= {cfg.prune.retain} x the base's"
+    return (f"the search cut while validation accuracy stayed >= {_settings(cfg, cfg.prune.method).retain} x the "
+            f"base's, then the LoRA-recovered model had to keep validation >= {cfg.prune.retain} x the base's "
+            f"(else an earlier round's cut was recovered instead)")
+
+
 def _report(run: Run, cfg: ArithmeticPrune, comparison, summary: dict, traces: dict, removal: Removal) -> dict:
     rows = summary["rows"]
     main = next(r for r in rows if r["model"] == cfg.prune.method)
@@ -376,9 +442,13 @@ def _report(run: Run, cfg: ArithmeticPrune, comparison, summary: dict, traces: d
         f"{100 * main['non_embedding_removed']:.1f}% of the non-embedding parameters removed physically "
         f"({main['layers_removed']} layers), test answer accuracy {rows[0]['answer_accuracy']:.3f} -> "
         f"{main['answer_accuracy']:.3f} (95% interval {main['answer_accuracy_95']}) on {cfg.data.n_test} held-out "
-        f"prompts; the search kept validation accuracy >= {cfg.prune.retain} x the base's.")
+        f"prompts; {_rule(cfg)}.")
     rep.heading("Every method, the same search, the same shrink (test prompts)")
-    rep.table(rows, COLUMNS)
+    rep.table(rows, COLUMNS + (["val_retained_after_recovery"] if cfg.recover.method != "none" else []))
+    if summary.get("recovery_tries"):
+        rep.heading("Recovered cuts tried (validation, largest first)")
+        rep.table([{"method": m, **t} for m, tries in summary["recovery_tries"].items() for t in tries],
+                  ["method", "removed_parameters", "val_accuracy", "qualifies"])
     rep.image(curve_png(traces, rows[0]["non_embedding"], summary["base_val_accuracy"],
                         cfg.data.n_val, "accuracy as the search removes parameters"),
               f"Validation answer accuracy after each accepted round, by method; bars: 95% Wilson intervals "
@@ -395,7 +465,7 @@ def _report(run: Run, cfg: ArithmeticPrune, comparison, summary: dict, traces: d
 
 def prune_config(model: str = "smollm2-135m", out=None, retain: float = 0.95, units=("neurons", "heads", "layers"),
                  method: str = "attribution", baselines=(), max_guard_increase: float | None = None,
-                 recover: str = "none", recover_steps: int = 100, search_retain: float | None = None,
+                 recover: str = "lora", recover_steps: int = 100, search_retain: float | None = None,
                  seed: int = 0, device: str = "cpu",
                  overrides: list[str] | None = None) -> ArithmeticPrune:
     """The ``arithmetic-prune`` recipe configuration ``lmedit prune`` runs, validated before any model
@@ -407,7 +477,8 @@ def prune_config(model: str = "smollm2-135m", out=None, retain: float = 0.95, un
 
     out = Path(out) if out is not None else Path("checkpoints") / "prune"
     raw = {"recipe": "arithmetic-prune", "name": out.name or "prune", "model": model, "seed": seed, "device": device,
-           "prune": {"method": method, "units": list(units), "retain": retain, "search_retain": search_retain,
+           "prune": {"method": method, "units": list(units), "retain": retain,
+                     **({"search_retain": search_retain} if search_retain is not None else {}),
                      "max_guard_increase": max_guard_increase},
            "recover": {"method": recover, "steps": recover_steps}, "baselines": list(baselines)}
     cfg = validate(apply_overrides(raw, overrides or []), "prune")
