@@ -909,7 +909,7 @@ def run_cmd(recipe, overrides, out, fresh, device, as_json):
 @click.option("--recover", type=click.Choice(["none", "lora"]), default="lora", show_default=True,
               help="Fine-tune the shrunk model with a merged LoRA on the task's training prompts (none: the "
                    "search itself must keep RETAIN).")
-@click.option("--recover-steps", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--recover-steps", type=click.IntRange(1), default=80, show_default=True)
 @click.option("--search-retain", type=float, default=None,
               help="With recovery, the search cuts while validation >= X x base; the recovered model must "
                    "then keep RETAIN, else an earlier cut is recovered [default: 0.5].")

@@ -195,15 +195,35 @@ def test_lora_recovery_searches_deeper_and_keeps_the_cut(arith_dir, tmp_path):
     trace = json.loads((out / "search_trace.json").read_text())["attribution"]
     assert all(r["val_accuracy"] >= floor - 1e-12 for r in trace if r["taken"])
     pruned = summary["rows"][1]
-    assert pruned["non_embedding_removed"] > 0 and 0 <= pruned["val_retained_after_recovery"]
+    tries = summary["recovery_tries"]["attribution"]
+    assert tries and tries[-1]["qualifies"] and not any(t["qualifies"] for t in tries[:-1])
+    sizes = [t["removed_parameters"] for t in tries]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
+    # the kept cut is the recovered model the rule accepted: validation >= retain (0.9) x the base's
+    assert pruned["non_embedding_removed"] > 0 and pruned["val_retained_after_recovery"] >= 0.9 - 1e-3
     manifest = json.loads((out / "checkpoint" / "edit_manifest.json").read_text())
-    assert manifest["prune"]["recovery"]["val_accuracy"] >= 0
+    assert manifest["prune"]["recovery"]["val_accuracy"] == tries[-1]["val_accuracy"]
+    assert manifest["prune"]["removed_parameters"] == tries[-1]["removed_parameters"]
+    assert manifest["prune"]["recovery_tries"] == tries
     small = load_model(str(out / "checkpoint"))
     assert sum(p.numel() for p in small.model.parameters()) == manifest["prune"]["parameters_after"]["total"]
     assert not any("lora" in name for name, _ in small.model.named_parameters())
     with pytest.raises(UserError, match=r"search_retain: in \(0, retain\]"):
         run_recipe("recipes/arithmetic-prune.yaml", [f"model={arith_dir}", "prune.search_retain=0.99"],
                    log=lambda _m: None, out=tmp_path / "bad")
+
+
+def test_a_failed_recovery_backs_off_to_earlier_rounds():
+    """The cuts tried after recovery: the last round's, then the rounds nearest 2/3 and 1/3 of its
+    removed parameters, each once, largest first."""
+    from editor.recipes.arithmetic_prune import _backoff
+
+    arch = Arch(tiny.tiny_model("llama"))
+    rounds = [Removal(neurons={l: list(range(k)) for l in range(arch.n_layers)}) for k in range(1, 10)]
+    picked = [len(r.neurons[0]) for r in _backoff(rounds, arch, 3)]
+    assert picked == [9, 6, 3]
+    assert [len(r.neurons[0]) for r in _backoff(rounds[:2], arch, 3)] == [2, 1]
+    assert _backoff([], arch, 3) == []
 
 
 def test_the_pruned_checkpoint_runs_in_llama_cpp(pruned_run, tmp_path):
