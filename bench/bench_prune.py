@@ -4,7 +4,8 @@
 
 RUN_DIR is a finished ``arithmetic-prune`` run (``make demo`` writes checkpoints/arithmetic-prune).
 For the base and for every method's removal in that run (rebuilt with the same shrink the
-checkpoint uses) it prints: parameters (total and non-embedding), safetensors bytes, CPU prefill
+checkpoint uses; with recovery, the cut that recovered, whose merged LoRA leaves the shapes and so
+the speed as they are) it prints: parameters (total and non-embedding), safetensors bytes, CPU prefill
 throughput (a batch of test prompts), greedy decode throughput (one prompt, DECODE new tokens,
 KV cache on), the run's held-out test accuracy with its interval and guard perplexity. Every ratio
 is against the base measured in the same process, with the same thread count. ``--plot`` draws every
@@ -82,8 +83,9 @@ def main() -> None:
     models = {"base": lm.model}
     for path in sorted(steps.glob("*_search.json")):
         method = path.name[: -len("_search.json")]
-        removal = Removal.from_json(step_result(args.run_dir, f"{method}_search")["removal"])
-        models[method] = shrink(lm.model, removal)[0]
+        chosen = f"{method}_recovery" if (steps / f"{method}_recovery.json").is_file() else f"{method}_search"
+        removal = Removal.from_json(step_result(args.run_dir, chosen)["removal"])
+        models[method] = shrink(lm.model, removal)[0]  # a recovered model has these shapes (its LoRA is merged)
     for name, model in models.items():
         evaluation = step_result(args.run_dir, f"evaluate_{name}")["evaluation"]["tasks"]
         acc = evaluation["arithmetic"]["measures"]["answer_accuracy"]

@@ -213,6 +213,23 @@ def test_lora_recovery_searches_deeper_and_keeps_the_cut(arith_dir, tmp_path):
                    log=lambda _m: None, out=tmp_path / "bad")
 
 
+def test_a_cut_that_no_recovery_repairs_is_not_shipped(arith_dir, tmp_path):
+    """A LoRA that cannot learn (lr 1e-9) leaves every searched cut below retain = 1.0: each backoff
+    cut is tried once, and nothing is removed rather than a cut that broke the task."""
+    out = tmp_path / "norecover"
+    _, result = run_recipe("recipes/arithmetic-prune.yaml",
+                           [f"model={arith_dir}", *FAST, "baselines=[]", "prune.retain=1.0", "prune.search_retain=0.3",
+                            "recover.method=lora", "recover.steps=2", "recover.rank=2", "recover.lr=0.000000001"],
+                           log=lambda _m: None, out=out)
+    summary = result["summary"]
+    tries = summary["recovery_tries"]["attribution"]
+    assert len(tries) >= 2 and not any(t["qualifies"] for t in tries)
+    assert all(t["val_accuracy"] < summary["base_val_accuracy"] for t in tries)
+    assert summary["rows"][1]["non_embedding_removed"] == 0
+    manifest = json.loads((out / "checkpoint" / "edit_manifest.json").read_text())
+    assert manifest["prune"]["removed_parameters"] == 0 and manifest["prune"]["recovery"] is None
+
+
 def test_a_failed_recovery_backs_off_to_earlier_rounds():
     """The cuts tried after recovery: the last round's, then the rounds nearest 2/3 and 1/3 of its
     removed parameters, each once, largest first."""

@@ -126,16 +126,31 @@ def initial_state(arch: Arch, settings: SearchSettings, base: dict) -> SearchSta
     return SearchState(Removal(), steps, base["val_accuracy"], base.get("guard_perplexity"))
 
 
+def _scores(model, tokenizer, state: SearchState, settings: SearchSettings, score_examples: list[Example],
+            round_index: int, progress: bool, memo: dict | None) -> UnitScores:
+    """The units' scores on the model as pruned so far. A round after one that took nothing sees the
+    same model, so a deterministic method's scores are reused from ``memo`` (random draws afresh)."""
+    seed = settings.seed * 1000 + round_index
+    key = (settings.method, repr(state.removal.to_json()), seed if settings.method == "random" else None)
+    if memo is not None and key in memo:
+        return memo[key]
+    with zeroed(model, state.removal):
+        scores = unit_scores(settings.method, model, tokenizer, score_examples, settings.batch_size, seed=seed,
+                             progress=progress)
+    if memo is not None:
+        memo.clear()  # one model's scores at a time
+        memo[key] = scores
+    return scores
+
+
 def search_round(model, tokenizer, state: SearchState, settings: SearchSettings, base: dict,
                  score_examples: list[Example], val_examples: list[Example], round_index: int,
-                 progress: bool = True) -> tuple[SearchState, dict]:
+                 progress: bool = True, memo: dict | None = None) -> tuple[SearchState, dict]:
     """One round: re-score, propose, validate, take the best qualifying move. Returns (state, trace row)."""
     arch = Arch(model)
     guard = settings.max_guard_increase is not None
     floor = settings.retain * base["val_accuracy"]
-    with zeroed(model, state.removal):
-        scores = unit_scores(settings.method, model, tokenizer, score_examples, settings.batch_size,
-                             seed=settings.seed * 1000 + round_index, progress=progress)
+    scores = _scores(model, tokenizer, state, settings, score_examples, round_index, progress, memo)
     already = removed_parameters(arch, state.removal)
     tried, best = [], None
     for kind in sorted(state.steps):
@@ -191,14 +206,14 @@ def run_search(model, tokenizer, settings: SearchSettings, score_examples: list[
     arch = Arch(model)
     step = step or (lambda name, fn: fn())
     state = initial_state(arch, settings, base)
-    trace, accepted = [], []
+    trace, accepted, memo = [], [], {}
     for index in range(1, settings.max_rounds + 1):
         if not state.steps:
             break
 
         def compute(state=state, index=index):
             new, row = search_round(model, tokenizer, state, settings, base, score_examples, val_examples, index,
-                                    progress)
+                                    progress, memo)
             return {"state": new.to_json(), "trace": row}
 
         result = step(f"{settings.method}_round_{index:02d}", compute)
