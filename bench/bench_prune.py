@@ -83,6 +83,9 @@ def main() -> None:
     models = {"base": lm.model}
     for path in sorted(steps.glob("*_search.json")):
         method = path.name[: -len("_search.json")]
+        if not (steps / f"evaluate_{method}.json").is_file():  # an unfinished method of an interrupted run
+            print(f"skipping {method}: not evaluated in this run")
+            continue
         chosen = f"{method}_recovery" if (steps / f"{method}_recovery.json").is_file() else f"{method}_search"
         removal = Removal.from_json(step_result(args.run_dir, chosen)["removal"])
         models[method] = shrink(lm.model, removal)[0]  # a recovered model has these shapes (its LoRA is merged)

@@ -388,6 +388,29 @@ def _verify(model, tokenizer, path: Path) -> float:
     return diff
 
 
+def _check_recovered_shapes(checkpoint: Path, name: str, source: dict, pruned: dict, device: str) -> None:
+    """Every tensor of a recovered checkpoint has the shape the manifest's removal gives the base (a
+    merged LoRA changes values, never shapes): nothing removed came back."""
+    from safetensors import safe_open
+
+    from editor.edit.shrink import Removal, shrink
+    from editor.model.loading import load_model
+
+    base = load_model(name, device=device, dtype=source.get("dtype", "auto"))
+    _check_source_hashes(source, base)
+    want = {k: tuple(v.shape) for k, v in shrink(base.model, Removal.from_json(pruned["removed"]))[0].state_dict().items()}
+    got = {}
+    for path in sorted(Path(checkpoint).glob("*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            got.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
+    wrong = sorted(k for k in got if k in want and got[k] != want[k]) + sorted(set(got) - set(want))
+    if wrong:
+        click.echo(f"Error: {len(wrong)} tensors differ from the shrunk base's shapes, e.g. {wrong[0]}", err=True)
+        raise click.exceptions.Exit(1)
+    _say(f"shapes: all {len(got)} tensors have the shrunk base's shapes")
+    _record("shapes_match_removal", True)
+
+
 @main.command()
 @json_option
 @click.argument("checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -407,8 +430,10 @@ def verify(checkpoint, device):
     plan = EditPlan.from_json(manifest["plan"], where="manifest plan")
     pruned = manifest.get("prune")
     if pruned and pruned.get("recovery"):
-        click.echo("a LoRA-recovered pruned model cannot be rebuilt from its base; checking that plain transformers "
-                   "reloads what lmedit loads", err=True)
+        click.echo("a LoRA-recovered pruned model cannot be rebuilt from its base (its weights were trained); checking "
+                   "its shapes against the base shrunk by the manifest's removal, and that plain transformers reloads "
+                   "what lmedit loads", err=True)
+        _check_recovered_shapes(checkpoint, name, source, pruned, device)
         loaded = load_model(str(checkpoint), device=device)
         _verify(loaded.model, loaded.tokenizer, checkpoint)
         return

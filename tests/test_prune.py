@@ -208,6 +208,16 @@ def test_lora_recovery_searches_deeper_and_keeps_the_cut(arith_dir, tmp_path):
     small = load_model(str(out / "checkpoint"))
     assert sum(p.numel() for p in small.model.parameters()) == manifest["prune"]["parameters_after"]["total"]
     assert not any("lora" in name for name, _ in small.model.named_parameters())
+    verified = CliRunner().invoke(main, ["verify", str(out / "checkpoint")])
+    assert verified.exit_code == 0, verified.output
+    assert "shapes: all" in verified.output and "max |logit difference| = 0" in verified.output
+    import shutil  # a manifest whose removal does not give the checkpoint's shapes fails verification
+
+    tampered = shutil.copytree(out / "checkpoint", tmp_path / "tampered")
+    manifest["prune"]["removed"] = Removal().to_json()
+    (tampered / "edit_manifest.json").write_text(json.dumps(manifest))
+    failed = CliRunner().invoke(main, ["verify", str(tampered)])
+    assert failed.exit_code == 1 and "differ from the shrunk base's shapes" in failed.output
     with pytest.raises(UserError, match=r"search_retain: in \(0, retain\]"):
         run_recipe("recipes/arithmetic-prune.yaml", [f"model={arith_dir}", "prune.search_retain=0.99"],
                    log=lambda _m: None, out=tmp_path / "bad")
