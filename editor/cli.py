@@ -391,18 +391,14 @@ def _verify(model, tokenizer, path: Path) -> float:
 def _check_recovered_shapes(checkpoint: Path, name: str, source: dict, pruned: dict, device: str) -> None:
     """Every tensor of a recovered checkpoint has the shape the manifest's removal gives the base (a
     merged LoRA changes values, never shapes): nothing removed came back."""
-    from safetensors import safe_open
-
+    from editor.edit.checkpoint import tensor_shapes
     from editor.edit.shrink import Removal, shrink
     from editor.model.loading import load_model
 
     base = load_model(name, device=device, dtype=source.get("dtype", "auto"))
     _check_source_hashes(source, base)
     want = {k: tuple(v.shape) for k, v in shrink(base.model, Removal.from_json(pruned["removed"]))[0].state_dict().items()}
-    got = {}
-    for path in sorted(Path(checkpoint).glob("*.safetensors")):
-        with safe_open(str(path), "pt") as f:
-            got.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
+    got = tensor_shapes(checkpoint)
     wrong = sorted(k for k in got if k in want and got[k] != want[k]) + sorted(set(got) - set(want))
     if wrong:
         click.echo(f"Error: {len(wrong)} tensors differ from the shrunk base's shapes, e.g. {wrong[0]}", err=True)

@@ -38,6 +38,17 @@ def weight_files_sha256(path: str | Path) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in files}
 
 
+def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a checkpoint directory's safetensors files (headers only)."""
+    from safetensors import safe_open
+
+    shapes = {}
+    for file in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(str(file), "pt") as f:
+            shapes.update({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
+    return shapes
+
+
 def state_dict_sha256(model: nn.Module) -> str:
     """sha256 over parameter names and bytes, for sources without local weight files (hub cache)."""
     import hashlib
