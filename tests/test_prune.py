@@ -248,6 +248,50 @@ def test_a_cut_that_recovery_does_not_repair_backs_off_or_is_not_shipped(arith_d
     assert manifest["prune"]["removed_parameters"] == 0 and manifest["prune"]["recovery"] is None
 
 
+def test_search_retain_constrains_only_a_recovering_prune(tmp_path):
+    """search_retain is the search's rule only with recovery: without it a retain below the default
+    search_retain is valid; with it the default search_retain above retain is refused, named."""
+    from editor.recipes.arithmetic_prune import _settings, prune_config
+
+    cfg = prune_config(out=tmp_path / "a", retain=0.4, recover="none")
+    assert _settings(cfg, "attribution").retain == 0.4
+    with pytest.raises(UserError, match=r"search_retain: in \(0, retain\], got 0.5"):
+        prune_config(out=tmp_path / "b", retain=0.4)
+    assert _settings(prune_config(out=tmp_path / "c", retain=0.4, search_retain=0.3), "attribution").retain == 0.3
+
+
+def test_a_round_after_one_that_took_nothing_reuses_its_scores(arith_dir, monkeypatch):
+    """Scores are computed once per distinct pruned model: a round that follows a round that took
+    nothing sees the same model and reuses them; the search ends where it ends without the reuse."""
+    import editor.prune.search as search
+    from editor.model.loading import load_model
+    from editor.tasks.arithmetic import split_prompts
+
+    lm = load_model(str(arith_dir))
+    sets = split_prompts({"score": 16, "val": 40}, {"score": 1, "val": 2}, shots=1, seed=0)
+    settings = search.SearchSettings(units=["neurons", "layers"], retain=1.0, max_rounds=6, batch_size=16)
+    base = search.measure(lm.model, lm.tokenizer, sets["val"], 16, False)
+    calls = []
+    real = search.unit_scores
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search, "unit_scores", counting)
+    state, trace, accepted = search.run_search(lm.model, lm.tokenizer, settings, sets["score"], sets["val"], base,
+                                               log=lambda _m: None, progress=False)
+    idle = sum(1 for prev in trace[:-1] if prev["taken"] is None)
+    assert idle >= 1, trace  # the test needs a round after one that took nothing
+    assert len(calls) == len(trace) - idle
+    assert len(accepted) == sum(1 for row in trace if row["taken"])
+    scores = search._scores  # the same search scoring every round afresh: the same trace
+    monkeypatch.setattr(search, "_scores", lambda *args: scores(*args[:-1], None))
+    _, fresh, _ = search.run_search(lm.model, lm.tokenizer, settings, sets["score"], sets["val"], base,
+                                    log=lambda _m: None, progress=False)
+    assert fresh == trace and len(calls) == 2 * len(trace) - idle
+
+
 def test_a_failed_recovery_backs_off_to_earlier_rounds():
     """The cuts tried after recovery: the last round's, then the rounds nearest 2/3 and 1/3 of its
     removed parameters, each once, largest first."""

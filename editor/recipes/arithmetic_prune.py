@@ -91,8 +91,10 @@ class ArithmeticPrune(Common):
         super().check(where)
         if not 0 < self.prune.retain <= 1:
             raise UserError(f"{where}.prune.retain: in (0, 1], got {self.prune.retain}")
-        if self.prune.search_retain is not None and not 0 < self.prune.search_retain <= self.prune.retain:
-            raise UserError(f"{where}.prune.search_retain: in (0, retain], got {self.prune.search_retain}")
+        recovering = self.recover.method != "none"  # search_retain is the search's rule only then
+        if recovering and self.prune.search_retain is not None and not 0 < self.prune.search_retain <= self.prune.retain:
+            raise UserError(f"{where}.prune.search_retain: in (0, retain], got {self.prune.search_retain} "
+                            f"(retain {self.prune.retain}; --search-retain sets it)")
         if not self.prune.units or len(set(self.prune.units)) != len(self.prune.units):
             raise UserError(f"{where}.prune.units: one or more distinct of {', '.join(UNITS)}")
         for method in [self.prune.method, *self.baselines]:
@@ -299,13 +301,12 @@ def run(run: Run, cfg: ArithmeticPrune) -> dict:
 
         results[method] = run.step(f"evaluate_{method}", evaluate_pruned, reads=EVALUATION_READS,
                                    uses=("data", chosen_by))
-        results[method]["recovery_tries"] = tried[method]
     _write_traces(run, traces)
     main_method = cfg.prune.method
     pruned_eval = Evaluation.from_json(results[main_method]["evaluation"])
     comparison = compare(base_eval, pruned_eval, cfg.seed)
     comparison.save(run.out, "evaluation")
-    summary = _summary(cfg, base, results, removals, base_val)
+    summary = _summary(cfg, base, results, removals, base_val, tried)
     checkpoint = _checkpoint_step(run, cfg, removals[main_method], train, val, test, summary, traces[main_method])
     summary["checkpoint"] = checkpoint
     report = run.step("report", lambda: _report(run, cfg, comparison, summary, traces, removals[main_method]))
@@ -348,7 +349,7 @@ def _measure_row(ev: dict, task: str, key: str) -> dict:
     return {"value": round(m["value"], 4), "low": round(m["low"], 4), "high": round(m["high"], 4)}
 
 
-def _summary(cfg, base, results, removals, base_val) -> dict:
+def _summary(cfg, base, results, removals, base_val, tried: dict) -> dict:
     before = base["parameters"]
     rows = []
     for name, res in [("base", base), *results.items()]:
@@ -373,7 +374,7 @@ def _summary(cfg, base, results, removals, base_val) -> dict:
         r["retained"] = round(r["answer_accuracy"] / base_acc, 3) if base_acc else None
     return {"method": cfg.prune.method, "retain": cfg.prune.retain, "base_val_accuracy": base_val["val_accuracy"],
             "n_test": cfg.data.n_test, "rows": rows,
-            "recovery_tries": {m: r["recovery_tries"] for m, r in results.items() if r.get("recovery_tries")}}
+            "recovery_tries": {m: t for m, t in tried.items() if t}}
 
 
 def _write_traces(run: Run, traces: dict) -> None:
