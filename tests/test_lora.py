@@ -42,6 +42,28 @@ def test_training_lowers_the_loss_and_merging_is_exact(family, tokenizer):
         torch.testing.assert_close(merged(**inputs).logits, adapted, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "qwen2"])
+def test_answer_loss_equals_the_labelled_loss_with_its_gradients(family, tokenizer):
+    """The fast training loss (logits at answer positions only, left padding) is the transformers loss
+    of the right-padded labelled batch, in value and in every parameter's gradient."""
+    from editor.lora.train import _batch, answer_loss
+
+    model = tiny.tiny_model(family)
+    data = [Example(f"{a}+{b}=", str(a * 37 + b)) for a, b in [(1, 2), (30, 4), (2, 22), (5, 1), (7, 7)]]
+
+    def grads(loss):
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    ref, ref_grads = grads(model(**_batch(tokenizer, data, "cpu"), use_cache=False).loss)
+    fast, fast_grads = grads(answer_loss(model, tokenizer, data, "cpu"))
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    assert fast_grads.keys() == ref_grads.keys() and ref_grads
+    for name in ref_grads:
+        torch.testing.assert_close(fast_grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_conv1d_targets_use_fan_in_fan_out():
     model = tiny.tiny_model("gpt2")
     config = lora_config(model, LoraSettings(layers=[1], targets=["q", "v", "o"]))

@@ -92,7 +92,8 @@ def lora_config(model, settings: LoraSettings):
 
 
 def _batch(tokenizer, examples: list[Example], device) -> dict:
-    """Right-padded prompt + answer; the loss reads answer tokens only."""
+    """Right-padded prompt + answer with labels on the answer tokens only: the transformers loss, and
+    the exact reference of :func:`answer_loss` (tests tie them)."""
     rows, labels = [], []
     for e in examples:
         p_ids, a_ids = tokenizer(e.prompt)["input_ids"], answer_ids(tokenizer, e.prompt, e.answer)
@@ -105,6 +106,30 @@ def _batch(tokenizer, examples: list[Example], device) -> dict:
     inputs["labels"] = lab
     inputs["position_ids"] = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
     return inputs
+
+
+def answer_loss(model, tokenizer, examples: list[Example], device) -> torch.Tensor:
+    """Mean cross-entropy of the answer tokens after their prompts: the loss of :func:`_batch` with
+    logits computed at the answer positions only.
+
+    Rows are left-padded so every answer ends at the last position; the model returns logits for the
+    last ``longest answer + 1`` positions (``logits_to_keep``), not for every prompt token. The
+    vocabulary projection of every position was ~40% of a recovery step on a half-pruned default
+    model (49,152-token vocabulary, ~45-token prompts, 1-2 answer tokens).
+    """
+    rows, answers = [], []
+    for e in examples:
+        a_ids = answer_ids(tokenizer, e.prompt, e.answer)
+        rows.append(tokenizer(e.prompt)["input_ids"] + a_ids)
+        answers.append(a_ids)
+    inputs = pad_rows(rows, pad_token_id(tokenizer), "left", device)
+    inputs["position_ids"] = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    keep = max(map(len, answers)) + 1
+    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits[:, -keep:-1].float()
+    # Answer token j of row i is predicted at kept position keep - 1 - len(answer) + j.
+    picks = [(i, keep - 1 - len(a) + j, t) for i, a in enumerate(answers) for j, t in enumerate(a)]
+    rows_i, cols, targets = (torch.tensor(x, device=logits.device) for x in zip(*picks))
+    return torch.nn.functional.cross_entropy(logits[rows_i, cols], targets)
 
 
 @dataclass
@@ -147,7 +172,7 @@ def train_lora(model, tokenizer, settings: LoraSettings, train: list[Example], p
             cursor = 0
         chunk = [train[i] for i in order[cursor:cursor + settings.batch_size]]
         cursor += settings.batch_size
-        loss = peft_model(**_batch(tokenizer, chunk, device), use_cache=False).loss
+        loss = answer_loss(peft_model, tokenizer, chunk, device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
