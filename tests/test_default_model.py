@@ -104,6 +104,23 @@ def test_default_model_attribution_end_to_end(loaded, tmp_path):
     assert paths["png"].stat().st_size > 1000
 
 
+def test_default_model_exact_match_from_teacher_forcing(loaded):
+    """The pruning recipe's 4-shot addition: exact match read off teacher forcing agrees with greedy
+    generation wherever it decides, and it decides most prompts the model answers."""
+    from editor.evaluation.scoring import answer_matches, greedy_answers, match_from_teacher_forcing, score_continuations
+    from editor.tasks.arithmetic import split_prompts
+    from editor.tasks.examples import fit_to_tokenizer
+
+    examples = fit_to_tokenizer(loaded.tokenizer, split_prompts({"t": 48}, {"t": 1}, shots=4, template=4, seed=5)["t"])
+    prompts, answers = [e.prompt for e in examples], [e.answer for e in examples]
+    scored = score_continuations(loaded.model, loaded.tokenizer, prompts, answers, 16, progress=False, next_token=True)
+    generated = greedy_answers(loaded.model, loaded.tokenizer, prompts, 3, 16, progress=False)
+    decided = [match_from_teacher_forcing(loaded.tokenizer, a, s) for a, s in zip(answers, scored)]
+    assert sum(d is not None for d in decided) >= 0.8 * sum(all(s.correct) for s in scored) > 0
+    assert [d for d, g, a in zip(decided, generated, answers) if d is not None] == \
+        [answer_matches(g, a) for d, g, a in zip(decided, generated, answers) if d is not None]
+
+
 def test_default_model_evaluation(loaded):
     """All four tasks on the real model (reduced sizes): sane ranges, padding-independent numbers."""
     from editor.evaluation.harness import configs, evaluate_model

@@ -106,6 +106,31 @@ def test_greedy_batched_equals_stepwise_argmax(family, tokenizer):
         assert text == tokenizer.decode(ids[0, -4:], skip_special_tokens=True)
 
 
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_exact_match_read_from_teacher_forcing_equals_generation(padding_side, tokenizer):
+    """Where the teacher-forced pass decides greedy exact match (every answer token top-1), it agrees
+    with real generation; a model that learned the task lets it decide most prompts."""
+    from editor.evaluation.scoring import match_from_teacher_forcing
+    from editor.tasks.arithmetic import split_prompts
+
+    model = tiny.arithmetic_model("llama", steps=150)
+    examples = split_prompts({"t": 60}, {"t": 1}, shots=1, seed=7)["t"]
+    prompts, answers = [e.prompt for e in examples], [e.answer for e in examples]
+    scored = score_continuations(model, tokenizer, prompts, answers, 8, padding_side, progress=False, next_token=True)
+    plain = score_continuations(model, tokenizer, prompts, answers, 8, padding_side, progress=False)
+    assert [(s.targets, s.top1) for s in scored] == [(s.targets, s.top1) for s in plain]
+    generated = greedy_answers(model, tokenizer, prompts, max(len(s.targets) for s in scored) + 1, 8, progress=False)
+    decided = [match_from_teacher_forcing(tokenizer, a, s) for a, s in zip(answers, scored)]
+    assert sum(d is not None for d in decided) >= 20, decided
+    for d, g, a in zip(decided, generated, answers):
+        if d is not None:
+            assert d == answer_matches(g, a), (g, a)
+    for s, p, a in zip(scored, prompts, answers):  # next_top1 is the argmax after the whole answer
+        ids = tokenizer(p + a, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            assert s.next_top1 == int(model(ids).logits[0, -1].argmax())
+
+
 def test_text_scores_match_manual(tokenizer):
     model = tiny.tiny_model("llama").eval()
     text = "the quick brown fox jumps over the lazy dog " * 3

@@ -20,7 +20,8 @@ from editor.errors import UserError
 from editor.ranges import MAX_PROMPTS
 from editor.ranges import parse_ranges
 from editor.evaluation.results import Change, Comparison, Evaluation, Measure, TaskResult
-from editor.evaluation.scoring import answer_matches, greedy_answers, score_continuations, score_text
+from editor.evaluation.scoring import (answer_matches, greedy_answers, match_from_teacher_forcing, score_continuations,
+                                       score_text)
 from editor.tasks import arithmetic, gender, icl
 from editor.tasks.examples import Example, fit_to_tokenizer, read_file
 from editor.tasks.guard import GUARD_SHA256, guard_text
@@ -140,10 +141,10 @@ class Context:
     reference: Evaluation | None = None  # the unedited model's evaluation, for agreement measures
     self_reference: bool = False  # this model IS the reference (agreement with itself = 1)
 
-    def continuations(self, examples: list[Example], desc: str):
+    def continuations(self, examples: list[Example], desc: str, next_token: bool = False):
         return score_continuations(self.model, self.tokenizer, [e.prompt for e in examples],
                                    [e.answer for e in examples], self.batch_size, self.padding_side,
-                                   self.progress, desc)
+                                   self.progress, desc, next_token)
 
 
 def _measure(result: dict, key: str | None, unit: str, better: str, per_unit: list[float], **kw) -> Measure:
@@ -169,6 +170,24 @@ def _recorded(cfg) -> dict:
     return out
 
 
+SAMPLES = 8  # greedy continuations shown in the results
+
+
+def _exact_match(ctx: Context, examples: list[Example], scored) -> tuple[list[bool], dict[int, str]]:
+    """Greedy exact match per prompt, generating only where teacher forcing cannot decide it (about
+    the prompts the model gets wrong: generation was more than half of an evaluation), and for the
+    samples shown. Returns the matches and the generated texts by prompt index."""
+    decided = [match_from_teacher_forcing(ctx.tokenizer, e.answer, s) for e, s in zip(examples, scored)]
+    chosen = sorted({i for i, d in enumerate(decided) if d is None} | set(range(min(SAMPLES, len(examples)))))
+    max_new = max(len(s.targets) for s in scored) + 1
+    texts = greedy_answers(ctx.model, ctx.tokenizer, [examples[i].prompt for i in chosen], max_new, ctx.batch_size,
+                           ctx.progress, "arithmetic: greedy answers")
+    greedy = dict(zip(chosen, texts))
+    exact = [d if d is not None else answer_matches(greedy[i], e.answer)
+             for i, (d, e) in enumerate(zip(decided, examples))]
+    return exact, greedy
+
+
 def run_arithmetic(ctx: Context, cfg: ArithmeticConfig) -> TaskResult:
     if cfg.examples is not None:
         examples = list(cfg.examples)[:cfg.n]
@@ -181,23 +200,23 @@ def run_arithmetic(ctx: Context, cfg: ArithmeticConfig) -> TaskResult:
     else:
         examples = arithmetic.generate(cfg.n, cfg.digits, cfg.ops, cfg.seed, cfg.operands, cfg.shots)
     examples = fit_to_tokenizer(ctx.tokenizer, examples)
-    scored = ctx.continuations(examples, "arithmetic: teacher forcing")
-    max_new = max(len(s.targets) for s in scored) + 1
-    greedy = greedy_answers(ctx.model, ctx.tokenizer, [e.prompt for e in examples], max_new, ctx.batch_size,
-                            ctx.progress, "arithmetic: greedy answers")
+    scored = ctx.continuations(examples, "arithmetic: teacher forcing", next_token=True)
+    exact, greedy = _exact_match(ctx, examples, scored)
     tokens = [ok for s in scored for ok in s.correct]
     r = load_metric("accuracy_interval").compute(predictions=[p for s in scored for p in s.top1],
                                                  references=[t for s in scored for t in s.targets])
     measures = {
         "token_accuracy": _measure(r, None, "answer token", "higher", [float(x) for x in tokens]),
         "answer_accuracy": _accuracy([all(s.correct) for s in scored], "prompt"),
-        "exact_match": _accuracy([answer_matches(g, e.answer) for g, e in zip(greedy, examples)], "prompt"),
+        "exact_match": _accuracy(exact, "prompt"),
     }
     by_op: dict[str, list[bool]] = {}
     for e, s in zip(examples, scored):
         by_op.setdefault((e.meta or {}).get("op", "all"), []).extend(s.correct)
     details = {"token_accuracy_by_op": {op: sum(v) / len(v) for op, v in by_op.items()},
-               "samples": [{"prompt": e.prompt, "answer": e.answer, "greedy": g} for e, g in zip(examples[:8], greedy)]}
+               "samples": [{"prompt": e.prompt, "answer": e.answer, "greedy": greedy[i]} for i, e in
+                           enumerate(examples[:SAMPLES])],
+               "greedy_generated": len(greedy)}
     return TaskResult("arithmetic", _recorded(cfg), measures, 0.0, details)
 
 

@@ -24,6 +24,7 @@ class Continuation:
     targets: list[int]
     logprobs: list[float]
     top1: list[int]
+    next_top1: int | None = None  # the model's top-1 after the whole continuation (when asked for)
 
     @property
     def correct(self) -> list[bool]:
@@ -80,11 +81,14 @@ def pad_token_id(tokenizer) -> int:
 
 @torch.no_grad()
 def score_continuations(model, tokenizer, prompts: list[str], continuations: list[str], batch_size: int = 32,
-                        padding_side: str = "left", progress: bool = True, desc: str = "scoring") -> list[Continuation]:
+                        padding_side: str = "left", progress: bool = True, desc: str = "scoring",
+                        next_token: bool = False) -> list[Continuation]:
     """Log-probability of each continuation token after its prompt, and whether it was the top-1.
 
     The input for (prompt, continuation) is the prompt followed by all but the last continuation
     token, so pairs that share that input (single-token candidates of one prompt) share a forward.
+    ``next_token`` feeds the whole continuation and also returns the top-1 token after it (what
+    greedy decoding emits next when every continuation token was the top-1).
     """
     if len(prompts) != len(continuations):
         raise ValueError("prompts and continuations differ in length")
@@ -95,13 +99,14 @@ def score_continuations(model, tokenizer, prompts: list[str], continuations: lis
         c_ids = answer_ids(tokenizer, prompt, cont)
         if not c_ids or not p_ids:
             raise UserError(f"empty prompt or continuation: {prompt!r} + {cont!r}")
-        seq = tuple(p_ids + c_ids[:-1])
+        seq = tuple(p_ids + (c_ids if next_token else c_ids[:-1]))
         pairs.append((seq_index.setdefault(seq, len(seq_index)), c_ids))
     seqs = list(seq_index)
     users: list[list[int]] = [[] for _ in seqs]  # pairs reading each sequence
     for j, (s, _) in enumerate(pairs):
         users[s].append(j)
-    need = [max(len(pairs[j][1]) for j in users[s]) for s in range(len(seqs))]  # positions kept from the end
+    extra = int(next_token)  # the position after the continuation
+    need = [max(len(pairs[j][1]) for j in users[s]) + extra for s in range(len(seqs))]  # positions kept from the end
     order = sorted(range(len(seqs)), key=lambda s: len(seqs[s]))
     _check_context(model, len(seqs[order[-1]]))
     out: list[Continuation | None] = [None] * len(pairs)
@@ -117,9 +122,10 @@ def score_continuations(model, tokenizer, prompts: list[str], continuations: lis
             logp = logits[i, end - need[s]:end].float().log_softmax(-1).cpu()
             for j in users[s]:
                 c_ids = pairs[j][1]
-                rows, target = logp[need[s] - len(c_ids):], torch.tensor(c_ids)
+                rows, target = logp[need[s] - extra - len(c_ids):need[s] - extra], torch.tensor(c_ids)
                 lp = rows.gather(-1, target[:, None])[:, 0]
-                out[j] = Continuation(c_ids, lp.tolist(), rows.argmax(-1).tolist())
+                after = int(logp[-1].argmax()) if next_token else None
+                out[j] = Continuation(c_ids, lp.tolist(), rows.argmax(-1).tolist(), after)
         bar.update(len(chunk))
     bar.close()
     return out  # type: ignore[return-value]
@@ -129,6 +135,24 @@ def answer_matches(generated: str, answer: str) -> bool:
     """The greedy text starts with the answer and the answer is not the prefix of a longer number/word."""
     text, gold = generated.strip(), answer.strip()
     return text.startswith(gold) and (len(text) == len(gold) or not text[len(gold)].isalnum())
+
+
+def match_from_teacher_forcing(tokenizer, answer: str, scored: Continuation) -> bool | None:
+    """Greedy exact match read off a teacher-forced pass (``next_token``), or None when only
+    generation can tell.
+
+    When every answer token is the model's top-1, greedy decoding emits exactly those tokens and then
+    ``next_top1``; whether the answer is a whole number or word is decided by the first character
+    that token adds. So generation is needed only where an answer token was not the top-1 (another
+    tokenization of the same text could still match) or the next token adds no character.
+    """
+    if scored.next_top1 is None or not all(scored.correct):
+        return None
+    head = tokenizer.decode(scored.targets, skip_special_tokens=True)
+    text = tokenizer.decode(scored.targets + [scored.next_top1], skip_special_tokens=True)
+    if len(text) <= len(head) or not text.startswith(head):
+        return None
+    return answer_matches(text, answer)
 
 
 @torch.no_grad()
