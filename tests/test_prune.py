@@ -292,6 +292,41 @@ def test_a_round_after_one_that_took_nothing_reuses_its_scores(arith_dir, monkey
     assert fresh == trace and len(calls) == 2 * len(trace) - idle
 
 
+@pytest.mark.parametrize("method", ["attribution", "wanda", "magnitude"])
+def test_searching_on_shrunk_copies_gives_the_search_of_the_zeroed_model(method, arith_dir, monkeypatch):
+    """The search scores and validates on shrunk copies (fast); scored and measured in place on the
+    zeroed model (the reference) every round reads the same accuracies and takes the same moves."""
+    import editor.prune.search as search
+    from editor.model.loading import load_model
+    from editor.tasks.arithmetic import split_prompts
+
+    lm = load_model(str(arith_dir))
+    sets = split_prompts({"score": 16, "val": 40}, {"score": 1, "val": 2}, shots=1, seed=0)
+    settings = search.SearchSettings(method, retain=0.9, max_rounds=5, batch_size=16, neuron_step=0.25)
+    base = search.measure(lm.model, lm.tokenizer, sets["val"], 16, False)
+    state, trace, _ = search.run_search(lm.model, lm.tokenizer, settings, sets["score"], sets["val"], base,
+                                        log=lambda _m: None, progress=False)
+    assert sum(1 for row in trace if row["taken"]) >= 2, trace  # the test needs moves taken
+    fast, fast_scores = search.measure_removal, search.scores_without
+    monkeypatch.setattr(search, "measure_removal", lambda *args: fast(*args, shrunk=False))
+    monkeypatch.setattr(search, "scores_without", lambda *args: fast_scores(*args, shrunk=False))
+    state_ref, trace_ref, _ = search.run_search(lm.model, lm.tokenizer, settings, sets["score"], sets["val"], base,
+                                                log=lambda _m: None, progress=False)
+    assert trace == trace_ref and state.to_json() == state_ref.to_json()
+    removal = state.removal  # and the scores of the kept units themselves
+    assert removal != Removal()
+    small = fast_scores(lm.model, lm.tokenizer, removal, method, sets["score"], 16, 0, False)
+    ref = fast_scores(lm.model, lm.tokenizer, removal, method, sets["score"], 16, 0, False, shrunk=False)
+    if method in ("magnitude", "wanda"):  # a layer sums its REMAINING units (zeroed ones kept their input rows)
+        ref.layers = (torch.where(torch.isfinite(small.neurons), ref.neurons, 0).sum(1)
+                      + torch.where(torch.isfinite(small.groups), ref.groups, 0).sum(1))
+    for name in ("neurons", "groups", "layers"):
+        got, want = getattr(small, name), getattr(ref, name)
+        kept = torch.isfinite(got)
+        assert kept.any() and bool((~kept).any()) == bool(removal.layers or getattr(removal, name))
+        torch.testing.assert_close(got[kept], want[kept], rtol=1e-4, atol=1e-6)
+
+
 def test_a_failed_recovery_backs_off_to_earlier_rounds():
     """The cuts tried after recovery: the last round's, then the rounds nearest 2/3 and 1/3 of its
     removed parameters, each once, largest first."""

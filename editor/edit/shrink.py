@@ -176,7 +176,7 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
 
 
 # The physical form ----------------------------------------------------------------------------------
-def _keep(size: int, removed: list[int]) -> torch.Tensor:
+def kept_indices(size: int, removed: list[int]) -> torch.Tensor:
     gone = set(removed)
     return torch.tensor([i for i in range(size) if i not in gone], dtype=torch.long)
 
@@ -191,7 +191,7 @@ def _layer_rules(arch: Arch, layer: int, removal: Removal, shrink_heads: bool) -
     rules: dict[str, tuple[str, torch.Tensor]] = {}
     neurons = removal.neurons.get(layer, [])
     if neurons:
-        keep = _keep(arch.d_ffn(layer), neurons)
+        keep = kept_indices(arch.d_ffn(layer), neurons)
         rules.update({path: ("out", keep) for path in arch.spec.mlp_in})
         rules[arch.spec.mlp_out] = ("in", keep)
     groups = removal.groups.get(layer, [])
@@ -228,6 +228,10 @@ def shrink(model: nn.Module, removal: Removal) -> tuple[nn.Module, list[str]]:
     family of the architecture table). ``model`` itself is not changed.
     """
     from transformers import AutoModelForCausalLM
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4.x
+        from transformers.modeling_utils import no_init_weights
 
     from editor.model.offload import require_in_memory
 
@@ -268,8 +272,9 @@ def shrink(model: nn.Module, removal: Removal) -> tuple[nn.Module, list[str]]:
         config.head_dim = arch.head_dim
         config.num_key_value_heads = arch.n_kv_heads - n_groups
         config.num_attention_heads = (arch.n_kv_heads - n_groups) * arch.heads_per_group
-    new = AutoModelForCausalLM.from_config(config, attn_implementation=arch.config._attn_implementation,
-                                           dtype=next(arch.model.parameters()).dtype)
+    with no_init_weights():  # every weight is loaded next; random init was 1.4 of 2 s (the search shrinks each proposal)
+        new = AutoModelForCausalLM.from_config(config, attn_implementation=arch.config._attn_implementation,
+                                               dtype=next(arch.model.parameters()).dtype)
     missing, unexpected = new.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in _tied_keys(new)]
     if missing or unexpected:

@@ -14,7 +14,8 @@ the ordering:
   over calibration tokens; layers only.
 * ``random`` -- uniform random scores, a fresh draw per round.
 
-For ``magnitude`` and ``wanda`` a layer's score is the sum of its units' scores.
+For ``magnitude`` and ``wanda`` a layer's score is the sum of its remaining units' scores (the search
+scores the shrunk model; on a zeroed one, removed units would still count their unzeroed input rows).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from editor.edit.shrink import Removal, kept_indices
 from editor.model.capture import model_device
 from editor.attribution.gradient import gradient_effects
 from editor.evaluation.scoring import pad_rows, pad_token_id
@@ -171,6 +173,22 @@ def random_scores(model, seed: int) -> UnitScores:
     gen = torch.Generator().manual_seed(seed)
     return UnitScores(torch.rand(arch.n_layers, arch.d_ffn(0), generator=gen),
                       torch.rand(arch.n_layers, arch.n_kv_heads, generator=gen), torch.rand(arch.n_layers, generator=gen))
+
+
+def on_original(small: UnitScores, arch: Arch, removal: Removal) -> UnitScores:
+    """Scores of the model shrunk by ``removal`` placed at the ORIGINAL model's indices (``arch``);
+    removed units score +inf (the search never proposes them again)."""
+    inf = float("inf")
+    out = UnitScores(torch.full((arch.n_layers, arch.d_ffn(0)), inf, dtype=small.neurons.dtype),
+                     torch.full((arch.n_layers, arch.n_kv_heads), inf, dtype=small.groups.dtype),
+                     torch.full((arch.n_layers,), inf, dtype=small.layers.dtype))
+    for i, layer in enumerate(removal.kept_layers(arch.n_layers)):
+        out.neurons[layer, kept_indices(arch.d_ffn(0), removal.neurons.get(layer, []))] = small.neurons[i]
+        heads_kept = small.groups.shape[1] == arch.n_kv_heads  # families that zero heads instead keep them all
+        groups = kept_indices(arch.n_kv_heads, [] if heads_kept else removal.groups.get(layer, []))
+        out.groups[layer, groups] = small.groups[i]
+        out.layers[layer] = small.layers[i]
+    return out
 
 
 def unit_scores(method: str, model, tokenizer, examples: list[Example], batch_size: int = 16, seed: int = 0,

@@ -1,15 +1,17 @@
 """The pruning search: remove as much as the task allows, one validated round at a time.
 
 Each round re-scores the units on the model as pruned so far (a head's importance changes once its
-neighbours are gone), then proposes one move per unit kind still active:
+neighbours are gone; scored on the shrunk copy, like the validations below), then proposes one move
+per unit kind still active:
 
 * neurons: the ``step`` lowest-scoring remaining neurons of EVERY kept layer (a uniform width is
   what a transformers config can hold);
 * heads: the lowest-scoring remaining key/value group (with its query heads) of every kept layer;
 * layers: the lowest-scoring remaining layer.
 
-Each proposal is measured on the VALIDATION prompts (never the test prompts) in the zeroed form
-(:func:`editor.edit.shrink.zeroed`, equal to the shrunk model). Proposals that keep validation
+Each proposal is measured on the VALIDATION prompts (never the test prompts) in its shrunk form
+(:func:`editor.edit.shrink.shrink`, equal to the zeroed model to float precision and tested so; a
+half-pruned model validates in half the time, and a shrink costs ~0.3 s). Proposals that keep validation
 accuracy >= ``retain`` x the base's (and the guard perplexity within its limit, when one is set)
 qualify; the one losing the least accuracy per removed parameter is taken. A failed neuron move
 halves its step until the step falls below ``min_neuron_step``; a failed head move retires heads; a
@@ -26,10 +28,10 @@ from typing import Callable
 
 import torch
 
-from editor.edit.shrink import Removal, removed_parameters, zeroed
+from editor.edit.shrink import Removal, removed_parameters, shrink, zeroed
 from editor.evaluation.scoring import score_continuations, score_text
 from editor.model.arch import Arch
-from editor.prune.scores import UnitScores, unit_scores
+from editor.prune.scores import UnitScores, on_original, unit_scores
 from editor.tasks.examples import Example, fit_to_tokenizer
 from editor.tasks.guard import guard_text
 
@@ -66,6 +68,17 @@ def measure(model, tokenizer, examples: list[Example], batch_size: int, guard: b
     if guard:
         out["guard_perplexity"] = guard_perplexity(model, tokenizer)
     return out
+
+
+def measure_removal(model, tokenizer, removal: Removal, examples: list[Example], batch_size: int, guard: bool,
+                    shrunk: bool = True) -> dict:
+    """:func:`measure` of ``model`` without ``removal``: on the shrunk copy (fast), or in place on the
+    zeroed model (the reference the tests tie it to)."""
+    if shrunk:
+        small, _ = shrink(model, removal)
+        return measure(small, tokenizer, examples, batch_size, guard)
+    with zeroed(model, removal):
+        return measure(model, tokenizer, examples, batch_size, guard)
 
 
 def _lowest(values: torch.Tensor, exclude: set[int], k: int) -> list[int]:
@@ -126,6 +139,19 @@ def initial_state(arch: Arch, settings: SearchSettings, base: dict) -> SearchSta
     return SearchState(Removal(), steps, base["val_accuracy"], base.get("guard_perplexity"))
 
 
+def scores_without(model, tokenizer, removal: Removal, method: str, examples: list[Example], batch_size: int,
+                   seed: int, progress: bool, shrunk: bool = True) -> UnitScores:
+    """Unit scores of ``model`` without ``removal``, at the original indices: computed on the shrunk
+    copy (fast; removed units score +inf), or in place on the zeroed model (the reference the tests
+    tie it to). Random scores need no model and are drawn at the original shape either way."""
+    if method == "random" or not shrunk or removal == Removal():
+        with zeroed(model, removal):
+            return unit_scores(method, model, tokenizer, examples, batch_size, seed=seed, progress=progress)
+    small, _ = shrink(model, removal)
+    return on_original(unit_scores(method, small, tokenizer, examples, batch_size, seed=seed, progress=progress),
+                       Arch(model), removal)
+
+
 def _scores(model, tokenizer, state: SearchState, settings: SearchSettings, score_examples: list[Example],
             round_index: int, progress: bool, memo: dict | None) -> UnitScores:
     """The units' scores on the model as pruned so far. A round after one that took nothing sees the
@@ -134,9 +160,8 @@ def _scores(model, tokenizer, state: SearchState, settings: SearchSettings, scor
     key = (settings.method, repr(state.removal.to_json()), seed if settings.method == "random" else None)
     if memo is not None and key in memo:
         return memo[key]
-    with zeroed(model, state.removal):
-        scores = unit_scores(settings.method, model, tokenizer, score_examples, settings.batch_size, seed=seed,
-                             progress=progress)
+    scores = scores_without(model, tokenizer, state.removal, settings.method, score_examples, settings.batch_size,
+                            seed, progress)
     if memo is not None:
         memo.clear()  # one model's scores at a time
         memo[key] = scores
@@ -158,8 +183,7 @@ def search_round(model, tokenizer, state: SearchState, settings: SearchSettings,
         if candidate is None:
             tried.append({"kind": kind, "step": state.steps[kind], "result": "nothing left"})
             continue
-        with zeroed(model, candidate):
-            got = measure(model, tokenizer, val_examples, settings.batch_size, guard)
+        got = measure_removal(model, tokenizer, candidate, val_examples, settings.batch_size, guard)
         gained = removed_parameters(arch, candidate) - already
         ok = got["val_accuracy"] >= floor - 1e-12
         if ok and guard:
