@@ -36,8 +36,11 @@ def test_shrunk_equals_zeroed(family, batch):
     small_arch = Arch(small)
     assert small_arch.n_layers == arch.n_layers - 1
     assert small_arch.d_ffn(0) == arch.d_ffn(0) - arch.d_ffn(0) // 3
-    counts = parameter_counts(small)
-    assert counts["non_embedding"] == parameter_counts(model)["non_embedding"] - removed_parameters(arch, removal)
+    counts, base_counts = parameter_counts(small), parameter_counts(model)
+    assert counts["non_embedding"] == base_counts["non_embedding"] - removed_parameters(arch, removal)
+    tied = lambda m: m.get_output_embeddings().weight is m.get_input_embeddings().weight  # noqa: E731
+    assert tied(small) == tied(model)  # an untied copy of a tied embedding would add its size back
+    assert counts["total"] == base_counts["total"] - removed_parameters(arch, removal)
     if arch.spec.heads_shrinkable:
         assert small_arch.n_kv_heads == arch.n_kv_heads - 1 and not notes
     else:

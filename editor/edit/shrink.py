@@ -275,6 +275,7 @@ def shrink(model: nn.Module, removal: Removal) -> tuple[nn.Module, list[str]]:
     with no_init_weights():  # every weight is loaded next; random init was 1.4 of 2 s (the search shrinks each proposal)
         new = AutoModelForCausalLM.from_config(config, attn_implementation=arch.config._attn_implementation,
                                                dtype=next(arch.model.parameters()).dtype)
+    new.tie_weights()  # skipping init also skips the tying post_init does: an untied copy would add the embedding again
     missing, unexpected = new.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in _tied_keys(new)]
     if missing or unexpected:
