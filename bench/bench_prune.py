@@ -7,8 +7,10 @@ For the base and for every method's removal in that run (rebuilt with the same s
 checkpoint uses; with recovery, the cut that recovered, whose merged LoRA leaves the shapes and so
 the speed as they are) it prints: parameters (total and non-embedding), safetensors bytes, CPU prefill
 throughput (a batch of test prompts), greedy decode throughput (one prompt, DECODE new tokens,
-KV cache on), the run's held-out test accuracy with its interval and guard perplexity. Every ratio
-is against the base measured in the same process, with the same thread count. ``--plot`` draws every
+KV cache on; tok/s from each model's best round), the run's held-out test accuracy with its
+interval and guard perplexity. Every ratio is against the base measured in the same process, with
+the same thread count: the models take turns in each of REPEATS rounds and a ratio is the median
+of the per-round ratios, so the machine's speed drifting during the run cancels out. ``--plot`` draws every
 method's search path (validation accuracy against the share of non-embedding parameters removed,
 one point per taken round) with its final held-out test accuracy.
 """
@@ -37,30 +39,42 @@ def _bytes(model) -> int:
 
 
 @torch.no_grad()
-def _prefill(model, tokenizer, prompts: list[str], repeats: int) -> float:
-    batch = tokenizer(prompts, return_tensors="pt", padding=True)
-    tokens = int(batch["attention_mask"].sum())
-    model(**batch, use_cache=False, logits_to_keep=1)  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(**batch, use_cache=False, logits_to_keep=1)
-        best = min(best, time.perf_counter() - start)
-    return tokens / best
+def _prefill_seconds(model, batch: dict) -> float:
+    start = time.perf_counter()
+    model(**batch, use_cache=False, logits_to_keep=1)
+    return time.perf_counter() - start
 
 
 @torch.no_grad()
-def _decode(model, tokenizer, prompt: str, new_tokens: int, repeats: int) -> float:
-    inputs = tokenizer([prompt], return_tensors="pt")
+def _decode_seconds(model, inputs: dict, kwargs: dict) -> float:
+    start = time.perf_counter()
+    model.generate(**inputs, **kwargs)
+    return time.perf_counter() - start
+
+
+def _timings(models: dict, tok, prompts: list[str], new_tokens: int, repeats: int) -> dict:
+    """Prefill and decode seconds per model and round. The models take turns within each round, so a
+    drift of the machine's speed (seen here: the base alone from 8.0 to 12.8 decode tok/s between
+    runs) hits every model of a round alike; ratios are medians of per-round ratios."""
+    batch = tok(prompts, return_tensors="pt", padding=True)
+    one = tok([prompts[0]], return_tensors="pt")
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                  pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    model.generate(**inputs, **{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
-    best = float("inf")
+                  pad_token_id=tok.pad_token_id or tok.eos_token_id)
+    for model in models.values():  # warm-up
+        _prefill_seconds(model, batch)
+        _decode_seconds(model, one, {**kwargs, "max_new_tokens": 4, "min_new_tokens": 4})
+    out = {name: {"prefill": [], "decode": []} for name in models}
     for _ in range(repeats):
-        start = time.perf_counter()
-        model.generate(**inputs, **kwargs)
-        best = min(best, time.perf_counter() - start)
-    return new_tokens / best
+        for name, model in models.items():
+            out[name]["prefill"].append(_prefill_seconds(model, batch))
+            out[name]["decode"].append(_decode_seconds(model, one, kwargs))
+    out["_tokens"] = {"prefill": int(batch["attention_mask"].sum()), "decode": new_tokens}
+    return out
+
+
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
 
 
 def main() -> None:
@@ -89,13 +103,14 @@ def main() -> None:
         chosen = f"{method}_recovery" if (steps / f"{method}_recovery.json").is_file() else f"{method}_search"
         removal = Removal.from_json(step_result(args.run_dir, chosen)["removal"])
         models[method] = shrink(lm.model, removal)[0]  # a recovered model has these shapes (its LoRA is merged)
+    times = _timings(models, tok, prompts, args.decode, args.repeats)
     for name, model in models.items():
         evaluation = step_result(args.run_dir, f"evaluate_{name}")["evaluation"]["tasks"]
         acc = evaluation["arithmetic"]["measures"]["answer_accuracy"]
-        rows.append({"model": name, **parameter_counts(model), "bytes": _bytes(model),
-                     "prefill": _prefill(model, tok, prompts, args.repeats),
-                     "decode": _decode(model, tok, prompts[0], args.decode, args.repeats),
-                     "accuracy": f"{acc['value']:.3f} [{acc['low']:.3f}, {acc['high']:.3f}]",
+        speed = {k: times["_tokens"][k] / min(times[name][k]) for k in ("prefill", "decode")}
+        ratio = {k: _median([b / t for b, t in zip(times["base"][k], times[name][k])]) for k in ("prefill", "decode")}
+        rows.append({"model": name, **parameter_counts(model), "bytes": _bytes(model), **speed,
+                     "ratio": ratio, "accuracy": f"{acc['value']:.3f} [{acc['low']:.3f}, {acc['high']:.3f}]",
                      "perplexity": evaluation["guard"]["measures"]["perplexity"]["value"]})
     base = rows[0]
     print(f"# {platform.machine()}, torch {torch.__version__}, {args.threads} threads; run {args.run_dir}")
@@ -105,8 +120,8 @@ def main() -> None:
     for r in rows:
         removed = 1 - r["non_embedding"] / base["non_embedding"]
         print(f"| {r['model']} | {r['total']:,} | {r['non_embedding']:,} ({100 * removed:.1f}%) | "
-              f"{r['bytes'] / 1e6:.1f} | {r['prefill']:.0f} ({r['prefill'] / base['prefill']:.2f}x) | "
-              f"{r['decode']:.1f} ({r['decode'] / base['decode']:.2f}x) | {r['accuracy']} | {r['perplexity']:.2f} |")
+              f"{r['bytes'] / 1e6:.1f} | {r['prefill']:.0f} ({r['ratio']['prefill']:.2f}x) | "
+              f"{r['decode']:.1f} ({r['ratio']['decode']:.2f}x) | {r['accuracy']} | {r['perplexity']:.2f} |")
     if args.plot:
         args.plot.write_bytes(_curves(steps, base["non_embedding"], rows))
         print(f"curves: {args.plot}")
