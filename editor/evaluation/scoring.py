@@ -120,11 +120,11 @@ def score_continuations(model, tokenizer, prompts: list[str], continuations: lis
         for i, s in enumerate(chunk):
             end = k if padding_side == "left" else len(seqs[s])
             logp = logits[i, end - need[s]:end].float().log_softmax(-1).cpu()
+            after = int(logp[-1].argmax()) if next_token else None
             for j in users[s]:
                 c_ids = pairs[j][1]
                 rows, target = logp[need[s] - extra - len(c_ids):need[s] - extra], torch.tensor(c_ids)
                 lp = rows.gather(-1, target[:, None])[:, 0]
-                after = int(logp[-1].argmax()) if next_token else None
                 out[j] = Continuation(c_ids, lp.tolist(), rows.argmax(-1).tolist(), after)
         bar.update(len(chunk))
     bar.close()

@@ -182,9 +182,9 @@ def on_original(small: UnitScores, arch: Arch, removal: Removal) -> UnitScores:
     out = UnitScores(torch.full((arch.n_layers, arch.d_ffn(0)), inf, dtype=small.neurons.dtype),
                      torch.full((arch.n_layers, arch.n_kv_heads), inf, dtype=small.groups.dtype),
                      torch.full((arch.n_layers,), inf, dtype=small.layers.dtype))
+    heads_kept = small.groups.shape[1] == arch.n_kv_heads  # families that zero heads instead keep them all
     for i, layer in enumerate(removal.kept_layers(arch.n_layers)):
         out.neurons[layer, kept_indices(arch.d_ffn(0), removal.neurons.get(layer, []))] = small.neurons[i]
-        heads_kept = small.groups.shape[1] == arch.n_kv_heads  # families that zero heads instead keep them all
         groups = kept_indices(arch.n_kv_heads, [] if heads_kept else removal.groups.get(layer, []))
         out.groups[layer, groups] = small.groups[i]
         out.layers[layer] = small.layers[i]

@@ -23,8 +23,9 @@ the lowest-ranked by either gradient attribution or block influence). The search
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -70,15 +71,22 @@ def measure(model, tokenizer, examples: list[Example], batch_size: int, guard: b
     return out
 
 
+@contextmanager
+def _without(model, removal: Removal, shrunk: bool) -> Iterator:
+    """``model`` without ``removal``: a shrunk copy (fast), or ``model`` itself zeroed in place (the
+    reference the tests tie the search to)."""
+    if shrunk and removal != Removal():
+        yield shrink(model, removal)[0]
+    else:
+        with zeroed(model, removal):
+            yield model
+
+
 def measure_removal(model, tokenizer, removal: Removal, examples: list[Example], batch_size: int, guard: bool,
                     shrunk: bool = True) -> dict:
-    """:func:`measure` of ``model`` without ``removal``: on the shrunk copy (fast), or in place on the
-    zeroed model (the reference the tests tie it to)."""
-    if shrunk:
-        small, _ = shrink(model, removal)
-        return measure(small, tokenizer, examples, batch_size, guard)
-    with zeroed(model, removal):
-        return measure(model, tokenizer, examples, batch_size, guard)
+    """:func:`measure` of ``model`` without ``removal``."""
+    with _without(model, removal, shrunk) as pruned:
+        return measure(pruned, tokenizer, examples, batch_size, guard)
 
 
 def _lowest(values: torch.Tensor, exclude: set[int], k: int) -> list[int]:
@@ -144,12 +152,10 @@ def scores_without(model, tokenizer, removal: Removal, method: str, examples: li
     """Unit scores of ``model`` without ``removal``, at the original indices: computed on the shrunk
     copy (fast; removed units score +inf), or in place on the zeroed model (the reference the tests
     tie it to). Random scores need no model and are drawn at the original shape either way."""
-    if method == "random" or not shrunk or removal == Removal():
-        with zeroed(model, removal):
-            return unit_scores(method, model, tokenizer, examples, batch_size, seed=seed, progress=progress)
-    small, _ = shrink(model, removal)
-    return on_original(unit_scores(method, small, tokenizer, examples, batch_size, seed=seed, progress=progress),
-                       Arch(model), removal)
+    shrunk = shrunk and method != "random" and removal != Removal()
+    with _without(model, removal, shrunk) as pruned:
+        scores = unit_scores(method, pruned, tokenizer, examples, batch_size, seed=seed, progress=progress)
+    return on_original(scores, Arch(model), removal) if shrunk else scores
 
 
 def _scores(model, tokenizer, state: SearchState, settings: SearchSettings, score_examples: list[Example],
