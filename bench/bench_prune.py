@@ -21,6 +21,7 @@ import argparse
 import io
 import json
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -52,10 +53,11 @@ def _decode_seconds(model, inputs: dict, kwargs: dict) -> float:
     return time.perf_counter() - start
 
 
-def _timings(models: dict, tok, prompts: list[str], new_tokens: int, repeats: int) -> dict:
+def _timings(models: dict, tok, prompts: list[str], new_tokens: int, repeats: int) -> tuple[dict, dict]:
     """Prefill and decode seconds per model and round. The models take turns within each round, so a
     drift of the machine's speed (seen here: the base alone from 8.0 to 12.8 decode tok/s between
-    runs) hits every model of a round alike; ratios are medians of per-round ratios."""
+    runs) hits every model of a round alike; ratios are medians of per-round ratios. Returns the
+    seconds by model and kind, and the tokens each kind's timing covers."""
     batch = tok(prompts, return_tensors="pt", padding=True)
     one = tok([prompts[0]], return_tensors="pt")
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
@@ -68,13 +70,7 @@ def _timings(models: dict, tok, prompts: list[str], new_tokens: int, repeats: in
         for name, model in models.items():
             out[name]["prefill"].append(_prefill_seconds(model, batch))
             out[name]["decode"].append(_decode_seconds(model, one, kwargs))
-    out["_tokens"] = {"prefill": int(batch["attention_mask"].sum()), "decode": new_tokens}
-    return out
-
-
-def _median(values: list[float]) -> float:
-    v = sorted(values)
-    return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
+    return out, {"prefill": int(batch["attention_mask"].sum()), "decode": new_tokens}
 
 
 def main() -> None:
@@ -103,12 +99,13 @@ def main() -> None:
         chosen = f"{method}_recovery" if (steps / f"{method}_recovery.json").is_file() else f"{method}_search"
         removal = Removal.from_json(step_result(args.run_dir, chosen)["removal"])
         models[method] = shrink(lm.model, removal)[0]  # a recovered model has these shapes (its LoRA is merged)
-    times = _timings(models, tok, prompts, args.decode, args.repeats)
+    times, tokens = _timings(models, tok, prompts, args.decode, args.repeats)
     for name, model in models.items():
         evaluation = step_result(args.run_dir, f"evaluate_{name}")["evaluation"]["tasks"]
         acc = evaluation["arithmetic"]["measures"]["answer_accuracy"]
-        speed = {k: times["_tokens"][k] / min(times[name][k]) for k in ("prefill", "decode")}
-        ratio = {k: _median([b / t for b, t in zip(times["base"][k], times[name][k])]) for k in ("prefill", "decode")}
+        speed = {k: tokens[k] / min(times[name][k]) for k in ("prefill", "decode")}
+        ratio = {k: statistics.median(b / t for b, t in zip(times["base"][k], times[name][k]))
+                 for k in ("prefill", "decode")}
         rows.append({"model": name, **parameter_counts(model), "bytes": _bytes(model), **speed,
                      "ratio": ratio, "accuracy": f"{acc['value']:.3f} [{acc['low']:.3f}, {acc['high']:.3f}]",
                      "perplexity": evaluation["guard"]["measures"]["perplexity"]["value"]})
