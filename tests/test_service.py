@@ -41,7 +41,8 @@ class Server:
         self.proc = subprocess.Popen([sys.executable, "-m", "editor", "serve", "--port", str(self.port), "--home",
                                       str(self.home), "--tokens", str(self.tokens), *self.args],
                                      stdout=log, stderr=log)
-        for _ in range(300):
+        end = time.monotonic() + 180  # a loaded 2-core machine imports torch and transformers slowly
+        while time.monotonic() < end:
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return self
@@ -73,6 +74,15 @@ def alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as f:  # a zombie is dead too
         return f.read().split(") ")[1][0] != "Z"
+
+
+def gone(pid: int, within: float = 60) -> bool:
+    """Whether ``pid`` has ended within ``within`` seconds: a polled wait, since how long a killed
+    process takes to be reaped depends on the machine's load, not on what the test checks."""
+    end = time.monotonic() + within
+    while alive(pid) and time.monotonic() < end:
+        time.sleep(0.1)
+    return not alive(pid)
 
 
 def wait_for(client: Client, job: str, states=("succeeded", "failed", "cancelled"), timeout: float = 600) -> dict:
@@ -202,8 +212,7 @@ def test_queue_limits_cancel_and_a_killed_worker(tmp_path, arith_dir):
         assert pid and alive(pid)
         client.cancel(running)
         assert wait_for(client, running)["state"] == "cancelled"
-        time.sleep(0.5)
-        assert not alive(pid)
+        assert gone(pid)
         # A worker killed from outside (the OOM killer, say): the job fails with the reason, the service lives on.
         victim = client.submit(**prune_job(arith_dir, seed=3))
         wait_for(client, victim, ("running",))
@@ -237,8 +246,7 @@ def test_a_killed_service_resumes_its_jobs_to_the_same_artifacts(tmp_path, arith
         assert client.status(job)["state"] == "running"
         worker = server.worker_pid(job)
         server.kill()
-        time.sleep(0.5)
-        assert not alive(worker), "the worker must die with the service"
+        assert gone(worker), "the worker must die with the service"
         server.start()
         client = Client(server.url, ALICE)
         assert job in {j["id"] for j in client.jobs()}

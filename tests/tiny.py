@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
@@ -61,13 +62,32 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
 
 
+TRAINED = Path(__file__).parent / "data"
+
+
 def arithmetic_model(family: str = "llama", steps: int = 300, seed: int = 0):
-    """A tiny model trained (full fine-tuning, a few seconds) on one-shot one-digit addition in the
-    pruning recipe's format, so that pruning has an accuracy to keep (random models score 0)."""
+    """A tiny model trained on one-shot one-digit addition in the pruning recipe's format, so that
+    pruning has an accuracy to keep (random models score 0).
+
+    The trained weights are shipped (``tests/data``, ~100 kB each) rather than trained per run:
+    300 optimiser steps amplify the last-bit differences between CPUs' float32 kernels into a
+    different model, so every test that reads its accuracy or its scores would test a different
+    model on each kind of machine. ``python tests/tiny.py`` retrains them."""
+    path = TRAINED / f"arith-{family}-steps{steps}-seed{seed}.safetensors"
+    model = tiny_model(family, seed)
+    if path.exists():
+        from safetensors.torch import load_model
+        load_model(model, str(path))
+        return model.eval()
+    return train_arithmetic(model, steps, seed)
+
+
+def train_arithmetic(model, steps: int, seed: int):
+    """Full fine-tuning (a few seconds) of ``model`` on one-shot one-digit addition."""
     from editor.lora.train import _batch
     from editor.tasks.arithmetic import split_prompts
 
-    model, tok = tiny_model(family, seed), char_tokenizer()
+    tok = char_tokenizer()
     train = split_prompts({"train": 2000}, {"train": 1}, shots=1, seed=1000 + seed)["train"]
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -86,3 +106,12 @@ def save_dir(model, path):
     model.save_pretrained(path)
     char_tokenizer().save_pretrained(path)
     return path
+
+
+if __name__ == "__main__":  # regenerate the shipped trained weights
+    from safetensors.torch import save_model
+
+    TRAINED.mkdir(exist_ok=True)
+    for family, steps, seed in [("llama", 300, 0), ("llama", 150, 0)]:
+        trained = train_arithmetic(tiny_model(family, seed), steps, seed)
+        save_model(trained, str(TRAINED / f"arith-{family}-steps{steps}-seed{seed}.safetensors"))
