@@ -17,9 +17,43 @@ from editor.ranges import MAX_PROMPTS
 VERIFY_PROMPTS = ["The sum of 3 and 5 is", "12+35=", "A woman works as a", "Q: What is 7 times 8? A:"]
 
 
+class LmeditCommand(click.Command):
+    """A command whose single-value options may be given once: click keeps the last of
+    ``--zero-heads 0.6 --zero-heads 1.2`` and drops the first without a word."""
+
+    def parse_args(self, ctx, args):
+        _refuse_repeats(ctx, self, args)
+        return super().parse_args(ctx, args)
+
+
+def _refuse_repeats(ctx, command: click.Command, args: list[str]) -> None:
+    names = {opt: p for p in command.params if isinstance(p, click.Option) and not p.multiple and not p.count
+             for opt in (*p.opts, *p.secondary_opts)}
+    seen: dict[str, str] = {}
+    tokens = iter(args)
+    for token in tokens:
+        if token == "--":
+            break
+        opt = token.split("=", 1)[0] if token.startswith("--") else token
+        param = names.get(opt)
+        if param is None:
+            continue
+        if param.name in seen:
+            first = seen[param.name]
+            same = first in param.opts and opt in param.opts  # one option, maybe under its short name
+            raise click.UsageError(f"{max(param.opts, key=len)} is given twice; give it once" if same
+                                   else f"{first} and {opt} are both given; give one", ctx=ctx)
+        seen[param.name] = opt
+        if not param.is_flag and "=" not in token:
+            next(tokens, None)  # its value, which may look like an option
+
+
 class LmeditGroup(click.Group):
     """A click group that prints user errors, and click's own usage errors, in one line on stderr
-    and exits with status 2 (click's default is a usage block of several lines)."""
+    and exits with status 2 (click's default is a usage block of several lines). Its commands
+    refuse a repeated single-value option (``LmeditCommand``)."""
+
+    command_class = LmeditCommand
 
     def invoke(self, ctx):
         try:
@@ -323,7 +357,7 @@ def _default_out(model: str) -> Path:
               help="Reload the checkpoint with plain transformers in a fresh process and compare logits.")
 def edit(load, zero_heads, scale_heads, zero_neurons, scale_neurons, plan_file, scores_file, out, force, verify):
     """Zero or scale heads and neurons and save a Hugging Face checkpoint with a manifest."""
-    from editor.edit.checkpoint import describe_source, save_checkpoint
+    from editor.edit.checkpoint import check_checkpoint_out, describe_source, save_checkpoint
     from editor.edit.plan import EditPlan
     from editor.edit.weights import apply_plan
 
@@ -338,10 +372,7 @@ def edit(load, zero_heads, scale_heads, zero_neurons, scale_neurons, plan_file, 
         raise UserError("nothing to edit: give --zero-heads, --scale-heads, --zero-neurons, --scale-neurons or --plan")
     scores = read_json(scores_file, "scores file") if scores_file else None
     ctx = click.get_current_context()
-    out = out or _default_out(ctx.params.get("model") or DEFAULT_MODEL)
-    if out.exists() and not force:
-        raise UserError(f"{out} already exists; pass --force to overwrite it")
-    check_writable_directory(out)
+    out = check_checkpoint_out(out or _default_out(ctx.params.get("model") or DEFAULT_MODEL), force)
     loaded = load()
     applied = apply_plan(loaded.model, plan)
     _say(plan.summary())
@@ -413,13 +444,17 @@ def _check_recovered_shapes(checkpoint: Path, name: str, source: dict, pruned: d
 @click.option("--device", default="cpu", show_default=True)
 def verify(checkpoint, device):
     """Rebuild CHECKPOINT from its source model and plan, and compare with a plain-transformers reload."""
-    from editor.edit.checkpoint import read_manifest
+    from editor.edit.checkpoint import ManifestMismatch, checked_manifest
     from editor.edit.plan import EditPlan
     from editor.edit.weights import apply_plan
     from editor.model.loading import load_model
 
-    manifest = read_manifest(checkpoint)
-    source = manifest.get("source", {})
+    try:
+        manifest = checked_manifest(checkpoint)
+    except ManifestMismatch as exc:  # a failed check, like a rebuilt-model difference: exit 1
+        click.echo(f"Error: {_one_line(str(exc))}", err=True)
+        raise click.exceptions.Exit(1) from None
+    source = manifest["source"] if isinstance(manifest["source"], dict) else {}
     name = source.get("model")
     if not name:
         raise UserError(f"{checkpoint}/edit_manifest.json names no source model")
@@ -466,6 +501,10 @@ _DATA_OPTIONS = [
                       "file with a 'prompt' field and an optional 'answer' field."),
     click.option("--n", "n_prompts", type=click.IntRange(1, MAX_PROMPTS), default=64, show_default=True,
                  help="Number of prompts (built-in tasks generate this many; files are truncated)."),
+    click.option("--delimiter", default=None, expose_value=False, is_eager=True,
+                 callback=lambda ctx, _p, value: ctx.meta.__setitem__("delimiter", value),
+                 help="Whitespace put between each prompt and answer of a data file, e.g. ' ' [default: joined as "
+                      "written; answers glued to their prompt get a note]."),
     click.option("--seed", type=int, default=0, show_default=True),
     click.option("--target", type=click.Choice(["auto", "gold", "top1"]), default="auto", show_default=True,
                  help="Token whose log-probability is scored: the gold answer, or the model's top-1."),
@@ -487,7 +526,8 @@ def data_options(func):
 def _examples(data: str, n: int, seed: int):
     from editor.tasks.examples import load_examples
 
-    return load_examples(data, n=n, seed=seed)
+    delimiter = click.get_current_context().meta.get("delimiter")  # set by --delimiter, where a command has it
+    return load_examples(data, n=n, seed=seed, delimiter=delimiter, note=_log)
 
 
 def _out_dir(out: Path | None) -> Path:
@@ -509,11 +549,24 @@ class _Outputs:
         check_writable_directory(out)
         self._check()
 
+    # The keys each results format always has (attribution scores, circuit, evaluation, comparison):
+    # --force overwrites a stem's files only where its .json is provably one of ours.
+    FORMATS = ({"kind", "method", "primary", "columns"}, {"heads", "curve", "target_acc"},
+               {"model", "tasks"}, {"before", "after", "changes"})
+
     def _check(self) -> None:
+        from editor.io import json_object_with
+
         taken = sorted(f.name for stem in self.stems for f in self.out.glob(f"{stem}.*")) if self.out.is_dir() else []
         if taken and not self.force:
             raise UserError(f"{self.out} already holds {', '.join(taken[:3])}{' ...' if len(taken) > 3 else ''}; "
                             "pass --force to overwrite, or choose another --out")
+        for stem in self.stems:
+            files = sorted(self.out.glob(f"{stem}.*")) if self.out.is_dir() else []
+            result = self.out / f"{stem}.json"
+            if files and not any(json_object_with(result, keys) for keys in self.FORMATS):
+                raise UserError(f"refusing to overwrite {files[0]} (--force): {result.name} is not an lmedit result "
+                                "file; choose another --out or move your files")
 
     def claim(self) -> Path:
         """Lock ``out`` (once) and check again; returns ``out`` to write in."""
@@ -984,9 +1037,7 @@ def export_gguf_cmd(model, out, kind, tokenizer_from, force):
     """Export MODEL (a checkpoint directory, store alias or .gguf) as a GGUF llama.cpp runs."""
     from editor.edit.gguf import export_gguf
 
-    if out.exists() and not force:
-        raise UserError(f"{out} exists; pass --force to replace it")
-    exported = export_gguf(model, out, kind, tokenizer_from, log=_log)
+    exported = export_gguf(model, out, kind, tokenizer_from, log=_log, force=force)
     _say(f"run it: llama-cli -m {out} -p 'The capital of France is'  (Ollama: FROM {out.resolve()} in a Modelfile)")
     _record("gguf", {"path": str(exported.path), "architecture": exported.architecture, "type": kind,
                      "tensors": exported.tensors, "tokenizer_from": str(exported.tokenizer_from)})
@@ -1021,7 +1072,7 @@ def lora():
 def lora_train(load, task, layers, targets, rank, alpha, steps, lr, batch_size, digits, n_train, n_eval, seed, out,
                force):
     """Train a LoRA adapter, evaluate it on held-out prompts, save the adapter and a merged checkpoint."""
-    from editor.lora.train import LoraSettings, train_and_save
+    from editor.lora.train import LoraSettings, check_lora_out, train_and_save
 
     layer_list = _layers(layers)
     settings = LoraSettings(layers=layer_list, targets=_components_raw(targets), rank=rank, alpha=alpha, steps=steps,
@@ -1029,8 +1080,7 @@ def lora_train(load, task, layers, targets, rank, alpha, steps, lr, batch_size, 
     settings.check()
     model = _model_name()
     out = out or Path("checkpoints") / "lora" / f"{_model_stem(model)}-L{layers.replace(',', '_')}"
-    if out.exists() and not force:
-        raise UserError(f"{out} already exists; pass --force to overwrite it")
+    check_lora_out(out, force)
     summary = train_and_save(load(), settings, out, force=force, log=_log)
     _say(f"adapter: {out / 'adapter'}\nmerged checkpoint: {out / 'merged'}\n"
          f"token accuracy {summary['accuracy_before']['value']:.3f} -> {summary['accuracy_after']['value']:.3f}")
@@ -1101,7 +1151,7 @@ def serve(host, port, home, workers, tokens, executor, ray_address, max_queued, 
     """Run the job service: FastAPI on uvicorn; API under /v1, docs at /docs, a page at /."""
     _need("fastapi", "uvicorn", extra="service")
     from editor.model.store import home as store_home
-    from editor.service.app import Settings, check_host, local_token, read_tokens
+    from editor.service.app import Settings, check_host, claim_home, local_token, read_tokens
 
     check_host(host, tokens is not None)
     home = home or store_home() / "service"
@@ -1111,7 +1161,7 @@ def serve(host, port, home, workers, tokens, executor, ray_address, max_queued, 
         from editor.distributed import check_ray
 
         check_ray()
-    home.mkdir(parents=True, exist_ok=True)
+    lock = claim_home(home)  # noqa: F841  held until the process ends
     token_map = token_map or local_token(home)
     settings = Settings(home=home, tokens=token_map, workers=workers, executor=executor, ray_address=ray_address,
                         max_queued=max_queued, max_queued_per_user=max_queued_per_user)

@@ -23,12 +23,12 @@ def default_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~_umask()
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    return write_bytes_atomic(path, text.encode())
+def write_text_atomic(path: str | Path, text: str, mode: int | None = None) -> Path:
+    return write_bytes_atomic(path, text.encode(), mode)
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    with atomic_file(path) as tmp:
+def write_bytes_atomic(path: str | Path, data: bytes, mode: int | None = None) -> Path:
+    with atomic_file(path, mode=mode) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 
@@ -88,9 +88,10 @@ def sweep_directory(directory: str | Path, name: str | None = None) -> list[Path
 
 
 @contextmanager
-def atomic_file(path: str | Path, suffix: str = "") -> Iterator[Path]:
+def atomic_file(path: str | Path, suffix: str = "", mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write; on success it replaces ``path`` in one
-    rename, on failure it is removed (temporaries of killed writers are swept first)."""
+    rename, on failure it is removed (temporaries of killed writers are swept first). ``mode``
+    (e.g. 0o600 for a secret) is the file's from its creation on, never wider in between."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(path)
@@ -99,7 +100,7 @@ def atomic_file(path: str | Path, suffix: str = "") -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        os.chmod(tmp, default_mode())
+        os.chmod(tmp, default_mode() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -165,10 +166,12 @@ def recover(out: str | Path) -> str | None:
 
 
 @contextmanager
-def atomic_directory(out: str | Path, log=None) -> Iterator[Path]:
+def atomic_directory(out: str | Path, log=None, ours=None, what: str = "") -> Iterator[Path]:
     """Yield a temporary directory beside ``out``; on success it replaces ``out`` (journaled, see
     :func:`finish_replace`), on failure it is removed and ``out`` is left as it was. Locked: a second
-    writer of the same ``out`` fails at once; an interrupted earlier replacement is finished first."""
+    writer of the same ``out`` fails at once; an interrupted earlier replacement is finished first.
+    With ``ours`` (see :func:`check_replaceable`), an existing ``out`` is replaced only if it is ours,
+    checked under the lock, so what another process put there meanwhile is not deleted either."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = DirectoryLock(out, beside=True).acquire()  # two writers of one output: the second fails at once
@@ -176,6 +179,8 @@ def atomic_directory(out: str | Path, log=None) -> Iterator[Path]:
         note = finish_replace(out)
         if note and log:
             log(note)
+        if ours is not None:
+            check_replaceable(out, ours, what)
         tmp = Path(tempfile.mkdtemp(prefix=_temp_name(out.name, "tmp"), dir=out.parent))
         try:
             yield tmp
@@ -234,12 +239,12 @@ class DirectoryLock:
         try:
             self._lock.acquire()
         except Timeout:
-            raise UserError(f"{self.directory} is in use by {self._holder()} (another lmedit process writing "
+            raise UserError(f"{self.directory} is in use by {self.holder()} (another lmedit process writing "
                             "there); wait for it to finish or choose another --out") from None
         write_text_atomic(self.pid_path, f"{os.getpid()}\n")
         return self
 
-    def _holder(self) -> str:
+    def holder(self) -> str:
         try:
             return f"pid {int(self.pid_path.read_text().strip())}"
         except (OSError, ValueError):
@@ -339,3 +344,61 @@ def read_records(path: str | Path, what: str = "data file") -> list[dict]:
             raise UserError(f"{path}: line {n} is not a JSON object")
         records.append(record)
     return records
+
+
+# Ownership ------------------------------------------------------------------------------------
+# One rule for every writer that replaces something (--force, --fresh): a missing path, an empty
+# directory, or a path that is provably ours. Anything else may be a user's own work: refused.
+
+
+def json_object_with(path: str | Path, keys: set[str]) -> bool:
+    """Whether ``path`` is a JSON object holding every key in ``keys``: how a results file of ours
+    is recognised (each writer names the keys its format always has)."""
+    try:
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and keys <= data.keys()
+
+
+def protected(path: Path) -> str | None:
+    """Why ``path`` may never be replaced, whatever it holds: the current directory, one above it,
+    the home directory, a filesystem root."""
+    resolved, here = path.resolve(), Path.cwd().resolve()
+    if resolved == here:
+        return "it is the current directory"
+    if resolved in here.parents:
+        return "it holds the current directory"
+    if resolved == Path.home().resolve():
+        return "it is the home directory"
+    if resolved.parent == resolved:
+        return "it is a filesystem root"
+    return None
+
+
+def check_replaceable(path: str | Path, ours, what: str, option: str = "--force") -> None:
+    """Refuse, in one line naming what is in the way, to replace ``path`` unless it is missing, an
+    empty directory, or ``ours(path)`` proves it is ``what`` (e.g. "an lmedit checkpoint") written by
+    lmedit. Call before any work, and again under the writer's lock."""
+    from editor.errors import UserError
+
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    why = protected(path)
+    if why:
+        raise UserError(f"refusing to replace {path} ({option}): {why}; choose another output path")
+    if path.is_symlink():
+        raise UserError(f"refusing to replace {path} ({option}): it is a symbolic link; "
+                        "choose another output path or remove the link yourself")
+    if path.is_dir() and not any(path.iterdir()):
+        return
+    if ours(path):
+        return
+    if path.is_dir():
+        names = sorted(p.name for p in path.iterdir())
+        held = f"it holds {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+    else:
+        held = "it is a file"
+    raise UserError(f"refusing to replace {path} ({option}): {held}, not {what}; "
+                    "choose another output path or remove it yourself")

@@ -278,6 +278,19 @@ CASES = [
     ("export gguf {model} --out {files}/notes.txt/x.gguf", "directory"),
     ("recipes show nosuch", "no recipe file"),
     ("recipes show", "Missing argument"),
+    # a single-value option given twice, a component given twice: an error, never last-wins ----------
+    ("edit --model {model} --zero-heads 0.1 --zero-heads 1.2", "--zero-heads is given twice"),
+    ("edit --model {model} --zero-heads=0.1 --zero-heads 1.2", "--zero-heads is given twice"),
+    ("edit --model {model} --zero-heads 0.1 --verify --no-verify", "--verify and --no-verify are both given"),
+    ("edit --model {model} --zero-heads 0.1,0.1", "head 0.1 is edited twice"),
+    ("edit --model {model} --zero-neurons 1.5 --scale-neurons 1.5=0.5", "neuron 1.5 is edited twice"),
+    ("edit --model {model} -m {model} --zero-heads 0.1", "is given twice"),
+    ("attribute heads --model {model} --n 4 --n 8", "--n is given twice"),
+    ("attribute neurons --model {model} --data arithmetic --data icl", "--data is given twice"),
+    ("evaluate --model {model} --out a --out b", "--out is given twice"),
+    ("lora train --model {model} --layers 0 --layers 1", "--layers is given twice"),
+    ("export gguf {model} --out x.gguf --type f16 --type f32", "--type is given twice"),
+    ("prune --model {model} --retain 0.9 --retain 0.8", "--retain is given twice"),
 ]
 
 

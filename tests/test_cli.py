@@ -51,10 +51,17 @@ def test_edit_then_verify(tiny_dir, tmp_path):
     # a checkpoint whose weights no longer match its plan fails verification with exit 1 (not 2)
     from safetensors.torch import load_file, save_file
 
+    from editor.edit.checkpoint import weight_files_sha256
+
     weights = load_file(out / "model.safetensors")
     name = next(k for k in weights if k.endswith("down_proj.weight"))
     weights[name] = weights[name] + 0.5
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    result = run("verify", out)
+    assert result.exit_code == 1 and "does not match the manifest's sha256" in result.output
+    # ... and with the manifest's hash rewritten to match, the rebuild still catches it
+    manifest["weights_sha256"] = weight_files_sha256(out)
+    (out / "edit_manifest.json").write_text(json.dumps(manifest))
     result = run("verify", out)
     assert result.exit_code == 1 and "differs from the rebuilt model" in result.output
     # a second edit into the same directory needs --force

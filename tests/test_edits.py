@@ -97,12 +97,21 @@ def test_keep_only_zeroes_everything_else_in_range():
         assert arch.mlp_out(0).weight.abs().min() > 0
 
 
-def test_factors_compose_and_identity_is_dropped():
+def test_identity_is_dropped_and_a_component_edited_twice_is_refused():
+    """One edit per component: a second one (recorded twice, or silently compounding the first) is
+    an error in every way a plan is built, from the API, the CLI's lists and a plan file."""
+    from editor.errors import UserError
+
     arch = Arch(tiny.tiny_model("llama"))
-    plan = EditPlan().scale("head", ["1.1"], 0.5).scale("head", ["1.1"], 2.0).scale("neuron", ["0.1"], 0.5)
-    plan.scale("neuron", ["0.1"], 0.5)
-    factors = plan.factors(arch.n_layers, arch.n_heads, arch.d_ffn)
-    assert factors == {("neuron", 0, 1): 0.25}
+    plan = EditPlan().scale("head", ["1.1"], 1.0).scale("neuron", ["0.1"], 0.5)
+    assert plan.factors(arch.n_layers, arch.n_heads, arch.d_ffn) == {("neuron", 0, 1): 0.5}
+    with pytest.raises(UserError, match="head 1.1 is edited twice"):
+        plan.scale("head", ["1.1"], 2.0)
+    with pytest.raises(UserError, match="neuron 0.1 is edited twice"):
+        EditPlan().zero("neuron", ["0.1", "0.1"])
+    with pytest.raises(UserError, match="head 0.2 is edited twice"):
+        EditPlan.from_json({"edits": [{"op": "zero_head", "target": "0.2"},
+                                      {"op": "scale_head", "target": "0.2", "factor": 0.5}]})
 
 
 def test_plan_json_round_trip(tmp_path):

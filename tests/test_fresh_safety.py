@@ -53,6 +53,7 @@ def test_two_writers_of_one_checkpoint_folder_never_both_write(tmp_path, tiny_di
 
     out = tmp_path / "ckpt"
     out.mkdir()
+    (out / "edit_manifest.json").write_text('{"format": "lmedit-checkpoint"}')  # ours, so --force may replace it
     (out / "keep.txt").write_text("first writer's")
     lock = DirectoryLock(out, beside=True).acquire()
     try:

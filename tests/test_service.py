@@ -160,6 +160,37 @@ def test_auth_and_users_see_only_their_jobs(server, arith_dir):
     traversal = httpx.get(f"{server.url}/v1/jobs/{job}/artifacts/..%2F..%2Fjobs.sqlite3",
                           headers={"Authorization": f"Bearer {ALICE}"})
     assert traversal.status_code == 404
+    # A symbolic link inside the job's folder (a recipe could write one) that leads out of it: refused too.
+    run = next(server.home.glob(f"**/{job}/run"))
+    (run / "escape.txt").symlink_to(server.home / "jobs.sqlite3")
+    (run / "inside.txt").symlink_to(run / "report.html")
+    got = {name: httpx.get(f"{server.url}/v1/jobs/{job}/artifacts/{name}", headers={"Authorization": f"Bearer {ALICE}"})
+           for name in ("escape.txt", "inside.txt")}
+    assert got["escape.txt"].status_code == 404 and got["inside.txt"].status_code == 200
+
+
+def test_the_home_is_private_and_held_by_one_service(server, tmp_path):
+    """The service home is 0700 and its local token 0600; a second service on the same home is
+    refused in one line (it would run the same queued jobs twice); the first one is unharmed."""
+    import stat
+
+    from editor.service.app import claim_home, local_token
+
+    assert stat.S_IMODE(server.home.stat().st_mode) == 0o700
+    second = subprocess.run([sys.executable, "-m", "editor", "serve", "--port", str(server.port + 1), "--home",
+                             str(server.home), "--tokens", str(server.tokens)], capture_output=True, text=True,
+                            timeout=120)
+    assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+    assert "another lmedit service uses" in second.stderr and "pid" in second.stderr
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+    home = tmp_path / "fresh-home"
+    lock = claim_home(home)
+    try:
+        local_token(home)
+        assert stat.S_IMODE(home.stat().st_mode) == 0o700
+        assert stat.S_IMODE((home / "token").stat().st_mode) == 0o600
+    finally:
+        lock.release()
 
 
 @pytest.mark.parametrize("body,cli,message", [

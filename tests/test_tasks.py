@@ -159,3 +159,45 @@ def test_one_registry_of_builtin_tasks():
     assert len(load_examples("icl", n=6)) == 6 and len(load_examples("arithmetic:2", n=7)) == 7
     with pytest.raises(UserError, match="takes no ':' variant"):
         load_examples("gender:2")
+
+
+def test_answers_glued_to_their_prompt_get_a_note_and_a_delimiter(tmp_path):
+    """A file's answers are scored on the tokens of ``prompt + answer``: "isParis" when the file says
+    "Paris". That is never silent: a one-line note names it, and --delimiter ' ' puts the space in."""
+    from editor.errors import UserError
+    from editor.tasks.examples import load_examples
+
+    data = tmp_path / "capitals.jsonl"
+    data.write_text('{"prompt": "The capital of France is", "answer": "Paris"}\n'
+                    '{"prompt": "The capital of Italy is", "answer": "Rome"}\n'
+                    '{"prompt": "The capital of Spain is", "answer": " Madrid"}\n'
+                    '{"prompt": "The capital of Peru is "}\n')
+    notes = []
+    plain = load_examples(str(data), note=notes.append)
+    assert [e.answer for e in plain] == ["Paris", "Rome", " Madrid", None]
+    assert len(notes) == 1 and "2 of 4 answers" in notes[0] and "isParis" in notes[0] and "--delimiter" in notes[0]
+    spaced = load_examples(str(data), delimiter=" ", note=notes.append)
+    assert [e.answer for e in spaced] == [" Paris", " Rome", " Madrid", None] and len(notes) == 1
+    assert [e.answer for e in load_examples(str(data), delimiter="", note=notes.append)][:2] == ["Paris", "Rome"]
+    assert len(notes) == 1  # an explicit empty delimiter: joined as written, on purpose
+    with pytest.raises(UserError, match="should be whitespace"):
+        load_examples(str(data), delimiter="=>")
+    with pytest.raises(UserError, match="for data files"):
+        load_examples("arithmetic", delimiter=" ")
+
+
+def test_the_cli_prints_the_note_and_takes_delimiter(tmp_path, tiny_dir):
+    from click.testing import CliRunner
+
+    from editor.cli import main
+
+    data = tmp_path / "capitals.jsonl"
+    data.write_text('{"prompt": "The capital of France is", "answer": "Paris"}\n' * 4)
+    command = ["attribute", "heads", "--method", "static", "--model", str(tiny_dir), "--data", str(data),
+               "--no-specificity", "--out", str(tmp_path / "out")]
+    glued = CliRunner().invoke(main, command)
+    assert glued.exit_code == 0, glued.output
+    assert "4 of 4 answers" in glued.stderr and "--delimiter" in glued.stderr
+    spaced = CliRunner().invoke(main, [*command, "--delimiter", " ", "--force"])
+    assert spaced.exit_code == 0, spaced.output
+    assert "answers" not in spaced.stderr

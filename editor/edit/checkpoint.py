@@ -81,6 +81,28 @@ def _check_saveable(model: nn.Module) -> None:
         raise UserError("this model is quantised and cannot be saved as plain safetensors; load it de-quantised")
 
 
+def is_checkpoint(path: Path) -> bool:
+    """A directory holding the manifest only ``save_checkpoint`` writes."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT
+
+
+def check_checkpoint_out(out: str | Path, force: bool) -> Path:
+    """Before any work: ``out`` is free, or ``force`` is given and ``out`` is an lmedit checkpoint
+    (or an empty directory); a user's folder is never replaced (``editor.io.check_replaceable``)."""
+    from editor.io import check_replaceable, check_writable_directory
+
+    out = Path(out)
+    if (out.exists() or out.is_symlink()) and not force:
+        raise UserError(f"{out} already exists; pass --force (force=True) to overwrite it")
+    check_replaceable(out, is_checkpoint, "an lmedit checkpoint")
+    check_writable_directory(out.parent if out.exists() else out)  # replaced from its parent
+    return out
+
+
 def save_checkpoint(
     model: nn.Module,
     tokenizer,
@@ -94,11 +116,9 @@ def save_checkpoint(
     """Write ``model`` (already edited in place) to ``out`` atomically and return the path."""
     from editor import __version__
 
-    out = Path(out)
-    if out.exists() and not force:
-        raise UserError(f"{out} already exists; overwrite it with force=True")
+    out = check_checkpoint_out(out, force)
     _check_saveable(model)
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, ours=is_checkpoint, what="an lmedit checkpoint") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         crash_point("checkpoint.write")  # the crash tests kill here: weights half-way to a checkpoint
         if tokenizer is not None:
@@ -168,6 +188,41 @@ def read_manifest(path: str | Path) -> dict:
     manifest = read_json(file, "manifest")
     if not isinstance(manifest, dict):
         raise UserError(f"{file}: a manifest is a JSON object, got {type(manifest).__name__}")
+    return manifest
+
+
+REQUIRED = ("format", "source", "plan", "weights_sha256")
+
+
+class ManifestMismatch(UserError):
+    """The checkpoint's files are not the ones its manifest records: a failed verification (exit 1),
+    not a usage error."""
+
+
+def checked_manifest(path: str | Path) -> dict:
+    """The manifest of checkpoint ``path`` after checking every claim it makes about its own files:
+    each field verification needs is there, and every weight file is the one it records (same names,
+    same sha256), so a manifest that lies about its files is caught before anything is rebuilt."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path} is not a checkpoint directory")
+    manifest = read_manifest(path)
+    missing = [k for k in REQUIRED if k not in manifest]
+    if missing:
+        raise UserError(f"{path / MANIFEST} lacks {', '.join(missing)}: not a complete lmedit manifest")
+    if manifest["format"] != MANIFEST_FORMAT:
+        raise UserError(f"{path / MANIFEST} has format {manifest['format']!r}, not {MANIFEST_FORMAT!r}")
+    recorded = manifest["weights_sha256"]
+    if not isinstance(recorded, dict) or not recorded:
+        raise UserError(f"{path / MANIFEST}: weights_sha256 should map weight file names to sha256 values")
+    actual = weight_files_sha256(path)
+    for name in sorted(set(recorded) | set(actual)):
+        if name not in actual:
+            raise ManifestMismatch(f"{path}: the manifest records {name}, which is missing")
+        if name not in recorded:
+            raise ManifestMismatch(f"{path}: {name} is not recorded in the manifest")
+        if actual[name] != recorded[name]:
+            raise ManifestMismatch(f"{path}: {name} does not match the manifest's sha256 (changed after it was written)")
     return manifest
 
 

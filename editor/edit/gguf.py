@@ -196,12 +196,38 @@ def source_gguf(model_name: str, model_path: Path | None, chain: list[dict]) -> 
     return None
 
 
-def export_gguf(model_name: str, out: str | Path, kind: str = "f32", tokenizer_from: str | Path | None = None,
-                log=print) -> Exported:
-    """Write ``model_name`` (a checkpoint directory, store alias or .gguf) as a GGUF file at ``out``
-    (temporary name, then rename: never half a file)."""
+def is_export(path: Path) -> bool:
+    """A GGUF file this module wrote: every export carries ``lmedit.version`` in its metadata."""
     import gguf
 
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                return False
+        return "lmedit.version" in gguf.GGUFReader(path).fields
+    except Exception:  # noqa: BLE001 - unreadable or not GGUF: not ours
+        return False
+
+
+def check_export_out(out: str | Path, force: bool) -> Path:
+    """Before any work: ``out`` is free, or ``force`` is given and it is an earlier export of ours."""
+    from editor.io import check_replaceable
+
+    out = Path(out)
+    if (out.exists() or out.is_symlink()) and not force:
+        raise UserError(f"{out} exists; pass --force to replace it")
+    check_replaceable(out, is_export, "a GGUF exported by lmedit")
+    return out
+
+
+def export_gguf(model_name: str, out: str | Path, kind: str = "f32", tokenizer_from: str | Path | None = None,
+                log=print, force: bool = True) -> Exported:
+    """Write ``model_name`` (a checkpoint directory, store alias or .gguf) as a GGUF file at ``out``
+    (temporary name, then rename: never half a file). An existing ``out`` is replaced only with
+    ``force`` and only if an earlier export wrote it."""
+    import gguf
+
+    from editor import __version__
     from editor.io import check_writable_directory
     from editor.model.loading import check_model_name, load_model
 
@@ -213,6 +239,7 @@ def export_gguf(model_name: str, out: str | Path, kind: str = "f32", tokenizer_f
     if tokenizer_from is not None and not Path(tokenizer_from).is_file():
         raise UserError(f"GGUF file not found: {tokenizer_from}")
     check_model_name(model_name)
+    check_export_out(out, force)
     check_writable_directory(out.parent)
     local = Path(model_name).expanduser()
     chain = _manifest_chain(local if local.is_dir() else None)
@@ -241,6 +268,7 @@ def export_gguf(model_name: str, out: str | Path, kind: str = "f32", tokenizer_f
             getattr(writer, f"add_{vtype}")(key, value)
         writer.add_file_type(_file_type(kind))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        writer.add_string("lmedit.version", __version__)
         if chain:
             writer.add_string("lmedit.manifest", json.dumps(chain[0], sort_keys=True))
         for name, data in tensors.items():

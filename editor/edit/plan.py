@@ -133,7 +133,16 @@ class EditPlan:
         factor = check_factor(factor)
         for c in components:
             layer, index = parse_component(c, kind) if isinstance(c, str) else c
-            self.edits.append(Edit(kind, layer, index, factor))
+            self.add(Edit(kind, layer, index, factor))
+        return self
+
+    def add(self, edit: Edit | KeepOnly) -> "EditPlan":
+        """Append ``edit``; a head or neuron edited twice is an error (recorded twice, or the
+        second silently compounding the first, is never what was meant)."""
+        if isinstance(edit, Edit) and any(isinstance(e, Edit) and (e.kind, e.layer, e.index)
+                                          == (edit.kind, edit.layer, edit.index) for e in self.edits):
+            raise UserError(f"{edit.kind} {edit.target} is edited twice; give each component once")
+        self.edits.append(edit)
         return self
 
     def keep_only(self, kind: Kind, first: int, last: int, keep: Iterable[str | tuple[int, int]]) -> "EditPlan":
@@ -195,8 +204,10 @@ class EditPlan:
             raise UserError(f"{where}: not an {PLAN_FORMAT} version {PLAN_VERSION} file")
         if not isinstance(data.get("edits"), list):
             raise UserError(f"{where}: 'edits' must be a list")
-        edits = [_edit_from_json(item, f"{where}: edit {i}") for i, item in enumerate(data["edits"])]
-        return cls(edits=edits, note=str(data.get("note", "")))
+        plan = cls(note=str(data.get("note", "")))
+        for i, item in enumerate(data["edits"]):
+            plan.add(_edit_from_json(item, f"{where}: edit {i}"))
+        return plan
 
     def save(self, path: str | Path) -> None:
         from editor.io import write_json_atomic

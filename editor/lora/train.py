@@ -186,10 +186,11 @@ def train_lora(model, tokenizer, settings: LoraSettings, train: list[Example], p
 
 
 def save_adapter(peft_model, out: Path) -> Path:
-    """peft format (``adapter_model.safetensors`` + ``adapter_config.json``), written atomically."""
+    """peft format (``adapter_model.safetensors`` + ``adapter_config.json``), written atomically;
+    what is replaced must be a peft adapter (inside an output folder already proven ours)."""
     from editor.io import atomic_directory
 
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, ours=lambda p: (p / "adapter_config.json").is_file(), what="a peft adapter") as tmp:
         peft_model.save_pretrained(tmp, safe_serialization=True)
     return out
 
@@ -205,6 +206,26 @@ def load_adapter(model, adapter: str | Path, merge: bool = True):
     return peft_model.merge_and_unload() if merge else peft_model
 
 
+def is_lora_output(path: Path) -> bool:
+    """A folder ``train_and_save`` wrote: its ``lora.json`` summary is there."""
+    from editor.io import json_object_with
+
+    return json_object_with(path / "lora.json", {"settings", "train", "accuracy_before", "accuracy_after"})
+
+
+def check_lora_out(out: str | Path, force: bool) -> Path:
+    """Before any work: ``out`` is free, or ``force`` is given and it is an earlier ``lora train``
+    output (or an empty directory); never a user's own folder."""
+    from editor.io import check_replaceable, check_writable_directory
+
+    out = Path(out)
+    if (out.exists() or out.is_symlink()) and not force:
+        raise UserError(f"{out} already exists; pass --force (force=True) to overwrite it")
+    check_replaceable(out, is_lora_output, "an lmedit LoRA output (adapter/, merged/, lora.json)")
+    check_writable_directory(out.parent if out.exists() else out)  # replaced from its parent
+    return out
+
+
 def train_and_save(loaded, settings: LoraSettings, out: str | Path, force: bool = False, progress: bool = True,
                    log=print) -> dict:
     """Train on held-apart arithmetic, evaluate before/after, save ``adapter/`` and ``merged/`` under ``out``.
@@ -215,9 +236,7 @@ def train_and_save(loaded, settings: LoraSettings, out: str | Path, force: bool 
     from editor.io import write_json_atomic
     from editor.lora.compare import token_accuracy
 
-    out = Path(out)
-    if out.exists() and not force:
-        raise UserError(f"{out} already exists; overwrite it with force=True")
+    out = check_lora_out(out, force)
     settings.check()
     lora_config(loaded.model, settings)  # the layers and targets exist in this model, before any work
     source = describe_source(loaded)

@@ -20,7 +20,7 @@ import yaml
 
 from editor.errors import UserError
 from editor.faults import crash_point
-from editor.io import DirectoryLock, sweep_directory, write_json_atomic, write_text_atomic
+from editor.io import DirectoryLock, protected, sweep_directory, write_json_atomic, write_text_atomic
 
 RECIPE_FILE = "recipe.yaml"
 # What a run writes at its top level (evaluation*.json/.md too); --fresh deletes nothing else.
@@ -223,7 +223,11 @@ def _empty_run_directory(out: Path) -> None:
 def _check_run_directory(out: Path, stamp: Path) -> None:
     """``--fresh`` deletes only what is provably a run directory of ours: a directory whose
     ``steps/recipe.sha256`` we wrote, holding nothing but what a run writes. Anything else (a home
-    directory, a folder of notes, a recipe's mistyped ``out:``) is refused before any deletion."""
+    directory, a folder of notes, a recipe's mistyped ``out:``) is refused before any deletion,
+    and so is the current directory or one above it, even when it is a run of ours."""
+    why = protected(out)
+    if why:
+        raise UserError(f"refusing to delete {out} to start afresh: {why}; choose another output directory")
     if out.is_symlink() or not out.is_dir() or not stamp.is_file():
         raise UserError(f"refusing to delete {out} to start afresh: it is not an lmedit run directory "
                         f"(no steps/recipe.sha256); choose another output directory or remove it yourself")

@@ -76,12 +76,28 @@ def local_token(home: Path) -> dict[str, str]:
 
     path = home / "token"
     if path.is_file():
+        path.chmod(0o600)  # one an older version left readable
         token = path.read_text().strip()
     else:
         token = secrets.token_urlsafe(24)
-        write_text_atomic(path, token + "\n")
-        path.chmod(0o600)
+        write_text_atomic(path, token + "\n", mode=0o600)  # mkstemp's 0600 from the start: never readable
     return {token: "local"}
+
+
+def claim_home(home: Path):
+    """The service's home, private (0700: it holds the token, the job database and every job's
+    results) and held for this process's life: a second service on the same home would run the
+    same queued jobs twice, so it is refused in one line naming the first one's pid."""
+    from editor.io import DirectoryLock
+
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    home.chmod(0o700)
+    lock = DirectoryLock(home)
+    try:
+        return lock.acquire()
+    except UserError:
+        raise UserError(f"another lmedit service uses {home} ({lock.holder()}); stop it or give another --home") \
+            from None
 
 
 def check_host(host: str, tokens_given: bool) -> None:

@@ -38,18 +38,42 @@ def read_file(path: str | Path) -> list[Example]:
     return _from_records(read_records(path, "data file"), str(path))
 
 
-def load_examples(spec: str, n: int | None = None, seed: int = 0) -> list[Example]:
+def load_examples(spec: str, n: int | None = None, seed: int = 0, delimiter: str | None = None,
+                  note=None) -> list[Example]:
     """``spec`` is a built-in task (``editor.tasks.BUILTIN``: ``arithmetic``, ``arithmetic:2``, ``icl``,
-    ``gender``, ``pronoun``) or a local .jsonl/.csv file."""
+    ``gender``, ``pronoun``) or a local .jsonl/.csv file (its answers joined to the prompts by
+    ``delimiter``, see :func:`join_answers`; ``note`` receives the one-line warning)."""
     from editor.tasks import BUILTIN, builtin
 
     examples = builtin(spec, n=n, seed=seed)
     if examples is not None:
+        if delimiter is not None:
+            raise UserError(f"--delimiter is for data files; the built-in task {spec!r} writes its own answers")
         return examples
     if not spec.endswith((".jsonl", ".csv")) and not Path(spec).exists():
         raise UserError(f"unknown data {spec!r}: a built-in task ({', '.join(BUILTIN)}) or a .jsonl/.csv file")
-    examples = read_file(spec)
+    examples = join_answers(read_file(spec), delimiter, spec, note)
     return examples[:n] if n else examples
+
+
+def join_answers(examples: list[Example], delimiter: str | None, where: str, note=None) -> list[Example]:
+    """Each answer is scored on its tokens as they follow the prompt in ``prompt + answer`` (the way
+    lm-evaluation-harness joins context and target), so "Paris" after "The capital of France is"
+    is scored as the tokens of "isParis", not of " Paris". With ``delimiter`` (e.g. " ") it is put
+    between each prompt and answer that are glued (no whitespace at the seam; a row that has one is
+    kept as written); without one, glued rows are reported through ``note`` in one line: a silent
+    wrong token is worse than a warning."""
+    if delimiter is not None and delimiter.strip():
+        raise UserError(f"--delimiter {delimiter!r} should be whitespace (e.g. ' '), not text")
+    glued = [ex for ex in examples if ex.answer and not ex.answer[0].isspace() and not ex.prompt[-1].isspace()]
+    if delimiter:
+        return [Example(ex.prompt, delimiter + ex.answer, ex.meta) if ex in glued else ex for ex in examples]
+    if glued and note is not None and delimiter is None:
+        ex = glued[0]
+        note(f"note: {len(glued)} of {len(examples)} answers in {where} are joined to their prompt with no space "
+             f"(e.g. {ex.prompt[-20:] + ex.answer!r}) and scored on those tokens; pass --delimiter ' ' to put a "
+             "space between prompt and answer")
+    return examples
 
 
 def answer_ids(tokenizer, prompt: str, answer: str) -> list[int]:
