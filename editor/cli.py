@@ -63,6 +63,14 @@ class LmeditGroup(click.Group):
             ctx.exit(2)
         except click.UsageError as exc:
             _usage_error(exc)
+        except OSError as exc:  # a full disk outside the atomic writers (which say it themselves)
+            from editor.io import disk_full
+
+            if not disk_full(exc):
+                raise
+            click.echo(f"Error: {exc.strerror} while writing {exc.filename or 'an output'}; earlier outputs are "
+                       "as they were; free space and run again", err=True)
+            ctx.exit(2)
 
     def make_context(self, *args, **kwargs):
         try:

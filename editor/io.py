@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -21,6 +22,26 @@ def _umask() -> int:
 def default_mode(directory: bool = False) -> int:
     """Permissions a plain open()/mkdir() would give; mkstemp/mkdtemp use 0600/0700."""
     return (0o777 if directory else 0o666) & ~_umask()
+
+
+_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}  # no space left, file too large, quota exceeded
+_RUST_FULL = re.compile(r"os error (%s)\b" % "|".join(map(str, sorted(_FULL))))  # safetensors, tokenizers
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or a size limit or quota) is full; Rust writers such as
+    safetensors report it as their own error type with the OS error number in the text."""
+    if isinstance(exc, OSError):
+        return exc.errno in _FULL
+    return _RUST_FULL.search(str(exc)) is not None
+
+
+def _full_error(target: Path, exc: BaseException):
+    from editor.errors import UserError
+
+    state = "is as it was" if target.exists() else "was not written"
+    return UserError(f"the disk is full (or a file size limit was reached) while writing {target}; {target} {state}, "
+                     "and nothing half-written is left; free space and run again")
 
 
 def write_text_atomic(path: str | Path, text: str, mode: int | None = None) -> Path:
@@ -102,8 +123,10 @@ def atomic_file(path: str | Path, suffix: str = "", mode: int | None = None) -> 
         yield tmp
         os.chmod(tmp, default_mode() if mode is None else mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if disk_full(exc):
+            raise _full_error(path, exc) from None
         raise
 
 
@@ -188,8 +211,10 @@ def atomic_directory(out: str | Path, log=None, ours=None, what: str = "") -> It
             for file in tmp.iterdir():
                 os.chmod(file, default_mode())
             _swap(tmp, out)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            if disk_full(exc):
+                raise _full_error(out, exc) from None
             raise
     finally:
         lock.release()

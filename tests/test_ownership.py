@@ -199,3 +199,24 @@ def test_a_real_process_refusing_force_prints_one_line(tmp_path, tiny_dir, user_
                          capture_output=True, text=True, timeout=300)
     assert got.returncode == 2 and got.stderr.count("\n") == 1 and got.stderr.startswith("Error:"), got.stderr
     assert snapshot(tmp_path) == before
+
+
+def test_a_full_disk_during_a_save_leaves_the_old_checkpoint_and_says_so(tmp_path, tiny_dir):
+    """A write limit (RLIMIT_FSIZE: the kernel refuses to grow any file past 30 kB, as a full disk
+    refuses a write) hits the 115 kB weights file half-way: one line, the earlier checkpoint intact,
+    no temporary left beside it."""
+    import resource
+
+    out = tmp_path / "ckpt"
+    assert CliRunner().invoke(main, edit(tiny_dir, out)).exit_code == 0
+    before = snapshot(tmp_path)
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))
+
+    got = subprocess.run([sys.executable, "-m", "editor", "edit", "--model", str(tiny_dir), "--zero-heads", "1.1",
+                          "--out", str(out), "--no-verify", "--force"], preexec_fn=limit, capture_output=True,
+                         text=True, timeout=300)
+    assert got.returncode == 2 and got.stderr.count("\n") == 1, got.stderr
+    assert "disk is full" in got.stderr and "is as it was" in got.stderr
+    assert snapshot(tmp_path) == before
