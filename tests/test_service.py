@@ -193,6 +193,24 @@ def test_the_home_is_private_and_held_by_one_service(server, tmp_path):
         lock.release()
 
 
+def test_command_options_are_read_by_the_commands_own_definition(tiny_dir):
+    """``false`` of an on/off switch is its --no- form (it was dropped, so the default ran); an option
+    the command does not have, or a switch given a value, is refused before anything is queued."""
+    from editor.errors import UserError
+    from editor.service.jobs import validate
+
+    spec = validate({"command": "attribute heads", "options": {"model": str(tiny_dir), "specificity": False,
+                                                                "n": 4}})
+    assert "--no-specificity" in spec["argv"] and "--specificity" not in spec["argv"]
+    spec = validate({"command": "edit", "options": {"model": str(tiny_dir), "zero-heads": "0.1", "verify": False}})
+    assert "--no-verify" in spec["argv"]
+    for options, message in (({"colour": "red"}, "unknown option 'colour'"),
+                             ({"specificity": "no"}, "is a switch"),
+                             ({"n": 4, "zero-heads": "0.1"}, "unknown option 'zero-heads'")):
+        with pytest.raises(UserError, match=message):
+            validate({"command": "attribute heads", "options": {"model": str(tiny_dir), **options}})
+
+
 @pytest.mark.parametrize("body,cli,message", [
     ({"recipe": "nosuch"}, None, "unknown recipe 'nosuch'"),
     ({"recipe": "icl-heads", "set": {"cut.rank_by": "magic"}}, ["run", "icl-heads", "--set", "cut.rank_by=magic"],

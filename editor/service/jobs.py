@@ -109,10 +109,13 @@ def _recipe(recipe: object, values: object) -> dict:
     return {"kind": "recipe", "recipe": name, "recipe_kind": cfg.recipe, "config": raw}
 
 
-def _argv(options: object) -> list[str]:
-    """{"retain": 0.9, "units": ["neurons", "heads"], "force": ...} -> CLI arguments."""
+def _argv(cmd: click.Command, options: object) -> list[str]:
+    """{"retain": 0.9, "units": ["neurons", "heads"], "specificity": false} -> CLI arguments, each
+    option looked up in the command's own definition: an unknown one is an error, and ``false``
+    of an on/off flag is its ``--no-`` form (never silently dropped)."""
     if not isinstance(options, dict):
         raise UserError("'options' is an object of option names to values, e.g. {\"model\": \"smollm2-135m\"}")
+    flags = {opt: p for p in cmd.params if isinstance(p, click.Option) for opt in (*p.opts, *p.secondary_opts)}
     argv = []
     for key, value in options.items():
         if not isinstance(key, str) or not key.replace("-", "_").replace("_", "").isalnum():
@@ -121,9 +124,21 @@ def _argv(options: object) -> list[str]:
         if name in RESERVED:
             raise UserError(f"option {name!r} is set by the service (each job writes to its own run directory)")
         flag = f"--{name}"
+        param = flags.get(flag)
+        if param is None:
+            raise UserError(f"unknown option {name!r} for this command")
+        if param.is_flag and not isinstance(value, bool):
+            raise UserError(f"option {name!r} is a switch: true or false")
         if value is True:
             argv.append(flag)
-        elif value is False or value is None:
+        elif value is False:
+            if param.secondary_opts and flag in param.opts:
+                argv.append(param.secondary_opts[0])
+            elif param.secondary_opts:
+                argv.append(param.opts[0])
+            elif param.default:
+                raise UserError(f"option {name!r} cannot be false")
+        elif value is None:
             continue
         elif isinstance(value, list):
             for v in value:
@@ -143,12 +158,12 @@ def _command(command: object, options: object) -> dict:
     if command not in COMMANDS:
         raise UserError(f"unknown command {command!r}; one of: {', '.join(COMMANDS)}")
     words = command.split()
-    argv = _argv(options)
     out_flag, out_name, _ = COMMANDS[command]
     cmd, ctx = main, click.Context(main, info_name="lmedit")
     for word in words:
         cmd = cmd.get_command(ctx, word)
         ctx = click.Context(cmd, info_name=word, parent=ctx)
+    argv = _argv(cmd, options)
     args = argv + [out_flag, out_name]
     try:
         parsed = cmd.make_context(words[-1], list(args), parent=ctx.parent)
