@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
@@ -17,13 +18,30 @@ from editor.ranges import MAX_PROMPTS
 VERIFY_PROMPTS = ["The sum of 3 and 5 is", "12+35=", "A woman works as a", "Q: What is 7 times 8? A:"]
 
 
+# Seeds go to torch and numpy, which take them below 2**32 (a larger one was a traceback mid-run);
+# batch sizes past this are a typo, not a batch.
+SEED = click.IntRange(0, 2**32 - 1)
+MAX_BATCH = 65_536
+
+
 class LmeditCommand(click.Command):
     """A command whose single-value options may be given once: click keeps the last of
     ``--zero-heads 0.6 --zero-heads 1.2`` and drops the first without a word."""
 
+    # Options where an empty value means something: --delimiter '' (answers joined as written),
+    # --baselines '' (none). Everywhere else an empty or blank value is a mistake, not "the default".
+    BLANK_OK = {"delimiter", "baselines"}
+
     def parse_args(self, ctx, args):
         _refuse_repeats(ctx, self, args)
-        return super().parse_args(ctx, args)
+        rest = super().parse_args(ctx, args)
+        for param in self.params:
+            value = ctx.params.get(param.name)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if param.name not in self.BLANK_OK and any(isinstance(v, str) and not v.strip() for v in values):
+                what = max(param.opts, key=len) if isinstance(param, click.Option) else param.human_readable_name
+                raise click.UsageError(f"{what} is empty", ctx=ctx)
+        return rest
 
 
 def _refuse_repeats(ctx, command: click.Command, args: list[str]) -> None:
@@ -66,6 +84,10 @@ class LmeditGroup(click.Group):
         except OSError as exc:  # a full disk outside the atomic writers (which say it themselves)
             from editor.io import disk_full
 
+            if exc.errno == errno.ENAMETOOLONG:  # a name (model, data, recipe) no file system can hold
+                click.echo(f"Error: a name given is too long for a file path ({len(str(exc.filename or ''))} "
+                           "characters); check the arguments", err=True)
+                ctx.exit(2)
             if not disk_full(exc):
                 raise
             click.echo(f"Error: {exc.strerror} while writing {exc.filename or 'an output'}; earlier outputs are "
@@ -166,9 +188,10 @@ def model_options(func):
     @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (off by default).")
     @functools.wraps(func)
     def wrapper(*args, model, device, max_memory, dtype, trust_remote_code, **kwargs):
-        from editor.model.loading import load_model
+        from editor.model.loading import check_device, load_model
         from editor.model.offload import parse_max_memory
 
+        check_device(device)
         parse_max_memory(max_memory)  # a malformed limit fails before anything loads
         if max_memory and device != "auto":
             raise UserError("--max-memory needs --device auto (accelerate places and offloads the model)")
@@ -210,6 +233,8 @@ def executor_options(func):
         from editor.attribution.sharded import scorer_for
 
         params = click.get_current_context().params
+        if executor != "ray" and ray_address is not None:
+            raise UserError("--ray-address needs --executor ray (the local executor joins no cluster)")
 
         def make(batch_size: int):
             from editor.distributed import ModelSpec, check_ray
@@ -267,6 +292,11 @@ def _print_table(rows: list[dict], columns: list[str]) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or notes, for every command (as TQDM_DISABLE=1).")
 def main(quiet):
     """Find the heads and neurons behind a behaviour, cut or rescale them, ship a checkpoint."""
+    import warnings
+
+    # A deprecation inside transformers that peft triggers on every LoRA model: nothing a user can
+    # act on, and stderr is where a script reads our one error line.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     if quiet:
         import os
 
@@ -427,6 +457,22 @@ def _verify(model, tokenizer, path: Path) -> float:
     return diff
 
 
+def _verify_gguf(path: Path) -> None:
+    from editor.edit.gguf import GGUFMismatch, verify_gguf
+
+    if path.suffix != ".gguf":
+        raise UserError(f"{path} is a file: verify takes a checkpoint directory or a .gguf export")
+    try:
+        checked = verify_gguf(path)
+    except GGUFMismatch as exc:  # a failed check: exit 1, as for a checkpoint
+        click.echo(f"Error: {_one_line(str(exc))}", err=True)
+        raise click.exceptions.Exit(1) from None
+    _say(f"{path}: {checked['tensors']} tensors match the recorded sha256"
+         + ("; its manifest is complete" if checked["manifest"] else ""))
+    _record("gguf", str(path))
+    _record("tensors_sha256", checked["tensors_sha256"])
+
+
 def _check_recovered_shapes(checkpoint: Path, name: str, source: dict, pruned: dict, device: str) -> None:
     """Every tensor of a recovered checkpoint has the shape the manifest's removal gives the base (a
     merged LoRA changes values, never shapes): nothing removed came back."""
@@ -448,15 +494,19 @@ def _check_recovered_shapes(checkpoint: Path, name: str, source: dict, pruned: d
 
 @main.command()
 @json_option
-@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
 @click.option("--device", default="cpu", show_default=True)
 def verify(checkpoint, device):
-    """Rebuild CHECKPOINT from its source model and plan, and compare with a plain-transformers reload."""
+    """Rebuild CHECKPOINT from its source model and plan, and compare with a plain-transformers reload
+    (a .gguf export: check its tensors against the hash and manifest it carries)."""
     from editor.edit.checkpoint import ManifestMismatch, checked_manifest
     from editor.edit.plan import EditPlan
     from editor.edit.weights import apply_plan
-    from editor.model.loading import load_model
+    from editor.model.loading import check_device, load_model
 
+    check_device(device)
+    if checkpoint.is_file():
+        return _verify_gguf(checkpoint)
     try:
         manifest = checked_manifest(checkpoint)
     except ManifestMismatch as exc:  # a failed check, like a rebuilt-model difference: exit 1
@@ -513,11 +563,11 @@ _DATA_OPTIONS = [
                  callback=lambda ctx, _p, value: ctx.meta.__setitem__("delimiter", value),
                  help="Whitespace put between each prompt and answer of a data file, e.g. ' ' [default: joined as "
                       "written; answers glued to their prompt get a note]."),
-    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--seed", type=SEED, default=0, show_default=True),
     click.option("--target", type=click.Choice(["auto", "gold", "top1"]), default="auto", show_default=True,
                  help="Token whose log-probability is scored: the gold answer, or the model's top-1."),
-    click.option("--top", type=click.IntRange(1), default=20, show_default=True, help="Rows to print and rank."),
-    click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True),
+    click.option("--top", type=click.IntRange(1, 100_000), default=20, show_default=True, help="Rows to print and rank."),
+    click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=16, show_default=True),
     click.option("--out", type=click.Path(file_okay=False, path_type=Path),
                  help="Output directory [default: checkpoints/attribution/<model>]."),
     click.option("--force", is_flag=True, help="Overwrite results of the same name already in --out."),
@@ -631,7 +681,14 @@ _SPECIFICITY = [
 def specificity_options(func):
     for option in reversed(_SPECIFICITY):
         func = option(func)
-    return func
+
+    @functools.wraps(func)
+    def wrapper(*args, control, specificity, **kwargs):
+        if control is not None and not specificity:
+            raise UserError("--control is the task of the specificity column; it has no use with --no-specificity")
+        return func(*args, control=control, specificity=specificity, **kwargs)
+
+    return wrapper
 
 
 def _control(data: str, control: str | None, n: int, seed: int):
@@ -866,7 +923,7 @@ def _settings(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--alone", is_flag=True, help="Evaluate only --model, even when its manifest names a base.")
 @click.option("--set", "settings", multiple=True, metavar="TASK.KEY=VALUE",
               help="Task setting, e.g. arithmetic.digits=2, icl.n=200, gender.templates=0-3 (repeatable).")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=32, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Output directory for evaluation.json/.md [default: checkpoints/eval/<model>].")
 @click.option("--force", is_flag=True, help="Overwrite an evaluation already in --out.")
@@ -991,13 +1048,13 @@ def run_cmd(recipe, overrides, out, fresh, device, as_json):
 @click.option("--recover", type=click.Choice(["none", "lora"]), default="lora", show_default=True,
               help="Fine-tune the shrunk model with a merged LoRA on the task's training prompts (none: the "
                    "search itself must keep RETAIN).")
-@click.option("--recover-steps", type=click.IntRange(1), default=80, show_default=True)
+@click.option("--recover-steps", type=click.IntRange(1, 1_000_000), default=80, show_default=True)
 @click.option("--search-retain", type=float, default=None,
               help="With recovery, the search cuts while validation >= X x base; the recovered model must "
                    "then keep RETAIN, else an earlier cut is recovered [default: 0.5].")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Any other arithmetic-prune recipe value, e.g. data.n_test=1000 (repeatable).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run directory: checkpoint/, manifest, search trace, report.html. An interrupted prune into "
@@ -1064,16 +1121,16 @@ def lora():
 @click.option("--layers", required=True, help="Layers that get adapters, e.g. 3 or 0-2 or 1,5.")
 @click.option("--targets", default="q,k,v,o", show_default=True,
               help="Projections per layer: q, k, v, o (attention), mlp_in, mlp_out.")
-@click.option("--rank", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--alpha", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--rank", type=click.IntRange(1, 4096), default=8, show_default=True)
+@click.option("--alpha", type=click.IntRange(1, 1_000_000), default=16, show_default=True)
 @click.option("--steps", type=click.IntRange(1, 1_000_000), default=150, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=16, show_default=True)
 @click.option("--digits", type=click.IntRange(1, 3), default=2, show_default=True)
 @click.option("--n-train", type=click.IntRange(1, MAX_PROMPTS), default=2000, show_default=True)
 @click.option("--n-eval", type=click.IntRange(1, MAX_PROMPTS), default=200, show_default=True,
               help="Held-out prompts (no operation/operand pair shared with training).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Output directory [default: checkpoints/lora/<model>-L<layers>].")
 @click.option("--force", is_flag=True, help="Overwrite an existing output directory.")
@@ -1107,9 +1164,9 @@ def lora_train(load, task, layers, targets, rank, alpha, steps, lr, batch_size, 
               help="heldout (the adapter's held-out arithmetic prompts, from its lora.json), a built-in task "
                    "(arithmetic:2) or a .jsonl/.csv file with prompt and answer.")
 @click.option("--n", "n_prompts", type=click.IntRange(1, MAX_PROMPTS), default=64, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of a built-in task.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of a built-in task.")
 @click.option("--layers", help="Layers whose neurons are compared, e.g. 17-29 [default: all].")
-@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=16, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Output directory [default: the adapter's parent directory].")
 @click.option("--device", default="cpu", show_default=True)

@@ -44,7 +44,7 @@ CASES = [
     ("edit " + M + " --zero-neurons 0.100000", "out of range"),
     ("edit " + M + " --zero-neurons 99.0", "out of range"),
     ("edit " + M + " --zero-heads ,", "nothing to edit"),
-    ("edit " + M + " --zero-heads ''", "nothing to edit"),
+    ("edit " + M + " --zero-heads ''", "--zero-heads is empty"),
     ("edit " + M, "nothing to edit"),
     ("edit " + M + " --scale-heads 1.1", "LAYER.INDEX=FACTOR"),
     ("edit " + M + " --scale-heads 1.1=", "not a number"),

@@ -224,3 +224,30 @@ def test_cli_export_writes_once_and_needs_force_to_replace(tmp_path):
     assert again.exit_code == 2 and "--force" in again.output
     assert CliRunner().invoke(main, [*args, "--force"]).exit_code == 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m.gguf")]  # no temp file left
+
+
+@pytest.mark.parametrize("kind", ["f32", "q8_0"])
+def test_verify_checks_an_exports_tensors_against_the_hash_it_records(kind, tmp_path):
+    """An export records the sha256 of its tensors as stored; `lmedit verify FILE.gguf` recomputes it
+    from the file, so one changed byte of one tensor fails (exit 1), and so does a manifest missing
+    a field; a GGUF lmedit did not write is one line (exit 2)."""
+    from click.testing import CliRunner
+
+    from editor.cli import main
+    from editor.edit.gguf import TENSORS_SHA256
+
+    ckpt, _ = tiny_checkpoint("llama", tmp_path)
+    out = export_gguf(str(ckpt), tmp_path / "m.gguf", kind, no_vocab_gguf(tmp_path / "tok.gguf"), log=lambda _m: None)
+    good = CliRunner().invoke(main, ["verify", str(out.path)])
+    assert good.exit_code == 0 and "tensors match the recorded sha256" in good.output, good.output
+    import gguf
+
+    last = gguf.GGUFReader(out.path).tensors[-1]
+    data = bytearray(out.path.read_bytes())
+    data[last.data_offset + last.n_bytes // 2] ^= 0x10  # one bit inside the last tensor's data
+    bad = tmp_path / "changed.gguf"
+    bad.write_bytes(bytes(data))
+    got = CliRunner().invoke(main, ["verify", str(bad)])
+    assert got.exit_code == 1 and TENSORS_SHA256 in got.stderr and got.stderr.count("\n") == 1, got.output
+    foreign = CliRunner().invoke(main, ["verify", str(tmp_path / "tok.gguf")])
+    assert foreign.exit_code == 2 and "not a GGUF exported by lmedit" in foreign.stderr

@@ -196,6 +196,61 @@ def source_gguf(model_name: str, model_path: Path | None, chain: list[dict]) -> 
     return None
 
 
+TENSORS_SHA256 = "lmedit.tensors_sha256"
+
+
+def tensors_sha256(tensors) -> str:
+    """One sha256 over (name, bytes as stored) of every tensor, in file order: what ``verify_gguf``
+    recomputes from the file, so a GGUF whose tensors changed after export is caught."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, array in tensors:
+        digest.update(name.encode() + b"\0")
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def verify_gguf(path: str | Path) -> dict:
+    """Check every claim an exported GGUF makes about itself: it is ours, its tensors are the ones
+    whose hash it records, and the manifest it carries (the checkpoint it came from) is complete.
+    Returns what was checked; raises UserError (not ours, incomplete) or GGUFMismatch (changed)."""
+    import gguf
+
+    from editor.edit.checkpoint import REQUIRED
+
+    path = Path(path)
+    if not is_export(path):
+        raise UserError(f"{path} is not a GGUF exported by lmedit (no lmedit.version in its metadata)")
+    reader = gguf.GGUFReader(path)
+    recorded = _string(reader, TENSORS_SHA256)
+    if recorded is None:
+        raise UserError(f"{path} records no {TENSORS_SHA256} (exported by an older lmedit): nothing to check it against")
+    actual = tensors_sha256((t.name, t.data) for t in reader.tensors)
+    if actual != recorded:
+        raise GGUFMismatch(f"{path}: its tensors do not match the {TENSORS_SHA256} recorded at export "
+                           "(changed after it was written)")
+    manifest = _string(reader, "lmedit.manifest")
+    if manifest is not None:
+        try:
+            data = json.loads(manifest)
+        except ValueError:
+            raise GGUFMismatch(f"{path}: its lmedit.manifest is not valid JSON") from None
+        missing = [k for k in REQUIRED if not isinstance(data, dict) or k not in data]
+        if missing:
+            raise GGUFMismatch(f"{path}: its lmedit.manifest lacks {', '.join(missing)}")
+    return {"tensors": len(reader.tensors), "tensors_sha256": actual, "manifest": manifest is not None}
+
+
+class GGUFMismatch(UserError):
+    """A GGUF whose contents are not what its metadata records: a failed verification (exit 1)."""
+
+
+def _string(reader, key: str) -> str | None:
+    field = reader.fields.get(key)
+    return None if field is None else field.contents()
+
+
 def is_export(path: Path) -> bool:
     """A GGUF file this module wrote: every export carries ``lmedit.version`` in its metadata."""
     import gguf
@@ -271,8 +326,9 @@ def export_gguf(model_name: str, out: str | Path, kind: str = "f32", tokenizer_f
         writer.add_string("lmedit.version", __version__)
         if chain:
             writer.add_string("lmedit.manifest", json.dumps(chain[0], sort_keys=True))
-        for name, data in tensors.items():
-            array, raw = _encode(name, data, kind)
+        encoded = {name: _encode(name, data, kind) for name, data in tensors.items()}
+        writer.add_string(TENSORS_SHA256, tensors_sha256((name, array) for name, (array, _) in encoded.items()))
+        for name, (array, raw) in encoded.items():
             writer.add_tensor(name, array, raw_dtype=raw)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

@@ -181,8 +181,11 @@ def train_lora(model, tokenizer, settings: LoraSettings, train: list[Example], p
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     bar.close()
     peft_model.eval()
+    # peft keeps the targets as a set, ordered by the process's string-hash seed: sorted, the result
+    # is the same in every process that runs the same settings
+    modules = sorted(config.target_modules)
     return peft_model, TrainResult(losses, round(time.perf_counter() - start, 1), sum(p.numel() for p in params),
-                                   list(config.target_modules))
+                                   modules)
 
 
 def save_adapter(peft_model, out: Path) -> Path:

@@ -174,6 +174,8 @@ def _check_local_dir(local: Path) -> None:
 def check_model_name(name: str) -> None:
     """What ``load_model`` would refuse by name alone, found without loading anything: a missing
     path or .gguf, a folder without config.json, a name that is no alias, path or loadable hub id."""
+    if not isinstance(name, str) or not name.strip():
+        raise UserError("the model name is empty; give a store alias, a folder, a .gguf file or a hub id")
     if name in store.ALIASES:
         return
     local = Path(name).expanduser()

@@ -1,0 +1,297 @@
+"""Bad input through real `lmedit` processes, generated from the option types of every command.
+
+`tests/test_bad_input.py` runs hand-written lines in-process; here every option of every command
+(the click tree walked, nothing listed by hand but a valid base line per command) gets the bad values
+its type implies: below and above its range, not a number, NaN and infinity, huge, empty, unknown
+choices, missing or wrong kinds of paths, given twice; output paths that are files, a user's folder
+or a symbolic link, with --force. Each case runs as a real process (forked from a preloaded `lmedit`,
+see zygote.py; a sample also as fresh `python -m editor`) in an empty working folder and an empty
+store, and must exit 2 with exactly one `Error:` line on stderr, no traceback, and nothing written or
+deleted anywhere the command could reach. NUL bytes cannot be passed in a command line (the kernel
+ends each argument at the first one): they are covered in files, by the in-process suite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+import pytest
+
+import tiny
+from zygote import Zygote
+
+pytestmark = pytest.mark.slow  # real processes: about 2 minutes on 2 cores
+
+# Commands that start a server or talk to one are left to tests/test_service.py; `models pull`
+# downloads. Every other command gets a valid base line (it would succeed) that a case breaks.
+SKIP = {"serve", "jobs", "models pull", "models list", "recipes list"}
+FAST_PRUNE = ["--set", "data.n_score=8", "--set", "data.n_val=8", "--set", "data.n_test=8", "--set",
+              "data.n_train=8", "--set", "prune.max_rounds=1", "--recover", "none", "--baselines", ""]
+
+
+def bases(f: dict) -> dict[str, list[str]]:
+    m = ["--model", f["model"]]
+    return {
+        "models info": [f["model"]],
+        "edit": [*m, "--zero-heads", "0.1", "--no-verify", "--out", "out"],
+        "verify": [f["checkpoint"]],
+        "attribute heads": [*m, "--n", "4", "--method", "static", "--no-specificity", "--out", "res"],
+        "attribute circuit": [*m, "--n", "8", "--heldout", "8", "--out", "res"],
+        "attribute neurons": [*m, "--n", "4", "--out", "res"],
+        "attribute cna": [*m, "--n", "4", "--ablate-heads", "0.1", "--out", "res"],
+        "evaluate": [*m, "--tasks", "guard", "--set", "guard.window=64", "--out", "res"],
+        "recipes show": ["icl-heads"],
+        "run": ["icl-heads", "--set", f"model={f['model']}", "--out", "run"],
+        "prune": [*m, "--out", "p", *FAST_PRUNE],
+        "export gguf": [f["checkpoint"], "--out", "m.gguf", "--tokenizer-from", f["tokenizer_gguf"]],
+        "lora train": [*m, "--layers", "0", "--steps", "1", "--n-train", "4", "--n-eval", "4", "--out", "lora"],
+        "lora compare": [*m, "--adapter", f["adapter"], "--n", "4", "--out", "cmp"],
+    }
+
+
+def commands(group: click.Group = None, path=()):
+    from editor.cli import main
+
+    group = group or main
+    for name, cmd in group.commands.items():
+        words = (*path, name)
+        if " ".join(words) in SKIP or words[0] in SKIP:
+            continue
+        if isinstance(cmd, click.Group):
+            yield from commands(cmd, words)
+        else:
+            yield " ".join(words), cmd
+
+
+def bad_values(param: click.Parameter, f: dict) -> list[str]:
+    """The values a parameter of this type must refuse."""
+    t = param.type
+    if isinstance(t, click.IntRange):
+        out = ["abc", "1.5", "", "0x10", "9" * 40]  # huge: every count has a sane bound
+        if t.min is not None:
+            out.append(str(t.min if t.min_open else t.min - 1))
+        if t.max is not None:
+            out.append(str(t.max if t.max_open else t.max + 1))
+        return out
+    if isinstance(t, click.FloatRange):
+        out = ["abc", "", "nan", "inf", "-inf"]
+        if t.min is not None:
+            out.append(repr(t.min if t.min_open else t.min - 1))
+        if t.max is not None:
+            out.append(repr(t.max if t.max_open else t.max + 1))
+        return out
+    if t is click.INT:
+        return ["abc", "1.5", "", "9" * 40, "-" + "9" * 40]
+    if t is click.FLOAT:
+        return ["abc", "", "nan", "inf", "-inf", "1e999"]
+    if isinstance(t, click.Choice):
+        return ["nosuch", "", t.choices[0].upper() + "_"]
+    if isinstance(t, click.Path):
+        out = [f["missing"], f["loop"]] if t.exists else []
+        if not t.dir_okay:
+            out.append(f["dir"])
+        if not t.file_okay:
+            out.append(f["file"])
+        if t.file_okay and t.exists:
+            out += [f["empty"], f["binary"]]
+        return out
+    return ["", " ", "\u0663", "x" * 100_000]  # free text: empty, blank, a lone Arabic-Indic digit, 100 kB
+
+
+# Commands whose output folder is replaced whole, and the option that allows it. (attribute and
+# evaluate write their named result files into --out, beside whatever else is there.)
+REPLACES = {"edit": "force", "lora train": "force", "run": "fresh"}
+
+# (command, option, value) a type's generic bad value does not fit, each with why it is valid.
+VALID = {
+    ("*", "--delimiter", ""): "an explicit empty delimiter: answers joined as written, on purpose",
+    ("*", "--delimiter", " "): "the usual delimiter",
+    ("prune", "--baselines", ""): "no baselines",
+    ("prune", "--baselines", " "): "no baselines, as ''",
+}
+
+
+def without(base: list[str], param: click.Option) -> list[str]:
+    """``base`` with ``param`` taken out (and its value), so a case sets it once, to the bad value."""
+    names, out, skip = {*param.opts, *param.secondary_opts}, [], False
+    for token in base:
+        if skip:
+            skip = False
+        elif token in names:
+            skip = not param.is_flag
+        else:
+            out.append(token)
+    return out
+
+
+def cases(f: dict) -> list[tuple[str, list[str], str]]:
+    """(id, argv, what the error line must contain, lower-case; '' for any)."""
+    base = bases(f)
+    out = []
+    for name, cmd in commands():
+        words = name.split()
+        for param in cmd.params:
+            if isinstance(param, click.Argument):
+                args = base[name]
+                position = [p for p in cmd.params if isinstance(p, click.Argument)].index(param)
+                for value in bad_values(param, f):
+                    argv = [*words, *args]
+                    argv[len(words) + position] = value
+                    out.append((f"{name} <{param.name}>={value[:20]!r}", argv, ""))
+                continue
+            opt = max(param.opts, key=len)
+            if opt in ("--help",):
+                continue
+            rest = without(base[name], param)
+            if not param.multiple and not param.count:
+                twice = [opt] * 2 if param.is_flag else [opt, "1", opt, "1"]
+                out.append((f"{name} {opt} twice", [*words, *rest, *twice], "given twice"))
+            if param.is_flag:
+                continue
+            out.append((f"{name} {opt} without its value", [*words, *rest, opt], "requires an argument"))
+            for value in bad_values(param, f):
+                if ("*", opt, value) in VALID or (name, opt, value) in VALID:
+                    continue
+                out.append((f"{name} {opt}={value[:20]!r}", [*words, *rest, opt, value], ""))
+            if opt == "--out":
+                out.append((f"{name} --out=a file", [*words, *rest, opt, f["file"]], ""))
+                if name in REPLACES:  # outputs replaced whole: --force must not take a user's folder
+                    for target in ("user", "link"):
+                        out.append((f"{name} --out={target} --{REPLACES[name]}",
+                                    [*words, *rest, opt, f[target], f"--{REPLACES[name]}"], "refusing"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """The files the cases point at, made once: a tiny model, a checkpoint, an adapter, and bad paths."""
+    root = tmp_path_factory.mktemp("real-bad-input")
+    files = root / "files"
+    files.mkdir()
+    model = tiny.save_dir(tiny.tiny_model("llama"), files / "model")
+    f = {"model": str(model), "missing": str(files / "missing.json"), "dir": str(files / "somedir"),
+         "file": str(files / "notes.txt"), "empty": str(files / "empty.json"), "binary": str(files / "binary.bin"),
+         "user": str(files / "user"), "link": str(files / "link"), "checkpoint": str(files / "checkpoint"),
+         "adapter": str(files / "lora" / "adapter"), "tokenizer_gguf": str(files / "tok.gguf"),
+         "loop": str(files / "loop")}
+    (files / "somedir").mkdir()
+    (files / "notes.txt").write_text("my notes\n")
+    (files / "empty.json").write_bytes(b"")
+    (files / "binary.bin").write_bytes(bytes(range(256)) * 4)
+    (files / "user").mkdir()
+    (files / "user" / "thesis.tex").write_text("years of work")
+    (files / "link").symlink_to(files / "user", target_is_directory=True)
+    (files / "loop").symlink_to(files / "loop")  # a link to itself: stat fails with ELOOP
+    from test_gguf import no_vocab_gguf
+
+    no_vocab_gguf(files / "tok.gguf")
+    zygote = Zygote()
+    env = environment(root / "setup-home")
+    logs = root / "logs"
+    logs.mkdir()
+    for argv in (["edit", "--model", f["model"], "--zero-heads", "0.1", "--no-verify", "--out", f["checkpoint"]],
+                 ["lora", "train", "--model", f["model"], "--layers", "0", "--steps", "1", "--n-train", "4",
+                  "--n-eval", "4", "--out", str(files / "lora")]):
+        made = zygote.run(argv, root, env, logs)
+        assert made.returncode == 0, made.stderr
+    yield root, f, zygote
+    zygote.close()
+    assert zygote.startup == "", f"importing lmedit printed: {zygote.startup[-2000:]}"
+
+
+def environment(home: Path) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH")}
+    return {**keep, "EDITOR_HOME": str(home), "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+
+
+def tree(*roots: Path) -> dict:
+    out = {}
+    for root in roots:
+        for p in sorted(root.rglob("*")):
+            if p.is_symlink():
+                out[str(p)] = ("link", os.readlink(p))
+            elif p.is_file():
+                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+            else:
+                out[str(p)] = "dir"
+    return out
+
+
+def check(result, expect: str) -> str | None:
+    """Why ``result`` is not a clean refusal, or None."""
+    lines = result.stderr.strip("\n").split("\n") if result.stderr.strip() else []
+    if result.returncode != 2:
+        return f"exit {result.returncode}: {result.stderr[-300:]!r}"
+    if "Traceback" in result.stderr or len(lines) != 1 or not lines[0].startswith("Error:"):
+        return f"stderr is not one Error: line: {result.stderr[-500:]!r}"
+    if expect and expect not in lines[0].lower():
+        return f"{lines[0]!r} does not say {expect!r}"
+    return None
+
+
+def test_every_option_of_every_command_refuses_its_bad_values(world):
+    root, f, zygote = world
+    all_cases = cases(f)
+    assert len(all_cases) >= 1000, len(all_cases)
+    files_before = tree(root / "files")
+    failures = []
+    lock = threading.Lock()
+    extra = Zygote()  # two at a time: CI has two cores
+
+    def work(z: Zygote, chunk):
+        for n, (name, argv, expect) in chunk:
+            case = root / "cases" / str(n)
+            work_dir, home, logs = case / "work", case / "home", case / "logs"
+            for d in (work_dir, home, logs):
+                d.mkdir(parents=True)
+            started = time.monotonic()
+            result = z.run(argv, work_dir, environment(home), logs)
+            with lock:
+                durations.append((time.monotonic() - started, name))
+            why = check(result, expect)
+            if why is None and (any(work_dir.iterdir()) or any(home.iterdir())):
+                why = f"wrote {sorted(str(p.relative_to(case)) for p in case.rglob('*') if 'logs' not in p.parts)[:3]}"
+            with lock:
+                if why:
+                    failures.append(f"{name}: {why}")
+            shutil.rmtree(case)
+
+    durations = []
+    numbered = list(enumerate(all_cases))
+    threads = [threading.Thread(target=work, args=(z, numbered[i::2])) for i, z in enumerate((zygote, extra))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    extra.close()
+    assert tree(root / "files") == files_before, "a case changed the shared files"
+    if os.environ.get("LMEDIT_DUMP"):
+        Path(os.environ["LMEDIT_DUMP"]).write_text("\n".join(failures + [f"{d:.2f} {n}" for d, n in sorted(durations)[-60:]]))
+    assert not failures, f"{len(failures)} of {len(all_cases)} cases:\n" + "\n".join(failures[:60])
+
+
+def test_a_sample_as_fresh_processes_prints_the_same(world, tmp_path):
+    """Forked from a preloaded process or started from scratch, a refusal reads the same: the
+    zygote changes nothing a user would see (start-up output included)."""
+    import random
+    import subprocess
+
+    root, f, zygote = world
+    sample = random.Random(0).sample(cases(f), 12)
+    for n, (name, argv, _) in enumerate(sample):
+        work = tmp_path / str(n)
+        work.mkdir()
+        logs = tmp_path / f"logs{n}"
+        logs.mkdir()
+        env = environment(tmp_path / f"home{n}")
+        forked = zygote.run(argv, work, env, logs)
+        lmedit = Path(sys.executable).parent / "lmedit"  # the console script a user runs
+        fresh = subprocess.run([str(lmedit), *argv], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+        assert (fresh.returncode, fresh.stderr) == (forked.returncode, forked.stderr), name
