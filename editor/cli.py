@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import sys
@@ -84,9 +83,10 @@ class LmeditGroup(click.Group):
         except OSError as exc:  # a full disk outside the atomic writers (which say it themselves)
             from editor.io import disk_full
 
-            if exc.errno == errno.ENAMETOOLONG:  # a name (model, data, recipe) no file system can hold
-                click.echo(f"Error: a name given is too long for a file path ({len(str(exc.filename or ''))} "
-                           "characters); check the arguments", err=True)
+            from editor.io import too_long
+
+            if too_long(exc):  # a name (model, data, recipe) no file system can hold
+                click.echo(f"Error: {too_long(exc)}", err=True)
                 ctx.exit(2)
             if not disk_full(exc):
                 raise
@@ -238,11 +238,13 @@ def executor_options(func):
 
         def make(batch_size: int):
             from editor.distributed import ModelSpec, check_ray
+            from editor.errors import work_begins
             from editor.model.loading import check_model_name
 
             if executor == "ray":  # the workers load the model: check its name here, before any starts
                 check_ray()
                 check_model_name(_model_name())
+            work_begins()
             spec = ModelSpec(params.get("device", "cpu"), params.get("dtype", "auto"),
                              bool(params.get("trust_remote_code")), threads, params.get("max_memory"))
             return scorer_for(executor, load, _model_name(), batch_size, workers, ray_address,

@@ -36,6 +36,17 @@ def disk_full(exc: BaseException) -> bool:
     return _RUST_FULL.search(str(exc)) is not None
 
 
+def too_long(exc: BaseException):
+    """A UserError for a name no file system can hold (ENAMETOOLONG, from any stat or open of a
+    user-given name), or None: the CLI and the service both say it in one line."""
+    from editor.errors import UserError
+
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+        return UserError(f"a name given is too long for a file path ({len(str(exc.filename or ''))} characters); "
+                         "check the arguments")
+    return None
+
+
 def _full_error(target: Path, exc: BaseException):
     from editor.errors import UserError
 

@@ -295,3 +295,77 @@ def test_a_sample_as_fresh_processes_prints_the_same(world, tmp_path):
         lmedit = Path(sys.executable).parent / "lmedit"  # the console script a user runs
         fresh = subprocess.run([str(lmedit), *argv], cwd=work, env=env, capture_output=True, text=True, timeout=300)
         assert (fresh.returncode, fresh.stderr) == (forked.returncode, forked.stderr), name
+
+
+def request_for(name: str, argv: list[str], case: bool = True) -> dict | None:
+    """The same case as a job request to the service (``{"command", "options"}``), or None where JSON
+    cannot say it (an option without its value) or the service sets the option itself (--out,
+    --force: a request may not, and the base's are dropped). A repeated option becomes a list."""
+    from editor.cli import main
+    from editor.service.jobs import RESERVED
+
+    cmd = main
+    for word in name.split():
+        cmd = cmd.commands[word]
+    flags = {o: p for p in cmd.params if isinstance(p, click.Option) for o in (*p.opts, *p.secondary_opts)}
+    arguments = [p for p in cmd.params if isinstance(p, click.Argument)]
+    tail, options, i, position, last = argv[len(name.split()):], {}, 0, 0, None
+
+    def add(param, value):
+        key = max(param.opts, key=len)[2:]
+        if param.multiple:
+            options.setdefault(key, []).append(value)
+        else:
+            options[key] = [options[key], value] if key in options else value
+
+    while i < len(tail):
+        param = flags.get(tail[i])
+        if param is None:
+            options[arguments[position].name] = tail[i]
+            position += 1
+        elif i + 1 == len(tail) and not param.is_flag:
+            return None
+        else:
+            last = param
+            if param.name not in RESERVED and param.name != "as_json":
+                add(param, tail[i] in param.opts if param.is_flag else tail[i + 1])
+            i += 0 if param.is_flag else 1
+        i += 1
+    if case and last is not None and (last.name in RESERVED or last.name == "as_json"):
+        return None
+    return {"command": name, "options": options}
+
+
+def test_the_service_refuses_the_same_cases_with_422_before_queueing(world, tmp_path):
+    """Every generated case of a command the service runs, as a real HTTP request to a real server:
+    a 422 whose detail is one line, and nothing queued."""
+    import httpx
+
+    from editor.service.jobs import COMMANDS
+    from test_service import ALICE, Server
+
+    root, f, _ = world
+    requests = []
+    for name, argv, _ in cases(f):
+        command = next((" ".join(argv[:n]) for n in (2, 1) if " ".join(argv[:n]) in COMMANDS), None)
+        body = request_for(command, argv) if command else None
+        if body is not None:
+            requests.append((name, body))
+    assert len(requests) >= 500, len(requests)
+    from editor.service.jobs import validate
+
+    for command in COMMANDS:  # each base request is valid: a 422 below is the bad value's doing
+        validate(request_for(command, [*command.split(), *bases(f)[command]], case=False))
+    server = Server(tmp_path / "home", "--workers", "1").start()
+    failures = []
+    try:
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {ALICE}"}, timeout=120) as http:
+            for name, body in requests:
+                got = http.post("/v1/jobs", json=body)
+                detail = got.json().get("detail") if got.headers.get("content-type", "").startswith("application/json") else None
+                if got.status_code != 422 or not isinstance(detail, str) or "\n" in detail:
+                    failures.append(f"{name}: {got.status_code} {str(detail)[:200]}")
+            assert http.get("/v1/jobs").json()["jobs"] == [], "a refused request was queued"
+    finally:
+        server.stop()
+    assert not failures, f"{len(failures)} of {len(requests)}:\n" + "\n".join(failures[:60])

@@ -224,6 +224,11 @@ def test_command_options_are_read_by_the_commands_own_definition(tiny_dir):
      "Invalid value for '--retain'"),
     ({"command": "attribute heads", "options": {"method": "magic"}}, ["attribute", "heads", "--method", "magic"],
      "Invalid value for '--method'"),
+    # checks the command makes in its own body, before any model loads (were 202, then a failed job)
+    ({"command": "edit", "options": {"zero-heads": "3:1"}}, ["edit", "--zero-heads", "3:1"], "bad head '3:1'"),
+    ({"command": "attribute heads", "options": {"control": "icl", "specificity": False}},
+     ["attribute", "heads", "--control", "icl", "--no-specificity"], "--no-specificity"),
+    ({"command": "evaluate", "options": {"tasks": "nosuch"}}, ["evaluate", "--tasks", "nosuch"], "unknown task"),
     ({"command": "rm -rf"}, None, "unknown command"),
     ({"recipe": "icl-heads", "command": "prune"}, None, "exactly one"),
     ({"recipe": "icl-heads", "resources": {"gpus": -1}}, None, "resources.gpus"),

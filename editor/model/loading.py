@@ -209,9 +209,11 @@ def load_model(
     offloaded weights). Eager attention is the default because only it returns attention
     probabilities; remote code runs only when asked.
     """
+    from editor.errors import work_begins
     from editor.model.offload import parse_max_memory
 
     check_device(device)
+    work_begins()  # a request being validated stops here: everything before was checked
     memory = parse_max_memory(max_memory) if isinstance(max_memory, str) or max_memory is None else max_memory
     if memory and device != "auto":
         raise UserError("a memory limit needs device auto (accelerate places and offloads the model)")

@@ -51,6 +51,7 @@ def run_config(cfg, fresh: bool = False, log: Callable[[str], None] = print,
     from editor.model.loading import load_model
     from editor.recipes.run import Run
 
+    from editor.errors import work_begins
     from editor.io import check_writable_directory
     from editor.model.loading import check_model_name
 
@@ -58,6 +59,7 @@ def run_config(cfg, fresh: bool = False, log: Callable[[str], None] = print,
     target = Path(out or cfg.out or Path("checkpoints") / cfg.name)
     check_model_name(cfg.model)  # before the run directory exists
     check_writable_directory(target)
+    work_begins()
 
     def load():
         log(f"loading {cfg.model} ...")

@@ -484,7 +484,7 @@ def prune_config(model: str = "smollm2-135m", out=None, retain: float = 0.95, un
                      "max_guard_increase": max_guard_increase},
            "recover": {"method": recover, "steps": recover_steps}, "baselines": list(baselines)}
     cfg = validate(apply_overrides(raw, overrides or []), "prune")
-    if out.exists() and not (out / "steps" / "recipe.sha256").is_file():
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out / "steps" / "recipe.sha256").is_file():
         raise UserError(f"{out} already exists and is not an lmedit run directory; choose a new output directory")
     return cfg
 

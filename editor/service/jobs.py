@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -47,12 +48,17 @@ def validate(body: object) -> dict:
     if ("recipe" in body) == ("command" in body):
         raise UserError("give exactly one of 'recipe' (a packaged name or YAML text) and 'command'")
     resources = _resources(body.get("resources", {}))
-    if "recipe" in body:
-        spec = _recipe(body["recipe"], body.get("set", {}))
-    else:
-        if "set" in body:
-            raise UserError("'set' goes with 'recipe'; a command takes 'options'")
-        spec = _command(body["command"], body.get("options", {}))
+    if "set" in body and "command" in body:
+        raise UserError("'set' goes with 'recipe'; a command takes 'options'")
+    try:
+        spec = _recipe(body["recipe"], body.get("set", {})) if "recipe" in body \
+            else _command(body["command"], body.get("options", {}))
+    except OSError as exc:  # as the CLI says it (editor.cli.LmeditGroup)
+        from editor.io import too_long
+
+        if too_long(exc) is None:
+            raise
+        raise too_long(exc) from None
     spec["resources"] = resources
     return spec
 
@@ -116,11 +122,17 @@ def _argv(cmd: click.Command, options: object) -> list[str]:
     if not isinstance(options, dict):
         raise UserError("'options' is an object of option names to values, e.g. {\"model\": \"smollm2-135m\"}")
     flags = {opt: p for p in cmd.params if isinstance(p, click.Option) for opt in (*p.opts, *p.secondary_opts)}
-    argv = []
+    arguments = {p.name.replace("_", "-"): p for p in cmd.params if isinstance(p, click.Argument)}
+    argv, positional = [], {}
     for key, value in options.items():
         if not isinstance(key, str) or not key.replace("-", "_").replace("_", "").isalnum():
             raise UserError(f"bad option name {key!r}")
         name = key.replace("_", "-").lstrip("-")
+        if name in arguments:  # a command's argument (export gguf MODEL), named like an option
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise UserError(f"{name!r}: expected a string")
+            positional[name] = str(value)
+            continue
         if name in RESERVED:
             raise UserError(f"option {name!r} is set by the service (each job writes to its own run directory)")
         flag = f"--{name}"
@@ -147,7 +159,10 @@ def _argv(cmd: click.Command, options: object) -> list[str]:
             argv += [flag, str(value)]
         else:
             raise UserError(f"option {name!r}: expected a string, number, true or a list")
-    return argv
+    missing = [n for n in arguments if n not in positional]
+    if missing:
+        raise UserError(f"missing {', '.join(repr(n) for n in missing)} (an argument of this command)")
+    return [positional[n] for n in arguments] + argv
 
 
 def _command(command: object, options: object) -> dict:
@@ -164,16 +179,31 @@ def _command(command: object, options: object) -> dict:
         cmd = cmd.get_command(ctx, word)
         ctx = click.Context(cmd, info_name=word, parent=ctx)
     argv = _argv(cmd, options)
-    args = argv + [out_flag, out_name]
-    try:
-        parsed = cmd.make_context(words[-1], list(args), parent=ctx.parent)
-    except click.exceptions.ClickException as exc:  # worded as the CLI words it (editor.cli._usage_error)
-        where = f"{exc.ctx.command_path}: " if getattr(exc, "ctx", None) is not None else ""
-        raise UserError(where + _one_line(exc.format_message())) from None
-    model = parsed.params.get("model")
-    if isinstance(model, str):
-        check_model_name(model)
+    with tempfile.TemporaryDirectory() as scratch:  # where the output would go: empty, so ours to check
+        args = argv + [out_flag, str(Path(scratch) / out_name)]
+        try:
+            parsed = cmd.make_context(words[-1], list(args), parent=ctx.parent)
+            model = parsed.params.get("model")
+            if isinstance(model, str):
+                check_model_name(model)
+            _run_until_work(parsed)
+        except click.exceptions.ClickException as exc:  # worded as the CLI words it (editor.cli._usage_error)
+            where = f"{exc.ctx.command_path}: " if getattr(exc, "ctx", None) is not None else ""
+            raise UserError(where + _one_line(exc.format_message())) from None
     return {"kind": "command", "command": command, "argv": argv}
+
+
+def _run_until_work(ctx: click.Context) -> None:
+    """Run the command itself until its work would begin (a model load, a run, Ray): every check
+    the CLI makes of its input runs here, in the CLI's code, with the CLI's messages; nothing is
+    loaded or written (editor.errors.validating)."""
+    from editor.errors import Validated, validating
+
+    with validating(), ctx:
+        try:
+            ctx.command.invoke(ctx)
+        except Validated:
+            pass
 
 
 def worker_argv(spec: dict, job_dir: Path) -> list[str]:
