@@ -152,10 +152,22 @@ def read_yaml(path: str | Path) -> dict:
     return parse_yaml(text, str(path))
 
 
+class _NoAliases(yaml.SafeLoader):
+    """YAML without aliases: ``*name`` shares one node many times, so a few hundred bytes of nested
+    aliases ("billion laughs") become a structure whose every traversal (validation, hashing, JSON)
+    takes exponential time. A recipe has no use for them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a recipe", mark)
+        return super().compose_node(parent, index)
+
+
 def parse_yaml(text: str, where: str) -> dict:
     """A recipe's YAML text (a file's, or one sent to the service) as a mapping."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_NoAliases)  # noqa: S506 - a SafeLoader, aliases refused
     except yaml.YAMLError as exc:
         raise UserError(f"{where}: not valid YAML ({' '.join(str(exc).split())[:300]})") from None
     if not isinstance(data, dict):

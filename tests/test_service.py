@@ -169,6 +169,20 @@ def test_auth_and_users_see_only_their_jobs(server, arith_dir):
     assert got["escape.txt"].status_code == 404 and got["inside.txt"].status_code == 200
 
 
+def test_a_body_without_a_size_is_refused_before_it_is_read(server):
+    """Every request body is bounded before parsing: by Content-Length (413 past the limit), and a
+    chunked body, which has none, is a 411 (it could otherwise stream without end)."""
+    def chunks():
+        yield b'{"recipe": '
+        yield b'"icl-heads"}'
+
+    headers = {"Authorization": f"Bearer {ALICE}", "Content-Type": "application/json"}
+    got = httpx.post(f"{server.url}/v1/jobs", content=chunks(), headers=headers)
+    assert got.status_code == 411, got.text
+    big = httpx.post(f"{server.url}/v1/jobs", content=b" " * (2 << 20), headers=headers)
+    assert big.status_code == 413
+
+
 def test_the_home_is_private_and_held_by_one_service(server, tmp_path):
     """The service home is 0700 and its local token 0600; a second service on the same home is
     refused in one line (it would run the same queued jobs twice); the first one is unharmed."""
@@ -229,6 +243,7 @@ def test_command_options_are_read_by_the_commands_own_definition(tiny_dir):
     ({"command": "attribute heads", "options": {"control": "icl", "specificity": False}},
      ["attribute", "heads", "--control", "icl", "--no-specificity"], "--no-specificity"),
     ({"command": "evaluate", "options": {"tasks": "nosuch"}}, ["evaluate", "--tasks", "nosuch"], "unknown task"),
+    ({"recipe": "recipe: icl-heads\nname: &n x\nmodel: *n\n"}, None, "aliases (*name) are not allowed"),
     ({"command": "rm -rf"}, None, "unknown command"),
     ({"recipe": "icl-heads", "command": "prune"}, None, "exactly one"),
     ({"recipe": "icl-heads", "resources": {"gpus": -1}}, None, "resources.gpus"),

@@ -140,6 +140,9 @@ def create_app(settings: Settings) -> FastAPI:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > settings.max_request_bytes):
             return JSONResponse({"detail": f"request larger than {settings.max_request_bytes} bytes"}, status_code=413)
+        if length is None and request.headers.get("transfer-encoding"):  # a chunked body has no size to
+            return JSONResponse({"detail": "send a Content-Length (chunked bodies are not accepted)"},  # bound
+                                status_code=411)
         return await call_next(request)
 
     def user(request: Request) -> str:
