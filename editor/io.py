@@ -412,6 +412,19 @@ def protected(path: Path) -> str | None:
     return None
 
 
+def check_output(out: str | Path, force: bool, ours, what: str) -> Path:
+    """Before any work, for a writer that replaces ``out`` whole: ``out`` is free, or ``force`` is
+    given and the ownership rule allows replacing it (:func:`check_replaceable`); its folder is writable."""
+    from editor.errors import UserError
+
+    out = Path(out)
+    if (out.exists() or out.is_symlink()) and not force:
+        raise UserError(f"{out} already exists; pass --force (force=True) to overwrite it")
+    check_replaceable(out, ours, what)
+    check_writable_directory(out.parent if out.exists() else out)  # replaced from its parent
+    return out
+
+
 def check_replaceable(path: str | Path, ours, what: str, option: str = "--force") -> None:
     """Refuse, in one line naming what is in the way, to replace ``path`` unless it is missing, an
     empty directory, or ``ours(path)`` proves it is ``what`` (e.g. "an lmedit checkpoint") written by

@@ -157,20 +157,13 @@ def test_100_random_kills_each_resume_to_the_uninterrupted_result(tmp_path):
 def test_a_service_killed_at_random_moments_finishes_its_job_as_an_uninterrupted_run(tmp_path):
     """The service itself SIGKILLed at seeded random moments while its job runs, restarted each time
     on the same home: the job resumes from its last finished step and ends as a direct run does."""
-    import subprocess
-    import sys
-
     from editor.service.client import Client
-    from test_service import ALICE, FAST, Server, prune_job, wait_for
+    from test_service import ALICE, Server, direct_run, prune_job, wait_for
 
     model = tiny.save_dir(tiny.arithmetic_model("llama"), tmp_path / "model")
     longer = {"data.n_test": 400}  # long enough for several kills
     reference = tmp_path / "reference"
-    sets = sum((["--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"]
-                for k, v in {"model": str(model), **FAST, **longer}.items()), [])
-    direct = subprocess.run([sys.executable, "-m", "editor", "run", "arithmetic-prune", "--out", str(reference),
-                             "--json", *sets], capture_output=True, text=True)
-    assert direct.returncode == 0, direct.stderr
+    direct = direct_run(model, reference, **longer)
     rng, kills = random.Random(7), 0
     server = Server(tmp_path / "home").start()
     try:
@@ -188,7 +181,6 @@ def test_a_service_killed_at_random_moments_finishes_its_job_as_an_uninterrupted
     assert kills >= 3 and status["state"] == "succeeded" and 2 <= status["attempts"] <= kills + 1, (kills, status)
     run = tmp_path / "home" / "jobs" / job / "run"
     result = json.loads((tmp_path / "home" / "jobs" / job / "result.json").read_text())
-    assert results(json.dumps(result["summary"]), run) == \
-        results(json.dumps(json.loads(direct.stdout)["summary"]), reference)
+    assert results(json.dumps(result["summary"]), run) == results(json.dumps(direct["summary"]), reference)
     assert same_weights(run / "checkpoint", reference / "checkpoint")
     assert leftovers(run) == []

@@ -294,16 +294,22 @@ def test_queue_limits_cancel_and_a_killed_worker(tmp_path, arith_dir):
         server.stop()
 
 
+def direct_run(model, out, **settings) -> dict:
+    """The prune job's recipe run directly (no service), its JSON summary: the reference a job is held to."""
+    sets = sum((["--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"]
+                for k, v in {"model": str(model), **FAST, **settings}.items()), [])
+    direct = subprocess.run([sys.executable, "-m", "editor", "run", "arithmetic-prune", "--out", str(out),
+                             "--json", *sets], capture_output=True, text=True)
+    assert direct.returncode == 0, direct.stderr
+    return json.loads(direct.stdout)
+
+
 def test_a_killed_service_resumes_its_jobs_to_the_same_artifacts(tmp_path, arith_dir):
     """SIGKILL the service while a job runs: its worker dies with it; on restart the job is still
     listed, resumes from its last finished step, and ends with what an uninterrupted run writes."""
     slower = {"data.n_test": 600}  # the rest of the run must outlast the events' way to this test
     reference = tmp_path / "reference"
-    sets = sum((["--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"]
-                for k, v in {"model": str(arith_dir), **FAST, **slower}.items()), [])
-    direct = subprocess.run([sys.executable, "-m", "editor", "run", "arithmetic-prune", "--out", str(reference),
-                             "--json", *sets], capture_output=True, text=True)
-    assert direct.returncode == 0, direct.stderr
+    direct = direct_run(arith_dir, reference, **slower)
     server = Server(tmp_path / "home").start()
     try:
         client = Client(server.url, ALICE)
@@ -328,8 +334,7 @@ def test_a_killed_service_resumes_its_jobs_to_the_same_artifacts(tmp_path, arith
         server.stop()
     run = tmp_path / "home" / "jobs" / job / "run"
     result = json.loads((tmp_path / "home" / "jobs" / job / "result.json").read_text())
-    assert results(json.dumps(result["summary"]), run) == results(json.dumps(json.loads(direct.stdout)["summary"]),
-                                                                  reference)
+    assert results(json.dumps(result["summary"]), run) == results(json.dumps(direct["summary"]), reference)
     assert same_weights(run / "checkpoint", reference / "checkpoint")
     assert not [p for p in run.rglob("*") if ".tmp-" in p.name]
 

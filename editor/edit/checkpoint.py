@@ -92,15 +92,10 @@ def is_checkpoint(path: Path) -> bool:
 
 def check_checkpoint_out(out: str | Path, force: bool) -> Path:
     """Before any work: ``out`` is free, or ``force`` is given and ``out`` is an lmedit checkpoint
-    (or an empty directory); a user's folder is never replaced (``editor.io.check_replaceable``)."""
-    from editor.io import check_replaceable, check_writable_directory
+    (or an empty directory); a user's folder is never replaced (``editor.io.check_output``)."""
+    from editor.io import check_output
 
-    out = Path(out)
-    if (out.exists() or out.is_symlink()) and not force:
-        raise UserError(f"{out} already exists; pass --force (force=True) to overwrite it")
-    check_replaceable(out, is_checkpoint, "an lmedit checkpoint")
-    check_writable_directory(out.parent if out.exists() else out)  # replaced from its parent
-    return out
+    return check_output(out, force, is_checkpoint, "an lmedit checkpoint")
 
 
 def save_checkpoint(

@@ -266,13 +266,9 @@ def is_export(path: Path) -> bool:
 
 def check_export_out(out: str | Path, force: bool) -> Path:
     """Before any work: ``out`` is free, or ``force`` is given and it is an earlier export of ours."""
-    from editor.io import check_replaceable
+    from editor.io import check_output
 
-    out = Path(out)
-    if (out.exists() or out.is_symlink()) and not force:
-        raise UserError(f"{out} exists; pass --force to replace it")
-    check_replaceable(out, is_export, "a GGUF exported by lmedit")
-    return out
+    return check_output(out, force, is_export, "a GGUF exported by lmedit")
 
 
 def export_gguf(model_name: str, out: str | Path, kind: str = "f32", tokenizer_from: str | Path | None = None,

@@ -219,14 +219,9 @@ def is_lora_output(path: Path) -> bool:
 def check_lora_out(out: str | Path, force: bool) -> Path:
     """Before any work: ``out`` is free, or ``force`` is given and it is an earlier ``lora train``
     output (or an empty directory); never a user's own folder."""
-    from editor.io import check_replaceable, check_writable_directory
+    from editor.io import check_output
 
-    out = Path(out)
-    if (out.exists() or out.is_symlink()) and not force:
-        raise UserError(f"{out} already exists; pass --force (force=True) to overwrite it")
-    check_replaceable(out, is_lora_output, "an lmedit LoRA output (adapter/, merged/, lora.json)")
-    check_writable_directory(out.parent if out.exists() else out)  # replaced from its parent
-    return out
+    return check_output(out, force, is_lora_output, "an lmedit LoRA output (adapter/, merged/, lora.json)")
 
 
 def train_and_save(loaded, settings: LoraSettings, out: str | Path, force: bool = False, progress: bool = True,
