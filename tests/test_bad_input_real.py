@@ -166,6 +166,9 @@ def cases(f: dict) -> list[tuple[str, list[str], str]]:
                     for target in ("user", "link"):
                         out.append((f"{name} --out={target} --{REPLACES[name]}",
                                     [*words, *rest, opt, f[target], f"--{REPLACES[name]}"], "refusing"))
+                    if REPLACES[name] == "force":  # and without it, not even our own earlier output
+                        out.append((f"{name} --out=an existing checkpoint", [*words, *rest, opt, f["checkpoint"]],
+                                    "already exists"))
     return out
 
 
