@@ -400,6 +400,7 @@ def edit(load, zero_heads, scale_heads, zero_neurons, scale_neurons, plan_file, 
     from editor.edit.checkpoint import check_checkpoint_out, describe_source, save_checkpoint
     from editor.edit.plan import EditPlan
     from editor.edit.weights import apply_plan
+    from editor.model.loading import local_config
 
     plan = EditPlan.load(plan_file) if plan_file else EditPlan()
     plan.zero("head", _components(zero_heads, "head"))
@@ -413,6 +414,9 @@ def edit(load, zero_heads, scale_heads, zero_neurons, scale_neurons, plan_file, 
     scores = read_json(scores_file, "scores file") if scores_file else None
     ctx = click.get_current_context()
     out = check_checkpoint_out(out or _default_out(ctx.params.get("model") or DEFAULT_MODEL), force)
+    config = local_config(ctx.params.get("model") or DEFAULT_MODEL)
+    if config is not None:  # "head 99.99" is refused from config.json, before the weights load
+        plan.check_config(config)
     loaded = load()
     applied = apply_plan(loaded.model, plan)
     _say(plan.summary())

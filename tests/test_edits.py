@@ -158,3 +158,32 @@ def test_parse_component():
     for bad in ["20", "a.b", "1.2.3", "-1.2", ""]:
         with pytest.raises(UserError):
             parse_component(bad)
+
+
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+def test_config_dimensions_equal_the_loaded_models(family):
+    """What a plan is checked against before the weights load (config.json alone) is what the loaded
+    model has, in every family of the table, a shrunk one included."""
+    from editor.edit.shrink import Removal, shrink
+    from editor.model.arch import config_dimensions
+
+    model = tiny.tiny_model(family)
+    arch = Arch(model)
+    assert config_dimensions(model.config) == (arch.n_layers, arch.n_heads, arch.d_ffn(0))
+    small, _ = shrink(model, Removal(neurons={layer: [0, 1, 2] for layer in range(arch.n_layers)}))
+    smaller = Arch(small)
+    assert config_dimensions(small.config) == (smaller.n_layers, smaller.n_heads, smaller.d_ffn(0))
+
+
+def test_edit_refuses_a_missing_component_before_the_weights_load(tiny_dir, tmp_path):
+    """The weights file is garbage: had the model been loaded first, the error would be about it."""
+    from click.testing import CliRunner
+
+    from editor.cli import main
+
+    (tiny_dir / "model.safetensors").write_bytes(b"not a safetensors file")
+    for option, value, message in (("--zero-heads", "99.99", "layer out of range (model has 3 layers)"),
+                                   ("--zero-heads", "0.4", "index out of range (layer has 4 heads)"),
+                                   ("--zero-neurons", "2.48", "index out of range (layer has 48 neurons)")):
+        got = CliRunner().invoke(main, ["edit", "--model", str(tiny_dir), option, value, "--out", str(tmp_path / "o")])
+        assert got.exit_code == 2 and message in got.stderr, got.output

@@ -154,6 +154,16 @@ class EditPlan:
         return len(self.edits)
 
     # Resolution -------------------------------------------------------------------------------
+    def check_config(self, config) -> None:
+        """Every component of the plan exists in a model of this config (layers, heads, neurons),
+        checked before the weights load; the same check :meth:`factors` makes on the loaded model."""
+        from editor.model.arch import config_dimensions
+
+        dims = config_dimensions(config)
+        if dims is not None:
+            n_layers, n_heads, width = dims
+            self.factors(n_layers, n_heads, lambda _layer: width)
+
     def factors(self, n_layers: int, n_heads: int, ffn_width) -> dict[tuple[str, int, int], float]:
         """``{(kind, layer, index): factor}`` after expanding keep-only edits and composing repeats.
 

@@ -26,6 +26,17 @@ from editor.errors import UserError
 from editor.model import offload
 
 
+def config_dimensions(config) -> tuple[int, int, int] | None:
+    """(layers, heads, FFN width) from a config alone (a shrunk model's config carries its own
+    width), or None for a family outside the table: what a plan's components are checked against
+    before any weights load."""
+    spec = ARCHITECTURES.get(getattr(config, "model_type", None))
+    if spec is None:
+        return None
+    width = getattr(config, spec.ffn_width_attr, None) or 4 * config.hidden_size  # GPT-2's n_inner=None
+    return config.num_hidden_layers, config.num_attention_heads, int(width)
+
+
 @dataclass(frozen=True)
 class ArchSpec:
     """Module paths and behaviour of one family. Layer-relative paths start below ``layers.N``."""

@@ -191,6 +191,22 @@ def check_model_name(name: str) -> None:
         _check_hub_id(name)
 
 
+def local_config(name: str):
+    """The model's config, read without its weights where that is possible (a local folder, a store
+    model already converted), else None: lets a command refuse "head 99.99" in well under a second
+    instead of after a load of 5-23 s. Never runs remote code."""
+    from transformers import AutoConfig
+
+    local = Path(name).expanduser()
+    folder = store.model_dir(name) if name in store.ALIASES and store.is_cached(name) else local
+    if not (folder / "config.json").is_file():
+        return None
+    try:
+        return AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    except Exception:  # noqa: BLE001 - unreadable here: the load itself will say why
+        return None
+
+
 def load_model(
     name: str = store.DEFAULT_MODEL,
     device: str = "cpu",
