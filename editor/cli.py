@@ -922,8 +922,14 @@ def _settings(items: tuple[str, ...]) -> dict[str, str]:
 @json_option
 @model_options
 @executor_options
-@click.option("--tasks", default="arithmetic,gender,pronoun,icl,guard", show_default=True,
-              help="Comma-separated tasks: arithmetic, gender, pronoun, icl, guard.")
+@click.option("--tasks", default=None,
+              help="Comma-separated built-in tasks: arithmetic, gender, pronoun, icl, guard [default: all of "
+                   "them, or none when --data is given].")
+@click.option("--data", "data_files", multiple=True, metavar="FILE",
+              help="A task of your own: a .jsonl/.csv file of 'prompt' and 'answer' rows, reported under the "
+                   "file's name (repeatable).")
+@click.option("--delimiter", default=None,
+              help="Whitespace put between each --data prompt and answer that are glued together, e.g. ' '.")
 @click.option("--against", metavar="BASE",
               help="Compare with this model [default: the base named in the checkpoint's manifest, if any].")
 @click.option("--alone", is_flag=True, help="Evaluate only --model, even when its manifest names a base.")
@@ -934,13 +940,19 @@ def _settings(items: tuple[str, ...]) -> dict[str, str]:
               help="Output directory for evaluation.json/.md [default: checkpoints/eval/<model>].")
 @click.option("--force", is_flag=True, help="Overwrite an evaluation already in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def evaluate_cmd(load, scorer_for, executor, tasks, against, alone, settings, batch_size, out, force, quiet):
+def evaluate_cmd(load, scorer_for, executor, tasks, data_files, delimiter, against, alone, settings, batch_size, out,
+                 force, quiet):
     """Evaluate a model on tasks, or an edited checkpoint against its base, with 95% intervals."""
     from editor.edit.checkpoint import base_model_of
-    from editor.evaluation.harness import configs, evaluate_against, evaluate_model, parse_tasks
+    from editor.evaluation.harness import (DEFAULT_TASKS, configs, evaluate_against, evaluate_model, file_configs,
+                                           parse_tasks)
 
     model = _model_name()
-    task_configs = configs(parse_tasks(tasks), _settings(settings))
+    if delimiter is not None and not data_files:
+        raise UserError("--delimiter goes with --data (built-in tasks write their own answers)")
+    names = [] if tasks is None and data_files else parse_tasks(tasks or DEFAULT_TASKS)
+    task_configs = configs(names, _settings(settings))
+    task_configs |= file_configs(list(data_files), delimiter, names)
     if against and alone:
         raise UserError("--against and --alone exclude each other")
     base = None if alone else (against or base_model_of(model))
@@ -965,7 +977,8 @@ def evaluate_cmd(load, scorer_for, executor, tasks, against, alone, settings, ba
         result = evaluate_against(load, model, base, task_configs, batch_size, not quiet, _info)
     else:
         loaded = load()
-        result = evaluate_model(loaded.model, loaded.tokenizer, task_configs, model, batch_size, not quiet, log=_info)
+        result = evaluate_model(loaded.model, loaded.tokenizer, task_configs, model, batch_size, not quiet, log=_info,
+                                note=_log)
     _say(result.table())
     with outputs:
         paths = result.save(outputs.claim())

@@ -241,3 +241,61 @@ def test_icl_pool_in_memory_equals_the_same_pool_from_a_file(tmp_path, tokenizer
         assert from_memory.tasks["icl"].measures[key].per_unit == m.per_unit, key
     assert from_memory.tasks["icl"].config["pool"] == f"{len(held.sentences)} sentences given in memory"
     json.dumps(from_memory.to_json())  # the result stays serialisable
+
+
+def test_a_users_file_is_scored_as_the_builtin_task_on_the_same_rows(tokenizer, tmp_path):
+    """A completion file holding exactly the rows the arithmetic task generates gets the same measures
+    (values and per-prompt results), under the file's own name."""
+    from editor.evaluation.harness import ArithmeticConfig, file_configs
+    from editor.tasks.arithmetic import generate
+
+    model = tiny.arithmetic_model("llama", steps=150)
+    rows = generate(24, 1, "+", 3, "numerals", 1)
+    data = tmp_path / "my-sums.jsonl"
+    data.write_text("".join(json.dumps({"prompt": e.prompt, "answer": e.answer}) + "\n" for e in rows))
+    tasks = {"arithmetic": ArithmeticConfig(n=24, digits=1, ops="+", seed=3, shots=1),
+             **file_configs([str(data)], None, ["arithmetic"])}
+    result = evaluate_model(model, tokenizer, tasks, progress=False)
+    builtin, mine = result.tasks["arithmetic"], result.tasks["my-sums"]
+    assert mine.task == "my-sums" and mine.config["data"] == str(data)
+    assert mine.measures["answer_accuracy"].value > 0  # a trained model: the comparison is not of zeros
+    for key in ("token_accuracy", "answer_accuracy", "exact_match"):
+        assert mine.measures[key] == builtin.measures[key], key
+
+
+def test_evaluate_data_on_the_command_line(tiny_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from editor.cli import main
+
+    data = tmp_path / "capitals.csv"
+    data.write_text("prompt,answer\nThe capital of France is, Paris\nThe capital of Peru is, Lima\n")
+    out = tmp_path / "ev"
+    got = CliRunner().invoke(main, ["evaluate", "--model", str(tiny_dir), "--data", str(data), "--out", str(out),
+                                    "--json"])
+    assert got.exit_code == 0, got.output
+    tasks = json.loads(got.stdout)["evaluation"]["tasks"]
+    assert list(tasks) == ["capitals"] and tasks["capitals"]["measures"]["answer_accuracy"]["n"] == 2
+    for args, message in ((["--delimiter", " "], "--delimiter goes with --data"),
+                          (["--data", str(data), "--data", str(data)], "is taken"),
+                          (["--data", str(tmp_path / "missing.jsonl")], "no such file")):
+        bad = CliRunner().invoke(main, ["evaluate", "--model", str(tiny_dir), "--out", str(tmp_path / "x"), *args])
+        assert bad.exit_code == 2 and message in bad.stderr, bad.output
+    unanswered = tmp_path / "open.jsonl"
+    unanswered.write_text('{"prompt": "Tell me"}\n')
+    bad = CliRunner().invoke(main, ["evaluate", "--model", str(tiny_dir), "--data", str(unanswered), "--out",
+                                    str(tmp_path / "y")])
+    assert bad.exit_code == 2 and "have no 'answer'" in bad.stderr, bad.output
+
+
+def test_a_file_without_answers_is_refused_before_the_model_loads(tiny_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from editor.cli import main
+
+    (tiny_dir / "model.safetensors").write_bytes(b"garbage: a load would fail on this first")
+    unanswered = tmp_path / "open.jsonl"
+    unanswered.write_text('{"prompt": "Tell me"}\n')
+    bad = CliRunner().invoke(main, ["evaluate", "--model", str(tiny_dir), "--data", str(unanswered), "--out",
+                                    str(tmp_path / "y")])
+    assert bad.exit_code == 2 and "have no 'answer'" in bad.stderr, bad.output

@@ -66,6 +66,35 @@ class ArithmeticConfig:
             raise UserError(f"{where}.data: no such file {self.data}")
 
 
+@dataclass
+class CompletionConfig:
+    """A user's own completion task: a .jsonl/.csv file of ``prompt`` and ``answer`` rows, scored as
+    arithmetic is (teacher-forced answer tokens, whole-answer accuracy, greedy exact match) and
+    reported under the file's own name."""
+
+    data: str = ""
+    n: int = MAX_PROMPTS
+    delimiter: str | None = None  # put between glued prompt/answer pairs (editor.tasks.examples.join_answers)
+
+    def check(self, where: str) -> None:
+        _within(where, "n", self.n, 1, MAX_PROMPTS)
+        if not self.data or not Path(self.data).is_file():
+            raise UserError(f"{where}.data: no such file {self.data!r}")
+        if self.delimiter is not None and self.delimiter.strip():
+            raise UserError(f"{where}.delimiter: whitespace (e.g. ' '), got {self.delimiter!r}")
+        self.rows()  # a file without answers is refused before any model loads
+
+    def rows(self, note=None) -> list[Example]:
+        from editor.tasks.examples import load_examples
+
+        examples = load_examples(self.data, n=self.n, delimiter=self.delimiter, note=note)
+        missing = sum(e.answer is None for e in examples)
+        if missing:
+            raise UserError(f"{self.data}: {missing} of {len(examples)} rows have no 'answer'; a completion task "
+                            "scores every row's answer")
+        return examples
+
+
 def _within(where: str, key: str, value: int, low: int, high: int) -> None:
     if not low <= value <= high:
         raise UserError(f"{where}.{key}: {low}-{high}, got {value}")
@@ -140,6 +169,7 @@ class Context:
     padding_side: str = "left"
     reference: Evaluation | None = None  # the unedited model's evaluation, for agreement measures
     self_reference: bool = False  # this model IS the reference (agreement with itself = 1)
+    note: Callable[[str], None] | None = None  # notes about the data (e.g. answers glued to prompts)
 
     def continuations(self, examples: list[Example], desc: str, next_token: bool = False):
         return score_continuations(self.model, self.tokenizer, [e.prompt for e in examples],
@@ -173,7 +203,7 @@ def _recorded(cfg) -> dict:
 SAMPLES = 8  # greedy continuations shown in the results
 
 
-def _exact_match(ctx: Context, examples: list[Example], scored) -> tuple[list[bool], dict[int, str]]:
+def _exact_match(ctx: Context, examples: list[Example], scored, name: str) -> tuple[list[bool], dict[int, str]]:
     """Greedy exact match per prompt, generating only where teacher forcing cannot decide it (about
     the prompts the model gets wrong: generation was more than half of an evaluation), and for the
     samples shown. Returns the matches and the generated texts by prompt index."""
@@ -181,7 +211,7 @@ def _exact_match(ctx: Context, examples: list[Example], scored) -> tuple[list[bo
     chosen = sorted({i for i, d in enumerate(decided) if d is None} | set(range(min(SAMPLES, len(examples)))))
     max_new = max(len(s.targets) for s in scored) + 1
     texts = greedy_answers(ctx.model, ctx.tokenizer, [examples[i].prompt for i in chosen], max_new, ctx.batch_size,
-                           ctx.progress, "arithmetic: greedy answers")
+                           ctx.progress, f"{name}: greedy answers")
     greedy = dict(zip(chosen, texts))
     exact = [d if d is not None else answer_matches(greedy[i], e.answer)
              for i, (d, e) in enumerate(zip(decided, examples))]
@@ -199,9 +229,23 @@ def run_arithmetic(ctx: Context, cfg: ArithmeticConfig) -> TaskResult:
             raise UserError(f"{cfg.data}: every arithmetic example needs an 'answer'")
     else:
         examples = arithmetic.generate(cfg.n, cfg.digits, cfg.ops, cfg.seed, cfg.operands, cfg.shots)
+    return _completion_result(ctx, examples, "arithmetic", _recorded(cfg))
+
+
+def run_completion(ctx: Context, cfg: CompletionConfig) -> TaskResult:
+    return _completion_result(ctx, cfg.rows(ctx.note), completion_name(cfg.data), _recorded(cfg))
+
+
+def completion_name(path: str) -> str:
+    """A user's task is named after its file (``capitals.jsonl`` -> ``capitals``)."""
+    return Path(path).stem
+
+
+def _completion_result(ctx: Context, examples: list[Example], name: str, recorded: dict) -> TaskResult:
+    """Answer-token accuracy, whole-answer accuracy and greedy exact match of prompt/answer rows."""
     examples = fit_to_tokenizer(ctx.tokenizer, examples)
-    scored = ctx.continuations(examples, "arithmetic: teacher forcing", next_token=True)
-    exact, greedy = _exact_match(ctx, examples, scored)
+    scored = ctx.continuations(examples, f"{name}: teacher forcing", next_token=True)
+    exact, greedy = _exact_match(ctx, examples, scored, name)
     tokens = [ok for s in scored for ok in s.correct]
     r = load_metric("accuracy_interval").compute(predictions=[p for s in scored for p in s.top1],
                                                  references=[t for s in scored for t in s.targets])
@@ -217,7 +261,7 @@ def run_arithmetic(ctx: Context, cfg: ArithmeticConfig) -> TaskResult:
                "samples": [{"prompt": e.prompt, "answer": e.answer, "greedy": greedy[i]} for i, e in
                            enumerate(examples[:SAMPLES])],
                "greedy_generated": len(greedy)}
-    return TaskResult("arithmetic", _recorded(cfg), measures, 0.0, details)
+    return TaskResult(name, recorded, measures, 0.0, details)
 
 
 # Gender -------------------------------------------------------------------------------------------
@@ -349,15 +393,36 @@ TASKS: dict[str, Task] = {
     "pronoun": Task(PronounConfig, run_pronoun, "log-probability gap of the pronoun of an occupation's stereotyped gender"),
     "icl": Task(IclConfig, run_icl, "in-context classification: accuracy, majority-label and recency bias"),
     "guard": Task(GuardConfig, run_guard, "perplexity and top-1 agreement on a fixed English text"),
+    # A user's file, run under the file's own name (configs(files=...)); never named on its own.
+    "completion": Task(CompletionConfig, run_completion, "a .jsonl/.csv file of prompt/answer rows"),
 }
+
+
+DEFAULT_TASKS = "arithmetic,gender,pronoun,icl,guard"  # `lmedit evaluate` without --tasks or --data
 
 
 def parse_tasks(text: str) -> list[str]:
     names = [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [t for t in names if t not in TASKS]
+    unknown = [t for t in names if t not in TASKS or t == "completion"]
     if unknown or not names:
-        raise UserError(f"unknown task(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(TASKS)}")
+        raise UserError(f"unknown task(s) {', '.join(unknown) or '(none)'}; choose from "
+                        f"{', '.join(t for t in TASKS if t != 'completion')} (a file of your own: --data FILE)")
     return list(dict.fromkeys(names))
+
+
+def file_configs(paths: list[str], delimiter: str | None, taken: list[str]) -> dict[str, CompletionConfig]:
+    """One completion task per file, keyed by the file's name; a name shared with a built-in task or
+    another file is refused (results would overwrite each other)."""
+    out: dict[str, CompletionConfig] = {}
+    for path in paths:
+        name = completion_name(path)
+        if name in TASKS or name in out or name in taken:
+            raise UserError(f"--data {path}: its task would be named {name!r}, which is taken "
+                            f"(built-in tasks and other files); rename the file")
+        cfg = CompletionConfig(data=path, delimiter=delimiter)
+        cfg.check(name)
+        out[name] = cfg
+    return out
 
 
 def configs(tasks: list[str], settings: dict[str, object] | None = None) -> dict[str, object]:
@@ -400,22 +465,32 @@ def _parse(value, hint, where: str):
 
 def evaluate_model(model, tokenizer, tasks: dict[str, object], name: str = "model", batch_size: int = 32,
                    progress: bool = True, reference: Evaluation | None = None, self_reference: bool = False,
-                   padding_side: str = "left", log: Callable[[str], None] | None = None) -> Evaluation:
+                   padding_side: str = "left", log: Callable[[str], None] | None = None,
+                   note: Callable[[str], None] | None = None) -> Evaluation:
     """Run each configured task on ``model`` (a ``{name: config}`` dict from :func:`configs`).
 
     A key ``task@label`` runs ``task`` once more under another name (e.g. a second prompt set).
     """
     model.eval()
-    ctx = Context(model, tokenizer, batch_size, progress, padding_side, reference, self_reference)
+    ctx = Context(model, tokenizer, batch_size, progress, padding_side, reference, self_reference, note)
     results = {}
     for task_name, cfg in tasks.items():
         start = time.perf_counter()
-        result = TASKS[task_name.split("@")[0]].run(ctx, cfg)  # "gender@choice": a second gender set
+        result = _runner(task_name, cfg)(ctx, cfg)
         result.seconds = round(time.perf_counter() - start, 2)
         results[task_name] = result
         if log:
             log(f"  {task_name}: {result.seconds:.1f} s")
     return Evaluation(name, results, {"batch_size": batch_size})
+
+
+def _runner(task_name: str, cfg) -> Callable[[Context, object], TaskResult]:
+    """The task's runner: by name ("gender@choice" is a second gender set), or, for a user's file
+    (named after the file), by its configuration's kind."""
+    task = TASKS.get(task_name.split("@")[0])
+    if task is not None:
+        return task.run
+    return next(t.run for t in TASKS.values() if isinstance(cfg, t.config))
 
 
 def compare(before: Evaluation, after: Evaluation, seed: int = 0) -> Comparison:
