@@ -17,8 +17,7 @@ from editor.ranges import MAX_PROMPTS
 VERIFY_PROMPTS = ["The sum of 3 and 5 is", "12+35=", "A woman works as a", "Q: What is 7 times 8? A:"]
 
 
-# Seeds go to torch and numpy, which take them below 2**32 (a larger one was a traceback mid-run);
-# batch sizes past this are a typo, not a batch.
+# Seeds go to torch and numpy, which take them below 2**32; batch sizes past this are a typo, not a batch.
 SEED = click.IntRange(0, 2**32 - 1)
 MAX_BATCH = 65_536
 
