@@ -26,9 +26,10 @@ class LmeditCommand(click.Command):
     """A command whose single-value options may be given once: click keeps the last of
     ``--zero-heads 0.6 --zero-heads 1.2`` and drops the first without a word."""
 
-    # Options where an empty value means something: --delimiter '' (answers joined as written),
-    # --baselines '' (none). Everywhere else an empty or blank value is a mistake, not "the default".
-    BLANK_OK = {"delimiter", "baselines"}
+    # Options where an empty value means something: --baselines '' (none). (--delimiter '', "joined as
+    # written", is not a parameter: it lives in ctx.meta.) Everywhere else an empty or blank value is a
+    # mistake, not "the default".
+    BLANK_OK = {"baselines"}
 
     def parse_args(self, ctx, args):
         _refuse_repeats(ctx, self, args)
@@ -80,12 +81,11 @@ class LmeditGroup(click.Group):
         except click.UsageError as exc:
             _usage_error(exc)
         except OSError as exc:  # a full disk outside the atomic writers (which say it themselves)
-            from editor.io import disk_full
+            from editor.io import disk_full, too_long
 
-            from editor.io import too_long
-
-            if too_long(exc):  # a name (model, data, recipe) no file system can hold
-                click.echo(f"Error: {too_long(exc)}", err=True)
+            error = too_long(exc)  # a name (model, data, recipe) no file system can hold
+            if error is not None:
+                click.echo(f"Error: {error}", err=True)
                 ctx.exit(2)
             if not disk_full(exc):
                 raise
@@ -558,16 +558,26 @@ def _layers(text: str | None) -> list[int] | None:
     return parse_ranges(text, "--layers", "e.g. 20-29 or 3,5,7")
 
 
+# One --delimiter for every command that reads a data file: kept in ctx.meta (see _delimiter), so the
+# commands that take it need no parameter for it.
+_DELIMITER = click.option(
+    "--delimiter", default=None, expose_value=False, is_eager=True,
+    callback=lambda ctx, _p, value: ctx.meta.__setitem__("delimiter", value),
+    help="Whitespace put between each prompt and answer of a data file that are glued together, e.g. ' ' "
+         "[default: joined as written; glued rows get a note].")
+
+
+def _delimiter() -> str | None:
+    return click.get_current_context().meta.get("delimiter")
+
+
 _DATA_OPTIONS = [
     click.option("--data", "-d", default="arithmetic", show_default=True,
                  help="Built-in task (arithmetic, arithmetic:2 for 2-digit operands, icl, gender, pronoun) or a local .jsonl/.csv "
                       "file with a 'prompt' field and an optional 'answer' field."),
     click.option("--n", "n_prompts", type=click.IntRange(1, MAX_PROMPTS), default=64, show_default=True,
                  help="Number of prompts (built-in tasks generate this many; files are truncated)."),
-    click.option("--delimiter", default=None, expose_value=False, is_eager=True,
-                 callback=lambda ctx, _p, value: ctx.meta.__setitem__("delimiter", value),
-                 help="Whitespace put between each prompt and answer of a data file, e.g. ' ' [default: joined as "
-                      "written; answers glued to their prompt get a note]."),
+    _DELIMITER,
     click.option("--seed", type=SEED, default=0, show_default=True),
     click.option("--target", type=click.Choice(["auto", "gold", "top1"]), default="auto", show_default=True,
                  help="Token whose log-probability is scored: the gold answer, or the model's top-1."),
@@ -589,8 +599,7 @@ def data_options(func):
 def _examples(data: str, n: int, seed: int):
     from editor.tasks.examples import load_examples
 
-    delimiter = click.get_current_context().meta.get("delimiter")  # set by --delimiter, where a command has it
-    return load_examples(data, n=n, seed=seed, delimiter=delimiter, note=_log)
+    return load_examples(data, n=n, seed=seed, delimiter=_delimiter(), note=_log)
 
 
 def _out_dir(out: Path | None) -> Path:
@@ -620,15 +629,15 @@ class _Outputs:
     def _check(self) -> None:
         from editor.io import json_object_with
 
-        taken = sorted(f.name for stem in self.stems for f in self.out.glob(f"{stem}.*")) if self.out.is_dir() else []
+        files = {stem: sorted(self.out.glob(f"{stem}.*")) if self.out.is_dir() else [] for stem in self.stems}
+        taken = sorted(f.name for found in files.values() for f in found)
         if taken and not self.force:
             raise UserError(f"{self.out} already holds {', '.join(taken[:3])}{' ...' if len(taken) > 3 else ''}; "
                             "pass --force to overwrite, or choose another --out")
-        for stem in self.stems:
-            files = sorted(self.out.glob(f"{stem}.*")) if self.out.is_dir() else []
+        for stem, found in files.items():
             result = self.out / f"{stem}.json"
-            if files and not any(json_object_with(result, keys) for keys in self.FORMATS):
-                raise UserError(f"refusing to overwrite {files[0]} (--force): {result.name} is not an lmedit result "
+            if found and not any(json_object_with(result, keys) for keys in self.FORMATS):
+                raise UserError(f"refusing to overwrite {found[0]} (--force): {result.name} is not an lmedit result "
                                 "file; choose another --out or move your files")
 
     def claim(self) -> Path:
@@ -927,8 +936,7 @@ def _settings(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--data", "data_files", multiple=True, metavar="FILE",
               help="A task of your own: a .jsonl/.csv file of 'prompt' and 'answer' rows, reported under the "
                    "file's name (repeatable).")
-@click.option("--delimiter", default=None,
-              help="Whitespace put between each --data prompt and answer that are glued together, e.g. ' '.")
+@_DELIMITER
 @click.option("--against", metavar="BASE",
               help="Compare with this model [default: the base named in the checkpoint's manifest, if any].")
 @click.option("--alone", is_flag=True, help="Evaluate only --model, even when its manifest names a base.")
@@ -939,14 +947,15 @@ def _settings(items: tuple[str, ...]) -> dict[str, str]:
               help="Output directory for evaluation.json/.md [default: checkpoints/eval/<model>].")
 @click.option("--force", is_flag=True, help="Overwrite an evaluation already in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def evaluate_cmd(load, scorer_for, executor, tasks, data_files, delimiter, against, alone, settings, batch_size, out,
-                 force, quiet):
+def evaluate_cmd(load, scorer_for, executor, tasks, data_files, against, alone, settings, batch_size, out, force,
+                 quiet):
     """Evaluate a model on tasks, or an edited checkpoint against its base, with 95% intervals."""
     from editor.edit.checkpoint import base_model_of
     from editor.evaluation.harness import (DEFAULT_TASKS, configs, evaluate_against, evaluate_model, file_configs,
                                            parse_tasks)
 
     model = _model_name()
+    delimiter = _delimiter()
     if delimiter is not None and not data_files:
         raise UserError("--delimiter goes with --data (built-in tasks write their own answers)")
     names = [] if tasks is None and data_files else parse_tasks(tasks or DEFAULT_TASKS)

@@ -215,14 +215,12 @@ def verify_gguf(path: str | Path) -> dict:
     """Check every claim an exported GGUF makes about itself: it is ours, its tensors are the ones
     whose hash it records, and the manifest it carries (the checkpoint it came from) is complete.
     Returns what was checked; raises UserError (not ours, incomplete) or GGUFMismatch (changed)."""
-    import gguf
-
     from editor.edit.checkpoint import REQUIRED
 
     path = Path(path)
-    if not is_export(path):
+    reader = _our_reader(path)
+    if reader is None:
         raise UserError(f"{path} is not a GGUF exported by lmedit (no lmedit.version in its metadata)")
-    reader = gguf.GGUFReader(path)
     recorded = _string(reader, TENSORS_SHA256)
     if recorded is None:
         raise UserError(f"{path} records no {TENSORS_SHA256} (exported by an older lmedit): nothing to check it against")
@@ -251,17 +249,23 @@ def _string(reader, key: str) -> str | None:
     return None if field is None else field.contents()
 
 
-def is_export(path: Path) -> bool:
-    """A GGUF file this module wrote: every export carries ``lmedit.version`` in its metadata."""
+def _our_reader(path: Path):
+    """A reader of ``path`` if it is a GGUF this module wrote (every export carries
+    ``lmedit.version`` in its metadata), else None."""
     import gguf
 
     try:
         with open(path, "rb") as f:
             if f.read(4) != b"GGUF":
-                return False
-        return "lmedit.version" in gguf.GGUFReader(path).fields
+                return None
+        reader = gguf.GGUFReader(path)
     except Exception:  # noqa: BLE001 - unreadable or not GGUF: not ours
-        return False
+        return None
+    return reader if "lmedit.version" in reader.fields else None
+
+
+def is_export(path: Path) -> bool:
+    return _our_reader(path) is not None
 
 
 def check_export_out(out: str | Path, force: bool) -> Path:

@@ -80,9 +80,7 @@ class CompletionConfig:
         _within(where, "n", self.n, 1, MAX_PROMPTS)
         if not self.data or not Path(self.data).is_file():
             raise UserError(f"{where}.data: no such file {self.data!r}")
-        if self.delimiter is not None and self.delimiter.strip():
-            raise UserError(f"{where}.delimiter: whitespace (e.g. ' '), got {self.delimiter!r}")
-        self.rows()  # a file without answers is refused before any model loads
+        self.rows()  # a file without answers (or a delimiter that is not whitespace) is refused before any model loads
 
     def rows(self, note=None) -> list[Example]:
         from editor.tasks.examples import load_examples
@@ -393,9 +391,10 @@ TASKS: dict[str, Task] = {
     "pronoun": Task(PronounConfig, run_pronoun, "log-probability gap of the pronoun of an occupation's stereotyped gender"),
     "icl": Task(IclConfig, run_icl, "in-context classification: accuracy, majority-label and recency bias"),
     "guard": Task(GuardConfig, run_guard, "perplexity and top-1 agreement on a fixed English text"),
-    # A user's file, run under the file's own name (configs(files=...)); never named on its own.
-    "completion": Task(CompletionConfig, run_completion, "a .jsonl/.csv file of prompt/answer rows"),
 }
+# A user's file: run under the file's own name (file_configs), so it is found by its configuration's
+# kind, not by a name in TASKS.
+FILE_TASK = Task(CompletionConfig, run_completion, "a .jsonl/.csv file of prompt/answer rows")
 
 
 DEFAULT_TASKS = "arithmetic,gender,pronoun,icl,guard"  # `lmedit evaluate` without --tasks or --data
@@ -403,10 +402,10 @@ DEFAULT_TASKS = "arithmetic,gender,pronoun,icl,guard"  # `lmedit evaluate` witho
 
 def parse_tasks(text: str) -> list[str]:
     names = [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [t for t in names if t not in TASKS or t == "completion"]
+    unknown = [t for t in names if t not in TASKS]
     if unknown or not names:
-        raise UserError(f"unknown task(s) {', '.join(unknown) or '(none)'}; choose from "
-                        f"{', '.join(t for t in TASKS if t != 'completion')} (a file of your own: --data FILE)")
+        raise UserError(f"unknown task(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(TASKS)} "
+                        "(a file of your own: --data FILE)")
     return list(dict.fromkeys(names))
 
 
@@ -488,9 +487,9 @@ def _runner(task_name: str, cfg) -> Callable[[Context, object], TaskResult]:
     """The task's runner: by name ("gender@choice" is a second gender set), or, for a user's file
     (named after the file), by its configuration's kind."""
     task = TASKS.get(task_name.split("@")[0])
-    if task is not None:
-        return task.run
-    return next(t.run for t in TASKS.values() if isinstance(cfg, t.config))
+    if task is None and isinstance(cfg, FILE_TASK.config):
+        task = FILE_TASK
+    return task.run
 
 
 def compare(before: Evaluation, after: Evaluation, seed: int = 0) -> Comparison:

@@ -56,9 +56,10 @@ def validate(body: object) -> dict:
     except OSError as exc:  # as the CLI says it (editor.cli.LmeditGroup)
         from editor.io import too_long
 
-        if too_long(exc) is None:
+        error = too_long(exc)
+        if error is None:
             raise
-        raise too_long(exc) from None
+        raise error from None
     spec["resources"] = resources
     return spec
 

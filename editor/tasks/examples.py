@@ -52,8 +52,8 @@ def load_examples(spec: str, n: int | None = None, seed: int = 0, delimiter: str
         return examples
     if not spec.endswith((".jsonl", ".csv")) and not Path(spec).exists():
         raise UserError(f"unknown data {spec!r}: a built-in task ({', '.join(BUILTIN)}) or a .jsonl/.csv file")
-    examples = join_answers(read_file(spec), delimiter, spec, note)
-    return examples[:n] if n else examples
+    examples = read_file(spec)
+    return join_answers(examples[:n] if n else examples, delimiter, spec, note)
 
 
 def join_answers(examples: list[Example], delimiter: str | None, where: str, note=None) -> list[Example]:
@@ -65,9 +65,12 @@ def join_answers(examples: list[Example], delimiter: str | None, where: str, not
     wrong token is worse than a warning."""
     if delimiter is not None and delimiter.strip():
         raise UserError(f"--delimiter {delimiter!r} should be whitespace (e.g. ' '), not text")
-    glued = [ex for ex in examples if ex.answer and not ex.answer[0].isspace() and not ex.prompt[-1].isspace()]
+    def is_glued(ex: Example) -> bool:
+        return bool(ex.answer) and not ex.answer[0].isspace() and not ex.prompt[-1].isspace()
+
     if delimiter:
-        return [Example(ex.prompt, delimiter + ex.answer, ex.meta) if ex in glued else ex for ex in examples]
+        return [Example(ex.prompt, delimiter + ex.answer, ex.meta) if is_glued(ex) else ex for ex in examples]
+    glued = [ex for ex in examples if is_glued(ex)]
     if glued and note is not None and delimiter is None:
         ex = glued[0]
         note(f"note: {len(glued)} of {len(examples)} answers in {where} are joined to their prompt with no space "
