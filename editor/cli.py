@@ -567,6 +567,14 @@ _DELIMITER = click.option(
          "[default: joined as written; glued rows get a note].")
 
 
+def _renamed(old: str, new: str):
+    """An option's old spelling: one line naming the new one."""
+    def refuse(ctx, _param, value):
+        if value is not None:
+            raise click.UsageError(f"{old} is now {new}")
+    return refuse
+
+
 def _delimiter() -> str | None:
     return click.get_current_context().meta.get("delimiter")
 
@@ -1061,9 +1069,16 @@ def run_cmd(recipe, overrides, out, fresh, device, as_json):
 # prune ------------------------------------------------------------------------------------------
 @main.command("prune")
 @click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help="Store alias, directory or hub id.")
-@click.option("--task", type=click.Choice(["arithmetic"]), default="arithmetic", show_default=True)
+@click.option("--data", "-d", default="arithmetic", show_default=True, metavar="arithmetic|FILE",
+              help="The task to keep: the built-in arithmetic prompts, or a .jsonl/.csv task file of any kind "
+                   "(completion, choice, contrast, text: docs/tasks.md), split score/val/test by its rows' "
+                   "'group' (seeded).")
+@click.option("--test", "test_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="An explicit held-out test file of the same kind (the --data file is then split score/val).")
+@_DELIMITER
+@click.option("--task", hidden=True, expose_value=False, callback=_renamed("--task", "--data"))
 @click.option("--retain", type=float, default=0.95, show_default=True,
-              help="Keep validation accuracy >= RETAIN x the base's (0 < RETAIN <= 1).")
+              help="Keep validation accuracy (text: 1 / perplexity) >= RETAIN x the base's (0 < RETAIN <= 1).")
 @click.option("--units", default="neurons,heads,layers", show_default=True,
               help="What may be removed: neurons, heads (key/value groups), layers.")
 @click.option("--method", type=click.Choice(["attribution", "magnitude", "wanda", "random", "block-influence"]),
@@ -1087,7 +1102,7 @@ def run_cmd(recipe, overrides, out, fresh, device, as_json):
               help="Run directory: checkpoint/, manifest, search trace, report.html. An interrupted prune into "
                    "the same directory with the same settings resumes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (rows, checkpoint) as JSON.")
-def prune_cmd(model, task, retain, units, method, baselines, max_guard_increase, recover, recover_steps,
+def prune_cmd(model, data, test_file, retain, units, method, baselines, max_guard_increase, recover, recover_steps,
               search_retain, settings, seed, device, out, as_json):
     """Remove the most neurons, heads and layers that keep the task, and save a smaller model."""
     from editor.recipes import run_config
@@ -1095,7 +1110,8 @@ def prune_cmd(model, task, retain, units, method, baselines, max_guard_increase,
     from editor.tables import format_table
 
     split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
-    cfg = prune_config(model=model, out=out, retain=retain, units=split(units), method=method,
+    cfg = prune_config(model=model, out=out, data=data, test_file=test_file, delimiter=_delimiter(),
+                       retain=retain, units=split(units), method=method,
                        baselines=split(baselines), max_guard_increase=max_guard_increase, recover=recover,
                        recover_steps=recover_steps, search_retain=search_retain, seed=seed, device=device,
                        overrides=list(settings))
@@ -1104,9 +1120,9 @@ def prune_cmd(model, task, retain, units, method, baselines, max_guard_increase,
     if as_json:
         click.echo(json.dumps({"run_directory": str(target), **summary}, indent=2, default=str))
         return
+    head = summary["measure"]
     click.echo("\n" + format_table(summary["rows"], ["model", "parameters", "non_embedding", "non_embedding_removed",
-                                                     "answer_accuracy", "answer_accuracy_95", "exact_match",
-                                                     "guard_perplexity"]))
+                                                     head, f"{head}_95", "retained", "guard_perplexity"]))
     click.echo(f"\ncheckpoint: {summary.get('checkpoint')}  (report: {target / 'report.html'})")
 
 
@@ -1144,7 +1160,13 @@ def lora():
 @lora.command("train")
 @json_option
 @model_options
-@click.option("--task", type=click.Choice(["arithmetic"]), default="arithmetic", show_default=True)
+@click.option("--data", "-d", default="arithmetic", show_default=True, metavar="arithmetic|FILE",
+              help="Train on generated arithmetic, or on a .jsonl/.csv task file of any kind (docs/tasks.md), split "
+                   "train:held-out = 4:1 by its rows' 'group' (seeded).")
+@click.option("--test", "test_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="An explicit held-out file of the same kind (the --data file is then all training rows).")
+@_DELIMITER
+@click.option("--task", hidden=True, expose_value=False, callback=_renamed("--task", "--data"))
 @click.option("--layers", required=True, help="Layers that get adapters, e.g. 3 or 0-2 or 1,5.")
 @click.option("--targets", default="q,k,v,o", show_default=True,
               help="Projections per layer: q, k, v, o (attention), mlp_in, mlp_out.")
@@ -1153,22 +1175,27 @@ def lora():
 @click.option("--steps", type=click.IntRange(1, 1_000_000), default=150, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=16, show_default=True)
-@click.option("--digits", type=click.IntRange(1, 3), default=2, show_default=True)
-@click.option("--n-train", type=click.IntRange(1, MAX_PROMPTS), default=2000, show_default=True)
+@click.option("--digits", type=click.IntRange(1, 3), default=2, show_default=True, help="Arithmetic operand digits.")
+@click.option("--n-train", type=click.IntRange(1, MAX_PROMPTS), default=2000, show_default=True,
+              help="Training prompts at most.")
 @click.option("--n-eval", type=click.IntRange(1, MAX_PROMPTS), default=200, show_default=True,
-              help="Held-out prompts (no operation/operand pair shared with training).")
+              help="Held-out prompts at most (no arithmetic operation/operand pair, no file group, shared with training).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Output directory [default: checkpoints/lora/<model>-L<layers>].")
 @click.option("--force", is_flag=True, help="Overwrite an existing output directory.")
-def lora_train(load, task, layers, targets, rank, alpha, steps, lr, batch_size, digits, n_train, n_eval, seed, out,
-               force):
+def lora_train(load, data, test_file, layers, targets, rank, alpha, steps, lr, batch_size, digits, n_train, n_eval,
+               seed, out, force):
     """Train a LoRA adapter, evaluate it on held-out prompts, save the adapter and a merged checkpoint."""
     from editor.lora.train import LoraSettings, check_lora_out, train_and_save
 
     layer_list = _layers(layers)
     settings = LoraSettings(layers=layer_list, targets=_components_raw(targets), rank=rank, alpha=alpha, steps=steps,
-                            lr=lr, batch_size=batch_size, digits=digits, n_train=n_train, n_eval=n_eval, seed=seed)
+                            lr=lr, batch_size=batch_size, digits=digits, n_train=n_train, n_eval=n_eval, seed=seed,
+                            data=None if data == "arithmetic" else data,
+                            test_file=str(test_file) if test_file else None, delimiter=_delimiter())
+    if settings.data is not None and not settings.data.endswith((".jsonl", ".csv")):
+        raise click.UsageError(f"--data {data!r}: lora train takes the built-in arithmetic task or a .jsonl/.csv file")
     settings.check()
     model = _model_name()
     out = out or Path("checkpoints") / "lora" / f"{_model_stem(model)}-L{layers.replace(',', '_')}"

@@ -387,6 +387,17 @@ def read_records(path: str | Path, what: str = "data file") -> list[dict]:
 # directory, or a path that is provably ours. Anything else may be a user's own work: refused.
 
 
+def sha256_of(paths: list[str | Path]) -> str:
+    """One sha256 over the bytes of ``paths`` in order (what a cached step read from users' files)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
 def json_object_with(path: str | Path, keys: set[str]) -> bool:
     """Whether ``path`` is a JSON object holding every key in ``keys``: how a results file of ours
     is recognised (each writer names the keys its format always has)."""

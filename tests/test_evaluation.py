@@ -12,7 +12,8 @@ from editor.edit.checkpoint import save_checkpoint
 from editor.edit.plan import EditPlan
 from editor.edit.weights import apply_plan
 from editor.evaluation import harness
-from editor.evaluation.harness import METRICS_DIR, compare, configs, evaluate_model
+from editor.evaluation.common import METRICS_DIR
+from editor.evaluation.harness import compare, configs, evaluate_model
 from editor.evaluation.results import load_result
 from editor.evaluation.scoring import answer_matches, greedy_answers, score_continuations, score_text
 from editor.errors import UserError
@@ -285,7 +286,7 @@ def test_evaluate_data_on_the_command_line(tiny_dir, tmp_path):
     unanswered.write_text('{"prompt": "Tell me"}\n')
     bad = CliRunner().invoke(main, ["evaluate", "--model", str(tiny_dir), "--data", str(unanswered), "--out",
                                     str(tmp_path / "y")])
-    assert bad.exit_code == 2 and "have no 'answer'" in bad.stderr, bad.output
+    assert bad.exit_code == 2 and "has no 'answer'" in bad.stderr, bad.output
 
 
 def test_a_file_without_answers_is_refused_before_the_model_loads(tiny_dir, tmp_path):
@@ -298,4 +299,4 @@ def test_a_file_without_answers_is_refused_before_the_model_loads(tiny_dir, tmp_
     unanswered.write_text('{"prompt": "Tell me"}\n')
     bad = CliRunner().invoke(main, ["evaluate", "--model", str(tiny_dir), "--data", str(unanswered), "--out",
                                     str(tmp_path / "y")])
-    assert bad.exit_code == 2 and "have no 'answer'" in bad.stderr, bad.output
+    assert bad.exit_code == 2 and "has no 'answer'" in bad.stderr, bad.output

@@ -9,37 +9,21 @@ from __future__ import annotations
 import dataclasses
 import typing
 import gc
-import logging
 import time
 from dataclasses import dataclass, field, fields
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
 from editor.errors import UserError
 from editor.ranges import MAX_PROMPTS
 from editor.ranges import parse_ranges
-from editor.evaluation.results import Change, Comparison, Evaluation, Measure, TaskResult
-from editor.evaluation.scoring import (answer_matches, greedy_answers, match_from_teacher_forcing, score_continuations,
-                                       score_text)
+from editor.evaluation.results import Change, Comparison, Evaluation, TaskResult
+from editor.evaluation.scoring import score_text
 from editor.tasks import arithmetic, gender, icl
 from editor.tasks.examples import Example, fit_to_tokenizer, read_file
 from editor.tasks.guard import GUARD_SHA256, guard_text
-
-METRICS_DIR = Path(__file__).parent / "metrics"
-
-
-@lru_cache(maxsize=None)
-def load_metric(name: str):
-    """A local metric module, loaded the way ``evaluate`` loads any other."""
-    import evaluate
-
-    logging.getLogger("evaluate").setLevel(logging.ERROR)
-    path = METRICS_DIR / name
-    if not (path / f"{name}.py").is_file():
-        raise UserError(f"no metric module {name!r} in {METRICS_DIR}")
-    return evaluate.load(str(path), keep_in_memory=True)
-
+from editor.evaluation.common import Context, _completion_result, _measure, _recorded, load_metric
+from editor.evaluation.kinds import FileConfig, run_file, task_name
 
 # Task configurations ------------------------------------------------------------------------------
 @dataclass
@@ -64,33 +48,6 @@ class ArithmeticConfig:
             raise UserError(f"{where}.operands: numerals or words, got {self.operands!r}")
         if self.data is not None and not Path(self.data).is_file():
             raise UserError(f"{where}.data: no such file {self.data}")
-
-
-@dataclass
-class CompletionConfig:
-    """A user's own completion task: a .jsonl/.csv file of ``prompt`` and ``answer`` rows, scored as
-    arithmetic is (teacher-forced answer tokens, whole-answer accuracy, greedy exact match) and
-    reported under the file's own name."""
-
-    data: str = ""
-    n: int = MAX_PROMPTS
-    delimiter: str | None = None  # put between glued prompt/answer pairs (editor.tasks.examples.join_answers)
-
-    def check(self, where: str) -> None:
-        _within(where, "n", self.n, 1, MAX_PROMPTS)
-        if not self.data or not Path(self.data).is_file():
-            raise UserError(f"{where}.data: no such file {self.data!r}")
-        self.rows()  # a file without answers (or a delimiter that is not whitespace) is refused before any model loads
-
-    def rows(self, note=None) -> list[Example]:
-        from editor.tasks.examples import load_examples
-
-        examples = load_examples(self.data, n=self.n, delimiter=self.delimiter, note=note)
-        missing = sum(e.answer is None for e in examples)
-        if missing:
-            raise UserError(f"{self.data}: {missing} of {len(examples)} rows have no 'answer'; a completion task "
-                            "scores every row's answer")
-        return examples
 
 
 def _within(where: str, key: str, value: int, low: int, high: int) -> None:
@@ -156,66 +113,7 @@ class GuardConfig:
         _within(where, "block", self.block, 1, 1_000_000)
 
 
-@dataclass
-class Context:
-    """What every task runner gets besides its configuration."""
-
-    model: object
-    tokenizer: object
-    batch_size: int = 32
-    progress: bool = True
-    padding_side: str = "left"
-    reference: Evaluation | None = None  # the unedited model's evaluation, for agreement measures
-    self_reference: bool = False  # this model IS the reference (agreement with itself = 1)
-    note: Callable[[str], None] | None = None  # notes about the data (e.g. answers glued to prompts)
-
-    def continuations(self, examples: list[Example], desc: str, next_token: bool = False):
-        return score_continuations(self.model, self.tokenizer, [e.prompt for e in examples],
-                                   [e.answer for e in examples], self.batch_size, self.padding_side,
-                                   self.progress, desc, next_token)
-
-
-def _measure(result: dict, key: str | None, unit: str, better: str, per_unit: list[float], **kw) -> Measure:
-    prefix = f"{key}_" if key else ""
-    value = result[key] if key else result.get("value", result.get("accuracy"))
-    return Measure(value=float(value), low=float(result[f"{prefix}low"]), high=float(result[f"{prefix}high"]),
-                   n=int(result[f"{prefix}n"]), unit=unit, better=better, per_unit=[float(x) for x in per_unit], **kw)
-
-
-def _accuracy(hits: list[bool], unit: str) -> Measure:
-    r = load_metric("accuracy_interval").compute(predictions=[int(h) for h in hits], references=[1] * len(hits))
-    return _measure(r, None, unit, "higher", [float(h) for h in hits])
-
-
 # Arithmetic ---------------------------------------------------------------------------------------
-def _recorded(cfg) -> dict:
-    """A task's configuration as results record it: in-memory examples and pools by their size."""
-    out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ("examples", "pool")}
-    if getattr(cfg, "examples", None) is not None:
-        out["examples"] = f"{len(cfg.examples)} given in memory"
-    if getattr(cfg, "pool", None) is not None:
-        out["pool"] = f"{len(cfg.pool.sentences)} sentences given in memory"
-    return out
-
-
-SAMPLES = 8  # greedy continuations shown in the results
-
-
-def _exact_match(ctx: Context, examples: list[Example], scored, name: str) -> tuple[list[bool], dict[int, str]]:
-    """Greedy exact match per prompt, generating only where teacher forcing cannot decide it (about
-    the prompts the model gets wrong: generation was more than half of an evaluation), and for the
-    samples shown. Returns the matches and the generated texts by prompt index."""
-    decided = [match_from_teacher_forcing(ctx.tokenizer, e.answer, s) for e, s in zip(examples, scored)]
-    chosen = sorted({i for i, d in enumerate(decided) if d is None} | set(range(min(SAMPLES, len(examples)))))
-    max_new = max(len(s.targets) for s in scored) + 1
-    texts = greedy_answers(ctx.model, ctx.tokenizer, [examples[i].prompt for i in chosen], max_new, ctx.batch_size,
-                           ctx.progress, f"{name}: greedy answers")
-    greedy = dict(zip(chosen, texts))
-    exact = [d if d is not None else answer_matches(greedy[i], e.answer)
-             for i, (d, e) in enumerate(zip(decided, examples))]
-    return exact, greedy
-
-
 def run_arithmetic(ctx: Context, cfg: ArithmeticConfig) -> TaskResult:
     if cfg.examples is not None:
         examples = list(cfg.examples)[:cfg.n]
@@ -228,38 +126,6 @@ def run_arithmetic(ctx: Context, cfg: ArithmeticConfig) -> TaskResult:
     else:
         examples = arithmetic.generate(cfg.n, cfg.digits, cfg.ops, cfg.seed, cfg.operands, cfg.shots)
     return _completion_result(ctx, examples, "arithmetic", _recorded(cfg))
-
-
-def run_completion(ctx: Context, cfg: CompletionConfig) -> TaskResult:
-    return _completion_result(ctx, cfg.rows(ctx.note), completion_name(cfg.data), _recorded(cfg))
-
-
-def completion_name(path: str) -> str:
-    """A user's task is named after its file (``capitals.jsonl`` -> ``capitals``)."""
-    return Path(path).stem
-
-
-def _completion_result(ctx: Context, examples: list[Example], name: str, recorded: dict) -> TaskResult:
-    """Answer-token accuracy, whole-answer accuracy and greedy exact match of prompt/answer rows."""
-    examples = fit_to_tokenizer(ctx.tokenizer, examples)
-    scored = ctx.continuations(examples, f"{name}: teacher forcing", next_token=True)
-    exact, greedy = _exact_match(ctx, examples, scored, name)
-    tokens = [ok for s in scored for ok in s.correct]
-    r = load_metric("accuracy_interval").compute(predictions=[p for s in scored for p in s.top1],
-                                                 references=[t for s in scored for t in s.targets])
-    measures = {
-        "token_accuracy": _measure(r, None, "answer token", "higher", [float(x) for x in tokens]),
-        "answer_accuracy": _accuracy([all(s.correct) for s in scored], "prompt"),
-        "exact_match": _accuracy(exact, "prompt"),
-    }
-    by_op: dict[str, list[bool]] = {}
-    for e, s in zip(examples, scored):
-        by_op.setdefault((e.meta or {}).get("op", "all"), []).extend(s.correct)
-    details = {"token_accuracy_by_op": {op: sum(v) / len(v) for op, v in by_op.items()},
-               "samples": [{"prompt": e.prompt, "answer": e.answer, "greedy": greedy[i]} for i, e in
-                           enumerate(examples[:SAMPLES])],
-               "greedy_generated": len(greedy)}
-    return TaskResult(name, recorded, measures, 0.0, details)
 
 
 # Gender -------------------------------------------------------------------------------------------
@@ -393,8 +259,8 @@ TASKS: dict[str, Task] = {
     "guard": Task(GuardConfig, run_guard, "perplexity and top-1 agreement on a fixed English text"),
 }
 # A user's file: run under the file's own name (file_configs), so it is found by its configuration's
-# kind, not by a name in TASKS.
-FILE_TASK = Task(CompletionConfig, run_completion, "a .jsonl/.csv file of prompt/answer rows")
+# type, not by a name in TASKS; its rows' kind picks the scorer (editor.evaluation.kinds).
+FILE_TASK = Task(FileConfig, run_file, "a .jsonl/.csv file of any task kind (docs/tasks.md)")
 
 
 DEFAULT_TASKS = "arithmetic,gender,pronoun,icl,guard"  # `lmedit evaluate` without --tasks or --data
@@ -409,16 +275,16 @@ def parse_tasks(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def file_configs(paths: list[str], delimiter: str | None, taken: list[str]) -> dict[str, CompletionConfig]:
-    """One completion task per file, keyed by the file's name; a name shared with a built-in task or
+def file_configs(paths: list[str], delimiter: str | None, taken: list[str]) -> dict[str, FileConfig]:
+    """One task per file, keyed by the file's name; a name shared with a built-in task or
     another file is refused (results would overwrite each other)."""
-    out: dict[str, CompletionConfig] = {}
+    out: dict[str, FileConfig] = {}
     for path in paths:
-        name = completion_name(path)
+        name = task_name(path)
         if name in TASKS or name in out or name in taken:
             raise UserError(f"--data {path}: its task would be named {name!r}, which is taken "
                             f"(built-in tasks and other files); rename the file")
-        cfg = CompletionConfig(data=path, delimiter=delimiter)
+        cfg = FileConfig(data=path, delimiter=delimiter)
         cfg.check(name)
         out[name] = cfg
     return out
@@ -473,13 +339,13 @@ def evaluate_model(model, tokenizer, tasks: dict[str, object], name: str = "mode
     model.eval()
     ctx = Context(model, tokenizer, batch_size, progress, padding_side, reference, self_reference, note)
     results = {}
-    for task_name, cfg in tasks.items():
+    for key, cfg in tasks.items():
         start = time.perf_counter()
-        result = _runner(task_name, cfg)(ctx, cfg)
+        result = _runner(key, cfg)(ctx, cfg)
         result.seconds = round(time.perf_counter() - start, 2)
-        results[task_name] = result
+        results[key] = result
         if log:
-            log(f"  {task_name}: {result.seconds:.1f} s")
+            log(f"  {key}: {result.seconds:.1f} s")
     return Evaluation(name, results, {"batch_size": batch_size})
 
 

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from editor.attribution.cna import cna
-from editor.evaluation.harness import load_metric
+from editor.evaluation.common import load_metric
 from editor.evaluation.results import Measure
 from editor.evaluation.scoring import answer_matches, greedy_answers, score_continuations
 from editor.io import write_bytes_atomic, write_json_atomic, write_text_atomic

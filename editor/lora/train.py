@@ -58,13 +58,18 @@ class Adapter:
 
 @dataclass
 class LoraSettings(Adapter):
-    """An adapter on ``layers``, trained on generated arithmetic (``lmedit lora train``)."""
+    """An adapter on ``layers``, trained on generated arithmetic or on a user's task file
+    (``lmedit lora train``)."""
 
     layers: list[int] = field(default_factory=list)
     digits: int = 2
     n_train: int = 2000
     n_eval: int = 200
     seed: int = 0
+    data: str | None = None  # a task file of any kind instead of arithmetic: split train : eval = 4 : 1 by group
+    test_file: str | None = None  # an explicit held-out file instead of the split
+    delimiter: str | None = None
+    data_sha256: str | None = None  # set by lmedit: what the files held when the adapter was trained
 
     def check(self, where: str | None = None) -> None:
         if not self.layers:
@@ -73,6 +78,34 @@ class LoraSettings(Adapter):
             if getattr(self, name) < 1:
                 raise UserError(f"LoRA {name} must be >= 1")
         super().check(where)
+        if self.data is None and (self.test_file or self.delimiter is not None):
+            raise UserError("--test and --delimiter are for a task file (--data FILE)")
+        if self.data is not None:
+            from editor.io import sha256_of
+
+            split_examples(self)  # a bad file or too few rows: refused before any model loads
+            self.data_sha256 = sha256_of([self.data, *([self.test_file] if self.test_file else [])])
+
+
+def split_examples(settings: LoraSettings) -> tuple[list[Example], list[Example]]:
+    """Training and held-out rows: generated arithmetic (no operation/operand pair in both), or a
+    task file split train : eval = 4 : 1 by its rows' ``group`` (seeded), or the file and ``test_file``."""
+    from editor.tasks.kinds import TaskData, as_completion, check_disjoint, read_task, split_rows
+
+    if settings.data is None:
+        return split_arithmetic(settings.n_train, settings.n_eval, settings.digits, settings.seed)
+    task = read_task(settings.data, settings.delimiter)
+    if settings.test_file:
+        held = read_task(settings.test_file, settings.delimiter)
+        if held.kind != task.kind:
+            raise UserError(f"{settings.test_file} is a {held.kind} file but {settings.data} is a {task.kind} file")
+        check_disjoint(task.rows, held.rows, settings.test_file)
+        train_rows, held_rows = task.rows, held.rows
+    else:
+        sets = split_rows(task.rows, {"train": 4, "eval": 1}, settings.seed, settings.data, {"train": 4, "eval": 4})
+        train_rows, held_rows = sets["train"], sets["eval"]
+    pairs = lambda rows: as_completion(TaskData(task.name, task.kind, rows, settings.data))  # noqa: E731
+    return pairs(train_rows)[:settings.n_train], pairs(held_rows)[:settings.n_eval]
 
 
 def lora_config(model, settings: LoraSettings):
@@ -226,7 +259,7 @@ def check_lora_out(out: str | Path, force: bool) -> Path:
 
 def train_and_save(loaded, settings: LoraSettings, out: str | Path, force: bool = False, progress: bool = True,
                    log=print) -> dict:
-    """Train on held-apart arithmetic, evaluate before/after, save ``adapter/`` and ``merged/`` under ``out``.
+    """Train on held-apart arithmetic or task rows, evaluate before/after, save ``adapter/`` and ``merged/`` under ``out``.
 
     ``loaded`` (a ``LoadedModel``) is changed: its model ends up with the adapter merged in.
     """
@@ -238,7 +271,7 @@ def train_and_save(loaded, settings: LoraSettings, out: str | Path, force: bool 
     settings.check()
     lora_config(loaded.model, settings)  # the layers and targets exist in this model, before any work
     source = describe_source(loaded)
-    train, held = split_arithmetic(settings.n_train, settings.n_eval, settings.digits, settings.seed)
+    train, held = split_examples(settings)
     before = token_accuracy(loaded.model, loaded.tokenizer, held, progress=progress)
     log(f"held-out token accuracy before: {before.cell()}")
     peft_model, result = train_lora(loaded.model, loaded.tokenizer, settings, train, progress)
@@ -262,7 +295,16 @@ def heldout_examples(adapter: str | Path, n: int | None = None) -> list[Example]
     if not record.is_file():
         raise UserError(f"no {record}: give the prompts to compare on (the adapter was not trained by lmedit lora train)")
     s = json.loads(record.read_text())["settings"]
-    held = split_arithmetic(s["n_train"], s["n_eval"], s["digits"], s["seed"])[1]
+    if s.get("data"):
+        from editor.io import sha256_of
+
+        files = [s["data"], *([s["test_file"]] if s.get("test_file") else [])]
+        if not all(Path(f).is_file() for f in files) or sha256_of(files) != s.get("data_sha256"):
+            raise UserError(f"the adapter was trained on {' and '.join(files)}, which changed or moved since; "
+                            "give the prompts to compare on with --data FILE")
+        held = split_examples(LoraSettings(**{k: v for k, v in s.items() if k != "data_sha256"}))[1]
+    else:
+        held = split_arithmetic(s["n_train"], s["n_eval"], s["digits"], s["seed"])[1]
     return held[:n] if n else held
 
 

@@ -30,10 +30,11 @@ from typing import Callable, Iterator
 import torch
 
 from editor.edit.shrink import Removal, removed_parameters, shrink, zeroed
-from editor.evaluation.scoring import score_continuations, score_text
+from editor.evaluation.kinds import validation_score
+from editor.evaluation.scoring import score_text
 from editor.model.arch import Arch
 from editor.prune.scores import UnitScores, on_original, unit_scores
-from editor.tasks.examples import Example, fit_to_tokenizer
+from editor.tasks.examples import Example
 from editor.tasks.guard import guard_text
 
 
@@ -49,14 +50,7 @@ class SearchSettings:
     max_rounds: int = 60
     batch_size: int = 16
     seed: int = 0
-
-
-def answer_accuracy(model, tokenizer, examples: list[Example], batch_size: int) -> float:
-    """Share of prompts whose every answer token is the model's top-1 (teacher forced)."""
-    examples = fit_to_tokenizer(tokenizer, examples)
-    scored = score_continuations(model, tokenizer, [e.prompt for e in examples], [e.answer for e in examples],
-                                 batch_size, progress=False)
-    return sum(all(s.correct) for s in scored) / len(scored)
+    kind: str = "completion"  # the task kind of the validation rows (editor.tasks.kinds)
 
 
 def guard_perplexity(model, tokenizer) -> float:
@@ -64,8 +58,10 @@ def guard_perplexity(model, tokenizer) -> float:
     return math.exp(sum(nll) / len(nll))
 
 
-def measure(model, tokenizer, examples: list[Example], batch_size: int, guard: bool) -> dict:
-    out = {"val_accuracy": answer_accuracy(model, tokenizer, examples, batch_size)}
+def measure(model, tokenizer, examples: list[Example], batch_size: int, guard: bool, kind: str = "completion") -> dict:
+    """The validation score of ``examples`` (``val_accuracy``: accuracy for answers and choices,
+    1 / perplexity for text; higher is better for every kind) and, with ``guard``, the guard perplexity."""
+    out = {"val_accuracy": validation_score(model, tokenizer, kind, examples, batch_size)}
     if guard:
         out["guard_perplexity"] = guard_perplexity(model, tokenizer)
     return out
@@ -83,10 +79,10 @@ def _without(model, removal: Removal, shrunk: bool) -> Iterator:
 
 
 def measure_removal(model, tokenizer, removal: Removal, examples: list[Example], batch_size: int, guard: bool,
-                    shrunk: bool = True) -> dict:
+                    shrunk: bool = True, kind: str = "completion") -> dict:
     """:func:`measure` of ``model`` without ``removal``."""
     with _without(model, removal, shrunk) as pruned:
-        return measure(pruned, tokenizer, examples, batch_size, guard)
+        return measure(pruned, tokenizer, examples, batch_size, guard, kind)
 
 
 def _lowest(values: torch.Tensor, exclude: set[int], k: int) -> list[int]:
@@ -189,7 +185,7 @@ def search_round(model, tokenizer, state: SearchState, settings: SearchSettings,
         if candidate is None:
             tried.append({"kind": kind, "step": state.steps[kind], "result": "nothing left"})
             continue
-        got = measure_removal(model, tokenizer, candidate, val_examples, settings.batch_size, guard)
+        got = measure_removal(model, tokenizer, candidate, val_examples, settings.batch_size, guard, kind=settings.kind)
         gained = removed_parameters(arch, candidate) - already
         ok = got["val_accuracy"] >= floor - 1e-12
         if ok and guard:

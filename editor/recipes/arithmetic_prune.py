@@ -32,13 +32,22 @@ from editor.plots import line_plot
 from editor.recipes.report import Report, index_ranges
 from editor.recipes.run import Run
 from editor.tasks import arithmetic
+from editor.evaluation.kinds import SCORERS, FileConfig, task_name
 from editor.tasks.examples import Example
+from editor.tasks.kinds import TaskData, as_completion, check_disjoint, read_task, split_rows
 
 Method = Literal["attribution", "magnitude", "wanda", "random", "block-influence"]
 
 
 @dataclass
 class Data:
+    # A user's task file of any kind (docs/tasks.md) instead of the arithmetic prompts: its rows are
+    # split score : val : test by ``query_shares`` (whole ``group``s at a time, seeded), each set
+    # capped at its n_*; the LoRA recovery trains on the scoring rows.
+    file: str | None = None
+    test_file: str | None = None  # an explicit held-out test set: the file is then split score : val only
+    delimiter: str | None = None  # between glued prompts and answers (editor.tasks.examples.join_answers)
+    files_sha256: str | None = None  # set by lmedit: what the files held (a changed file is a new data step)
     digits: int = 1
     ops: str = "+"
     template: int = 4  # "a + b = " (see editor.tasks.arithmetic.TEMPLATES)
@@ -115,9 +124,43 @@ class ArithmeticPrune(Common):
             raise UserError(f"{where}.data.query_shares: three positive integers (score, val, test)")
         if self.data.digits not in (1, 2):
             raise UserError(f"{where}.data.digits: 1 or 2")
+        self._check_files(where)
         r = self.recover
         if min(r.steps, r.rank) < 1 or not r.lr > 0 or not 1 <= r.tries <= 10:
             raise UserError(f"{where}.recover: steps and rank >= 1, lr > 0, tries 1-10")
+
+
+    def _check_files(self, where: str) -> None:
+        """A user's task files are read (and refused) here, before any model loads."""
+        from editor.io import sha256_of
+
+        d = self.data
+        if d.file is None:
+            if d.test_file is not None or d.delimiter is not None:
+                raise UserError(f"{where}.data: test_file and delimiter are for a task file (data.file)")
+            d.files_sha256 = None
+            return
+        task = read_task(d.file, d.delimiter)
+        if d.test_file is not None:
+            test = read_task(d.test_file, d.delimiter)
+            if test.kind != task.kind:
+                raise UserError(f"{where}.data.test_file: {d.test_file} is a {test.kind} file but {d.file} is a "
+                                f"{task.kind} file; a test set is the same task")
+            check_disjoint(task.rows, test.rows, d.test_file)
+        file_splits(task, d, self.seed, d.file)  # too few rows: one line, before any model loads
+        d.files_sha256 = sha256_of([d.file, *([d.test_file] if d.test_file else [])])
+
+
+MINIMUM = {"score": 4, "val": 8, "test": 8}  # rows per set of a user's file
+
+
+def file_splits(task: TaskData, d: Data, seed: int, where: str) -> dict[str, list[Example]]:
+    shares = dict(zip(("score", "val", "test"), d.query_shares))
+    if d.test_file is not None:
+        del shares["test"]
+    sets = split_rows(task.rows, shares, seed, where, MINIMUM)
+    caps = {"score": d.n_score, "val": d.n_val, "test": d.n_test}
+    return {name: rows[:caps[name]] for name, rows in sets.items()}
 
 
 # What a search reads (prune.method is not among them: each method's search is keyed by its name).
@@ -132,11 +175,28 @@ def _settings(cfg: ArithmeticPrune, method: str) -> SearchSettings:
     p = cfg.prune
     rule = p.search_retain if cfg.recover.method != "none" and p.search_retain else p.retain
     return SearchSettings(method, units, rule, p.max_guard_increase, p.neuron_step, p.min_neuron_step,
-                          p.layer_tries, p.max_rounds, cfg.batch_size, cfg.seed)
+                          p.layer_tries, p.max_rounds, cfg.batch_size, cfg.seed, _kind(cfg))
+
+
+def _kind(cfg: ArithmeticPrune) -> str:
+    return read_task(cfg.data.file, cfg.data.delimiter).kind if cfg.data.file else "completion"
+
+
+def task_label(cfg: ArithmeticPrune) -> str:
+    """The task as every table and JSON names it: ``arithmetic``, or a user's file by its name."""
+    return task_name(cfg.data.file) if cfg.data.file else "arithmetic"
 
 
 def _data(cfg: ArithmeticPrune) -> dict:
     d = cfg.data
+    if d.file is not None:
+        task = read_task(d.file, d.delimiter)
+        sets = file_splits(task, d, cfg.seed, d.file)
+        if d.test_file is not None:
+            sets["test"] = read_task(d.test_file, d.delimiter).rows[:d.n_test]
+        sets["train"] = as_completion(TaskData(task.name, task.kind, sets["score"], d.file))[:d.n_train]
+        sets["score"] = as_completion(TaskData(task.name, task.kind, sets["score"], d.file))
+        return {"kind": task.kind, **{name: [e.to_json() for e in rows] for name, rows in sets.items()}}
     sets = arithmetic.split_prompts({"score": d.n_score, "val": d.n_val, "test": d.n_test, "train": d.n_train},
                                     dict(zip(("score", "val", "test"), d.query_shares)), d.digits, d.ops,
                                     d.template, d.shots,
@@ -220,14 +280,18 @@ def _build_pruned(run: Run, cfg: ArithmeticPrune, removal: Removal, train: list[
     info = {"notes": notes, "recovery": None}
     if cfg.recover.method == "lora" and removed_parameters(lm.arch, removal):  # nothing cut: nothing to recover
         small, info["recovery"] = _recover(run, cfg, small, train)
-        info["recovery"]["val_accuracy"] = measure(small, lm.tokenizer, val, cfg.batch_size, False)["val_accuracy"]
+        info["recovery"]["val_accuracy"] = measure(small, lm.tokenizer, val, cfg.batch_size, False,
+                                                   _kind(cfg))["val_accuracy"]
     return small, info
 
 
 def _tasks(run: Run, cfg: ArithmeticPrune, test: list[Example]) -> dict:
     """The test prompts go to the harness in memory; data/test.jsonl keeps a copy for the reader."""
     write_text_atomic(run.path("data", "test.jsonl"), "".join(json.dumps({"prompt": e.prompt, "answer": e.answer,
-                                                                         **e.meta}) + "\n" for e in test))
+                                                                         **(e.meta or {})}) + "\n" for e in test))
+    if cfg.data.file:
+        task = FileConfig(data=cfg.data.file, n=len(test), kind=_kind(cfg), examples=test)
+        return {task_label(cfg): task, "guard": GuardConfig()}
     return {"arithmetic": ArithmeticConfig(n=len(test), examples=test), "guard": GuardConfig()}
 
 
@@ -236,10 +300,10 @@ def _base_validation(run: Run, cfg: ArithmeticPrune, val: list[Example]) -> dict
 
     def compute():
         lm = run.model
-        got = measure(lm.model, lm.tokenizer, val, cfg.batch_size, guard)
+        got = measure(lm.model, lm.tokenizer, val, cfg.batch_size, guard, _kind(cfg))
         if got["val_accuracy"] == 0:
-            raise UserError(f"{cfg.model} answers none of the {len(val)} validation prompts; there is no accuracy "
-                            "to retain (choose a task setting the model can do)")
+            raise UserError(f"{cfg.model} answers none of the {len(val)} validation prompts of {task_label(cfg)}; "
+                            "there is no accuracy to retain (choose a task the model can do)")
         return got
 
     return run.step("base_validation", compute, reads=(*MODEL_SETTINGS, "prune.max_guard_increase"), uses=("data",))
@@ -306,7 +370,8 @@ def run(run: Run, cfg: ArithmeticPrune) -> dict:
     pruned_eval = Evaluation.from_json(results[main_method]["evaluation"])
     comparison = compare(base_eval, pruned_eval, cfg.seed)
     comparison.save(run.out, "evaluation")
-    summary = _summary(cfg, base, results, removals, base_val, tried)
+    summary = _summary(cfg, base, results, removals, base_val, tried, len(test))
+    summary["n_val"] = len(val)
     checkpoint = _checkpoint_step(run, cfg, removals[main_method], train, val, test, summary, traces[main_method])
     summary["checkpoint"] = checkpoint
     report = run.step("report", lambda: _report(run, cfg, comparison, summary, traces, removals[main_method]))
@@ -349,32 +414,51 @@ def _measure_row(ev: dict, task: str, key: str) -> dict:
     return {"value": round(m["value"], 4), "low": round(m["low"], 4), "high": round(m["high"], 4)}
 
 
-def _summary(cfg, base, results, removals, base_val, tried: dict) -> dict:
+def _summary(cfg, base, results, removals, base_val, tried: dict, n_test: int) -> dict:
+    """One row per model: parameters, the task's headline measure with its interval and the share of
+    the base's it keeps (base / pruned for a lower-is-better measure such as perplexity), the task's
+    other measures, and the guard perplexity."""
     before = base["parameters"]
+    task, head = task_label(cfg), headline(cfg)
     rows = []
     for name, res in [("base", base), *results.items()]:
         ev, params = res["evaluation"], res["parameters"]
-        acc = _measure_row(ev, "arithmetic", "answer_accuracy")
-        rows.append({
-            "model": name,
-            "parameters": params["total"],
-            "non_embedding": params["non_embedding"],
-            "non_embedding_removed": round(1 - params["non_embedding"] / before["non_embedding"], 4),
-            "answer_accuracy": acc["value"], "answer_accuracy_95": [acc["low"], acc["high"]],
-            "exact_match": _measure_row(ev, "arithmetic", "exact_match")["value"],
-            "token_accuracy": _measure_row(ev, "arithmetic", "token_accuracy")["value"],
-            "guard_perplexity": round(ev["tasks"]["guard"]["measures"]["perplexity"]["value"], 3),
-            "layers_removed": len(removals[name].layers) if name in removals else 0,
-        })
+        top = _measure_row(ev, task, head)
+        row = {"model": name, "parameters": params["total"], "non_embedding": params["non_embedding"],
+               "non_embedding_removed": round(1 - params["non_embedding"] / before["non_embedding"], 4),
+               head: top["value"], f"{head}_95": [top["low"], top["high"]]}
+        for key in ev["tasks"][task]["measures"]:
+            if key != head:
+                row[key] = _measure_row(ev, task, key)["value"]
+        row["guard_perplexity"] = round(ev["tasks"]["guard"]["measures"]["perplexity"]["value"], 3)
+        row["layers_removed"] = len(removals[name].layers) if name in removals else 0
         recovery = res.get("recovery") or {}
         if "val_accuracy" in recovery:  # after LoRA recovery: the validation rule the result must meet
-            rows[-1]["val_retained_after_recovery"] = round(recovery["val_accuracy"] / base_val["val_accuracy"], 3)
-    base_acc = rows[0]["answer_accuracy"]
+            row["val_retained_after_recovery"] = round(recovery["val_accuracy"] / base_val["val_accuracy"], 3)
+        rows.append(row)
+    lower = SCORERS[_kind(cfg)].better == "lower"
+    base_value = rows[0][head]
     for r in rows:
-        r["retained"] = round(r["answer_accuracy"] / base_acc, 3) if base_acc else None
-    return {"method": cfg.prune.method, "retain": cfg.prune.retain, "base_val_accuracy": base_val["val_accuracy"],
-            "n_test": cfg.data.n_test, "rows": rows,
+        r["retained"] = (round((base_value / r[head]) if lower else (r[head] / base_value), 3)
+                         if base_value and r[head] else None)
+    return {"method": cfg.prune.method, "retain": cfg.prune.retain, "task": task, "kind": _kind(cfg),
+            "measure": head, "base_val_accuracy": base_val["val_accuracy"],
+            "n_test": n_test, "rows": rows,
             "recovery_tries": {m: t for m, t in tried.items() if t}}
+
+
+def headline(cfg: ArithmeticPrune) -> str:
+    """The measure the prune reports lead with: the task kind's (editor.evaluation.kinds)."""
+    return SCORERS[_kind(cfg)].headline
+
+
+def columns(rows: list[dict], head: str) -> list[str]:
+    """The summary table's columns: sizes, the headline with its interval and retained share, the
+    task's other measures, the guard."""
+    fixed = ["model", "non_embedding", "non_embedding_removed", "layers_removed", head, f"{head}_95", "retained"]
+    rest = [k for k in rows[0] if k not in fixed and k not in ("parameters", "guard_perplexity")
+            and k != "val_retained_after_recovery"]
+    return fixed + rest + ["guard_perplexity"]
 
 
 def _write_traces(run: Run, traces: dict) -> None:
@@ -391,22 +475,20 @@ def _write_traces(run: Run, traces: dict) -> None:
     write_text_atomic(run.path("search_trace.csv"), buf.getvalue())
 
 
-COLUMNS = ["model", "non_embedding", "non_embedding_removed", "layers_removed", "answer_accuracy",
-           "answer_accuracy_95", "retained", "exact_match", "token_accuracy", "guard_perplexity"]
-
-
-def curve_png(traces: dict, base_non_embedding: int, base_accuracy: float, n_val: int, title: str) -> bytes:
-    """Validation accuracy against the share of non-embedding parameters removed, one line per method,
-    each point with its 95% Wilson interval over the ``n_val`` validation prompts."""
+def curve_png(traces: dict, base_non_embedding: int, base_accuracy: float, n_val: int, title: str,
+              y_label: str = "validation answer accuracy") -> bytes:
+    """Validation score against the share of non-embedding parameters removed, one line per method,
+    each point with its 95% Wilson interval over the ``n_val`` validation prompts (an accuracy's;
+    ``n_val`` 0: no intervals, as for 1 / perplexity)."""
     series, errors = {}, {}
     for method, trace in traces.items():
         taken = [row for row in trace if row["taken"]]
         ys = [base_accuracy] + [r["val_accuracy"] for r in taken]
         series[method] = ([0.0] + [100 * r["removed_parameters"] / base_non_embedding for r in taken], ys)
-        intervals = [wilson(round(y * n_val), n_val) for y in ys]
-        errors[method] = ([lo for lo, _ in intervals], [hi for _, hi in intervals])
-    return line_plot(series, "non-embedding parameters removed (%)", "validation answer accuracy", title,
-                     errors=errors)
+        if n_val:
+            intervals = [wilson(round(y * n_val), n_val) for y in ys]
+            errors[method] = ([lo for lo, _ in intervals], [hi for _, hi in intervals])
+    return line_plot(series, "non-embedding parameters removed (%)", y_label, title, errors=errors or None)
 
 
 def _removed_rows(removal: Removal) -> list[dict]:
@@ -438,23 +520,28 @@ def _rule(cfg: ArithmeticPrune) -> str:
 def _report(run: Run, cfg: ArithmeticPrune, comparison, summary: dict, traces: dict, removal: Removal) -> dict:
     rows = summary["rows"]
     main = next(r for r in rows if r["model"] == cfg.prune.method)
-    rep = Report(f"arithmetic-prune: {cfg.model}")
+    head = summary["measure"]
+    task = (f"the {summary['kind']} task {summary['task']} ({cfg.data.file})" if cfg.data.file else
+            f"few-shot {cfg.data.digits}-digit arithmetic ({cfg.data.ops})")
+    rep = Report(f"prune: {cfg.model}, {summary['task']}")
     rep.paragraph(
-        f"Pruned {cfg.model} for few-shot {cfg.data.digits}-digit arithmetic ({cfg.data.ops}) by {cfg.prune.method}: "
+        f"Pruned {cfg.model} for {task} by {cfg.prune.method}: "
         f"{100 * main['non_embedding_removed']:.1f}% of the non-embedding parameters removed physically "
-        f"({main['layers_removed']} layers), test answer accuracy {rows[0]['answer_accuracy']:.3f} -> "
-        f"{main['answer_accuracy']:.3f} (95% interval {main['answer_accuracy_95']}) on {cfg.data.n_test} held-out "
-        f"prompts; {_rule(cfg)}.")
+        f"({main['layers_removed']} layers), test {head.replace('_', ' ')} {rows[0][head]:.3f} -> "
+        f"{main[head]:.3f} (95% interval {main[head + '_95']}) on {summary['n_test']} held-out "
+        f"rows; {_rule(cfg)}.")
     rep.heading("Every method, the same search, the same shrink (test prompts)")
-    rep.table(rows, COLUMNS + (["val_retained_after_recovery"] if cfg.recover.method != "none" else []))
+    rep.table(rows, columns(rows, head) + (["val_retained_after_recovery"] if cfg.recover.method != "none" else []))
     if summary.get("recovery_tries"):
         rep.heading("Recovered cuts tried (validation, largest first)")
         rep.table([{"method": m, **t} for m, tries in summary["recovery_tries"].items() for t in tries],
                   ["method", "removed_parameters", "val_accuracy", "qualifies"])
+    text = summary["kind"] == "text"
+    label = "validation 1 / perplexity" if text else "validation accuracy"
     rep.image(curve_png(traces, rows[0]["non_embedding"], summary["base_val_accuracy"],
-                        cfg.data.n_val, "accuracy as the search removes parameters"),
-              f"Validation answer accuracy after each accepted round, by method; bars: 95% Wilson intervals "
-              f"over the {cfg.data.n_val} validation prompts")
+                        0 if text else summary["n_val"], f"{label} as the search removes parameters", label),
+              f"{label[0].upper() + label[1:]} after each accepted round, by method"
+              + ("" if text else f"; bars: 95% Wilson intervals over the {summary['n_val']} validation rows"))
     rep.heading("Base vs pruned (paired, test prompts)")
     rep.comparison(comparison)
     rep.heading(f"What {cfg.prune.method} removed")
@@ -465,13 +552,15 @@ def _report(run: Run, cfg: ArithmeticPrune, comparison, summary: dict, traces: d
     return rep.finish(run)
 
 
-def prune_config(model: str = "smollm2-135m", out=None, retain: float = 0.95, units=("neurons", "heads", "layers"),
+def prune_config(model: str = "smollm2-135m", out=None, data: str = "arithmetic", test_file=None,
+                 delimiter: str | None = None, retain: float = 0.95, units=("neurons", "heads", "layers"),
                  method: str = "attribution", baselines=(), max_guard_increase: float | None = None,
                  recover: str = "lora", recover_steps: int = 80, search_retain: float | None = None,
                  seed: int = 0, device: str = "cpu",
                  overrides: list[str] | None = None) -> ArithmeticPrune:
     """The ``arithmetic-prune`` recipe configuration ``lmedit prune`` runs, validated before any model
-    loads. An existing ``out`` must be an unfinished or finished run of the same settings (it resumes)."""
+    loads (a task file is read and split here). ``data``: ``arithmetic`` or a task file of any kind.
+    An existing ``out`` must be an unfinished or finished run of the same settings (it resumes)."""
     from pathlib import Path
 
     from editor.recipes import validate
@@ -483,6 +572,12 @@ def prune_config(model: str = "smollm2-135m", out=None, retain: float = 0.95, un
                      **({"search_retain": search_retain} if search_retain is not None else {}),
                      "max_guard_increase": max_guard_increase},
            "recover": {"method": recover, "steps": recover_steps}, "baselines": list(baselines)}
+    if data != "arithmetic":
+        if not str(data).endswith((".jsonl", ".csv")):
+            raise UserError(f"--data {data!r}: prune keeps the built-in arithmetic task or a .jsonl/.csv task file")
+        raw["data"] = {"file": str(data), "test_file": str(test_file) if test_file else None, "delimiter": delimiter}
+    elif test_file is not None or delimiter is not None:
+        raise UserError("--test and --delimiter are for a task file (--data FILE)")
     cfg = validate(apply_overrides(raw, overrides or []), "prune")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out / "steps" / "recipe.sha256").is_file():
         raise UserError(f"{out} already exists and is not an lmedit run directory; choose a new output directory")

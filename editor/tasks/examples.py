@@ -41,8 +41,10 @@ def read_file(path: str | Path) -> list[Example]:
 def load_examples(spec: str, n: int | None = None, seed: int = 0, delimiter: str | None = None,
                   note=None) -> list[Example]:
     """``spec`` is a built-in task (``editor.tasks.BUILTIN``: ``arithmetic``, ``arithmetic:2``, ``icl``,
-    ``gender``, ``pronoun``) or a local .jsonl/.csv file (its answers joined to the prompts by
-    ``delimiter``, see :func:`join_answers`; ``note`` receives the one-line warning)."""
+    ``gender``, ``pronoun``) or a local .jsonl/.csv file of any task kind (``editor.tasks.kinds``; its
+    rows as prompt/answer pairs, answers joined to the prompts by ``delimiter``, see
+    :func:`join_answers`; ``note`` receives the one-line warning). Bare prompts (no answers) are
+    accepted: attribution can score the model's own top-1."""
     from editor.tasks import BUILTIN, builtin
 
     examples = builtin(spec, n=n, seed=seed)
@@ -52,8 +54,10 @@ def load_examples(spec: str, n: int | None = None, seed: int = 0, delimiter: str
         return examples
     if not spec.endswith((".jsonl", ".csv")) and not Path(spec).exists():
         raise UserError(f"unknown data {spec!r}: a built-in task ({', '.join(BUILTIN)}) or a .jsonl/.csv file")
-    examples = read_file(spec)
-    return join_answers(examples[:n] if n else examples, delimiter, spec, note)
+    from editor.tasks.kinds import as_completion, read_task
+
+    examples = as_completion(read_task(spec, delimiter, note, prompts_only_ok=True))
+    return examples[:n] if n else examples
 
 
 def join_answers(examples: list[Example], delimiter: str | None, where: str, note=None) -> list[Example]:

@@ -1,0 +1,210 @@
+"""Scoring by task kind (``editor.tasks.kinds``): the evaluation of a task's rows, with intervals,
+and the one number a search keeps (its validation score: higher is better and a ratio to the base's
+means "retained").
+
+A kind's scorer is one :func:`scorer`-registered class with ``headline`` (the measure a prune
+report leads with), ``evaluate`` and ``validation``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from editor.errors import UserError
+from editor.evaluation.common import Context, _accuracy, _completion_result, _measure, _recorded, load_metric
+from editor.evaluation.results import TaskResult
+from editor.evaluation.scoring import score_continuations, score_text
+from editor.ranges import MAX_PROMPTS
+from editor.tasks.examples import Example, fit_to_tokenizer
+from editor.tasks.kinds import KINDS, TaskData, read_task
+
+SCORERS: dict[str, "KindScorer"] = {}
+
+
+def scorer(kind: str):
+    def register(cls):
+        if kind not in KINDS:
+            raise ValueError(f"no task kind {kind!r} in editor.tasks.kinds")
+        SCORERS[kind] = cls()
+        return cls
+    return register
+
+
+class KindScorer:
+    headline: str  # the measure a prune report leads with
+    better: str = "higher"
+
+    def evaluate(self, ctx: Context, rows: list[Example], name: str, recorded: dict) -> TaskResult:
+        raise NotImplementedError
+
+    def validation(self, ctx: Context, rows: list[Example]) -> float:
+        raise NotImplementedError
+
+
+def _teacher_forced(ctx: Context, rows: list[Example]):
+    rows = fit_to_tokenizer(ctx.tokenizer, rows)
+    return score_continuations(ctx.model, ctx.tokenizer, [e.prompt for e in rows], [e.answer for e in rows],
+                               ctx.batch_size, ctx.padding_side, False)
+
+
+@scorer("completion")
+class Completion(KindScorer):
+    headline = "answer_accuracy"
+
+    def evaluate(self, ctx, rows, name, recorded):
+        return _completion_result(ctx, rows, name, recorded)
+
+    def validation(self, ctx, rows):
+        """Share of rows whose every answer token is the model's top-1 (teacher forced)."""
+        scored = _teacher_forced(ctx, rows)
+        return sum(all(s.correct) for s in scored) / len(scored)
+
+
+@scorer("choice")
+class Choice(KindScorer):
+    """Each choice scored by its summed log-probability after the prompt, as written (no delimiter is
+    added and no space moved: every choice is scored on the same footing); ``accuracy_norm`` divides
+    by the choice's length in bytes, as lm-evaluation-harness's ``acc_norm`` does."""
+
+    headline = "accuracy"
+
+    def _picks(self, ctx: Context, rows: list[Example]) -> tuple[list[int], list[int]]:
+        prompts = [e.prompt for e in rows for _ in e.meta["choices"]]
+        choices = [c for e in rows for c in e.meta["choices"]]
+        scored = score_continuations(ctx.model, ctx.tokenizer, prompts, choices, ctx.batch_size, ctx.padding_side,
+                                     ctx.progress, "choices")
+        picks, picks_norm, at = [], [], 0
+        for e in rows:
+            totals = [s.total for s in scored[at:at + len(e.meta["choices"])]]
+            normed = [t / max(1, len(c.encode())) for t, c in zip(totals, e.meta["choices"])]
+            picks.append(max(range(len(totals)), key=totals.__getitem__))
+            picks_norm.append(max(range(len(normed)), key=normed.__getitem__))
+            at += len(totals)
+        return picks, picks_norm
+
+    def evaluate(self, ctx, rows, name, recorded):
+        picks, picks_norm = self._picks(ctx, rows)
+        labels = [e.meta["label"] for e in rows]
+        measures = {"accuracy": _accuracy([p == y for p, y in zip(picks, labels)], "question"),
+                    "accuracy_norm": _accuracy([p == y for p, y in zip(picks_norm, labels)], "question")}
+        chance = sum(1 / len(e.meta["choices"]) for e in rows) / len(rows)
+        details = {"chance_accuracy": chance, "samples": [
+            {"prompt": e.prompt, "choices": e.meta["choices"], "label": e.meta["label"], "picked": p}
+            for e, p in zip(rows[:8], picks)]}
+        return TaskResult(name, recorded, measures, 0.0, details)
+
+    def validation(self, ctx, rows):
+        picks, _ = self._picks(ctx, rows)
+        return sum(p == e.meta["label"] for p, e in zip(picks, rows)) / len(rows)
+
+
+def _mean(values: list[float], unit: str, better: str):
+    r = load_metric("mean_interval").compute(values=values)
+    return _measure(r, None, unit, better, values)
+
+
+@scorer("contrast")
+class Contrast(KindScorer):
+    """The answer's accuracy on the clean prompt, and, per pair, how much the model prefers it:
+    ``logprob_difference`` = log p(answer | prompt) - log p(corrupt_answer | prompt) (rows with a
+    corrupt answer; the logit difference of patching studies, over whole answers), and
+    ``prompt_effect`` = log p(answer | prompt) - log p(answer | corrupt_prompt) (rows with a corrupt prompt)."""
+
+    headline = "answer_accuracy"
+
+    def evaluate(self, ctx, rows, name, recorded):
+        rows = fit_to_tokenizer(ctx.tokenizer, rows)
+        clean = score_continuations(ctx.model, ctx.tokenizer, [e.prompt for e in rows], [e.answer for e in rows],
+                                    ctx.batch_size, ctx.padding_side, ctx.progress, f"{name}: answers")
+        measures = {"answer_accuracy": _accuracy([all(s.correct) for s in clean], "pair")}
+        for key, label, pick in (
+                ("corrupt_answer", "logprob_difference", lambda e: (e.prompt, e.meta["corrupt_answer"])),
+                ("corrupt_prompt", "prompt_effect", lambda e: (e.meta["corrupt_prompt"], e.answer))):
+            have = [i for i, e in enumerate(rows) if key in (e.meta or {})]
+            if not have:
+                continue
+            prompts, answers = zip(*(pick(rows[i]) for i in have))
+            other = score_continuations(ctx.model, ctx.tokenizer, list(prompts), list(answers), ctx.batch_size,
+                                        ctx.padding_side, ctx.progress, f"{name}: {key}")
+            diffs = [clean[i].total - o.total for i, o in zip(have, other)]
+            measures[label] = _mean(diffs, "pair", "higher")
+            if key == "corrupt_answer":
+                measures["prefers_answer"] = _accuracy([d > 0 for d in diffs], "pair")
+        return TaskResult(name, recorded, measures, 0.0, {})
+
+    def validation(self, ctx, rows):
+        return Completion().validation(ctx, rows)
+
+
+@scorer("text")
+class Text(KindScorer):
+    """Perplexity over every row's text (each row scored on its own, in windows of 256 tokens), with
+    a block-bootstrap interval. Its validation score is 1 / perplexity, so a ratio to the base's
+    is "retained" as for accuracies (0.95: perplexity at most 1/0.95 of the base's)."""
+
+    headline = "perplexity"
+    better = "lower"
+    block = 32
+
+    def _nll(self, ctx: Context, rows: list[Example]) -> list[float]:
+        nll = []
+        for e in rows:
+            nll.extend(score_text(ctx.model, ctx.tokenizer, e.prompt, progress=False).nll)
+        if not nll:
+            raise UserError("every text row is a single token: no token has a context to be predicted from")
+        return nll
+
+    def evaluate(self, ctx, rows, name, recorded):
+        nll = self._nll(ctx, rows)
+        r = load_metric("mean_interval").compute(values=nll, statistic="exp_mean", block_size=self.block)
+        measures = {"perplexity": _measure(r, None, "token", "lower", nll, statistic="exp_mean", block=self.block)}
+        return TaskResult(name, recorded, measures, 0.0, {"tokens": len(nll)})
+
+    def validation(self, ctx, rows):
+        nll = self._nll(ctx, rows)
+        return math.exp(-sum(nll) / len(nll))
+
+
+# The evaluation harness's entry for a user's file (and a recipe's split of one, held in memory) -----
+@dataclass
+class FileConfig:
+    """A user's task file, any kind, reported under the file's own name."""
+
+    data: str = ""
+    n: int = MAX_PROMPTS
+    delimiter: str | None = None  # put between glued prompt/answer pairs (editor.tasks.examples.join_answers)
+    kind: str | None = None  # recorded; with ``examples``, the kind of those rows
+    examples: list[Example] | None = field(default=None, repr=False)  # a recipe's split, in memory
+
+    def check(self, where: str) -> None:
+        if not 1 <= self.n <= MAX_PROMPTS:
+            raise UserError(f"{where}.n: 1-{MAX_PROMPTS}, got {self.n}")
+        if self.examples is None:
+            if not self.data or not Path(self.data).is_file():
+                raise UserError(f"{where}.data: no such file {self.data!r}")
+            self.kind = self.task().kind  # a malformed file is refused before any model loads
+
+    def task(self, note=None) -> TaskData:
+        if self.examples is not None:
+            return TaskData(task_name(self.data), self.kind or "completion", list(self.examples), self.data)
+        task = read_task(self.data, self.delimiter, note)
+        task.rows = task.rows[:self.n]
+        return task
+
+
+def task_name(path: str) -> str:
+    """A user's task is named after its file (``capitals.jsonl`` -> ``capitals``)."""
+    return Path(path).stem
+
+
+def run_file(ctx: Context, cfg: FileConfig) -> TaskResult:
+    task = cfg.task(ctx.note)
+    result = SCORERS[task.kind].evaluate(ctx, task.rows, task.name, {**_recorded(cfg), "kind": task.kind})
+    return result
+
+
+def validation_score(model, tokenizer, kind: str, rows: list[Example], batch_size: int) -> float:
+    """The search's number for ``rows`` of ``kind`` (higher is better)."""
+    return SCORERS[kind].validation(Context(model, tokenizer, batch_size, progress=False), rows)
