@@ -818,7 +818,15 @@ def attribute_circuit(load, data, n_prompts, seed, target, top, batch_size, out,
 
 
 def _split(data: str, n: int, heldout: int, seed: int):
-    """Search and held-out prompts from one source, no prompt in both."""
+    """Search and held-out prompts from one source, no prompt in both. A file smaller than
+    ``n + heldout`` rows is split in that proportion (seeded, whole ``group``s at a time), so the
+    defaults scale with the file."""
+    from editor.tasks.kinds import split_rows
+
+    if data.endswith((".jsonl", ".csv")):
+        rows = _examples(data, n + heldout, seed)
+        sets = split_rows(rows, {"search": n, "heldout": heldout}, seed, data)
+        return sets["search"], sets["heldout"]
     examples = _examples(data, n + heldout, seed)
     search = examples[:n]
     seen = {e.prompt for e in search}

@@ -17,7 +17,7 @@ from editor.model.loading import load_model
 from editor.prune.scores import magnitude_scores, wanda_scores
 from editor.recipes import run_recipe
 
-FAST = ["batch_size=16", "data.n_score=16", "data.n_val=40", "data.n_test=48", "data.n_train=32", "data.shots=1",
+FAST = ["batch_size=16", "data.n_score=16", "data.n_val=40", "data.n_test=48", "data.n_train=32", "data.formats=[[4, 1]]", "data.heldout_formats=[[4, 2]]", "data.n_heldout=8",
         "prune.retain=0.9", "prune.max_rounds=8", "recover.method=none"]
 
 
@@ -137,7 +137,11 @@ def test_magnitude_and_wanda_scores_follow_their_definitions(tokenizer):
     (["--retain", "0"], "prune.retain: in (0, 1]"),
     (["--method", "block-influence", "--units", "neurons"], "block-influence scores layers only"),
     (["--max-guard-increase", "-1"], "max_guard_increase: > 0"),
-    (["--task", "poetry"], "Invalid value for '--task'"),
+    (["--task", "poetry"], "--task is now --data"),
+    (["--data", "poetry"], "prune keeps the built-in arithmetic task or a .jsonl/.csv task file"),
+    (["--test", "t.jsonl"], "--test and --delimiter are for a task file"),
+    (["--set", "data.heldout_formats=[[4, 1]]", "--set", "data.formats=[[4, 1]]"], "is also in data.formats"),
+    (["--set", "data.formats=[[9, 1]]"], "data.formats: template must be 0-4"),
 ])
 def test_prune_bad_input_is_one_line_and_writes_nothing(args, message, tmp_path):
     out = tmp_path / "out"
@@ -373,3 +377,29 @@ def test_json_output_of_run_and_prune(pruned_run, arith_dir, tmp_path):
     assert pruned.exit_code == 0, pruned.output
     summary = json.loads(pruned.stdout)
     assert summary["rows"][0]["model"] == "base" and summary["checkpoint"].endswith("checkpoint")
+
+
+def test_generalisation_table_holds_out_whole_formats_and_neighbours(pruned_run):
+    """Held-out formats use only TEST queries in a phrasing no search prompt has; every figure equals
+    the harness's answer accuracy of the saved checkpoint on the same rows (another code path)."""
+    from editor.evaluation.harness import ArithmeticConfig, evaluate_model
+    from editor.recipes.run import step_result
+    from editor.tasks.examples import Example
+
+    out, result = pruned_run
+    data = step_result(out, "data")
+    table = result["summary"]["generalisation"]["attribution"]
+    assert [r["set"] for r in table] == ["format '3 + 5 = ', 2 shots", "subtraction", "two-digit-sums"]
+    query = lambda r: (r["meta"]["op"], r["meta"]["a"], r["meta"]["b"])  # noqa: E731
+    searched = {query(r) for k in ("score", "val") for r in data[k]}
+    held = data["heldout"]["format '3 + 5 = ', 2 shots"]
+    assert not {query(r) for r in held} & searched and all(r["meta"]["shots"] == 2 for r in held)
+    assert {query(r) for r in held} <= {query(r) for r in data["test"]}
+    assert {r["meta"]["op"] for r in data["heldout"]["subtraction"]} == {"-"}
+    small = load_model(str(out / "checkpoint"))
+    for row in table:
+        rows = [Example(r["prompt"], r["answer"], r["meta"]) for r in data["heldout"][row["set"]]]
+        ev = evaluate_model(small.model, small.tokenizer, {"arithmetic": ArithmeticConfig(n=len(rows), examples=rows)},
+                            progress=False)
+        assert ev.tasks["arithmetic"].measures["answer_accuracy"].value == pytest.approx(row["attribution"], abs=1e-4)
+    assert "Generalisation: held-out formats" in (out / "report.html").read_text()

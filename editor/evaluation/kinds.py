@@ -49,6 +49,11 @@ def _teacher_forced(ctx: Context, rows: list[Example]):
                                ctx.batch_size, ctx.padding_side, False)
 
 
+def answer_hits(model, tokenizer, rows: list[Example], batch_size: int) -> list[bool]:
+    """Per row: is every answer token the model's top-1 (teacher forced)?"""
+    return [all(s.correct) for s in _teacher_forced(Context(model, tokenizer, batch_size, progress=False), rows)]
+
+
 @scorer("completion")
 class Completion(KindScorer):
     headline = "answer_accuracy"

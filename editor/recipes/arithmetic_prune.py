@@ -28,6 +28,8 @@ from editor.model.capture import encode
 from editor.prune.scores import LAYER_ONLY, UNITS
 from editor.prune.search import SearchSettings, measure, run_search
 from editor.recipes.common import MODEL_SETTINGS, Common
+from editor.recipes import generalisation
+from editor.recipes.generalisation import heldout_sets
 from editor.plots import line_plot
 from editor.recipes.report import Report, index_ranges
 from editor.recipes.run import Run
@@ -50,8 +52,15 @@ class Data:
     files_sha256: str | None = None  # set by lmedit: what the files held (a changed file is a new data step)
     digits: int = 1
     ops: str = "+"
-    template: int = 4  # "a + b = " (see editor.tasks.arithmetic.TEMPLATES)
-    shots: int = 4
+    # [template, shots] pairs (editor.tasks.arithmetic.TEMPLATES) the scoring, validation, training
+    # and test prompts cycle through: a behaviour in several phrasings, not one template.
+    formats: list[list[int]] = field(default_factory=lambda: [[4, 4], [4, 1], [3, 4], [2, 4]])
+    # Whole formats no search or recovery prompt uses, and neighbouring tasks: the report's
+    # generalisation table (test queries, n_heldout prompts each).
+    heldout_formats: list[list[int]] = field(default_factory=lambda: [[0, 4], [1, 4], [4, 2], [3, 2]])
+    neighbours: list[Literal["subtraction", "two-digit-sums"]] = field(
+        default_factory=lambda: ["subtraction", "two-digit-sums"])
+    n_heldout: int = 200
     n_score: int = 64  # calibration / attribution prompts
     n_val: int = 200  # the search's stopping rule
     n_test: int = 500  # the reported numbers
@@ -117,9 +126,21 @@ class ArithmeticPrune(Common):
             raise UserError(f"{where}.prune.layer_tries: 1-1000")
         if not 1 <= self.prune.max_rounds <= 1000:
             raise UserError(f"{where}.prune.max_rounds: 1-1000")
-        for name in ("n_score", "n_val", "n_test", "n_train"):
+        for name in ("n_score", "n_val", "n_test", "n_train", "n_heldout"):
             if not 1 <= getattr(self.data, name) <= 100_000:
                 raise UserError(f"{where}.data.{name}: 1-100000")
+        for key in ("formats", "heldout_formats"):
+            pairs = getattr(self.data, key)
+            if key == "formats" and not pairs:
+                raise UserError(f"{where}.data.formats: one or more [template, shots] pairs")
+            for pair in pairs:
+                if len(pair) != 2:
+                    raise UserError(f"{where}.data.{key}: [template, shots] pairs, got {pair}")
+                arithmetic.check_format(*pair, where=f"{where}.data.{key}")
+        overlap = [p for p in self.data.heldout_formats if p in self.data.formats]
+        if overlap:
+            raise UserError(f"{where}.data.heldout_formats: {overlap[0]} is also in data.formats; a held-out "
+                            "format is one the search and recovery never see")
         if len(self.data.query_shares) != 3 or any(x < 1 for x in self.data.query_shares):
             raise UserError(f"{where}.data.query_shares: three positive integers (score, val, test)")
         if self.data.digits not in (1, 2):
@@ -197,11 +218,13 @@ def _data(cfg: ArithmeticPrune) -> dict:
         sets["train"] = as_completion(TaskData(task.name, task.kind, sets["score"], d.file))[:d.n_train]
         sets["score"] = as_completion(TaskData(task.name, task.kind, sets["score"], d.file))
         return {"kind": task.kind, **{name: [e.to_json() for e in rows] for name, rows in sets.items()}}
+    shares = dict(zip(("score", "val", "test"), d.query_shares))
     sets = arithmetic.split_prompts({"score": d.n_score, "val": d.n_val, "test": d.n_test, "train": d.n_train},
-                                    dict(zip(("score", "val", "test"), d.query_shares)), d.digits, d.ops,
-                                    d.template, d.shots,
-                                    cfg.seed, share={"train": "score"})
-    return {name: [e.to_json() for e in examples] for name, examples in sets.items()}
+                                    shares, d.digits, d.ops, seed=cfg.seed, share={"train": "score"},
+                                    formats=d.formats)
+    out = {name: [e.to_json() for e in examples] for name, examples in sets.items()}
+    out["heldout"] = {name: [e.to_json() for e in rows] for name, rows in heldout_sets(d, shares, cfg.seed).items()}
+    return out
 
 
 def _examples(records: list[dict]) -> list[Example]:
@@ -343,12 +366,14 @@ def run(run: Run, cfg: ArithmeticPrune) -> dict:
     base_val = _base_validation(run, cfg, val)
     run.log(f"base validation accuracy {base_val['val_accuracy']:.3f}; keep >= {cfg.prune.retain} x that")
     tasks = _tasks(run, cfg, test)
+    heldout = {name: _examples(rows) for name, rows in data.get("heldout", {}).items()}
 
     def evaluate_base():
         lm = run.model
         return {"evaluation": evaluate_model(lm.model, lm.tokenizer, tasks, f"{cfg.model} [base]", cfg.batch_size,
                                              self_reference=True).to_json(),
-                "parameters": parameter_counts(lm.model)}
+                "parameters": parameter_counts(lm.model),
+                "heldout": generalisation.accuracy(lm.model, lm.tokenizer, heldout, cfg.batch_size)}
 
     base = run.step("evaluate_base", evaluate_base, reads=MODEL_SETTINGS, uses=("data",))
     base_eval = Evaluation.from_json(base["evaluation"])
@@ -361,7 +386,8 @@ def run(run: Run, cfg: ArithmeticPrune) -> dict:
             small, info = _pruned_model(run, cfg, removals[method], train, val, keep=method == cfg.prune.method)
             ev = evaluate_model(small, run.model.tokenizer, tasks, f"{cfg.model} [{method}]", cfg.batch_size,
                                 reference=base_eval)
-            return {"evaluation": ev.to_json(), "parameters": parameter_counts(small), **info}
+            return {"evaluation": ev.to_json(), "parameters": parameter_counts(small), **info,
+                    "heldout": generalisation.accuracy(small, run.model.tokenizer, heldout, cfg.batch_size)}
 
         results[method] = run.step(f"evaluate_{method}", evaluate_pruned, reads=EVALUATION_READS,
                                    uses=("data", chosen_by))
@@ -372,6 +398,8 @@ def run(run: Run, cfg: ArithmeticPrune) -> dict:
     comparison.save(run.out, "evaluation")
     summary = _summary(cfg, base, results, removals, base_val, tried, len(test))
     summary["n_val"] = len(val)
+    summary["generalisation"] = {m: generalisation.table(base["heldout"], r["heldout"], m)
+                                 for m, r in results.items() if base.get("heldout")}
     checkpoint = _checkpoint_step(run, cfg, removals[main_method], train, val, test, summary, traces[main_method])
     summary["checkpoint"] = checkpoint
     report = run.step("report", lambda: _report(run, cfg, comparison, summary, traces, removals[main_method]))
@@ -401,7 +429,8 @@ def _checkpoint_step(run: Run, cfg: ArithmeticPrune, removal: Removal, train, va
             "shrunk_vs_zeroed_max_logit_difference": shrink_check, "notes": info["notes"],
             "recovery": info["recovery"],
             "recovery_tries": summary["recovery_tries"].get(cfg.prune.method), "data": {k: v for k, v in run.recipe["data"].items()},
-            "seed": cfg.seed, "results": summary["rows"], "search_rounds": len(trace)}}
+            "seed": cfg.seed, "results": summary["rows"], "generalisation": summary.get("generalisation"),
+            "search_rounds": len(trace)}}
         path = save_checkpoint(small, lm.tokenizer, run.path("checkpoint"), None, describe_source(lm),
                                scores=None, force=True, extra=extra)
         return {"path": str(path)}
@@ -542,6 +571,16 @@ def _report(run: Run, cfg: ArithmeticPrune, comparison, summary: dict, traces: d
                         0 if text else summary["n_val"], f"{label} as the search removes parameters", label),
               f"{label[0].upper() + label[1:]} after each accepted round, by method"
               + ("" if text else f"; bars: 95% Wilson intervals over the {summary['n_val']} validation rows"))
+    if summary.get("generalisation"):
+        main_rows = summary["generalisation"][cfg.prune.method]
+        rep.heading("Generalisation: held-out formats and neighbouring tasks (answer accuracy, test queries)")
+        rep.paragraph("Formats no scoring, validation or recovery prompt used, and tasks the search never saw; "
+                      f"searched formats: {', '.join(arithmetic.format_name(t, k) for t, k in cfg.data.formats)}.")
+        rep.table(main_rows, ["set", "base", "base_95", cfg.prune.method, f"{cfg.prune.method}_95", "retained", "n"])
+        if len(summary["generalisation"]) > 1:
+            rep.table([{"method": m, **{r["set"]: r["retained"] for r in rows}}
+                       for m, rows in summary["generalisation"].items()],
+                      ["method", *[r["set"] for r in main_rows]])
     rep.heading("Base vs pruned (paired, test prompts)")
     rep.comparison(comparison)
     rep.heading(f"What {cfg.prune.method} removed")

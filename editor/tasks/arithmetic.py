@@ -119,21 +119,38 @@ def queries(digits: int, ops: str) -> list[tuple[str, int, int, int]]:
     return out
 
 
+def format_name(template: int, shots: int, op: str = "+") -> str:
+    """A prompt format as a reader sees it: '"3 + 5 = ", 4 shots'."""
+    example = TEMPLATES[op][template].format(a=3, b=5)
+    return f"{example!r}, {shots} shot{'s' if shots != 1 else ''}"
+
+
+def check_format(template: int, shots: int, where: str = "arithmetic") -> None:
+    if not 0 <= template < len(TEMPLATES["+"]):
+        raise UserError(f"{where}: template must be 0-{len(TEMPLATES['+']) - 1}, got {template}")
+    if not 0 <= shots <= 64:
+        raise UserError(f"{where}: shots must be 0-64, got {shots}")
+
+
 def split_prompts(sizes: dict[str, int], fractions: dict[str, float], digits: int = 1, ops: str = "+",
                   template: int = 4, shots: int = 4, seed: int = 0,
-                  share: dict[str, str] | None = None) -> dict[str, list[Example]]:
+                  share: dict[str, str] | None = None,
+                  formats: list[tuple[int, int]] | None = None) -> dict[str, list[Example]]:
     """Prompt sets whose QUERIES are disjoint: the (operation, a, b) pairs are shuffled once and cut
     by ``fractions``; each set then cycles over its own queries with fresh few-shot prefixes until it
     has ``sizes[name]`` prompts (one-digit addition has only 100 queries, so a query recurs within a
     set under different demonstrations, never across sets). ``share`` lets a set take another set's
     queries (LoRA training prompts use the scoring queries). Demonstrations come from all queries of
-    the same operation and are never the query itself."""
+    the same operation and are never the query itself. ``formats``: (template, shots) pairs the
+    prompts cycle through (default: the one ``template`` with ``shots``), so a set is a behaviour in
+    several phrasings, not one template; the queries do not depend on the formats."""
     if digits not in (1, 2, 3):
         raise UserError(f"arithmetic digits must be 1, 2 or 3, got {digits}")
     if not ops or any(op not in TEMPLATES for op in ops) or len(set(ops)) != len(ops):
         raise UserError(f"arithmetic ops must be distinct characters of '+-*/', got {ops!r}")
-    if not 0 <= template < len(TEMPLATES["+"]):
-        raise UserError(f"arithmetic template must be 0-{len(TEMPLATES['+']) - 1}, got {template}")
+    formats = [tuple(f) for f in formats] if formats else [(template, shots)]
+    for t, k in formats:
+        check_format(t, k)
     if digits == 3:
         raise UserError("query splits enumerate every query; use one or two digits")
     pool = queries(digits, ops)
@@ -156,6 +173,7 @@ def split_prompts(sizes: dict[str, int], fractions: dict[str, float], digits: in
         examples = []
         for i in range(size):
             op, a, b, result = own[name][i % len(own[name])]
+            template, shots = formats[i % len(formats)]
             prefix = []
             while len(prefix) < shots:
                 _, sa, sb, sr = by_op[op][shot_rng.randrange(len(by_op[op]))]
