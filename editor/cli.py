@@ -1093,8 +1093,12 @@ def run_cmd(recipe, overrides, out, fresh, device, as_json):
               default="attribution", show_default=True, help="How units are ordered for removal.")
 @click.option("--baselines", default="", metavar="M1,M2",
               help="Also run the same search with these methods and report them beside it [default: none].")
-@click.option("--max-guard-increase", type=float, default=None,
-              help="Also keep guard perplexity <= (1 + X) x the base's, e.g. 0.5.")
+@click.option("--keep-general", "max_guard_increase", type=float, default=None, metavar="X",
+              help="Keep general ability: the shipped (recovered) model's guard perplexity <= (1 + X) x the "
+                   "base's, e.g. 0.5; the search and the recovery's back-off both honour it, and the recovery "
+                   "trains on general text as well as the task (recover.general).")
+@click.option("--max-guard-increase", "old_max_guard_increase", hidden=True, expose_value=False,
+              callback=_renamed("--max-guard-increase", "--keep-general"))
 @click.option("--recover", type=click.Choice(["none", "lora"]), default="lora", show_default=True,
               help="Fine-tune the shrunk model with a merged LoRA on the task's training prompts (none: the "
                    "search itself must keep RETAIN).")

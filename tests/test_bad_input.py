@@ -250,7 +250,7 @@ CASES = [
     ("prune " + M + " --out p --method magic", "--method"),
     ("prune " + M + " --out p --baselines magic", "magic"),
     ("prune " + M + " --out p --task poetry", "--task"),
-    ("prune " + M + " --out p --max-guard-increase -1", "max_guard_increase"),
+    ("prune " + M + " --out p --keep-general -1", "max_guard_increase"),
     ("prune " + M + " --out p --search-retain 2", "search_retain"),
     ("prune " + M + " --out {files}/notes.txt", "is a file"),
     ("prune " + M, "--out"),

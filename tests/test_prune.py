@@ -136,7 +136,8 @@ def test_magnitude_and_wanda_scores_follow_their_definitions(tokenizer):
     (["--retain", "1.5"], "prune.retain: in (0, 1]"),
     (["--retain", "0"], "prune.retain: in (0, 1]"),
     (["--method", "block-influence", "--units", "neurons"], "block-influence scores layers only"),
-    (["--max-guard-increase", "-1"], "max_guard_increase: > 0"),
+    (["--keep-general", "-1"], "max_guard_increase: > 0"),
+    (["--max-guard-increase", "0.5"], "--max-guard-increase is now --keep-general"),
     (["--task", "poetry"], "--task is now --data"),
     (["--data", "poetry"], "prune keeps the built-in arithmetic task or a .jsonl/.csv task file"),
     (["--test", "t.jsonl"], "--test and --delimiter are for a task file"),
@@ -403,3 +404,38 @@ def test_generalisation_table_holds_out_whole_formats_and_neighbours(pruned_run)
                             progress=False)
         assert ev.tasks["arithmetic"].measures["answer_accuracy"].value == pytest.approx(row["attribution"], abs=1e-4)
     assert "Generalisation: held-out formats" in (out / "report.html").read_text()
+
+
+def test_keep_general_holds_for_the_shipped_recovered_model(arith_dir, tmp_path):
+    """--keep-general X: every recovered cut is measured on the guard too, and the checkpoint that is
+    shipped has guard perplexity <= (1 + X) x the base's (recomputed here from the saved files)."""
+    from editor.prune.search import guard_perplexity
+
+    out = tmp_path / "general"
+    sets = [x for s in [*FAST, "baselines=[]", "prune.search_retain=0.6", "recover.method=lora", "recover.steps=4",
+                        "recover.rank=2"] for x in ("--set", s)]
+    got = CliRunner().invoke(main, ["prune", "--model", str(arith_dir), "--out", str(out), "--retain", "0.9",
+                                    "--keep-general", "0.5", "--json", *sets])
+    assert got.exit_code == 0, got.output
+    summary = json.loads(got.stdout)
+    tries = summary["recovery_tries"]["attribution"]
+    assert tries and all("guard_perplexity" in t for t in tries)
+    base_val = json.loads((out / "steps" / "base_validation.json").read_text())["result"]
+    limit = 1.5 * base_val["guard_perplexity"]
+    assert all(t["qualifies"] == (t["guard_perplexity"] <= limit and t["val_accuracy"] >= 0.9 *
+                                  base_val["val_accuracy"] - 1e-12) for t in tries)
+    shipped = load_model(str(out / "checkpoint"))
+    base = load_model(str(arith_dir))
+    assert guard_perplexity(shipped.model, shipped.tokenizer) <= 1.5 * guard_perplexity(base.model, base.tokenizer) + 1e-6
+    manifest = json.loads((out / "checkpoint" / "edit_manifest.json").read_text())["prune"]
+    if manifest["recovery"]:
+        assert manifest["recovery"]["general_share"] == 0.5
+    assert "general_perplexity" in summary["rows"][0]
+
+
+def test_recovery_mixes_general_text_evenly():
+    from editor.recipes.arithmetic_prune import _interleave
+
+    mixed = _interleave(list("aaaaaa"), list("bbb"))
+    assert sorted(mixed) == sorted("aaaaaabbb") and mixed == list("aabaabaab")
+    assert _interleave([], [1, 2]) == [1, 2] and _interleave([1], []) == [1]

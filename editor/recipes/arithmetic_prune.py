@@ -36,6 +36,7 @@ from editor.recipes.run import Run
 from editor.tasks import arithmetic
 from editor.evaluation.kinds import SCORERS, FileConfig, task_name
 from editor.tasks.examples import Example
+from editor.tasks.general import general_rows
 from editor.tasks.kinds import TaskData, as_completion, check_disjoint, read_task, split_rows
 
 Method = Literal["attribution", "magnitude", "wanda", "random", "block-influence"]
@@ -93,6 +94,12 @@ class Recover:
     steps: int = 80  # batch_size prompts per step; batch 8 (half the time) recovered validation 0.620 vs 0.675
     rank: int = 8
     lr: float = 0.001
+    # Share of the recovery's training rows that are general text (editor.tasks.general), so the
+    # recovered model stays a language model; null: 0.5 when prune.max_guard_increase is set, else 0.
+    general: float | None = None
+
+    def general_share(self, guarded: bool) -> float:
+        return self.general if self.general is not None else (0.5 if guarded else 0.0)
 
 
 @dataclass
@@ -149,6 +156,8 @@ class ArithmeticPrune(Common):
         r = self.recover
         if min(r.steps, r.rank) < 1 or not r.lr > 0 or not 1 <= r.tries <= 10:
             raise UserError(f"{where}.recover: steps and rank >= 1, lr > 0, tries 1-10")
+        if r.general is not None and not 0 <= r.general < 1:
+            raise UserError(f"{where}.recover.general: a share in [0, 1), got {r.general}")
 
 
     def _check_files(self, where: str) -> None:
@@ -232,14 +241,35 @@ def _examples(records: list[dict]) -> list[Example]:
 
 
 def _recover(run: Run, cfg: ArithmeticPrune, model, train: list[Example]):
-    """LoRA on every layer of the SHRUNK model, trained on the training prompts and merged."""
+    """LoRA on every layer of the SHRUNK model, trained on the training prompts (and, by
+    ``recover.general``, general text: its first half continued by its second) and merged."""
     from editor.lora.train import LoraSettings, train_lora
     from editor.model.arch import Arch
+
+    share = cfg.recover.general_share(cfg.prune.max_guard_increase is not None)
+    if share:
+        text = as_completion(TaskData("general", "text", general_rows("train"), "general"))
+        wanted = round(len(train) * share / (1 - share))
+        train = _interleave(train, [text[i % len(text)] for i in range(wanted)])
 
     settings = LoraSettings(layers=list(range(Arch(model).n_layers)), rank=cfg.recover.rank, alpha=2 * cfg.recover.rank,
                             steps=cfg.recover.steps, lr=cfg.recover.lr, batch_size=cfg.batch_size, seed=cfg.seed)
     peft_model, result = train_lora(model, run.model.tokenizer, settings, train, progress=True)
     return peft_model.merge_and_unload().eval(), result.to_json()
+
+
+def _interleave(a: list, b: list) -> list:
+    """``a`` and ``b`` mixed evenly in a fixed order (LoRA batches take consecutive rows): row k of
+    the mix is from ``b`` when ``b``'s share so far would otherwise fall behind its share overall."""
+    out, i, j, total = [], 0, 0, len(a) + len(b)
+    for k in range(total):
+        if j < len(b) and (i >= len(a) or (j + 1) * total <= (k + 1) * len(b)):
+            out.append(b[j])
+            j += 1
+        else:
+            out.append(a[i])
+            i += 1
+    return out
 
 
 _BUILT: dict = {}  # (run directory, removal) -> (model, info): LoRA recovery trains once per process
@@ -284,27 +314,43 @@ def _recovered_cut(run: Run, cfg: ArithmeticPrune, method: str, accepted: list[R
     """The largest searched cut whose LoRA-recovered model keeps validation >= retain x base: a search
     run to ``search_retain`` relies on recovery, and this is where that reliance is checked."""
     floor = cfg.prune.retain * base_val["val_accuracy"]
+    limit = _guard_limit(cfg, base_val)
     tried = []
     for removal in _backoff(accepted, run.model.arch, cfg.recover.tries):
         _, info = _pruned_model(run, cfg, removal, train, val, keep=method == cfg.prune.method)
-        accuracy = info["recovery"]["val_accuracy"]
+        accuracy, guard = info["recovery"]["val_accuracy"], info["recovery"].get("guard_perplexity")
+        ok = accuracy >= floor - 1e-12 and (limit is None or guard <= limit)
         tried.append({"removed_parameters": removed_parameters(run.model.arch, removal), "val_accuracy": accuracy,
-                      "qualifies": accuracy >= floor - 1e-12})
+                      **({"guard_perplexity": guard} if limit is not None else {}), "qualifies": ok})
         run.log(f"  {method}: recovered cut of {tried[-1]['removed_parameters']:,} parameters: validation accuracy "
-                f"{accuracy:.3f} ({'keeps' if tried[-1]['qualifies'] else 'below'} {floor:.3f})")
+                f"{accuracy:.3f} (floor {floor:.3f})"
+                + (f", guard perplexity {guard:.2f} (limit {limit:.2f})" if limit is not None else "")
+                + (": keeps the rule" if ok else ": fails the rule"))
         if tried[-1]["qualifies"]:
             return {"removal": removal.to_json(), "tried": tried}
     return {"removal": Removal().to_json(), "tried": tried}
 
 
+def _guard_limit(cfg: ArithmeticPrune, base_val: dict) -> float | None:
+    """--keep-general X: the shipped model's guard perplexity may be at most (1 + X) x the base's."""
+    x = cfg.prune.max_guard_increase
+    return None if x is None else base_val["guard_perplexity"] * (1 + x)
+
+
 def _build_pruned(run: Run, cfg: ArithmeticPrune, removal: Removal, train: list[Example], val: list[Example]):
+    """The shrunk model, recovered when asked; the recovered model is measured by the same rule as
+    the search (validation, and the guard under --keep-general): the rule holds for what is shipped."""
     lm = run.model
     small, notes = shrink(lm.model, removal)
     info = {"notes": notes, "recovery": None}
     if cfg.recover.method == "lora" and removed_parameters(lm.arch, removal):  # nothing cut: nothing to recover
         small, info["recovery"] = _recover(run, cfg, small, train)
-        info["recovery"]["val_accuracy"] = measure(small, lm.tokenizer, val, cfg.batch_size, False,
-                                                   _kind(cfg))["val_accuracy"]
+        guarded = cfg.prune.max_guard_increase is not None
+        got = measure(small, lm.tokenizer, val, cfg.batch_size, guarded, _kind(cfg))
+        info["recovery"]["val_accuracy"] = got["val_accuracy"]
+        if guarded:
+            info["recovery"]["guard_perplexity"] = got["guard_perplexity"]
+        info["recovery"]["general_share"] = cfg.recover.general_share(guarded)
     return small, info
 
 
@@ -312,10 +358,16 @@ def _tasks(run: Run, cfg: ArithmeticPrune, test: list[Example]) -> dict:
     """The test prompts go to the harness in memory; data/test.jsonl keeps a copy for the reader."""
     write_text_atomic(run.path("data", "test.jsonl"), "".join(json.dumps({"prompt": e.prompt, "answer": e.answer,
                                                                          **(e.meta or {})}) + "\n" for e in test))
+    general = {GENERAL: FileConfig(data=GENERAL, kind="text", examples=general_rows("heldout"))}
     if cfg.data.file:
         task = FileConfig(data=cfg.data.file, n=len(test), kind=_kind(cfg), examples=test)
-        return {task_label(cfg): task, "guard": GuardConfig()}
-    return {"arithmetic": ArithmeticConfig(n=len(test), examples=test), "guard": GuardConfig()}
+        return {task_label(cfg): task, "guard": GuardConfig(), **general}
+    return {"arithmetic": ArithmeticConfig(n=len(test), examples=test), "guard": GuardConfig(), **general}
+
+
+# Held-out general text (editor.tasks.general): a capability measure no rule reads (the guard is
+# what --keep-general constrains, so it is not an independent test; this is).
+GENERAL = "general-text"
 
 
 def _base_validation(run: Run, cfg: ArithmeticPrune, val: list[Example]) -> dict:
@@ -460,6 +512,8 @@ def _summary(cfg, base, results, removals, base_val, tried: dict, n_test: int) -
             if key != head:
                 row[key] = _measure_row(ev, task, key)["value"]
         row["guard_perplexity"] = round(ev["tasks"]["guard"]["measures"]["perplexity"]["value"], 3)
+        if GENERAL in ev["tasks"]:
+            row["general_perplexity"] = round(ev["tasks"][GENERAL]["measures"]["perplexity"]["value"], 3)
         row["layers_removed"] = len(removals[name].layers) if name in removals else 0
         recovery = res.get("recovery") or {}
         if "val_accuracy" in recovery:  # after LoRA recovery: the validation rule the result must meet
@@ -485,9 +539,9 @@ def columns(rows: list[dict], head: str) -> list[str]:
     """The summary table's columns: sizes, the headline with its interval and retained share, the
     task's other measures, the guard."""
     fixed = ["model", "non_embedding", "non_embedding_removed", "layers_removed", head, f"{head}_95", "retained"]
-    rest = [k for k in rows[0] if k not in fixed and k not in ("parameters", "guard_perplexity")
-            and k != "val_retained_after_recovery"]
-    return fixed + rest + ["guard_perplexity"]
+    last = ["guard_perplexity", "general_perplexity"]
+    rest = [k for k in rows[0] if k not in fixed and k not in ("parameters", *last) and k != "val_retained_after_recovery"]
+    return fixed + rest + [k for k in last if k in rows[0]]
 
 
 def _write_traces(run: Run, traces: dict) -> None:
