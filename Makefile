@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 LLAMA_CPP_SPEC ?= llama-cpp-python==0.3.36
 LLAMA_STAMP := $(VENV)/.llama-cpp
 
-.PHONY: install llama-cpp browser test test-fast demo clean
+.PHONY: install llama-cpp browser test test-fast demo demo-full clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -47,11 +47,20 @@ test: install llama-cpp browser
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
-## The main job: the arithmetic-prune recipe on the default model (search for the largest removal of neurons,
-## key/value groups and layers that keeps 95% of few-shot addition accuracy, shrink, compare with the standard
-## pruners, save a smaller checkpoint and report.html), then rebuild it from the base and check that it
-## reloads with plain transformers. A second run reuses the finished steps.
+## The main job: `lmedit prune` of the default model for few-shot addition (attribution-ordered search for the
+## largest removal of neurons, key/value groups and layers that keeps 95% of validation accuracy, shrink, LoRA
+## recovery, held-out test numbers and the generalisation table), then rebuild the checkpoint from the base
+## and check that it reloads with plain transformers, then its size and CPU speed against the base.
+## A second run reuses the finished steps.
 demo: install
+	$(BIN)/lmedit models pull smollm2-135m
+	$(BIN)/lmedit prune --out checkpoints/prune
+	$(BIN)/lmedit verify checkpoints/prune/checkpoint
+	$(BIN)/python bench/bench_prune.py checkpoints/prune
+
+## The demo with the standard pruners' searches beside attribution (the arithmetic-prune recipe: random,
+## magnitude, Wanda, ShortGPT block influence; each adds its own search, recovery and evaluation).
+demo-full: install
 	$(BIN)/lmedit models pull smollm2-135m
 	$(BIN)/lmedit run recipes/arithmetic-prune.yaml
 	$(BIN)/lmedit verify checkpoints/arithmetic-prune/checkpoint

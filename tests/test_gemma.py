@@ -1,0 +1,79 @@
+"""The second real model family: Gemma 3 270M from four PyPI chunk wheels (slow).
+
+No claim should rest on one model: attribution, evaluate and prune (with a physical shrink) run on
+it end to end. Its one key/value head per layer means heads can go only with whole layers."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from editor.cli import main
+from editor.edit.checkpoint import reload_difference
+from editor.model import store
+from editor.model.capture import encode
+from editor.model.loading import load_model
+
+pytestmark = pytest.mark.slow
+
+ALIAS = "gemma3-270m"
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    store.pull(ALIAS, log=lambda _m: None)
+    return load_model(ALIAS)
+
+
+@pytest.fixture(scope="module")
+def capitals(tmp_path_factory):
+    """40 rows of the shipped capitals task (20 countries x 2 phrasings), kept short for a 262k vocabulary."""
+    rows = open("examples/capitals.jsonl").read().splitlines()[:40]
+    path = tmp_path_factory.mktemp("data") / "capitals.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_gemma_is_the_model_the_store_pins(gemma):
+    info = gemma.describe()
+    assert (info["family"], info["layers"], info["heads"], info["kv_heads"], info["head_dim"], info["ffn"],
+            info["vocab"]) == ("gemma3_text", 18, 4, 1, 256, 2048, 262144)
+    assert store.provenance(gemma.path)["entry"]["gguf_sha256"] == store.ALIASES[ALIAS].gguf_sha256
+    assert "Gemma Terms of Use" in store.provenance(gemma.path)["entry"]["license"]
+
+
+def test_gemma_attribution_and_evaluation_from_the_command_line(gemma, capitals, tmp_path):
+    got = CliRunner().invoke(main, ["attribute", "heads", "--model", ALIAS, "--data", str(capitals), "--n", "8",
+                                    "--method", "gradient", "--no-specificity", "--batch-size", "4", "--out",
+                                    str(tmp_path / "a"), "--json"])
+    assert got.exit_code == 0, got.output
+    rows = json.loads(got.stdout)["scores"]["rows"]
+    assert len(rows) == 18 * 4 and len({r["component"] for r in rows}) == 72
+    got = CliRunner().invoke(main, ["evaluate", "--model", ALIAS, "--data", str(capitals), "--batch-size", "4",
+                                    "--out", str(tmp_path / "e"), "--json"])
+    assert got.exit_code == 0, got.output
+    measures = json.loads(got.stdout)["evaluation"]["tasks"]["capitals"]["measures"]
+    assert measures["answer_accuracy"]["n"] == 40 and measures["answer_accuracy"]["value"] > 0
+
+
+def test_gemma_prune_shrinks_to_a_checkpoint_that_equals_the_zeroed_model(gemma, capitals, tmp_path):
+    from editor.recipes import run_config
+    from editor.recipes.arithmetic_prune import prune_config
+
+    out = tmp_path / "prune"
+    cfg = prune_config(model=ALIAS, out=out, data=str(capitals), units=["neurons", "heads", "layers"],
+                       recover="none", overrides=["prune.retain=0.5", "prune.max_rounds=2", "batch_size=4",
+                                                  "prune.neuron_step=0.25", "prune.layer_tries=1"])
+    _, result = run_config(cfg, log=lambda _m: None, out=out)
+    manifest = json.loads((out / "checkpoint" / "edit_manifest.json").read_text())["prune"]
+    assert manifest["removed_parameters"] > 0 and result["summary"]["task"] == "capitals"
+    assert not any(manifest["removed"]["groups"].values())  # one key/value head: heads go only with layers
+    assert manifest["shrunk_vs_zeroed_max_logit_difference"] < 1e-3
+    small = load_model(str(out / "checkpoint"))
+    inputs = encode(small.tokenizer, ["The capital of France is", "Q: What is the capital of Peru? A:"],
+                    padding_side="left")
+    assert reload_difference(small.model, out / "checkpoint", inputs) == 0.0
+    assert sum(p.numel() for p in small.model.parameters()) == manifest["parameters_after"]["total"]
+    with torch.no_grad():
+        assert torch.isfinite(small.model(**inputs).logits).all()
