@@ -18,7 +18,7 @@ from editor.edit.weights import apply_plan
 from editor.errors import UserError
 from editor.model.loading import load_model
 
-GGUF_FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"]
+GGUF_FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"]
 # llama.cpp keeps its key/value cache in f16 by default (logits then differ by about 2e-2 on the
 # default model); with an f32 cache the f32 export agrees to about 6e-5. Tolerance: 1e-3.
 F32_CACHE = {"type_k": 0, "type_v": 0}  # GGML_TYPE_F32

@@ -36,7 +36,7 @@ CONFIGS = {
     "gemma": lambda: GemmaConfig(**COMMON_LLAMA, head_dim=16),
     "gemma2": lambda: Gemma2Config(**COMMON_LLAMA, head_dim=16, final_logit_softcapping=30.0,
                                    attn_logit_softcapping=50.0, sliding_window=8),
-    "gemma3_text": lambda: Gemma3TextConfig(**COMMON_LLAMA, head_dim=16, sliding_window=8),
+    "gemma3_text": lambda: Gemma3TextConfig(**COMMON_LLAMA, head_dim=16, sliding_window=8, query_pre_attn_scalar=16),
 }
 FAMILIES = list(CONFIGS)
 

@@ -66,16 +66,37 @@ def _spec(model, head_dim: int):
         raise UserError(f"llama.cpp's {spec.gguf} alternates {' / '.join(pattern)} layers; this model's layers are "
                         f"{', '.join(types)} (a removed layer broke the pattern), which llama.cpp would not reproduce")
     scaling = getattr(model.config, "rope_scaling", None) or {}
-    rope_type = (getattr(model.config, "rope_parameters", None) or {}).get("rope_type", scaling.get("rope_type", "default"))
-    if rope_type not in (None, "default"):
-        raise UserError(f"GGUF export does not carry rope scaling of type {rope_type!r} yet")
+    for rope in _rope_sets(model.config):
+        rope_type = rope.get("rope_type", scaling.get("rope_type", "default"))
+        if rope_type not in (None, "default"):
+            raise UserError(f"GGUF export does not carry rope scaling of type {rope_type!r} yet")
+    local = (getattr(model.config, "rope_parameters", None) or {}).get("sliding_attention")
+    if spec.gguf == "gemma3" and local and float(local.get("rope_theta", LOCAL_ROPE_BASE)) != LOCAL_ROPE_BASE:
+        raise UserError(f"llama.cpp's gemma3 fixes the sliding layers' rope base at {LOCAL_ROPE_BASE:g}; this model "
+                        f"has {local['rope_theta']:g}, which llama.cpp would not reproduce")
     return spec
+
+
+LOCAL_ROPE_BASE = 10000.0  # llama.cpp's gemma3 sliding-window layers
+
+
+def _rope_sets(config) -> list[dict]:
+    """The rope parameters of every attention kind (Gemma 3 keeps one per kind, others one in all)."""
+    rope = getattr(config, "rope_parameters", None) or {}
+    nested = [v for v in rope.values() if isinstance(v, dict)]
+    return nested or [rope]
+
+
+def _rope_theta(config) -> float:
+    """The rope base llama.cpp's freq_base carries: the full-attention layers' where kinds differ."""
+    rope = getattr(config, "rope_parameters", None) or {}
+    rope = rope.get("full_attention", rope) if isinstance(rope.get("full_attention"), dict) else rope
+    return float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
 
 
 def _hparams(config, arch: str, head_dim: int) -> dict:
     """The hyper-parameter keys llama.cpp reads for ``arch``, from the (possibly shrunk) config."""
-    rope = getattr(config, "rope_parameters", None) or {}
-    theta = rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+    theta = _rope_theta(config)
     return {
         f"{arch}.context_length": ("uint32", config.max_position_embeddings),
         f"{arch}.embedding_length": ("uint32", config.hidden_size),
@@ -93,7 +114,7 @@ def _hparams(config, arch: str, head_dim: int) -> dict:
         **{f"{arch}.{key}": ("float32", float(getattr(config, attr))) for key, attr in _SOFTCAPS
            if getattr(config, attr, None) is not None},
         **({f"{arch}.attention.sliding_window": ("uint32", config.sliding_window)}
-           if getattr(config, "sliding_window", None) and arch == "gemma2" else {}),
+           if getattr(config, "sliding_window", None) and arch in ("gemma2", "gemma3") else {}),
     }
 
 

