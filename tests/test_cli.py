@@ -115,8 +115,9 @@ def test_models_list(tmp_path, monkeypatch):
     monkeypatch.setenv("EDITOR_HOME", str(tmp_path))
     result = run("models", "list", "--json")
     assert result.exit_code == 0
-    rows = json.loads(result.output)
-    assert rows[0]["alias"] == "smollm2-135m" and rows[0]["cached"] is False
+    rows = {row["alias"]: row for row in json.loads(result.output)}
+    assert set(rows) == {"smollm2-135m", "gemma3-270m"} and not any(r["cached"] for r in rows.values())
+    assert "Gemma Terms of Use" in rows["gemma3-270m"]["license"] and rows["smollm2-135m"]["license"] == "Apache-2.0"
 
 
 def test_a_mistyped_model_name_fails_at_once_with_the_closest_alias(monkeypatch):

@@ -62,8 +62,8 @@ def test_attribute_cna_modes(tiny_dir, tmp_path):
 
 def test_attribute_user_errors(tiny_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "no prompt"}\n')
-    for args, message in [(["--data", bad], "no non-empty 'prompt'"), (["--data", tmp_path / "nope.jsonl"], "not found"),
+    bad.write_text('{"question": "no prompt"}\n')
+    for args, message in [(["--data", bad], "has none of the fields a task needs"), (["--data", tmp_path / "nope.jsonl"], "not found"),
                           (["--data", _data(tmp_path), "--layers", "x-3"], "bad --layers")]:
         result = run("attribute", "neurons", "--model", tiny_dir, *args)
         assert result.exit_code == 2, result.output

@@ -313,8 +313,8 @@ def test_searching_on_shrunk_copies_gives_the_search_of_the_zeroed_model(method,
                                         log=lambda _m: None, progress=False)
     assert sum(1 for row in trace if row["taken"]) >= 2, trace  # the test needs moves taken
     fast, fast_scores = search.measure_removal, search.scores_without
-    monkeypatch.setattr(search, "measure_removal", lambda *args: fast(*args, shrunk=False))
-    monkeypatch.setattr(search, "scores_without", lambda *args: fast_scores(*args, shrunk=False))
+    monkeypatch.setattr(search, "measure_removal", lambda *args, **kw: fast(*args, **kw, shrunk=False))
+    monkeypatch.setattr(search, "scores_without", lambda *args, **kw: fast_scores(*args, **kw, shrunk=False))
     state_ref, trace_ref, _ = search.run_search(lm.model, lm.tokenizer, settings, sets["score"], sets["val"], base,
                                                 log=lambda _m: None, progress=False)
     assert trace == trace_ref and state.to_json() == state_ref.to_json()

@@ -182,7 +182,7 @@ def test_prune_keeps_a_users_completion_task_and_names_it(arith_dir, sums_file, 
     assert not groups["score"] & groups["val"] and not groups["test"] & (groups["score"] | groups["val"])
     assert summary["n_test"] == len(data["test"]) and data["kind"] == "completion"
     evaluation = json.loads((out / "steps" / "evaluate_attribution.json").read_text())["result"]["evaluation"]
-    assert set(evaluation["tasks"]) == {"sums", "guard"}
+    assert set(evaluation["tasks"]) == {"sums", "guard", "general-text"}
     manifest = json.loads((out / "checkpoint" / "edit_manifest.json").read_text())
     assert manifest["prune"]["data"]["file"] == str(sums_file)
     assert "prune: " in (out / "report.html").read_text()
