@@ -332,6 +332,45 @@ def test_searching_on_shrunk_copies_gives_the_search_of_the_zeroed_model(method,
         torch.testing.assert_close(got[kept], want[kept], rtol=1e-4, atol=1e-6)
 
 
+def test_validations_stopped_early_take_the_moves_of_full_validations(arith_dir, monkeypatch):
+    """A move's validation stops once the move is certain to fail (and skips the guard): the search
+    takes the same moves as with every row scored, in fewer forward passes."""
+    import editor.evaluation.scoring as scoring
+    import editor.prune.search as search
+    from editor.model.loading import load_model
+    from editor.tasks.arithmetic import split_prompts
+
+    lm = load_model(str(arith_dir))
+    sets = split_prompts({"score": 16, "val": 40}, {"score": 1, "val": 2}, shots=1, seed=0)
+    settings = search.SearchSettings("attribution", retain=0.9, max_rounds=5, batch_size=8, neuron_step=0.5,
+                                     max_guard_increase=1.0)
+    base = search.measure(lm.model, lm.tokenizer, sets["val"], 8, True)
+    forwards, real = [], scoring._forward
+    monkeypatch.setattr(scoring, "_forward", lambda *a, **kw: forwards.append(1) or real(*a, **kw))
+    runs = {}
+    for early in (True, False):
+        forwards.clear()
+        full = search.measure_removal
+        monkeypatch.setattr(search, "measure_removal", lambda *a, **kw: full(*a, **kw, early=early))
+        runs[early] = (*search.run_search(lm.model, lm.tokenizer, settings, sets["score"], sets["val"], base,
+                                          log=lambda _m: None, progress=False)[:2], len(forwards))
+        monkeypatch.setattr(search, "measure_removal", full)
+    (state, trace, n_early), (state_ref, trace_ref, n_full) = runs[True], runs[False]
+    assert state.to_json() == state_ref.to_json()
+    assert [row["taken"] for row in trace] == [row["taken"] for row in trace_ref]
+    floor = settings.retain * base["val_accuracy"]
+    stopped = 0
+    for row, ref in zip(trace, trace_ref):
+        for got, want in zip(row["tried"], ref["tried"]):
+            assert got.get("qualifies") == want.get("qualifies")
+            if got.get("val_bound"):  # stopped early: a bound above the exact accuracy, both below the floor
+                stopped += 1
+                assert want["val_accuracy"] <= got["val_accuracy"] < floor and "guard_perplexity" not in got
+            else:
+                assert got.get("val_accuracy") == want.get("val_accuracy")
+    assert stopped >= 1 and n_early < n_full, trace  # the test needs a move that failed early
+
+
 def test_a_failed_recovery_backs_off_to_earlier_rounds():
     """The cuts tried after recovery: the last round's, then the rounds nearest 2/3 and 1/3 of its
     removed parameters, each once, largest first."""

@@ -141,8 +141,45 @@ def test_each_kind_scores_what_a_direct_computation_gives(tokenizer, tmp_path):
         nll.extend(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none").tolist())
     perplexity = math.exp(sum(nll) / len(nll))
     assert got["notes"].measures["perplexity"].value == pytest.approx(perplexity, rel=1e-4)
-    assert validation_score(model, tokenizer, "text", read_task(notes).rows, 4) == pytest.approx(1 / perplexity,
+    assert validation_score(model, tokenizer, "text", read_task(notes).rows, 4).value == pytest.approx(1 / perplexity,
                                                                                                   rel=1e-4)
+
+
+def _rows_of_each_kind(n: int = 24) -> dict:
+    sums = split_prompts({"all": n}, {"all": 1}, 1, "+", 4, 1, seed=7)["all"]
+    wrong = lambda e, k: str((int(e.answer) + k) % 10)  # noqa: E731
+    return {"completion": sums,
+            "choice": [Example(e.prompt, e.answer, {"choices": [e.answer, wrong(e, 1), wrong(e, 3)], "label": 0})
+                       for e in sums],
+            "text": [Example(e.prompt + e.answer, "", {}) for e in sums]}
+
+
+@pytest.mark.parametrize("kind", ["completion", "choice", "text"])
+def test_a_validation_stops_once_its_move_is_certain_to_fail(kind, tokenizer, monkeypatch):
+    """With a floor, validation stops as soon as even a perfect remainder would leave the score below
+    it: the verdict equals the full scoring's, the value returned bounds the exact score from above,
+    and fewer forward passes ran. At or above the floor every row is scored and the value is exact."""
+    import editor.evaluation.scoring as scoring
+
+    rows = _rows_of_each_kind()[kind]
+    forwards, real = [], scoring._forward
+    monkeypatch.setattr(scoring, "_forward", lambda *a, **kw: forwards.append(1) or real(*a, **kw))
+    trained, untrained = tiny.arithmetic_model("llama", steps=150), tiny.tiny_model("llama")
+    for model, floor in ((untrained, 0.9), (trained, None)):
+        forwards.clear()
+        exact = validation_score(model, tokenizer, kind, rows, 4)
+        full = len(forwards)
+        assert exact.exact and full > 1
+        if floor is None:  # at the floor: scored in full, the same number
+            forwards.clear()
+            assert validation_score(model, tokenizer, kind, rows, 4, floor=exact.value) == exact
+            assert len(forwards) == full
+            continue
+        assert exact.value < floor  # the untrained model fails the floor
+        forwards.clear()
+        early = validation_score(model, tokenizer, kind, rows, 4, floor=floor)
+        assert not early.exact and exact.value <= early.value < floor
+        assert len(forwards) < full
 
 
 def test_a_malformed_file_is_refused_before_the_model_loads(tiny_dir, tmp_path):

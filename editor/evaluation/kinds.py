@@ -4,6 +4,11 @@ means "retained").
 
 A kind's scorer is one :func:`scorer`-registered class with ``headline`` (the measure a prune
 report leads with), ``evaluate`` and ``validation``.
+
+A validation given a ``floor`` (the pruning search's: a move qualifies when its score is >= the
+floor) may stop as soon as the score is certain to end below it: the rows not yet scored are counted
+as hits (or as texts of zero loss), and once even that best case is below the floor nothing left can
+change the verdict. The search's decisions are those of the full scoring; a failed move costs less.
 """
 
 from __future__ import annotations
@@ -15,12 +20,22 @@ from pathlib import Path
 from editor.errors import UserError
 from editor.evaluation.common import Context, _accuracy, _completion_result, _measure, _recorded, load_metric
 from editor.evaluation.results import TaskResult
-from editor.evaluation.scoring import score_continuations, score_text
+from editor.evaluation.scoring import score_continuations, score_text, text_windows
 from editor.ranges import MAX_PROMPTS
 from editor.tasks.examples import Example, fit_to_tokenizer
 from editor.tasks.kinds import KINDS, TaskData, read_task
 
 SCORERS: dict[str, "KindScorer"] = {}
+EPS = 1e-12  # the search's tolerance on "score >= floor"
+
+
+@dataclass(frozen=True)
+class Validation:
+    """A validation score; ``exact`` False when scoring stopped below the floor and ``value`` is the
+    best the score could still have been (an upper bound, itself below the floor)."""
+
+    value: float
+    exact: bool = True
 
 
 def scorer(kind: str):
@@ -39,14 +54,31 @@ class KindScorer:
     def evaluate(self, ctx: Context, rows: list[Example], name: str, recorded: dict) -> TaskResult:
         raise NotImplementedError
 
-    def validation(self, ctx: Context, rows: list[Example]) -> float:
+    def validation(self, ctx: Context, rows: list[Example], floor: float | None = None) -> Validation:
         raise NotImplementedError
 
 
-def _teacher_forced(ctx: Context, rows: list[Example]):
+def _best_share(verdicts: list[bool | None]) -> float:
+    """The share of hits, counting rows not scored yet (None) as hits: the most it can still become."""
+    return sum(v is not False for v in verdicts) / len(verdicts)
+
+
+def _share_validation(ctx: Context, rows: list[Example], floor: float | None, score, verdicts) -> Validation:
+    """The share of hits among ``rows``: ``score(stop)`` scores them (stopping when ``stop`` says so)
+    and ``verdicts(scored)`` reads one hit/miss/None per row."""
+    stop = None if floor is None else (lambda out: _best_share(verdicts(out)) < floor - EPS)
+    got = verdicts(score(stop))
+    return Validation(_best_share(got), None not in got)
+
+
+def _teacher_forced(ctx: Context, rows: list[Example], stop=None):
     rows = fit_to_tokenizer(ctx.tokenizer, rows)
     return score_continuations(ctx.model, ctx.tokenizer, [e.prompt for e in rows], [e.answer for e in rows],
-                               ctx.batch_size, ctx.padding_side, False)
+                               ctx.batch_size, ctx.padding_side, False, stop=stop)
+
+
+def _answer_verdicts(scored) -> list[bool | None]:
+    return [None if s is None else all(s.correct) for s in scored]
 
 
 def answer_hits(model, tokenizer, rows: list[Example], batch_size: int) -> list[bool]:
@@ -61,10 +93,9 @@ class Completion(KindScorer):
     def evaluate(self, ctx, rows, name, recorded):
         return _completion_result(ctx, rows, name, recorded)
 
-    def validation(self, ctx, rows):
+    def validation(self, ctx, rows, floor=None):
         """Share of rows whose every answer token is the model's top-1 (teacher forced)."""
-        scored = _teacher_forced(ctx, rows)
-        return sum(all(s.correct) for s in scored) / len(scored)
+        return _share_validation(ctx, rows, floor, lambda stop: _teacher_forced(ctx, rows, stop), _answer_verdicts)
 
 
 @scorer("choice")
@@ -75,22 +106,29 @@ class Choice(KindScorer):
 
     headline = "accuracy"
 
-    def _picks(self, ctx: Context, rows: list[Example]) -> tuple[list[int], list[int]]:
+    def _scored(self, ctx: Context, rows: list[Example], stop=None):
         prompts = [e.prompt for e in rows for _ in e.meta["choices"]]
         choices = [c for e in rows for c in e.meta["choices"]]
-        scored = score_continuations(ctx.model, ctx.tokenizer, prompts, choices, ctx.batch_size, ctx.padding_side,
-                                     ctx.progress, "choices")
-        picks, picks_norm, at = [], [], 0
+        return score_continuations(ctx.model, ctx.tokenizer, prompts, choices, ctx.batch_size, ctx.padding_side,
+                                   ctx.progress and stop is None, "choices", stop=stop)
+
+    @staticmethod
+    def _picks(rows: list[Example], scored, norm: bool = False) -> list[int | None]:
+        """Each row's highest-scoring choice (by summed log-probability, or per byte with ``norm``);
+        None for a row with a choice not scored."""
+        picks, at = [], 0
         for e in rows:
-            totals = [s.total for s in scored[at:at + len(e.meta["choices"])]]
-            normed = [t / max(1, len(c.encode())) for t, c in zip(totals, e.meta["choices"])]
+            part, at = scored[at:at + len(e.meta["choices"])], at + len(e.meta["choices"])
+            if None in part:
+                picks.append(None)
+                continue
+            totals = [s.total / (max(1, len(c.encode())) if norm else 1) for s, c in zip(part, e.meta["choices"])]
             picks.append(max(range(len(totals)), key=totals.__getitem__))
-            picks_norm.append(max(range(len(normed)), key=normed.__getitem__))
-            at += len(totals)
-        return picks, picks_norm
+        return picks
 
     def evaluate(self, ctx, rows, name, recorded):
-        picks, picks_norm = self._picks(ctx, rows)
+        scored = self._scored(ctx, rows)
+        picks, picks_norm = self._picks(rows, scored), self._picks(rows, scored, norm=True)
         labels = [e.meta["label"] for e in rows]
         measures = {"accuracy": _accuracy([p == y for p, y in zip(picks, labels)], "question"),
                     "accuracy_norm": _accuracy([p == y for p, y in zip(picks_norm, labels)], "question")}
@@ -100,9 +138,10 @@ class Choice(KindScorer):
             for e, p in zip(rows[:8], picks)]}
         return TaskResult(name, recorded, measures, 0.0, details)
 
-    def validation(self, ctx, rows):
-        picks, _ = self._picks(ctx, rows)
-        return sum(p == e.meta["label"] for p, e in zip(picks, rows)) / len(rows)
+    def validation(self, ctx, rows, floor=None):
+        def verdicts(scored):
+            return [None if p is None else p == e.meta["label"] for p, e in zip(self._picks(rows, scored), rows)]
+        return _share_validation(ctx, rows, floor, lambda stop: self._scored(ctx, rows, stop), verdicts)
 
 
 def _mean(values: list[float], unit: str, better: str):
@@ -139,8 +178,8 @@ class Contrast(KindScorer):
                 measures["prefers_answer"] = _accuracy([d > 0 for d in diffs], "pair")
         return TaskResult(name, recorded, measures, 0.0, {})
 
-    def validation(self, ctx, rows):
-        return Completion().validation(ctx, rows)
+    def validation(self, ctx, rows, floor=None):
+        return Completion().validation(ctx, rows, floor)
 
 
 @scorer("text")
@@ -167,9 +206,19 @@ class Text(KindScorer):
         measures = {"perplexity": _measure(r, None, "token", "lower", nll, statistic="exp_mean", block=self.block)}
         return TaskResult(name, recorded, measures, 0.0, {"tokens": len(nll)})
 
-    def validation(self, ctx, rows):
-        nll = self._nll(ctx, rows)
-        return math.exp(-sum(nll) / len(nll))
+    def validation(self, ctx, rows, floor=None):
+        """1 / perplexity; with ``floor``, rows are scored in turn and scoring stops once even a zero
+        loss on every token left would keep the score below it."""
+        tokens = sum(len(w) - 1 for e in rows for w in text_windows(ctx.model, ctx.tokenizer, e.prompt))
+        nll = []
+        for i, e in enumerate(rows):
+            nll.extend(score_text(ctx.model, ctx.tokenizer, e.prompt, progress=False).nll)
+            best = math.exp(-sum(nll) / max(tokens, 1))
+            if floor is not None and i < len(rows) - 1 and best < floor - EPS:
+                return Validation(best, False)
+        if not nll:
+            raise UserError("every text row is a single token: no token has a context to be predicted from")
+        return Validation(math.exp(-sum(nll) / len(nll)))
 
 
 # The evaluation harness's entry for a user's file (and a recipe's split of one, held in memory) -----
@@ -210,6 +259,7 @@ def run_file(ctx: Context, cfg: FileConfig) -> TaskResult:
     return result
 
 
-def validation_score(model, tokenizer, kind: str, rows: list[Example], batch_size: int) -> float:
-    """The search's number for ``rows`` of ``kind`` (higher is better)."""
-    return SCORERS[kind].validation(Context(model, tokenizer, batch_size, progress=False), rows)
+def validation_score(model, tokenizer, kind: str, rows: list[Example], batch_size: int,
+                     floor: float | None = None) -> Validation:
+    """The search's number for ``rows`` of ``kind`` (higher is better); see :class:`Validation` for ``floor``."""
+    return SCORERS[kind].validation(Context(model, tokenizer, batch_size, progress=False), rows, floor)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -82,13 +83,15 @@ def pad_token_id(tokenizer) -> int:
 @torch.no_grad()
 def score_continuations(model, tokenizer, prompts: list[str], continuations: list[str], batch_size: int = 32,
                         padding_side: str = "left", progress: bool = True, desc: str = "scoring",
-                        next_token: bool = False) -> list[Continuation]:
+                        next_token: bool = False, stop: Callable[[list], bool] | None = None) -> list[Continuation]:
     """Log-probability of each continuation token after its prompt, and whether it was the top-1.
 
     The input for (prompt, continuation) is the prompt followed by all but the last continuation
     token, so pairs that share that input (single-token candidates of one prompt) share a forward.
     ``next_token`` feeds the whole continuation and also returns the top-1 token after it (what
     greedy decoding emits next when every continuation token was the top-1).
+    ``stop(out)``, asked after every batch, ends the scoring early (pairs not reached stay None):
+    the batches it did run are the same batches, so their numbers equal a full run's.
     """
     if len(prompts) != len(continuations):
         raise ValueError("prompts and continuations differ in length")
@@ -127,6 +130,8 @@ def score_continuations(model, tokenizer, prompts: list[str], continuations: lis
                 lp = rows.gather(-1, target[:, None])[:, 0]
                 out[j] = Continuation(c_ids, lp.tolist(), rows.argmax(-1).tolist(), after)
         bar.update(len(chunk))
+        if stop is not None and stop(out):
+            break
     bar.close()
     return out  # type: ignore[return-value]
 
@@ -187,15 +192,20 @@ class TextScores:
 
 
 @torch.no_grad()
+def text_windows(model, tokenizer, text: str, window: int = 256) -> list[list[int]]:
+    """The token windows :func:`score_text` scores (a window of w tokens predicts w - 1 of them)."""
+    ids = tokenizer(text)["input_ids"]
+    window = min(window, context_length(model) or window)
+    windows = [ids[i:i + window] for i in range(0, len(ids), window)]
+    return [w for w in windows if len(w) > 1]
+
+
 def score_text(model, tokenizer, text: str, window: int = 256, batch_size: int = 1, progress: bool = True,
                desc: str = "guard text") -> TextScores:
     """Next-token NLL over ``text`` in consecutive windows of ``window`` tokens (each window's first
     token has no context and is not scored). Windows are long enough to keep the CPU busy one at a
     time; batching them only adds a large logits tensor."""
-    ids = tokenizer(text)["input_ids"]
-    window = min(window, context_length(model) or window)
-    windows = [ids[i:i + window] for i in range(0, len(ids), window)]
-    windows = [w for w in windows if len(w) > 1]
+    windows = text_windows(model, tokenizer, text, window)
     device, pad = model_device(model), pad_token_id(tokenizer)
     nll, top1 = [], []
     bar = progress_bar(len(windows), desc, "window", progress)

@@ -13,7 +13,10 @@ Each proposal is measured on the VALIDATION prompts (never the test prompts) in 
 (:func:`editor.edit.shrink.shrink`, equal to the zeroed model to float precision and tested so; a
 half-pruned model validates in half the time, and a shrink costs ~0.3 s). Proposals that keep validation
 accuracy >= ``retain`` x the base's (and the guard perplexity within its limit, when one is set)
-qualify; the one losing the least accuracy per removed parameter is taken. A failed neuron move
+qualify; the one losing the least accuracy per removed parameter is taken. A validation stops as soon
+as its move is certain to fail (:class:`editor.evaluation.kinds.Validation`; the trace then records
+the best accuracy the move could still have had, with ``val_bound``), and a move that fails validation
+is not measured on the guard: neither changes a decision. A failed neuron move
 halves its step until the step falls below ``min_neuron_step``; a failed head move retires heads; a
 rejected layer is never proposed again, and layers retire after ``layer_tries`` rejections (every
 method's layer ranking is imperfect: on the default model the single most removable layer is not
@@ -30,7 +33,7 @@ from typing import Callable, Iterator
 import torch
 
 from editor.edit.shrink import Removal, removed_parameters, shrink, zeroed
-from editor.evaluation.kinds import validation_score
+from editor.evaluation.kinds import EPS, validation_score
 from editor.evaluation.scoring import score_text
 from editor.model.arch import Arch
 from editor.prune.scores import UnitScores, on_original, unit_scores
@@ -58,11 +61,14 @@ def guard_perplexity(model, tokenizer) -> float:
     return math.exp(sum(nll) / len(nll))
 
 
-def measure(model, tokenizer, examples: list[Example], batch_size: int, guard: bool, kind: str = "completion") -> dict:
+def measure(model, tokenizer, examples: list[Example], batch_size: int, guard: bool, kind: str = "completion",
+            floor: float | None = None) -> dict:
     """The validation score of ``examples`` (``val_accuracy``: accuracy for answers and choices,
-    1 / perplexity for text; higher is better for every kind) and, with ``guard``, the guard perplexity."""
-    out = {"val_accuracy": validation_score(model, tokenizer, kind, examples, batch_size)}
-    if guard:
+    1 / perplexity for text; higher is better for every kind) and, with ``guard``, the guard perplexity.
+    With ``floor``, a score certain to end below it stops early (``val_bound``) and skips the guard."""
+    got = validation_score(model, tokenizer, kind, examples, batch_size, floor)
+    out = {"val_accuracy": got.value, **({} if got.exact else {"val_bound": True})}
+    if guard and (floor is None or got.value >= floor - EPS):
         out["guard_perplexity"] = guard_perplexity(model, tokenizer)
     return out
 
@@ -79,10 +85,12 @@ def _without(model, removal: Removal, shrunk: bool) -> Iterator:
 
 
 def measure_removal(model, tokenizer, removal: Removal, examples: list[Example], batch_size: int, guard: bool,
-                    shrunk: bool = True, kind: str = "completion") -> dict:
-    """:func:`measure` of ``model`` without ``removal``."""
+                    shrunk: bool = True, kind: str = "completion", floor: float | None = None,
+                    early: bool = True) -> dict:
+    """:func:`measure` of ``model`` without ``removal``; ``early`` False scores every row (the
+    reference the tests tie the early verdicts to)."""
     with _without(model, removal, shrunk) as pruned:
-        return measure(pruned, tokenizer, examples, batch_size, guard, kind)
+        return measure(pruned, tokenizer, examples, batch_size, guard, kind, floor if early else None)
 
 
 def _lowest(values: torch.Tensor, exclude: set[int], k: int) -> list[int]:
@@ -185,9 +193,10 @@ def search_round(model, tokenizer, state: SearchState, settings: SearchSettings,
         if candidate is None:
             tried.append({"kind": kind, "step": state.steps[kind], "result": "nothing left"})
             continue
-        got = measure_removal(model, tokenizer, candidate, val_examples, settings.batch_size, guard, kind=settings.kind)
+        got = measure_removal(model, tokenizer, candidate, val_examples, settings.batch_size, guard,
+                              kind=settings.kind, floor=floor)
         gained = removed_parameters(arch, candidate) - already
-        ok = got["val_accuracy"] >= floor - 1e-12
+        ok = got["val_accuracy"] >= floor - EPS
         if ok and guard:
             ok = got["guard_perplexity"] <= base["guard_perplexity"] * (1 + settings.max_guard_increase)
         cost = (state.val_accuracy - got["val_accuracy"]) / max(gained, 1)
