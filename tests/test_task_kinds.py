@@ -270,9 +270,33 @@ def test_lora_train_on_a_users_file_and_compare_on_its_held_out_rows(arith_dir, 
     assert heldout_examples(out / "adapter") == held
     assert not {e.meta["group"] for e in train} & {e.meta["group"] for e in held}
     assert record["accuracy_before"]["n"] == sum(len(e.answer) for e in held)  # one char token per answer char
+    from editor.evaluation.common import Context  # the kind's own measure, tied to the saved merged model
+    from editor.evaluation.kinds import SCORERS
+    from editor.model.loading import load_model
+
+    merged = load_model(str(out / "merged"))
+    again = SCORERS["completion"].evaluate(Context(merged.model, merged.tokenizer, 8, False), held, "sums", {})
+    assert record["task_after"]["measure"] == "answer_accuracy" and record["task_after"]["task"] == "sums"
+    assert record["task_after"]["value"] == pytest.approx(again.measures["answer_accuracy"].value)
+    assert record["task_after"]["n"] == len(held) and "answer_accuracy" in got.output
     sums_file_copy = tmp_path / "sums.jsonl"
     sums_file_copy.write_text(sums_file.read_text())
     with pytest.raises(UserError, match="changed or moved"):
         record["settings"]["data"] = str(tmp_path / "gone.jsonl")
         (out / "lora.json").write_text(json.dumps(record))
         heldout_examples(out / "adapter")
+
+
+def test_lora_train_reports_a_choice_task_by_choice_accuracy(arith_dir, tmp_path):
+    """A multiple-choice file trains on prompt + right choice and is measured as choices are (summed
+    log-probability of each choice), not by answer tokens alone."""
+    rows = _rows_of_each_kind(40)["choice"]
+    quiz = _jsonl(tmp_path / "quiz.jsonl", [{"prompt": e.prompt, **e.meta} for e in rows])
+    out = tmp_path / "lora"
+    got = CliRunner().invoke(main, ["lora", "train", "--model", str(arith_dir), "--data", str(quiz), "--layers", "1",
+                                    "--steps", "2", "--batch-size", "8", "--out", str(out)])
+    assert got.exit_code == 0, got.output
+    record = json.loads((out / "lora.json").read_text())
+    assert {k: record["task_before"][k] for k in ("task", "kind", "measure", "n")} == {
+        "task": "quiz", "kind": "choice", "measure": "accuracy", "n": 8}
+    assert "quiz accuracy" in got.output

@@ -87,13 +87,11 @@ class LoraSettings(Adapter):
             self.data_sha256 = sha256_of([self.data, *([self.test_file] if self.test_file else [])])
 
 
-def split_examples(settings: LoraSettings) -> tuple[list[Example], list[Example]]:
-    """Training and held-out rows: generated arithmetic (no operation/operand pair in both), or a
-    task file split train : eval = 4 : 1 by its rows' ``group`` (seeded), or the file and ``test_file``."""
-    from editor.tasks.kinds import TaskData, as_completion, check_disjoint, read_task, split_rows
+def split_task(settings: LoraSettings):
+    """A task file's training and held-out rows, in the file's own kind: split train : eval = 4 : 1
+    by the rows' ``group`` (seeded), or the file and ``test_file``. Returns (task, train, held)."""
+    from editor.tasks.kinds import check_disjoint, read_task, split_rows
 
-    if settings.data is None:
-        return split_arithmetic(settings.n_train, settings.n_eval, settings.digits, settings.seed)
     task = read_task(settings.data, settings.delimiter)
     if settings.test_file:
         held = read_task(settings.test_file, settings.delimiter)
@@ -104,8 +102,34 @@ def split_examples(settings: LoraSettings) -> tuple[list[Example], list[Example]
     else:
         sets = split_rows(task.rows, {"train": 4, "eval": 1}, settings.seed, settings.data, {"train": 4, "eval": 4})
         train_rows, held_rows = sets["train"], sets["eval"]
+    return task, train_rows[:settings.n_train], held_rows[:settings.n_eval]
+
+
+def split_examples(settings: LoraSettings) -> tuple[list[Example], list[Example]]:
+    """Training and held-out rows as prompt/answer pairs (what the adapter trains on): generated
+    arithmetic (no operation/operand pair in both), or a task file's :func:`split_task`."""
+    from editor.tasks.kinds import TaskData, as_completion
+
+    if settings.data is None:
+        return split_arithmetic(settings.n_train, settings.n_eval, settings.digits, settings.seed)
+    task, train_rows, held_rows = split_task(settings)
     pairs = lambda rows: as_completion(TaskData(task.name, task.kind, rows, settings.data))  # noqa: E731
-    return pairs(train_rows)[:settings.n_train], pairs(held_rows)[:settings.n_eval]
+    return pairs(train_rows), pairs(held_rows)
+
+
+def task_measure(model, tokenizer, settings: LoraSettings, progress: bool = True) -> dict | None:
+    """A task file's held-out rows scored as their kind is (choice accuracy by summed log-probability,
+    text perplexity, ...: :mod:`editor.evaluation.kinds`), its headline measure; None for arithmetic."""
+    from editor.evaluation.common import Context
+    from editor.evaluation.kinds import SCORERS
+
+    if settings.data is None:
+        return None
+    task, _, held = split_task(settings)
+    scorer = SCORERS[task.kind]
+    result = scorer.evaluate(Context(model, tokenizer, settings.batch_size, progress), held, task.name, {})
+    return {"task": task.name, "kind": task.kind, "measure": scorer.headline,
+            **dataclasses.asdict(result.measures[scorer.headline]) | {"per_unit": None}}
 
 
 def lora_config(model, settings: LoraSettings):
@@ -273,18 +297,28 @@ def train_and_save(loaded, settings: LoraSettings, out: str | Path, force: bool 
     source = describe_source(loaded)
     train, held = split_examples(settings)
     before = token_accuracy(loaded.model, loaded.tokenizer, held, progress=progress)
-    log(f"held-out token accuracy before: {before.cell()}")
+    task_before = task_measure(loaded.model, loaded.tokenizer, settings, progress)
+    log(f"held-out token accuracy before: {before.cell()}" + _task_cell(task_before))
     peft_model, result = train_lora(loaded.model, loaded.tokenizer, settings, train, progress)
     after = token_accuracy(peft_model, loaded.tokenizer, held, progress=progress)
-    log(f"held-out token accuracy after:  {after.cell()}  (loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f})")
+    task_after = task_measure(peft_model, loaded.tokenizer, settings, progress)
+    log(f"held-out token accuracy after:  {after.cell()}" + _task_cell(task_after)
+        + f"  (loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f})")
     save_adapter(peft_model, out / "adapter")
     merged = peft_model.merge_and_unload()
     summary = {"settings": dataclasses.asdict(settings), "train": result.to_json(),
                "accuracy_before": dataclasses.asdict(before) | {"per_unit": None},
-               "accuracy_after": dataclasses.asdict(after) | {"per_unit": None}}
+               "accuracy_after": dataclasses.asdict(after) | {"per_unit": None},
+               **({"task_before": task_before, "task_after": task_after} if task_before else {})}
     save_checkpoint(merged, loaded.tokenizer, out / "merged", source=source, force=True, extra={"lora": summary})
     write_json_atomic(out / "lora.json", summary)
     return summary
+
+
+def _task_cell(measure: dict | None) -> str:
+    if measure is None:
+        return ""
+    return f"; {measure['task']} {measure['measure']} {measure['value']:.3f} [{measure['low']:.3f}, {measure['high']:.3f}]"
 
 
 def heldout_examples(adapter: str | Path, n: int | None = None) -> list[Example]:
