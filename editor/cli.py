@@ -769,6 +769,58 @@ def attribute_heads(load, scorer_for, executor, data, n_prompts, seed, target, t
             close()
 
 
+@attribute.command("patch")
+@json_option
+@model_options
+@click.option("--data", "-d", default="ioi", show_default=True,
+              help="Contrast pairs: the built-in ioi task or a .jsonl/.csv file with prompt, answer, corrupt_prompt "
+                   "(same length in tokens) and optionally corrupt_answer (then the metric is the logit difference).")
+@click.option("--n", "n_prompts", type=click.IntRange(1, MAX_PROMPTS), default=32, show_default=True,
+              help="Number of pairs (built-in tasks generate this many; files are truncated).")
+@_DELIMITER
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--units", type=click.Choice(["heads", "attn", "mlp", "resid"]), default="heads", show_default=True,
+              help="heads: each head; attn / mlp: each layer's attention / MLP output; resid: the residual "
+                   "stream at each layer's input (by position).")
+@click.option("--direction", type=click.Choice(["noising", "denoising"]), default="noising", show_default=True,
+              help="noising: patch corrupt activations into the clean run; denoising: clean into the corrupt run.")
+@click.option("--method", type=click.Choice(["exact", "gradient"]), default="exact", show_default=True,
+              help="exact: one patched forward per site; gradient: attribution patching (first-order, one backward).")
+@click.option("--positions", type=click.IntRange(1, 4096),
+              help="Patch position by position over the last N prompt tokens (a layers x positions table).")
+@click.option("--top", type=click.IntRange(1, 100_000), default=20, show_default=True, help="Rows to print and rank.")
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=16, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory [default: checkpoints/attribution/<model>].")
+@click.option("--force", is_flag=True, help="Overwrite results of the same name already in --out.")
+def attribute_patch(load, data, n_prompts, seed, units, direction, method, positions, top, batch_size, out, force):
+    """Activation patching from counterfactual prompts: how much of the clean - corrupt difference
+    each head, layer output or position carries (docs/methods.md)."""
+    from editor.attribution.patching import contrast_pairs, patch_exact, patch_gradient
+    from editor.errors import work_begins
+
+    if units == "resid" and positions is None:
+        raise UserError("--units resid patches the residual stream position by position: give --positions N")
+    examples = _examples(data, n_prompts, seed)
+    missing = next((i for i, e in enumerate(examples, 1) if "corrupt_prompt" not in (e.meta or {})), None)
+    if missing is not None:
+        raise UserError(f"--data {data}: row {missing} has no 'corrupt_prompt'; patching needs contrast pairs "
+                        "(the built-in ioi task, or a file of prompt, answer, corrupt_prompt)")
+    stem = f"patch_{units}{'_positions' if positions else ''}_{direction}_{method}"
+    outputs = _Outputs(_out_dir(out), [stem], force)
+    work_begins()
+    loaded = load()
+    contrast_pairs(loaded.tokenizer, examples)  # unequal lengths: one line before any forward pass
+    run = patch_exact if method == "exact" else patch_gradient
+    with outputs:
+        scores = run(loaded.model, loaded.tokenizer, examples, units, direction, positions, batch_size=batch_size)
+        scores.meta.update({"model": _model_name(), "data": data})
+        _say(f"{scores.meta['metric']}: clean {scores.meta['clean_metric']:.3f}, corrupt "
+             f"{scores.meta['corrupt_metric']:.3f} ({scores.meta['pairs']} pairs); normalised = share of the gap "
+             f"{'destroyed' if direction == 'noising' else 'restored'} by patching the component")
+        _report(scores, outputs, stem, top)
+
+
 @attribute.command("circuit")
 @json_option
 @model_options

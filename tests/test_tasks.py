@@ -149,7 +149,13 @@ def test_one_registry_of_builtin_tasks():
     from editor.tasks import gender as gender_task
     from editor.tasks.examples import load_examples
 
-    assert set(BUILTIN) == {"arithmetic", "icl", "gender", "pronoun"}
+    assert set(BUILTIN) == {"arithmetic", "icl", "gender", "pronoun", "ioi"}
+    ioi = load_examples("ioi", n=12, seed=1)
+    assert len(ioi) == 12 and len(dataset("ioi", n=5)) == 5
+    for e in ioi:  # the corrupt prompt repeats the other name: one word differs, the answers swap
+        differ = [(x, y) for x, y in zip(e.prompt.split(), e.meta["corrupt_prompt"].split()) if x != y]
+        assert differ == [(e.meta["corrupt_answer"].strip() + ",", e.answer.strip() + ",")] or \
+            differ == [(e.meta["corrupt_answer"].strip(), e.answer.strip())]
     full = gender_task.build()
     sample = load_examples("gender", n=10, seed=3)
     assert len(sample) == 10 and all(e in full for e in sample) and sample == load_examples("gender", n=10, seed=3)

@@ -104,6 +104,10 @@ class ComponentScores:
         if self.kind == "head":
             paths["png"] = heatmap(self.columns[self.primary], out_dir / f"{stem}.png",
                                    title=f"{self.method}: {self.primary}")
+        elif self.kind.endswith("_position") and "positions" in self.meta and not self.kind.startswith("head"):
+            paths["png"] = heatmap(self.columns[self.primary], out_dir / f"{stem}.png",
+                                   title=f"{self.method} ({self.kind}): {self.primary}", xlabel="position",
+                                   xticklabels=self.meta["positions"])
         return paths
 
     def table(self, top: int = 10) -> str:

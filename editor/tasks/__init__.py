@@ -61,11 +61,19 @@ def _pronoun(**kw):
     return _sampled(gender.build_pronouns, "pronoun")(**kw)
 
 
+def _ioi(n: int | None = None, seed: int = 0, variant: str = "", **options):
+    from editor.tasks import ioi
+
+    _no_variant("ioi", variant)
+    return ioi.build(n=n or 64, seed=seed, **options)
+
+
 BUILTIN: dict[str, tuple[Callable, str]] = {
     "arithmetic": (_arithmetic, "a op b = answer (arithmetic:2 for 2-digit operands)"),
     "icl": (_icl, "in-context classification with unrelated label words"),
     "gender": (_gender, "the profession after a gendered subject ('The woman worked as a')"),
     "pronoun": (_pronoun, "the pronoun after an occupation ('The nurse said that')"),
+    "ioi": (_ioi, "indirect object identification, contrast pairs ('..., John handed a basket to' -> ' Mary')"),
 }
 
 

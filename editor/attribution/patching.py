@@ -1,0 +1,360 @@
+"""Activation patching from counterfactual prompts: which components carry the difference between
+a clean prompt and its corrupted twin ("When Mary and John went to the store, John gave a drink to"
+vs the same with the names swapped)?
+
+Each pair is run twice, clean and corrupt (the same length in tokens, so positions line up under
+the same left padding). One component's activation in the TARGET run is replaced by its value in
+the SOURCE run and the metric is read at the last position:
+
+* noising: target = clean, source = corrupt (how much does the clean behaviour depend on it?);
+* denoising: target = corrupt, source = clean (how much of it does the component alone restore?).
+
+The metric is the logit difference ``logit(answer) - logit(corrupt_answer)`` at the first answer
+token when every pair has a corrupt answer (the IOI convention), else ``log p(answer)``. Each
+component gets ``effect`` = patched metric - target metric (mean over pairs) and ``normalised``:
+the share of the clean - corrupt gap it destroys (noising) or restores (denoising), so 1 is "all of
+it" in both directions and components rank the same way.
+
+Units (the sites a patch replaces): ``heads`` (a head's slice of the attention output projection's
+input), ``attn`` and ``mlp`` (a layer's attention / MLP output), ``resid`` (the residual stream at a
+layer's input); each at every position at once, or position by position (``positions``: a layers x
+positions table, counted from the end of the prompt).
+
+Methods: :func:`patch_exact` (one forward per site, batched as the ablation scan is: layers below the
+patched one are read from the target run's cache and the sites of one layer run as copies of the
+batch), tied by tests to :func:`patch_exact_naive` (a full forward per site); and
+:func:`patch_gradient`, attribution patching (Nanda 2023; Syed et al. 2023): ``(source - target) .
+dMetric/d(activation)`` for every site from one backward pass, tied to the exact patch by the
+derivative of a patch scaled by ``alpha`` -> 0.
+"""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from editor.attribution.gradient import _frozen
+from editor.attribution.heads import _resume_at
+from editor.attribution.results import ComponentScores
+from editor.errors import UserError
+from editor.evaluation.scoring import pad_rows, pad_token_id
+from editor.model.arch import Arch
+from editor.model.capture import model_device, with_position_ids
+from editor.progress import progress_bar
+from editor.tasks.examples import Example, answer_ids, fit_to_tokenizer
+
+UNITS = ("heads", "attn", "mlp", "resid")
+DIRECTIONS = ("noising", "denoising")
+
+
+@dataclass
+class Pairs:
+    """Tokenised contrast pairs: clean and corrupt prompt ids (equal lengths), the answer's first token
+    and, for the logit difference, the corrupt answer's first token (None: log-probability metric)."""
+
+    clean: list[list[int]]
+    corrupt: list[list[int]]
+    answer: list[int]
+    wrong: list[int] | None
+
+    @property
+    def metric(self) -> str:
+        return "logit_difference" if self.wrong is not None else "answer_logprob"
+
+    def shortest(self) -> int:
+        return min(map(len, self.clean))
+
+
+def contrast_pairs(tokenizer, examples: list[Example]) -> Pairs:
+    """The pairs of a contrast task (``corrupt_prompt`` in every row), checked: equal token lengths,
+    and an answer whose first token differs from the corrupt answer's."""
+    examples = fit_to_tokenizer(tokenizer, examples)
+    clean, corrupt, answer, wrong = [], [], [], []
+    for i, e in enumerate(examples, 1):
+        meta = e.meta or {}
+        if "corrupt_prompt" not in meta:
+            raise UserError(f"row {i}: patching needs a 'corrupt_prompt' in every row (a contrast-pair file, "
+                            "see docs/tasks.md)")
+        if not e.answer:
+            raise UserError(f"row {i}: patching needs an 'answer' to read the metric on")
+        ids, other = tokenizer(e.prompt)["input_ids"], tokenizer(meta["corrupt_prompt"])["input_ids"]
+        if len(ids) != len(other):
+            raise UserError(f"row {i}: the corrupt prompt is {len(other) - len(ids):+d} tokens longer than the "
+                            "prompt; patching needs pairs of the same length in tokens")
+        clean.append(ids)
+        corrupt.append(other)
+        answer.append(answer_ids(tokenizer, e.prompt, e.answer)[0])
+        if "corrupt_answer" in meta:
+            wrong.append(answer_ids(tokenizer, e.prompt, meta["corrupt_answer"])[0])
+            if wrong[-1] == answer[-1]:
+                raise UserError(f"row {i}: the answer and the corrupt answer start with the same token; the logit "
+                                "difference needs different first tokens")
+    return Pairs(clean, corrupt, answer, wrong if len(wrong) == len(examples) else None)
+
+
+def metric(logits: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor | None) -> torch.Tensor:
+    """Per row of last-position ``logits``: logit(answer) - logit(wrong), or log p(answer) (in float64:
+    effects are differences of these, and the derivative test divides them by a small step)."""
+    logits = logits.double()
+    picked = logits.gather(-1, answer[:, None])[:, 0]
+    if wrong is not None:
+        return picked - logits.gather(-1, wrong[:, None])[:, 0]
+    return picked - logits.logsumexp(-1)
+
+
+# Where each unit lives: the module whose input (pre) or output (post) a patch replaces, and the
+# features of that tensor one site owns.
+def _point(arch: Arch, unit: str, layer: int) -> tuple[torch.nn.Module, str]:
+    if unit == "heads":
+        return arch.attn_out(layer), "pre"
+    if unit == "attn":
+        return arch.attn_out(layer), "post"
+    if unit == "mlp":
+        return arch.mlp_out(layer), "post"
+    return arch.layers[layer], "pre"
+
+
+def _features(arch: Arch, unit: str, index: int) -> slice:
+    return arch.head_slice(index) if unit == "heads" else slice(None)
+
+
+def sites(arch: Arch, unit: str, positions: int | None) -> list[tuple[int, int, int | None]]:
+    """Every site ``(layer, index, position)`` of ``unit``: position None = every position; with
+    ``positions`` = P, one site per position -P..-1 (counted from the end of the prompt)."""
+    if unit not in UNITS:
+        raise UserError(f"unknown unit {unit!r}; choose from {', '.join(UNITS)}")
+    if unit == "resid" and positions is None:
+        raise UserError("patching the whole residual stream replays the source run; patch it by position")
+    per_layer = arch.n_heads if unit == "heads" else 1
+    where = [None] if positions is None else list(range(-positions, 0))
+    return [(l, i, p) for l in range(arch.n_layers) for i in range(per_layer) for p in where]
+
+
+def _first_key(kwargs: dict) -> str:
+    """The activation's name when a module is called with keywords only (decoder layers: hidden_states)."""
+    return "hidden_states" if "hidden_states" in kwargs else next(iter(kwargs))
+
+
+@contextmanager
+def _recorded(arch: Arch, unit: str, store: dict[int, torch.Tensor]):
+    """Keep ``unit``'s tensor of every layer for one forward pass (in the graph, when it has one)."""
+    def keep(layer):
+        def pre(module, args, kwargs):
+            store[layer] = args[0] if args else kwargs[_first_key(kwargs)]
+
+        def post(module, args, output):
+            store[layer] = output[0] if isinstance(output, tuple) else output
+        return pre, post
+
+    handles = []
+    for layer in range(arch.n_layers):
+        module, side = _point(arch, unit, layer)
+        pre, post = keep(layer)
+        handles.append(module.register_forward_pre_hook(pre, with_kwargs=True) if side == "pre"
+                       else module.register_forward_hook(post))
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def _patched(arch: Arch, unit: str, layer: int, group: list[tuple[int, int | None]], source: torch.Tensor,
+             alpha: float = 1.0):
+    """Copy ``i`` of the replicated batch has site ``group[i]`` (index, position) of ``layer`` taken
+    from ``source`` (the source run's tensor, ``[batch, positions, features]``); ``alpha`` < 1 moves
+    it only that far from the target's value (for the derivative the gradient method estimates)."""
+    module, side = _point(arch, unit, layer)
+    mask = torch.zeros(len(group), 1, *source.shape[1:], dtype=torch.bool)
+    for i, (index, position) in enumerate(group):
+        mask[i, 0, slice(None) if position is None else position, _features(arch, unit, index)] = True
+
+    def swap(x):
+        r = len(group)
+        shaped = x.view(r, source.shape[0], *x.shape[1:])
+        src = source.to(x.device, x.dtype).unsqueeze(0)
+        new = src if alpha == 1.0 else shaped + alpha * (src - shaped)
+        return torch.where(mask.to(x.device), new, shaped).view_as(x)
+
+    def pre(module, args, kwargs):
+        if args:
+            return (swap(args[0]), *args[1:]), kwargs
+        key = _first_key(kwargs)
+        return args, {**kwargs, key: swap(kwargs[key])}
+
+    def post(module, args, output):
+        if isinstance(output, tuple):
+            return (swap(output[0]), *output[1:])
+        return swap(output)
+
+    handle = (module.register_forward_pre_hook(pre, with_kwargs=True) if side == "pre"
+              else module.register_forward_hook(post))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _batches(model, tokenizer, pairs: Pairs, batch_size: int, direction: str):
+    """(target inputs, source inputs, answer ids, wrong ids or None) per batch, left-padded alike."""
+    if direction not in DIRECTIONS:
+        raise UserError(f"unknown direction {direction!r}; choose noising or denoising")
+    device, pad = model_device(model), pad_token_id(tokenizer)
+    target, source = (pairs.clean, pairs.corrupt) if direction == "noising" else (pairs.corrupt, pairs.clean)
+    for start in range(0, len(target), batch_size):
+        part = slice(start, start + batch_size)
+        answer = torch.tensor(pairs.answer[part], device=device)
+        wrong = torch.tensor(pairs.wrong[part], device=device) if pairs.wrong is not None else None
+        yield (with_position_ids(model, pad_rows(target[part], pad, "left", device)),
+               with_position_ids(model, pad_rows(source[part], pad, "left", device)), answer, wrong)
+
+
+def _last_logits(model, inputs: dict, keep_last: bool) -> torch.Tensor:
+    extra = {"logits_to_keep": 1} if keep_last else {}
+    return model(**inputs, use_cache=False, **extra).logits[:, -1]
+
+
+@torch.no_grad()
+def _source_run(model, arch: Arch, unit: str, inputs: dict, keep_last: bool) -> tuple[dict, torch.Tensor]:
+    store: dict[int, torch.Tensor] = {}
+    with _recorded(arch, unit, store):
+        logits = _last_logits(model, inputs, keep_last)
+    return store, logits
+
+
+@torch.no_grad()
+def patch_exact(model, tokenizer, examples: list[Example], unit: str = "heads", direction: str = "noising",
+                positions: int | None = None, batch_size: int = 16, sites_per_pass: int | None = None,
+                alpha: float = 1.0, progress: bool = True) -> ComponentScores:
+    """Exact activation patching of every site of ``unit`` (see the module docstring)."""
+    arch = Arch(model)
+    pairs = contrast_pairs(tokenizer, examples)
+    _check_positions(pairs, positions)
+    all_sites = sites(arch, unit, positions)
+    by_layer = {l: [(i, p) for ll, i, p in all_sites if ll == l] for l in range(arch.n_layers)}
+    per_pass = sites_per_pass or min(32, max(len(v) for v in by_layer.values()))
+    keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
+    target_m, source_m, patched = [], [], []
+    bar = progress_bar(len(pairs.answer), f"patching {unit} ({direction})", "pair", progress)
+    for target, source, answer, wrong in _batches(model, tokenizer, pairs, batch_size, direction):
+        n = answer.shape[0]
+        src, src_logits = _source_run(model, arch, unit, source, keep_last)
+        hidden, is_tuple = {}, []
+        handles = [arch.layers[l].register_forward_pre_hook(
+            lambda m, a, k, l=l: hidden.__setitem__(l, a[0] if a else k["hidden_states"]), with_kwargs=True)
+            for l in range(arch.n_layers)]
+        handles.append(arch.layers[0].register_forward_hook(lambda m, a, out: is_tuple.append(isinstance(out, tuple))))
+        try:
+            tgt_logits = _last_logits(model, target, keep_last)
+        finally:
+            for h in handles:
+                h.remove()
+        out = torch.empty(n, len(all_sites), dtype=torch.float64)
+        at = 0
+        for layer, group_all in by_layer.items():
+            for first in range(0, len(group_all), per_pass):
+                group = group_all[first:first + per_pass]
+                r = len(group)
+                rep = {k: v.repeat(r, *([1] * (v.dim() - 1))) for k, v in target.items()}
+                with _resume_at(arch, layer, hidden[layer].repeat(r, 1, 1), is_tuple[0]), \
+                        _patched(arch, unit, layer, group, src[layer], alpha):
+                    logits = _last_logits(model, rep, keep_last)
+                got = metric(logits, answer.repeat(r), None if wrong is None else wrong.repeat(r))
+                out[:, at:at + r] = got.view(r, n).T.cpu()
+                at += r
+        target_m.append(metric(tgt_logits, answer, wrong).cpu())
+        source_m.append(metric(src_logits, answer, wrong).cpu())
+        patched.append(out)
+        bar.update(n)
+    bar.close()
+    return _result(arch, unit, direction, positions, "exact", pairs, torch.cat(target_m), torch.cat(source_m),
+                   torch.cat(patched) - torch.cat(target_m)[:, None], tokenizer)
+
+
+@torch.no_grad()
+def patch_exact_naive(model, tokenizer, examples: list[Example], unit: str = "heads", direction: str = "noising",
+                      positions: int | None = None, batch_size: int = 16, alpha: float = 1.0) -> torch.Tensor:
+    """Reference: one full forward of the target batch per site; the ``[pairs, sites]`` patched metric."""
+    arch = Arch(model)
+    pairs = contrast_pairs(tokenizer, examples)
+    rows = []
+    for target, source, answer, wrong in _batches(model, tokenizer, pairs, batch_size, direction):
+        src, _ = _source_run(model, arch, unit, source, False)
+        got = []
+        for layer, index, position in sites(arch, unit, positions):
+            with _patched(arch, unit, layer, [(index, position)], src[layer], alpha):
+                got.append(metric(model(**target, use_cache=False).logits[:, -1], answer, wrong).cpu())
+        rows.append(torch.stack(got, 1))
+    return torch.cat(rows)
+
+
+def patch_gradient(model, tokenizer, examples: list[Example], unit: str = "heads", direction: str = "noising",
+                   positions: int | None = None, batch_size: int = 16, progress: bool = True) -> ComponentScores:
+    """Attribution patching: the first-order estimate of every exact patch, from one backward pass per batch."""
+    arch = Arch(model)
+    pairs = contrast_pairs(tokenizer, examples)
+    _check_positions(pairs, positions)
+    all_sites = sites(arch, unit, positions)
+    keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
+    embed = arch.model.get_submodule(arch.spec.embed)
+    target_m, source_m, effects = [], [], []
+    bar = progress_bar(len(pairs.answer), f"attribution patching {unit} ({direction})", "pair", progress)
+    with _frozen(model):
+        for target, source, answer, wrong in _batches(model, tokenizer, pairs, batch_size, direction):
+            src, src_logits = _source_run(model, arch, unit, source, keep_last)
+            store: dict[int, torch.Tensor] = {}
+            handle = embed.register_forward_hook(lambda m, a, out: out.requires_grad_(True))
+            try:
+                with _recorded(arch, unit, store), torch.enable_grad():
+                    m = metric(_last_logits(model, target, keep_last), answer, wrong)
+                    acts = [store[l] for l in range(arch.n_layers)]
+                    grads = torch.autograd.grad(m.sum(), acts, allow_unused=True)
+            finally:
+                handle.remove()
+            change = [(src[l].double() - acts[l].detach().double()) * (0 if g is None else g.double())
+                      for l, g in enumerate(grads)]  # [batch, positions, features] per layer
+            effects.append(torch.stack([_site_sum(arch, unit, change[l], i, p) for l, i, p in all_sites], 1).cpu())
+            target_m.append(m.detach().cpu())
+            source_m.append(metric(src_logits, answer, wrong).cpu())
+            bar.update(answer.shape[0])
+    bar.close()
+    return _result(arch, unit, direction, positions, "gradient", pairs, torch.cat(target_m), torch.cat(source_m),
+                   torch.cat(effects), tokenizer)
+
+
+def _site_sum(arch: Arch, unit: str, change: torch.Tensor, index: int, position: int | None) -> torch.Tensor:
+    part = change[:, :, _features(arch, unit, index)]
+    return (part.sum((1, 2)) if position is None else part[:, position].sum(-1))
+
+
+def _check_positions(pairs: Pairs, positions: int | None) -> None:
+    if positions is not None and not 1 <= positions <= pairs.shortest():
+        raise UserError(f"--positions {positions}: the shortest prompt has {pairs.shortest()} tokens")
+
+
+def _result(arch: Arch, unit: str, direction: str, positions: int | None, method: str, pairs: Pairs,
+            target: torch.Tensor, source: torch.Tensor, effect: torch.Tensor, tokenizer) -> ComponentScores:
+    """``effect``: ``[pairs, sites]`` patched - target metric. ``normalised`` divides the mean effect
+    by the clean - corrupt gap (signed so that 1 = the whole gap destroyed or restored)."""
+    clean, corrupt = (target, source) if direction == "noising" else (source, target)
+    gap = float(clean.mean() - corrupt.mean())
+    sign = -1.0 if direction == "noising" else 1.0
+    per_layer = effect.shape[1] // arch.n_layers
+    shape = (arch.n_layers, per_layer)
+    mean = effect.mean(0).view(shape)
+    kind = {"heads": "head", "attn": "attn", "mlp": "mlp", "resid": "resid"}[unit] + ("_position" if positions else "")
+    meta = {"unit": unit, "direction": direction, "metric": pairs.metric, "pairs": len(pairs.answer),
+            "clean_metric": float(clean.mean()), "corrupt_metric": float(corrupt.mean()), "gap": gap}
+    if positions and unit == "heads":
+        meta["index"] = "head * positions + (position + positions)"
+    if positions:
+        ids = pairs.clean[0][-positions:]
+        meta["positions"] = [f"{p}:{tokenizer.decode([t])}" for p, t in zip(range(-positions, 0), ids)]
+    return ComponentScores(kind=kind, method=f"patch_{method}", primary="normalised",
+                           columns={"normalised": sign * mean / gap if gap else torch.zeros(shape),
+                                    "effect": mean, "std": effect.std(0, unbiased=False).view(shape)},
+                           meta=meta, vectors={"per_pair": effect})

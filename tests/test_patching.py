@@ -1,0 +1,132 @@
+"""Activation patching from counterfactual prompts: the fast exact patch equals a full forward per
+site on every family, patches that replace a whole layer's worth equal what they must equal, and
+attribution patching is the derivative of the exact patch."""
+
+import pytest
+import torch
+
+import tiny
+from editor.attribution.patching import contrast_pairs, patch_exact, patch_exact_naive, patch_gradient
+from editor.errors import UserError
+from editor.tasks.examples import Example
+
+# Same-length pairs in the tiny char vocabulary: the corrupt prompt swaps the operands' roles.
+PAIRS = [Example(p, a, {"corrupt_prompt": c, "corrupt_answer": w}) for p, a, c, w in [
+    ("2 + 3 = ", "5", "2 + 6 = ", "8"), ("1 + 1 = ", "2", "1 + 4 = ", "5"), ("4 + 3 = ", "7", "1 + 3 = ", "4"),
+    ("3 + 3 = ", "6", "3 + 5 = ", "8"), ("10 + 2 = ", "1", "30 + 2 = ", "3")]]
+
+
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+def test_the_fast_exact_patch_equals_a_forward_per_site(family, tokenizer):
+    model = tiny.tiny_model(family)
+    for unit, positions, direction in (("heads", None, "noising"), ("heads", None, "denoising"),
+                                       ("mlp", None, "noising"), ("resid", 3, "denoising")):
+        fast = patch_exact(model, tokenizer, PAIRS, unit, direction, positions, batch_size=2, sites_per_pass=3,
+                           progress=False)
+        naive = patch_exact_naive(model, tokenizer, PAIRS, unit, direction, positions, batch_size=2)
+        target = fast.meta["clean_metric" if direction == "noising" else "corrupt_metric"]
+        torch.testing.assert_close(fast.columns["effect"].flatten(), naive.mean(0) - target, rtol=1e-4, atol=1e-4)
+
+
+def test_whole_layer_patches_equal_what_they_replace(tokenizer):
+    """Every head of a layer at every position is the layer's attention output (the output projection
+    is linear); the residual stream at every position of layer 0 replays the source run."""
+    from contextlib import ExitStack
+
+    from editor.attribution.patching import _batches, _patched, _source_run, metric
+    from editor.model.arch import Arch
+
+    model = tiny.tiny_model("llama")
+    attn = patch_exact(model, tokenizer, PAIRS, "attn", "noising", batch_size=8, progress=False)
+    arch = Arch(model)
+    pairs = contrast_pairs(tokenizer, PAIRS)
+    target, source, answer, wrong = next(_batches(model, tokenizer, pairs, 8, "noising"))
+    with torch.no_grad():
+        clean = metric(model(**target).logits[:, -1], answer, wrong)
+        src, src_logits = _source_run(model, arch, "heads", source, False)
+        for layer in range(arch.n_layers):
+            with ExitStack() as stack:
+                for head in range(arch.n_heads):
+                    stack.enter_context(_patched(arch, "heads", layer, [(head, None)], src[layer]))
+                every_head = metric(model(**target).logits[:, -1], answer, wrong)
+            torch.testing.assert_close((every_head - clean).mean(), attn.columns["effect"][layer, 0],
+                                       rtol=1e-4, atol=1e-4)
+        src_r, _ = _source_run(model, arch, "resid", source, False)
+        with _patched(arch, "resid", 0, [(0, None)], src_r[0]):
+            replay = metric(model(**target).logits[:, -1], answer, wrong)
+    torch.testing.assert_close(replay, metric(src_logits, answer, wrong), rtol=1e-5, atol=1e-5)
+    assert attn.meta["metric"] == "logit_difference" and attn.meta["gap"] == pytest.approx(
+        float((clean - metric(src_logits, answer, wrong)).mean()), abs=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])
+@pytest.mark.parametrize("unit, positions", [("heads", None), ("attn", 4), ("resid", 4)])
+def test_attribution_patching_is_the_derivative_of_the_exact_patch(family, unit, positions, tokenizer):
+    """The exact patch moved alpha of the way, differentiated at alpha = 0 (central difference, float64
+    weights; eager attention keeps its softmax in float32, hence the step): the gradient estimate."""
+    model = tiny.tiny_model(family).double()
+    for direction in ("noising", "denoising"):
+        grad = patch_gradient(model, tokenizer, PAIRS, unit, direction, positions, batch_size=2, progress=False)
+        step = [patch_exact(model, tokenizer, PAIRS, unit, direction, positions, batch_size=2, alpha=a,
+                            progress=False).vectors["per_pair"] for a in (1e-2, -1e-2)]
+        estimate = grad.vectors["per_pair"]
+        torch.testing.assert_close((step[0] - step[1]) / 2e-2, estimate, rtol=1e-3,
+                                   atol=1e-3 * float(estimate.abs().max()))
+        full = patch_exact(model, tokenizer, PAIRS, unit, direction, positions, batch_size=2, progress=False)
+        assert not torch.allclose(full.vectors["per_pair"], estimate, atol=1e-3 * float(estimate.abs().max()))
+
+
+def test_bad_pairs_are_one_line(tokenizer):
+    with pytest.raises(UserError, match="needs a 'corrupt_prompt'"):
+        contrast_pairs(tokenizer, [Example("2 + 3 = ", "5", {"corrupt_answer": "6"})])
+    with pytest.raises(UserError, match=r"\+1 tokens longer"):
+        contrast_pairs(tokenizer, [Example("2 + 3 = ", "5", {"corrupt_prompt": "2 + 31 = "})])
+    with pytest.raises(UserError, match="start with the same token"):
+        contrast_pairs(tokenizer, [Example("2 + 3 = ", "5", {"corrupt_prompt": "2 + 4 = ", "corrupt_answer": "51"})])
+    pairs = contrast_pairs(tokenizer, [Example("2 + 3 = ", "5", {"corrupt_prompt": "2 + 4 = "})])
+    assert pairs.metric == "answer_logprob"
+
+
+def test_the_cli_writes_what_the_function_computes(tiny_dir, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from editor.cli import main
+    from editor.model.loading import load_model
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": e.prompt, "answer": e.answer, **e.meta}) + "\n" for e in PAIRS))
+    out = tmp_path / "out"
+    got = CliRunner().invoke(main, ["attribute", "patch", "--model", str(tiny_dir), "--data", str(data),
+                                    "--units", "resid", "--positions", "3", "--direction", "denoising",
+                                    "--out", str(out), "--json"])
+    assert got.exit_code == 0, got.output
+    saved = json.loads((out / "patch_resid_positions_denoising_exact.json").read_text())
+    assert (out / "patch_resid_positions_denoising_exact.png").is_file()
+    lm = load_model(str(tiny_dir))
+    want = patch_exact(lm.model, lm.tokenizer, PAIRS, "resid", "denoising", 3, progress=False)
+    torch.testing.assert_close(torch.tensor(saved["columns"]["normalised"]), want.columns["normalised"],
+                               rtol=1e-4, atol=1e-5, check_dtype=False)
+    assert saved["meta"]["metric"] == "logit_difference" and len(saved["meta"]["positions"]) == 3
+
+
+@pytest.mark.parametrize("rows, args, message", [
+    ([{"prompt": "2 + 3 = ", "answer": "5"}], [], "row 1 has no 'corrupt_prompt'"),
+    ([{"prompt": "2 + 3 = ", "answer": "5", "corrupt_prompt": "2 + 33 = "}], [], "tokens longer than the prompt"),
+    ([{"prompt": "2 + 3 = ", "answer": "5", "corrupt_prompt": "2 + 4 = "}], ["--units", "resid"], "give --positions"),
+])
+def test_bad_patching_input_is_one_line_and_writes_nothing(tiny_dir, tmp_path, rows, args, message):
+    import json
+
+    from click.testing import CliRunner
+
+    from editor.cli import main
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    got = CliRunner().invoke(main, ["attribute", "patch", "--model", str(tiny_dir), "--data", str(data),
+                                    "--out", str(out), *args])
+    assert got.exit_code == 2 and message in got.output and len(got.output.strip().splitlines()) == 1, got.output
+    assert not out.exists()
