@@ -784,8 +784,9 @@ def attribute_heads(load, scorer_for, executor, data, n_prompts, seed, target, t
                    "stream at each layer's input (by position).")
 @click.option("--direction", type=click.Choice(["noising", "denoising"]), default="noising", show_default=True,
               help="noising: patch corrupt activations into the clean run; denoising: clean into the corrupt run.")
-@click.option("--method", type=click.Choice(["exact", "gradient"]), default="exact", show_default=True,
-              help="exact: one patched forward per site; gradient: attribution patching (first-order, one backward).")
+@click.option("--method", type=click.Choice(["auto", "exact", "gradient"]), default="auto", show_default=True,
+              help="auto: attribution patching for every site, then the exact patch of the 3x --top largest "
+                   "(rows marked exact); exact: one patched forward per site; gradient: attribution patching only.")
 @click.option("--positions", type=click.IntRange(1, 4096),
               help="Patch position by position over the last N prompt tokens (a layers x positions table).")
 @click.option("--top", type=click.IntRange(1, 100_000), default=20, show_default=True, help="Rows to print and rank.")
@@ -796,7 +797,7 @@ def attribute_heads(load, scorer_for, executor, data, n_prompts, seed, target, t
 def attribute_patch(load, data, n_prompts, seed, units, direction, method, positions, top, batch_size, out, force):
     """Activation patching from counterfactual prompts: how much of the clean - corrupt difference
     each head, layer output or position carries (docs/methods.md)."""
-    from editor.attribution.patching import contrast_pairs, patch_exact, patch_gradient
+    from editor.attribution.patching import contrast_pairs, patch_auto, patch_exact, patch_gradient
     from editor.errors import work_begins
 
     if units == "resid" and positions is None:
@@ -811,7 +812,8 @@ def attribute_patch(load, data, n_prompts, seed, units, direction, method, posit
     work_begins()
     loaded = load()
     contrast_pairs(loaded.tokenizer, examples)  # unequal lengths: one line before any forward pass
-    run = patch_exact if method == "exact" else patch_gradient
+    run = {"exact": patch_exact, "gradient": patch_gradient,
+           "auto": functools.partial(patch_auto, confirm=3 * top)}[method]
     with outputs:
         scores = run(loaded.model, loaded.tokenizer, examples, units, direction, positions, batch_size=batch_size)
         scores.meta.update({"model": _model_name(), "data": data})

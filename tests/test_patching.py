@@ -99,7 +99,7 @@ def test_the_cli_writes_what_the_function_computes(tiny_dir, tmp_path):
     data.write_text("".join(json.dumps({"prompt": e.prompt, "answer": e.answer, **e.meta}) + "\n" for e in PAIRS))
     out = tmp_path / "out"
     got = CliRunner().invoke(main, ["attribute", "patch", "--model", str(tiny_dir), "--data", str(data),
-                                    "--units", "resid", "--positions", "3", "--direction", "denoising",
+                                    "--units", "resid", "--positions", "3", "--direction", "denoising", "--method", "exact",
                                     "--out", str(out), "--json"])
     assert got.exit_code == 0, got.output
     saved = json.loads((out / "patch_resid_positions_denoising_exact.json").read_text())
@@ -130,3 +130,19 @@ def test_bad_patching_input_is_one_line_and_writes_nothing(tiny_dir, tmp_path, r
                                     "--out", str(out), *args])
     assert got.exit_code == 2 and message in got.output and len(got.output.strip().splitlines()) == 1, got.output
     assert not out.exists()
+
+
+def test_auto_confirms_the_largest_estimates_exactly(tokenizer):
+    from editor.attribution.patching import patch_auto
+
+    model = tiny.tiny_model("qwen2")
+    auto = patch_auto(model, tokenizer, PAIRS, "heads", "noising", batch_size=4, confirm=5, progress=False)
+    exact = patch_exact(model, tokenizer, PAIRS, "heads", "noising", batch_size=4, progress=False)
+    grad = patch_gradient(model, tokenizer, PAIRS, "heads", "noising", batch_size=4, progress=False)
+    done = auto.columns["exact"].bool()
+    assert int(done.sum()) == 5
+    largest = grad.columns["effect"].abs().flatten().argsort(descending=True)[:5]
+    assert set(largest.tolist()) == set(done.flatten().nonzero().flatten().tolist())
+    torch.testing.assert_close(auto.columns["effect"][done], exact.columns["effect"][done])
+    torch.testing.assert_close(auto.columns["effect"][~done], grad.columns["effect"][~done])
+    assert {r["head"] for r in auto.ranked(5)} == {f"{i // 4}.{i % 4}" for i in largest.tolist()}
