@@ -694,9 +694,11 @@ def attribute():
 
 _SPECIFICITY = [
     click.option("--control", metavar="DATA",
-                 help="Unrelated task for the specificity column [default: icl for arithmetic, else arithmetic]."),
-    click.option("--specificity/--no-specificity", default=True, show_default=True,
-                 help="Also measure each row's drop on --control and on the guard text (gradient/ablation/auto)."),
+                 help="Unrelated task for the specificity column (implies --specificity) "
+                      "[default: icl for arithmetic, else arithmetic]."),
+    click.option("--specificity/--no-specificity", default=None,
+                 help="Also measure each row's drop on --control and on the guard text (gradient/ablation/auto), "
+                      "as many prompts as the task has [default: off; costs about two more scorings]."),
 ]
 
 
@@ -706,9 +708,9 @@ def specificity_options(func):
 
     @functools.wraps(func)
     def wrapper(*args, control, specificity, **kwargs):
-        if control is not None and not specificity:
+        if control is not None and specificity is False:
             raise UserError("--control is the task of the specificity column; it has no use with --no-specificity")
-        return func(*args, control=control, specificity=specificity, **kwargs)
+        return func(*args, control=control, specificity=bool(specificity or control), **kwargs)
 
     return wrapper
 
@@ -741,7 +743,8 @@ def attribute_heads(load, scorer_for, executor, data, n_prompts, seed, target, t
 
     examples = _examples(data, n_prompts, seed)
     methods = ["static", "ablation"] if method == "both" else [method]
-    control_name, control_examples = _control(data, control, n_prompts, seed) if specificity else (None, None)
+    sized = min(n_prompts, len(examples))  # the control set and the guard as large as the task, no larger
+    control_name, control_examples = _control(data, control, sized, seed) if specificity else (None, None)
     out = _out_dir(out)
     outputs = _Outputs(out, [f"heads_{m}" for m in methods], force)
     scorer, close = scorer_for(batch_size)
@@ -761,7 +764,7 @@ def attribute_heads(load, scorer_for, executor, data, n_prompts, seed, target, t
                     _say(f"accuracy without ablation: {scores.meta['base_acc']:.3f}; exact ablation of the "
                          f"{scores.meta['confirmed']} best gradient candidates (rows marked exact)")
                 if specificity and m != "static":
-                    add_specificity(scores, None, None, control_examples, scorer.guard(n_prompts, seed), scorer=scorer)
+                    add_specificity(scores, None, None, control_examples, scorer.guard(sized, seed), scorer=scorer)
                     scores.meta["control"] = control_name
                 scores.meta.update({"model": _model_name(), "data": data, "executor": executor})
                 _report(scores, outputs, f"heads_{m}", top, scorer, tokens=(m == "static"))

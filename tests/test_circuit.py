@@ -119,7 +119,7 @@ def test_cli_heads_auto_and_circuit(tmp_path, prompts):
     write_text_atomic(data, "".join(json.dumps(e.to_json()) + "\n" for e in search + heldout))
     runner = CliRunner()
     got = runner.invoke(main, ["attribute", "heads", "--model", str(model_dir), "--data", str(data), "--n", "32",
-                               "--top", "3", "--out", str(tmp_path / "o")])
+                               "--top", "3", "--specificity", "--out", str(tmp_path / "o")])
     assert got.exit_code == 0, got.output
     assert "exact" in got.output and "specificity" in got.output
     saved = json.loads((tmp_path / "o" / "heads_auto.json").read_text())
