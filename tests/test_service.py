@@ -223,6 +223,11 @@ def test_command_options_are_read_by_the_commands_own_definition(tiny_dir):
                              ({"n": 4, "zero-heads": "0.1"}, "unknown option 'zero-heads'")):
         with pytest.raises(UserError, match=message):
             validate({"command": "attribute heads", "options": {"model": str(tiny_dir), **options}})
+    spec = validate({"command": "attribute patch", "options": {"model": str(tiny_dir), "units": "resid",
+                                                                "positions": 4, "direction": "denoising"}})
+    assert spec["argv"][-6:] == ["--units", "resid", "--positions", "4", "--direction", "denoising"]
+    with pytest.raises(UserError, match="give --positions"):  # the CLI's own check, before anything is queued
+        validate({"command": "attribute patch", "options": {"model": str(tiny_dir), "units": "resid"}})
 
 
 @pytest.mark.parametrize("body,cli,message", [

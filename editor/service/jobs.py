@@ -29,6 +29,7 @@ COMMANDS = {
     "attribute neurons": ("--out", ".", True),
     "attribute circuit": ("--out", ".", True),
     "attribute cna": ("--out", ".", True),
+    "attribute patch": ("--out", ".", True),
     "evaluate": ("--out", ".", True),
     "edit": ("--out", "checkpoint", True),
     "export gguf": ("--out", "model.gguf", True),
