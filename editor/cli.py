@@ -782,9 +782,11 @@ def attribute_heads(load, scorer_for, executor, data, n_prompts, seed, target, t
               help="Number of pairs (built-in tasks generate this many; files are truncated).")
 @_DELIMITER
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--units", type=click.Choice(["heads", "attn", "mlp", "resid"]), default="heads", show_default=True,
-              help="heads: each head; attn / mlp: each layer's attention / MLP output; resid: the residual "
-                   "stream at each layer's input (by position).")
+@click.option("--units", type=click.Choice(["heads", "neurons", "attn", "mlp", "resid"]), default="heads",
+              show_default=True,
+              help="heads: each head; neurons: each FFN neuron (use the auto or gradient method: there are many); "
+                   "attn / mlp: each layer's attention / MLP output; resid: the residual stream at each layer's "
+                   "input (by position).")
 @click.option("--direction", type=click.Choice(["noising", "denoising"]), default="noising", show_default=True,
               help="noising: patch corrupt activations into the clean run; denoising: clean into the corrupt run.")
 @click.option("--method", type=click.Choice(["auto", "exact", "gradient"]), default="auto", show_default=True,

@@ -16,7 +16,8 @@ the share of the clean - corrupt gap it destroys (noising) or restores (denoisin
 it" in both directions and components rank the same way.
 
 Units (the sites a patch replaces): ``heads`` (a head's slice of the attention output projection's
-input), ``attn`` and ``mlp`` (a layer's attention / MLP output), ``resid`` (the residual stream at a
+input), ``neurons`` (an FFN neuron's coefficient: one input feature of the MLP output projection),
+``attn`` and ``mlp`` (a layer's attention / MLP output), ``resid`` (the residual stream at a
 layer's input); each at every position at once, or position by position (``positions``: a layers x
 positions table, counted from the end of the prompt).
 
@@ -46,7 +47,7 @@ from editor.model.capture import model_device, with_position_ids
 from editor.progress import progress_bar
 from editor.tasks.examples import Example, answer_ids, fit_to_tokenizer
 
-UNITS = ("heads", "attn", "mlp", "resid")
+UNITS = ("heads", "neurons", "attn", "mlp", "resid")
 DIRECTIONS = ("noising", "denoising")
 
 
@@ -110,6 +111,8 @@ def metric(logits: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor | Non
 def _point(arch: Arch, unit: str, layer: int) -> tuple[torch.nn.Module, str]:
     if unit == "heads":
         return arch.attn_out(layer), "pre"
+    if unit == "neurons":
+        return arch.mlp_out(layer), "pre"
     if unit == "attn":
         return arch.attn_out(layer), "post"
     if unit == "mlp":
@@ -118,7 +121,9 @@ def _point(arch: Arch, unit: str, layer: int) -> tuple[torch.nn.Module, str]:
 
 
 def _features(arch: Arch, unit: str, index: int) -> slice:
-    return arch.head_slice(index) if unit == "heads" else slice(None)
+    if unit == "heads":
+        return arch.head_slice(index)
+    return slice(index, index + 1) if unit == "neurons" else slice(None)
 
 
 def sites(arch: Arch, unit: str, positions: int | None) -> list[tuple[int, int, int | None]]:
@@ -128,7 +133,7 @@ def sites(arch: Arch, unit: str, positions: int | None) -> list[tuple[int, int, 
         raise UserError(f"unknown unit {unit!r}; choose from {', '.join(UNITS)}")
     if unit == "resid" and positions is None:
         raise UserError("patching the whole residual stream replays the source run; patch it by position")
-    per_layer = arch.n_heads if unit == "heads" else 1
+    per_layer = {"heads": arch.n_heads, "neurons": arch.d_ffn(0)}.get(unit, 1)
     where = [None] if positions is None else list(range(-positions, 0))
     return [(l, i, p) for l in range(arch.n_layers) for i in range(per_layer) for p in where]
 
@@ -369,7 +374,8 @@ def _result(arch: Arch, unit: str, direction: str, positions: int | None, method
     per_layer = effect.shape[1] // arch.n_layers
     shape = (arch.n_layers, per_layer)
     mean = effect.mean(0).view(shape)
-    kind = {"heads": "head", "attn": "attn", "mlp": "mlp", "resid": "resid"}[unit] + ("_position" if positions else "")
+    kind = {"heads": "head", "neurons": "neuron", "attn": "attn", "mlp": "mlp", "resid": "resid"}[unit] \
+        + ("_position" if positions else "")
     meta = {"unit": unit, "direction": direction, "metric": pairs.metric, "pairs": len(pairs.answer),
             "clean_metric": float(clean.mean()), "corrupt_metric": float(corrupt.mean()), "gap": gap}
     if positions and unit == "heads":
