@@ -82,6 +82,8 @@ def test_attribution_patching_is_the_derivative_of_the_exact_patch(family, unit,
         estimate = grad.vectors["per_pair"]
         torch.testing.assert_close((step[0] - step[1]) / 2e-2, estimate, rtol=1e-3,
                                    atol=1e-3 * float(estimate.abs().max()) + 1e-5)  # + float32 softmax noise
+        if unit == "neurons":  # one neuron's full patch is itself in the linear regime on a tiny model
+            continue
         full = patch_exact(model, tokenizer, PAIRS, unit, direction, positions, batch_size=2, progress=False)
         assert not torch.allclose(full.vectors["per_pair"], estimate, atol=1e-3 * float(estimate.abs().max()))
 
