@@ -113,12 +113,12 @@ def scatter_plot(groups: dict[str, tuple[list[float], list[float]]], xlabel: str
 
 
 def heatmap(matrix: torch.Tensor, path: str | Path, title: str = "", xlabel: str = "head",
-            xticklabels: list[str] | None = None) -> Path:
+            xticklabels: list[str] | None = None, yticklabels: list[str] | None = None) -> Path:
     """A layers x heads (or x positions) heatmap PNG (diverging colours centred on 0)."""
     plt = _pyplot()
     m = matrix.detach().float().cpu().numpy()
     layers, heads = m.shape
-    fig, ax = plt.subplots(figsize=(max(4, heads * 0.45 + 2), max(3, layers * 0.22 + 1.5)))
+    fig, ax = plt.subplots(figsize=(max(4, min(heads * 0.45 + 2, 24)), max(3, min(layers * 0.22 + 1.5, 40))))
     bound = float(abs(m).max()) or 1.0
     im = ax.imshow(m, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto", interpolation="nearest")
     ax.set_xlabel(xlabel)
@@ -126,6 +126,10 @@ def heatmap(matrix: torch.Tensor, path: str | Path, title: str = "", xlabel: str
     ax.set_xticks(range(heads))
     if xticklabels is not None:
         ax.set_xticklabels(xticklabels, rotation=90, fontsize=7)
+    if yticklabels is not None:
+        ax.set_yticks(range(len(yticklabels)))
+        ax.set_yticklabels(yticklabels, fontsize=6)
+        ax.set_ylabel("layer.head")
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()

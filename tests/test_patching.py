@@ -158,3 +158,14 @@ def test_auto_confirms_the_largest_estimates_exactly(tokenizer):
     torch.testing.assert_close(auto.columns["effect"][done], exact.columns["effect"][done])
     torch.testing.assert_close(auto.columns["effect"][~done], grad.columns["effect"][~done])
     assert {r["head"] for r in auto.ranked(5)} == {f"{i // 4}.{i % 4}" for i in largest.tolist()}
+
+
+def test_heads_by_position_are_labelled_head_at_position(tokenizer, tmp_path):
+    model = tiny.tiny_model("llama")
+    got = patch_exact(model, tokenizer, PAIRS, "heads", "noising", positions=2, batch_size=8, progress=False)
+    assert got.kind == "head_position" and got.shape == (3, 4 * 2)
+    for rec in got.ranked(5):
+        layer, rest = rec["head_position"].split(".")
+        head, position = rest.split("@")
+        assert got.columns["normalised"][int(layer), int(head) * 2 + int(position) + 2] == pytest.approx(rec["normalised"])
+    assert (tmp_path / "h.png") in got.save(tmp_path, "h").values()

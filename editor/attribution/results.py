@@ -46,10 +46,20 @@ class ComponentScores:
         per = self.shape[1]
         out = []
         for rank, i in enumerate(order.tolist(), 1):
-            rec = {"rank": rank, self.kind: f"{i // per}.{i % per}", "layer": i // per, "index": i % per}
+            rec = {"rank": rank, self.kind: self.label(i // per, i % per), "layer": i // per, "index": i % per}
             rec.update({name: round(float(col[i]), 7) for name, col in flat.items()})
             out.append(rec)
         return out
+
+    def label(self, layer: int, index: int) -> str:
+        """``L.I``; by position (patching): ``L@-p`` (p tokens from the prompt's end), or ``L.H@-p`` for a
+        head at a position (``index`` = head * positions + position offset)."""
+        if self.kind == "head_position":
+            p = len(self.meta["positions"])
+            return f"{layer}.{index // p}@{index % p - p}"
+        if self.kind.endswith("_position"):
+            return f"{layer}@{index - self.shape[1]}"
+        return f"{layer}.{index}"
 
     def _tiered(self, order: torch.Tensor, by: str | None = None) -> torch.Tensor:
         """Rows measured exactly (an ``exact`` column of 1s) rank before estimated ones when ranking
@@ -104,10 +114,15 @@ class ComponentScores:
         if self.kind == "head":
             paths["png"] = heatmap(self.columns[self.primary], out_dir / f"{stem}.png",
                                    title=f"{self.method}: {self.primary}")
-        elif self.kind.endswith("_position") and "positions" in self.meta and not self.kind.startswith("head"):
-            paths["png"] = heatmap(self.columns[self.primary], out_dir / f"{stem}.png",
-                                   title=f"{self.method} ({self.kind}): {self.primary}", xlabel="position",
-                                   xticklabels=self.meta["positions"])
+        elif self.kind.endswith("_position") and "positions" in self.meta:
+            matrix = self.columns[self.primary]
+            rows = None
+            if self.kind == "head_position":  # one row per head: [layers * heads, positions]
+                matrix = matrix.reshape(-1, len(self.meta["positions"]))
+                heads = matrix.shape[0] // self.shape[0]
+                rows = [f"{r // heads}.{r % heads}" for r in range(matrix.shape[0])]
+            paths["png"] = heatmap(matrix, out_dir / f"{stem}.png", title=f"{self.method} ({self.kind}): {self.primary}",
+                                   xlabel="position", xticklabels=self.meta["positions"], yticklabels=rows)
         return paths
 
     def table(self, top: int = 10) -> str:
