@@ -802,7 +802,8 @@ def attribute_heads(load, scorer_for, executor, data, n_prompts, seed, target, t
 def attribute_patch(load, data, n_prompts, seed, units, direction, method, positions, top, batch_size, out, force):
     """Activation patching from counterfactual prompts: how much of the clean - corrupt difference
     each head, layer output or position carries (docs/methods.md)."""
-    from editor.attribution.patching import contrast_pairs, patch_auto, patch_exact, patch_gradient
+    from editor.attribution.patching import contrast_pairs, cost, patch_auto, patch_exact, patch_gradient
+    from editor.model.arch import Arch
     from editor.errors import work_begins
 
     if units == "resid" and positions is None:
@@ -817,6 +818,8 @@ def attribute_patch(load, data, n_prompts, seed, units, direction, method, posit
     work_begins()
     loaded = load()
     contrast_pairs(loaded.tokenizer, examples)  # unequal lengths: one line before any forward pass
+    _log(f"patching {units} ({direction}, {method}): "
+         + cost(Arch(loaded.model), units, method, len(examples), positions, batch_size, 3 * top))
     run = {"exact": patch_exact, "gradient": patch_gradient,
            "auto": functools.partial(patch_auto, confirm=3 * top)}[method]
     with outputs:

@@ -354,6 +354,24 @@ def patch_auto(model, tokenizer, examples: list[Example], unit: str = "heads", d
                            meta={**exact.meta, "confirmed": len(picked)}, vectors={"per_pair": per_pair})
 
 
+def cost(arch: Arch, unit: str, method: str, n_pairs: int, positions: int | None = None, batch_size: int = 16,
+         confirm: int = 30) -> str:
+    """What a patching run will do, said before it starts: sites, and forward/backward passes (each a
+    batch of up to ``batch_size`` pairs, or that many times the sites patched together)."""
+    per_layer = len(sites(arch, unit, positions)) // arch.n_layers
+    batches = -(-n_pairs // batch_size)
+    exact_passes = arch.n_layers * -(-per_layer // min(32, per_layer))
+    total = per_layer * arch.n_layers
+    if method == "exact":
+        return (f"{total} sites: {batches} batch(es) x ({exact_passes} patched + 2 clean) forward passes, "
+                f"each over up to {min(32, per_layer)} copies of the batch")
+    line = f"{total} sites: {batches} batch(es) x (2 forward + 1 backward)"
+    if method == "auto":
+        line += f", then the exact patch of {min(confirm, total)} sites (at most {min(confirm, total) * batches} " \
+                "patched forward passes, sites of one layer batched together)"
+    return line
+
+
 def _site_sum(arch: Arch, unit: str, change: torch.Tensor, index: int, position: int | None) -> torch.Tensor:
     part = change[:, :, _features(arch, unit, index)]
     return (part.sum((1, 2)) if position is None else part[:, position].sum(-1))
