@@ -62,6 +62,7 @@ class Data:
     neighbours: list[Literal["subtraction", "two-digit-sums"]] = field(
         default_factory=lambda: ["subtraction", "two-digit-sums"])
     n_heldout: int = 200
+    n_general: int = 100  # paragraphs of held-out general text in every evaluation (there are 73)
     n_score: int = 64  # calibration / attribution prompts
     n_val: int = 200  # the search's stopping rule
     n_test: int = 500  # the reported numbers
@@ -133,7 +134,7 @@ class ArithmeticPrune(Common):
             raise UserError(f"{where}.prune.layer_tries: 1-1000")
         if not 1 <= self.prune.max_rounds <= 1000:
             raise UserError(f"{where}.prune.max_rounds: 1-1000")
-        for name in ("n_score", "n_val", "n_test", "n_train", "n_heldout"):
+        for name in ("n_score", "n_val", "n_test", "n_train", "n_heldout", "n_general"):
             if not 1 <= getattr(self.data, name) <= 100_000:
                 raise UserError(f"{where}.data.{name}: 1-100000")
         for key in ("formats", "heldout_formats"):
@@ -358,7 +359,7 @@ def _tasks(run: Run, cfg: ArithmeticPrune, test: list[Example]) -> dict:
     """The test prompts go to the harness in memory; data/test.jsonl keeps a copy for the reader."""
     write_text_atomic(run.path("data", "test.jsonl"), "".join(json.dumps({"prompt": e.prompt, "answer": e.answer,
                                                                          **(e.meta or {})}) + "\n" for e in test))
-    general = {GENERAL: FileConfig(data=GENERAL, kind="text", examples=general_rows("heldout"))}
+    general = {GENERAL: FileConfig(data=GENERAL, kind="text", examples=general_rows("heldout")[:cfg.data.n_general])}
     if cfg.data.file:
         task = FileConfig(data=cfg.data.file, n=len(test), kind=_kind(cfg), examples=test)
         return {task_label(cfg): task, "guard": GuardConfig(), **general}
