@@ -26,7 +26,7 @@ from zygote import Zygote
 pytestmark = pytest.mark.slow
 
 KILLS = 100
-SETTINGS = ["batch_size=16", "data.n_score=8", "data.n_val=16", "data.n_test=16", "data.n_train=8", "data.formats=[[4, 1]]", "data.heldout_formats=[[4, 2]]", "data.n_heldout=8",
+SETTINGS = ["batch_size=16", "data.n_score=8", "data.n_val=16", "data.n_test=16", "data.n_train=8", "data.formats=[[4, 1]]", "data.heldout_formats=[[4, 2]]", "data.n_heldout=8", "data.n_general=4",
             "prune.retain=0.9", "prune.max_rounds=2", "baselines=[]", "recover.steps=2"]
 
 

@@ -17,7 +17,7 @@ from editor.model.loading import load_model
 from editor.prune.scores import magnitude_scores, wanda_scores
 from editor.recipes import run_recipe
 
-FAST = ["batch_size=16", "data.n_score=16", "data.n_val=40", "data.n_test=48", "data.n_train=32", "data.formats=[[4, 1]]", "data.heldout_formats=[[4, 2]]", "data.n_heldout=8",
+FAST = ["batch_size=16", "data.n_score=16", "data.n_val=40", "data.n_test=48", "data.n_train=32", "data.formats=[[4, 1]]", "data.heldout_formats=[[4, 2]]", "data.n_heldout=8", "data.n_general=4",
         "prune.retain=0.9", "prune.max_rounds=8", "recover.method=none"]
 
 

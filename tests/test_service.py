@@ -21,7 +21,7 @@ from editor.service.client import Client
 
 ALICE, BOB = "alice-token-0123456789", "bob-token-0123456789ab"
 FAST = {"batch_size": 16, "data.n_score": 16, "data.n_val": 40, "data.n_test": 48, "data.n_train": 32,
-        "data.formats": [[4, 1]], "data.heldout_formats": [[4, 2]], "data.n_heldout": 8, "prune.retain": 0.9, "prune.max_rounds": 4, "baselines": [],
+        "data.formats": [[4, 1]], "data.heldout_formats": [[4, 2]], "data.n_heldout": 8, "data.n_general": 4, "prune.retain": 0.9, "prune.max_rounds": 4, "baselines": [],
         "recover.method": "none"}  # exact comparisons across processes: LoRA training differs with thread counts
 
 

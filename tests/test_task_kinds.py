@@ -198,7 +198,8 @@ def test_a_malformed_file_is_refused_before_the_model_loads(tiny_dir, tmp_path):
 
 
 # Commands on a user's file ---------------------------------------------------------------------------
-FAST = ["batch_size=16", "prune.retain=0.9", "prune.max_rounds=6", "recover.method=none", "baselines=[random]"]
+FAST = ["batch_size=16", "prune.retain=0.9", "prune.max_rounds=6", "recover.method=none", "baselines=[random]",
+        "data.n_general=4"]
 
 
 def test_prune_keeps_a_users_completion_task_and_names_it(arith_dir, sums_file, tmp_path):
@@ -237,7 +238,7 @@ def test_prune_runs_on_choice_and_text_tasks(arith_dir, tmp_path, kind):
         rows = [{"text": e.prompt + e.answer} for e in queries]
     path = _jsonl(tmp_path / f"{kind}.jsonl", rows)
     cfg = prune_config(model=str(arith_dir), out=tmp_path / "run", data=str(path), units=["neurons"], recover="none",
-                       overrides=["prune.retain=0.9", "prune.max_rounds=3", "batch_size=16"])
+                       overrides=["prune.retain=0.9", "prune.max_rounds=3", "batch_size=16", "data.n_general=4"])
     _, result = run_config(cfg, log=lambda _m: None, out=tmp_path / "run")
     summary = result["summary"]
     head = {"choice": "accuracy", "text": "perplexity"}[kind]
