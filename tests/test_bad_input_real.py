@@ -14,6 +14,7 @@ ends each argument at the first one): they are covered in files, by the in-proce
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -46,6 +47,7 @@ def bases(f: dict) -> dict[str, list[str]]:
         "attribute circuit": [*m, "--n", "8", "--heldout", "8", "--out", "res"],
         "attribute neurons": [*m, "--n", "4", "--out", "res"],
         "attribute cna": [*m, "--n", "4", "--ablate-heads", "0.1", "--out", "res"],
+        "attribute patch": [*m, "--data", f["pairs"], "--n", "4", "--method", "gradient", "--out", "res"],
         "evaluate": [*m, "--tasks", "guard", "--set", "guard.window=64", "--out", "res"],
         "recipes show": ["icl-heads"],
         "run": ["icl-heads", "--set", f"model={f['model']}", "--out", "run"],
@@ -183,9 +185,12 @@ def world(tmp_path_factory):
          "file": str(files / "notes.txt"), "empty": str(files / "empty.json"), "binary": str(files / "binary.bin"),
          "user": str(files / "user"), "link": str(files / "link"), "checkpoint": str(files / "checkpoint"),
          "adapter": str(files / "lora" / "adapter"), "tokenizer_gguf": str(files / "tok.gguf"),
-         "loop": str(files / "loop")}
+         "loop": str(files / "loop"), "pairs": str(files / "pairs.jsonl")}
     (files / "somedir").mkdir()
     (files / "notes.txt").write_text("my notes\n")
+    (files / "pairs.jsonl").write_text("".join(  # contrast pairs of equal length in the tiny char tokenizer
+        json.dumps({"prompt": f"{a} + 3 = ", "answer": "5", "corrupt_prompt": f"{a} + 6 = ", "corrupt_answer": "8"})
+        + "\n" for a in range(1, 6)))
     (files / "empty.json").write_bytes(b"")
     (files / "binary.bin").write_bytes(bytes(range(256)) * 4)
     (files / "user").mkdir()
