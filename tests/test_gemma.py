@@ -66,7 +66,8 @@ def test_gemma_prune_shrinks_to_a_checkpoint_that_equals_the_zeroed_model(gemma,
     out = tmp_path / "prune"
     cfg = prune_config(model=ALIAS, out=out, data=str(capitals), units=["neurons", "heads", "layers"],
                        recover="none", overrides=["prune.retain=0.5", "prune.max_rounds=1", "batch_size=8",
-                                                  "prune.neuron_step=0.25", "prune.layer_tries=1"])
+                                                  "prune.neuron_step=0.25", "prune.layer_tries=1",
+                                                  "data.n_general=4"])
     _, result = run_config(cfg, log=lambda _m: None, out=out)
     manifest = json.loads((out / "checkpoint" / "edit_manifest.json").read_text())["prune"]
     assert manifest["removed_parameters"] > 0 and result["summary"]["task"] == "capitals"
