@@ -109,6 +109,11 @@ def test_identity_is_dropped_and_a_component_edited_twice_is_refused():
         plan.scale("head", ["1.1"], 2.0)
     with pytest.raises(UserError, match="neuron 0.1 is edited twice"):
         EditPlan().zero("neuron", ["0.1", "0.1"])
+    given = EditPlan(edits=list(plan.edits))  # edits given whole, then added to
+    with pytest.raises(UserError, match="neuron 0.1 is edited twice"):
+        given.zero("neuron", ["0.1"])
+    given.edits = given.edits[:1]  # replaced by a shorter list: neuron 0.1 is free again
+    assert len(given.zero("neuron", ["0.1"])) == 2
     with pytest.raises(UserError, match="head 0.2 is edited twice"):
         EditPlan.from_json({"edits": [{"op": "zero_head", "target": "0.2"},
                                       {"op": "scale_head", "target": "0.2", "factor": 0.5}]})

@@ -124,6 +124,10 @@ class EditPlan:
 
     edits: list[Edit | KeepOnly] = field(default_factory=list)
     note: str = ""
+    # The components edited so far, kept as edits are appended: a prune's zeroed form holds thousands
+    # of neurons, and scanning the list for each one made building it quadratic (81 s for 9,216).
+    _seen: set = field(default_factory=set, init=False, repr=False, compare=False)
+    _seen_upto: int = field(default=0, init=False, repr=False, compare=False)
 
     # Building ---------------------------------------------------------------------------------
     def zero(self, kind: Kind, components: Iterable[str | tuple[int, int]]) -> "EditPlan":
@@ -139,11 +143,22 @@ class EditPlan:
     def add(self, edit: Edit | KeepOnly) -> "EditPlan":
         """Append ``edit``; a head or neuron edited twice is an error (recorded twice, or the
         second silently compounding the first, is never what was meant)."""
-        if isinstance(edit, Edit) and any(isinstance(e, Edit) and (e.kind, e.layer, e.index)
-                                          == (edit.kind, edit.layer, edit.index) for e in self.edits):
+        if isinstance(edit, Edit) and (edit.kind, edit.layer, edit.index) in self._targets():
             raise UserError(f"{edit.kind} {edit.target} is edited twice; give each component once")
         self.edits.append(edit)
         return self
+
+    def _targets(self) -> set:
+        """(kind, layer, index) of every single-component edit so far (``edits`` may also have been
+        given whole or appended to directly: what is new since the last call is read, a shorter list
+        starts over)."""
+        if self._seen_upto > len(self.edits):
+            self._seen, self._seen_upto = set(), 0
+        for e in self.edits[self._seen_upto:]:
+            if isinstance(e, Edit):
+                self._seen.add((e.kind, e.layer, e.index))
+        self._seen_upto = len(self.edits)
+        return self._seen
 
     def keep_only(self, kind: Kind, first: int, last: int, keep: Iterable[str | tuple[int, int]]) -> "EditPlan":
         parsed = frozenset(parse_component(c, kind) if isinstance(c, str) else tuple(c) for c in keep)
