@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 REDUCED = {
     "arithmetic-prune": ["data.n_score=16", "data.n_val=40", "data.n_test=40", "prune.max_rounds=2", "baselines=[]",
-                         "recover.method=none",
+                         "recover.method=none", "data.n_heldout=16", "data.n_general=8",
                          "prune.units=[neurons]"],
     "arithmetic-keep-only": ["data.n_score=8", "data.n_eval=24", "heads.method=static", "neurons.layers=[26, 29]",
                          "random_seeds=[1]"],
