@@ -1,5 +1,5 @@
-"""Activation patching on the built-in IOI contrast task: exact vs attribution patching vs auto, on
-the default model, all measured in one run.
+"""Activation patching on the built-in IOI contrast task: exact vs attribution patching vs AtP*
+(GradDrop) vs auto (with either estimate), on the default model, all measured in one run.
 
     .venv/bin/python bench/bench_patching.py [--pairs 32] [--threads 2] [--top 10] [--direction noising]
 
@@ -7,7 +7,8 @@ Reports, for every head: the time of the exact patch (one patched forward per he
 one attribution-patching pass, their ratio; Spearman correlation of the estimate with the exact
 effect (signed, and by magnitude); how many of the exact top-k (by normalised effect) the estimate's
 top-k holds; and for ``auto`` (estimate + exact patch of the 3k largest magnitudes) its time and
-its top-k overlap with the exact one.
+its top-k overlap with the exact one. AtP*'s score is a magnitude: its rows compare it with the
+exact effect's magnitude (signed Spearman not defined) and its top-k with the exact top-k by magnitude.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 
 import torch
 
+from editor.attribution.atpstar import patch_atp_star
 from editor.attribution.patching import patch_auto, patch_exact, patch_gradient
 from editor.model.loading import load_model
 from editor.tasks.ioi import build
@@ -34,8 +36,8 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
 
 
-def top(scores, k: int) -> set[str]:
-    return {r[scores.kind] for r in scores.ranked(k)}
+def top(scores, k: int, by: str | None = None, absolute: bool = False) -> set[str]:
+    return {r[scores.kind] for r in scores.ranked(k, by=by, absolute=absolute)}
 
 
 def main() -> None:
@@ -55,7 +57,9 @@ def main() -> None:
                batch_size=16, progress=False)
     exact, t_exact = timed(lambda: patch_exact(**run))
     grad, t_grad = timed(lambda: patch_gradient(**run))
+    star, t_star = timed(lambda: patch_atp_star(**run))
     auto, t_auto = timed(lambda: patch_auto(**run, confirm=3 * args.top))
+    auto_star, t_auto_star = timed(lambda: patch_auto(**run, confirm=3 * args.top, estimator=patch_atp_star))
     k = args.top
     e, g = exact.columns["effect"], grad.columns["effect"]
     print(f"clean {exact.meta['clean_metric']:.3f}  corrupt {exact.meta['corrupt_metric']:.3f}  ({exact.meta['metric']})")
@@ -65,10 +69,18 @@ def main() -> None:
     print(f"| exact | {t_exact:.1f} | 1.0 | | {k}/{k} |")
     print(f"| gradient | {t_grad:.1f} | {t_exact / t_grad:.1f} | {spearman(e, g):.3f} / {spearman(e.abs(), g.abs()):.3f} "
           f"| {len(top(exact, k) & top(grad, k))}/{k} |")
-    a = auto.columns["effect"]
-    print(f"| auto ({3 * k} confirmed) | {t_auto:.1f} | {t_exact / t_auto:.1f} | {spearman(e, a):.3f} / "
-          f"{spearman(e.abs(), a.abs()):.3f} | {len(top(exact, k) & top(auto, k))}/{k} |")
-    print(f"auto / one gradient pass: {t_auto / t_grad:.2f}x the time")
+    s = star.columns["atp_star"]
+    by_size = top(exact, k, "effect", absolute=True)
+    print(f"| atp* (GradDrop) | {t_star:.1f} | {t_exact / t_star:.1f} | - / {spearman(e.abs(), s):.3f} "
+          f"| {len(top(exact, k) & top(star, k))}/{k} ({len(by_size & top(star, k))}/{k} by magnitude; "
+          f"gradient: {len(by_size & top(grad, k, 'effect', absolute=True))}/{k}) |")
+    for name, scores, t in ((f"auto ({3 * k} confirmed)", auto, t_auto),
+                            (f"auto with atp* ({3 * k} confirmed)", auto_star, t_auto_star)):
+        a = scores.columns["effect"]
+        print(f"| {name} | {t:.1f} | {t_exact / t:.1f} | {spearman(e, a):.3f} / "
+              f"{spearman(e.abs(), a.abs()):.3f} | {len(top(exact, k) & top(scores, k))}/{k} |")
+    print(f"one gradient pass = 1: atp* {t_star / t_grad:.2f}x, auto {t_auto / t_grad:.2f}x, "
+          f"auto with atp* {t_auto_star / t_grad:.2f}x the time")
 
 
 if __name__ == "__main__":

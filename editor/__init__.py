@@ -22,7 +22,7 @@ _API = {
     "Evaluation": "editor.evaluation.results", "Comparison": "editor.evaluation.results",
     "load_recipe": "editor.recipes", "run_recipe": "editor.recipes",
     "patch_exact": "editor.attribution.patching", "patch_gradient": "editor.attribution.patching",
-    "patch_auto": "editor.attribution.patching",
+    "patch_auto": "editor.attribution.patching", "patch_atp_star": "editor.attribution.atpstar",
     "LoraSettings": "editor.lora.train", "train_lora": "editor.lora.train", "coefficient_shift": "editor.lora.compare",
 }
 

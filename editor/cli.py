@@ -789,9 +789,10 @@ def attribute_heads(load, scorer_for, executor, data, n_prompts, seed, target, t
                    "input (by position).")
 @click.option("--direction", type=click.Choice(["noising", "denoising"]), default="noising", show_default=True,
               help="noising: patch corrupt activations into the clean run; denoising: clean into the corrupt run.")
-@click.option("--method", type=click.Choice(["auto", "exact", "gradient"]), default="auto", show_default=True,
+@click.option("--method", type=click.Choice(["auto", "exact", "gradient", "atp*"]), default="auto", show_default=True,
               help="auto: attribution patching for every site, then the exact patch of the 3x --top largest "
-                   "(rows marked exact); exact: one patched forward per site; gradient: attribution patching only.")
+                   "(rows marked exact); exact: one patched forward per site; gradient: attribution patching only; "
+                   "atp*: attribution patching ranked by its GradDrop magnitude (one more backward per layer).")
 @click.option("--positions", type=click.IntRange(1, 4096),
               help="Patch position by position over the last N prompt tokens (a layers x positions table).")
 @click.option("--top", type=click.IntRange(1, 100_000), default=20, show_default=True, help="Rows to print and rank.")
@@ -802,6 +803,7 @@ def attribute_heads(load, scorer_for, executor, data, n_prompts, seed, target, t
 def attribute_patch(load, data, n_prompts, seed, units, direction, method, positions, top, batch_size, out, force):
     """Activation patching from counterfactual prompts: how much of the clean - corrupt difference
     each head, layer output or position carries (docs/methods.md)."""
+    from editor.attribution.atpstar import patch_atp_star
     from editor.attribution.patching import contrast_pairs, cost, patch_auto, patch_exact, patch_gradient
     from editor.model.arch import Arch
     from editor.errors import work_begins
@@ -813,14 +815,14 @@ def attribute_patch(load, data, n_prompts, seed, units, direction, method, posit
     if missing is not None:
         raise UserError(f"--data {data}: row {missing} has no 'corrupt_prompt'; patching needs contrast pairs "
                         "(the built-in ioi task, or a file of prompt, answer, corrupt_prompt)")
-    stem = f"patch_{units}{'_positions' if positions else ''}_{direction}_{method}"
+    stem = f"patch_{units}{'_positions' if positions else ''}_{direction}_{method.replace('*', 'star')}"
     outputs = _Outputs(_out_dir(out), [stem], force)
     work_begins()
     loaded = load()
     contrast_pairs(loaded.tokenizer, examples)  # unequal lengths: one line before any forward pass
     _log(f"patching {units} ({direction}, {method}): "
          + cost(Arch(loaded.model), units, method, len(examples), positions, batch_size, 3 * top))
-    run = {"exact": patch_exact, "gradient": patch_gradient,
+    run = {"exact": patch_exact, "gradient": patch_gradient, "atp*": patch_atp_star,
            "auto": functools.partial(patch_auto, confirm=3 * top)}[method]
     with outputs:
         scores = run(loaded.model, loaded.tokenizer, examples, units, direction, positions, batch_size=batch_size)

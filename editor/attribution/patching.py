@@ -322,9 +322,7 @@ def patch_gradient(model, tokenizer, examples: list[Example], unit: str = "heads
                     grads = torch.autograd.grad(m.sum(), acts, allow_unused=True)
             finally:
                 handle.remove()
-            change = [(src[l].double() - acts[l].detach().double()) * (0 if g is None else g.double())
-                      for l, g in enumerate(grads)]  # [batch, positions, features] per layer
-            effects.append(torch.stack([_site_sum(arch, unit, change[l], i, p) for l, i, p in all_sites], 1).cpu())
+            effects.append(attributions(arch, unit, positions, src, acts, grads).cpu())
             target_m.append(m.detach().cpu())
             source_m.append(metric(src_logits, answer, wrong).cpu())
             bar.update(answer.shape[0])
@@ -335,23 +333,27 @@ def patch_gradient(model, tokenizer, examples: list[Example], unit: str = "heads
 
 def patch_auto(model, tokenizer, examples: list[Example], unit: str = "heads", direction: str = "noising",
                positions: int | None = None, batch_size: int = 16, confirm: int = 30,
-               progress: bool = True) -> ComponentScores:
-    """Attribution patching for every site, then the exact patch of the ``confirm`` sites with the
-    largest estimated effect in either sign (a component the linear estimate gets wrong usually still
-    has a large estimate: on IOI the default model's fourth most important head has the wrong sign
-    but the 14th largest magnitude). Confirmed rows carry ``exact`` = 1 and rank first."""
-    estimate = patch_gradient(model, tokenizer, examples, unit, direction, positions, batch_size, progress)
-    flat = estimate.columns["effect"].flatten()
-    picked = torch.argsort(flat.abs(), descending=True, stable=True)[:confirm].tolist()
+               progress: bool = True, estimator=None) -> ComponentScores:
+    """An estimate for every site (``estimator``: :func:`patch_gradient` by default, or AtP*'s
+    ``patch_atp_star``), then the exact patch of the ``confirm`` sites the estimate ranks highest by
+    magnitude (a component the linear estimate gets wrong usually still has a large estimate: on IOI
+    the default model's fourth most important head has the wrong sign but the 14th largest
+    magnitude). Confirmed rows carry ``exact`` = 1 and rank first."""
+    estimate = (estimator or patch_gradient)(model, tokenizer, examples, unit, direction, positions, batch_size,
+                                             progress=progress)
+    size = estimate.columns[estimate.primary if estimate.primary != "normalised" else "effect"].flatten()
+    picked = torch.argsort(size.abs(), descending=True, stable=True)[:confirm].tolist()
     exact = patch_exact(model, tokenizer, examples, unit, direction, positions, batch_size, progress=progress,
                         only=picked)
     done = ~torch.isnan(exact.columns["effect"])
-    columns = {name: torch.where(done, exact.columns[name], col) for name, col in estimate.columns.items()}
+    columns = {name: torch.where(done, exact.columns[name], col) if name in exact.columns else col
+               for name, col in estimate.columns.items()}
     columns["exact"] = done.double()
     per_pair = torch.where(torch.isnan(exact.vectors["per_pair"]), estimate.vectors["per_pair"],
                            exact.vectors["per_pair"])
     return ComponentScores(kind=exact.kind, method="patch_auto", primary="normalised", columns=columns,
-                           meta={**exact.meta, "confirmed": len(picked)}, vectors={"per_pair": per_pair})
+                           meta={**exact.meta, "confirmed": len(picked), "estimator": estimate.method},
+                           vectors={"per_pair": per_pair})
 
 
 def cost(arch: Arch, unit: str, method: str, n_pairs: int, positions: int | None = None, batch_size: int = 16,
@@ -365,16 +367,35 @@ def cost(arch: Arch, unit: str, method: str, n_pairs: int, positions: int | None
     if method == "exact":
         return (f"{total} sites: {batches} batch(es) x ({exact_passes} patched + 2 clean) forward passes, "
                 f"each over up to {min(32, per_layer)} copies of the batch")
-    line = f"{total} sites: {batches} batch(es) x (2 forward + 1 backward)"
+    backward = "1 backward" if method != "atp*" else \
+        f"1 + {arch.n_layers} backward, one per dropped layer reaching only the layers below it"
+    line = f"{total} sites: {batches} batch(es) x (2 forward + {backward})"
     if method == "auto":
         line += f", then the exact patch of {min(confirm, total)} sites (at most {min(confirm, total) * batches} " \
                 "patched forward passes, sites of one layer batched together)"
     return line
 
 
-def _site_sum(arch: Arch, unit: str, change: torch.Tensor, index: int, position: int | None) -> torch.Tensor:
-    part = change[:, :, _features(arch, unit, index)]
-    return (part.sum((1, 2)) if position is None else part[:, position].sum(-1))
+def attributions(arch: Arch, unit: str, positions: int | None, source: dict[int, torch.Tensor],
+                 acts: list[torch.Tensor], grads) -> torch.Tensor:
+    """``(source - target) . gradient`` of every site, ``[pairs, sites]`` in :func:`sites`' order; a layer
+    whose activations got no gradient (None) contributes zeros."""
+    return torch.cat([_layer_sums(arch, unit, positions, source[l], acts[l], g)
+                      for l, g in enumerate(grads)], 1)
+
+
+def _layer_sums(arch: Arch, unit: str, positions: int | None, source: torch.Tensor, act: torch.Tensor,
+                grad: torch.Tensor | None) -> torch.Tensor:
+    """One layer's sites: the per-feature products summed over each site's features (a head's
+    head_dim, one neuron, the whole vector) and over every position or one position each."""
+    per = {"heads": arch.n_heads, "neurons": act.shape[-1]}.get(unit, 1)
+    n, length = act.shape[:2]
+    if grad is None:
+        return torch.zeros(n, per * (positions or 1), dtype=torch.float64, device=act.device)
+    change = ((source.double() - act.detach().double()) * grad.double()).view(n, length, per, -1).sum(-1)
+    if positions is None:
+        return change.sum(1)
+    return change[:, -positions:].transpose(1, 2).reshape(n, per * positions)
 
 
 def _check_positions(pairs: Pairs, positions: int | None) -> None:
