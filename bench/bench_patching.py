@@ -20,7 +20,8 @@ import time
 import torch
 
 from editor.attribution.atpstar import patch_atp_star
-from editor.attribution.patching import patch_auto, patch_exact, patch_gradient
+from editor.attribution.patch_estimates import patch_auto, patch_gradient
+from editor.attribution.patching import patch_exact
 from editor.model.loading import load_model
 from editor.tasks.ioi import build
 

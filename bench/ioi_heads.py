@@ -17,7 +17,7 @@ import argparse
 
 import torch
 
-from editor.attribution.patching import patch_auto
+from editor.attribution.patch_estimates import patch_auto
 from editor.model.arch import Arch
 from editor.model.capture import capture, encode
 from editor.model.loading import load_model

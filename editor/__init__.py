@@ -21,8 +21,8 @@ _API = {
     "compare": "editor.evaluation.harness", "configs": "editor.evaluation.harness",
     "Evaluation": "editor.evaluation.results", "Comparison": "editor.evaluation.results",
     "load_recipe": "editor.recipes", "run_recipe": "editor.recipes",
-    "patch_exact": "editor.attribution.patching", "patch_gradient": "editor.attribution.patching",
-    "patch_auto": "editor.attribution.patching", "patch_atp_star": "editor.attribution.atpstar",
+    "patch_exact": "editor.attribution.patching", "patch_gradient": "editor.attribution.patch_estimates",
+    "patch_auto": "editor.attribution.patch_estimates", "patch_atp_star": "editor.attribution.atpstar",
     "LoraSettings": "editor.lora.train", "train_lora": "editor.lora.train", "coefficient_shift": "editor.lora.compare",
 }
 

@@ -793,6 +793,10 @@ def attribute_heads(load, scorer_for, executor, data, n_prompts, seed, target, t
               help="auto: attribution patching for every site, then the exact patch of the 3x --top largest "
                    "(rows marked exact); exact: one patched forward per site; gradient: attribution patching only; "
                    "atp*: attribution patching ranked by its GradDrop magnitude (one more backward per layer).")
+@click.option("--ablation", type=click.Choice(["corrupt", "resample", "mean", "zero"]), default="corrupt",
+              show_default=True,
+              help="What replaces an activation: its value on the row's corrupt_prompt; on another prompt of the same "
+                   "length (resample); its mean over the prompts (mean); zeros (zero). Only corrupt needs contrast pairs.")
 @click.option("--positions", type=click.IntRange(1, 4096),
               help="Patch position by position over the last N prompt tokens (a layers x positions table).")
 @click.option("--top", type=click.IntRange(1, 100_000), default=20, show_default=True, help="Rows to print and rank.")
@@ -800,36 +804,48 @@ def attribute_heads(load, scorer_for, executor, data, n_prompts, seed, target, t
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Output directory [default: checkpoints/attribution/<model>].")
 @click.option("--force", is_flag=True, help="Overwrite results of the same name already in --out.")
-def attribute_patch(load, data, n_prompts, seed, units, direction, method, positions, top, batch_size, out, force):
-    """Activation patching from counterfactual prompts: how much of the clean - corrupt difference
-    each head, layer output or position carries (docs/methods.md)."""
+def attribute_patch(load, data, n_prompts, seed, units, direction, method, ablation, positions, top, batch_size, out,
+                    force):
+    """Activation patching from counterfactual prompts (or mean, resample and zero ablation): how much
+    of the clean - corrupt difference each head, layer output or position carries (docs/methods.md)."""
+    from editor.attribution.ablations import paired
     from editor.attribution.atpstar import patch_atp_star
-    from editor.attribution.patching import contrast_pairs, cost, patch_auto, patch_exact, patch_gradient
+    from editor.attribution.patch_estimates import cost, patch_auto, patch_gradient
+    from editor.attribution.patching import contrast_pairs, patch_exact
     from editor.model.arch import Arch
     from editor.errors import work_begins
 
     if units == "resid" and positions is None:
         raise UserError("--units resid patches the residual stream position by position: give --positions N")
+    if ablation in ("mean", "zero") and direction == "denoising":
+        raise UserError(f"--ablation {ablation} replaces activations of the clean run: use --direction noising")
     examples = _examples(data, n_prompts, seed)
     missing = next((i for i, e in enumerate(examples, 1) if "corrupt_prompt" not in (e.meta or {})), None)
-    if missing is not None:
+    if missing is not None and ablation == "corrupt":
         raise UserError(f"--data {data}: row {missing} has no 'corrupt_prompt'; patching needs contrast pairs "
                         "(the built-in ioi task, or a file of prompt, answer, corrupt_prompt)")
-    stem = f"patch_{units}{'_positions' if positions else ''}_{direction}_{method.replace('*', 'star')}"
+    stem = (f"patch_{units}{'_positions' if positions else ''}_{direction}_{method.replace('*', 'star')}"
+            + ("" if ablation == "corrupt" else f"_{ablation}"))
     outputs = _Outputs(_out_dir(out), [stem], force)
     work_begins()
     loaded = load()
-    contrast_pairs(loaded.tokenizer, examples)  # unequal lengths: one line before any forward pass
+    contrast_pairs(loaded.tokenizer, paired(loaded.tokenizer, examples, ablation, seed))  # one line, before any pass
     _log(f"patching {units} ({direction}, {method}): "
-         + cost(Arch(loaded.model), units, method, len(examples), positions, batch_size, 3 * top))
+         + cost(Arch(loaded.model), units, method, len(examples), positions, batch_size, 3 * top, ablation))
     run = {"exact": patch_exact, "gradient": patch_gradient, "atp*": patch_atp_star,
            "auto": functools.partial(patch_auto, confirm=3 * top)}[method]
     with outputs:
-        scores = run(loaded.model, loaded.tokenizer, examples, units, direction, positions, batch_size=batch_size)
+        scores = run(loaded.model, loaded.tokenizer, examples, units, direction, positions, batch_size=batch_size,
+                     ablation=ablation, seed=seed)
         scores.meta.update({"model": _model_name(), "data": data})
-        _say(f"{scores.meta['metric']}: clean {scores.meta['clean_metric']:.3f}, corrupt "
-             f"{scores.meta['corrupt_metric']:.3f} ({scores.meta['pairs']} pairs); normalised = share of the gap "
-             f"{'destroyed' if direction == 'noising' else 'restored'} by patching the component")
+        if scores.meta["gap"] is None:
+            _say(f"{scores.meta['metric']}: clean {scores.meta['clean_metric']:.3f} ({scores.meta['pairs']} prompts); "
+                 f"normalised = drop of the metric when the component is {ablation}-ablated")
+        else:
+            _say(f"{scores.meta['metric']}: clean {scores.meta['clean_metric']:.3f}, "
+                 f"{'resampled' if ablation == 'resample' else 'corrupt'} {scores.meta['corrupt_metric']:.3f} "
+                 f"({scores.meta['pairs']} pairs); normalised = share of the gap "
+                 f"{'destroyed' if direction == 'noising' else 'restored'} by patching the component")
         _report(scores, outputs, stem, top)
 
 

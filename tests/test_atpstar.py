@@ -10,8 +10,8 @@ import torch
 
 import tiny
 from editor.attribution.atpstar import patch_atp_star
-from editor.attribution.patching import (_batches, _patched, _source_run, contrast_pairs, metric, patch_auto,
-                                         patch_exact, patch_gradient, sites)
+from editor.attribution.patch_estimates import patch_auto, patch_gradient
+from editor.attribution.patching import _batches, _patched, _source_run, contrast_pairs, metric, patch_exact, sites
 from editor.model.arch import Arch
 from test_patching import PAIRS
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import tiny
-from editor.attribution.patching import contrast_pairs, patch_exact, patch_exact_naive, patch_gradient
+from editor.attribution.patch_estimates import patch_gradient
+from editor.attribution.patching import contrast_pairs, patch_exact, patch_exact_naive
 from editor.errors import UserError
 from editor.tasks.examples import Example
 
@@ -148,7 +149,7 @@ def test_bad_patching_input_is_one_line_and_writes_nothing(tiny_dir, tmp_path, r
 
 
 def test_auto_confirms_the_largest_estimates_exactly(tokenizer):
-    from editor.attribution.patching import patch_auto
+    from editor.attribution.patch_estimates import patch_auto
 
     model = tiny.tiny_model("qwen2")
     auto = patch_auto(model, tokenizer, PAIRS, "heads", "noising", batch_size=4, confirm=5, progress=False)

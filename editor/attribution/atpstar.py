@@ -29,8 +29,9 @@ from contextlib import contextmanager
 import torch
 
 from editor.attribution.gradient import _frozen
+from editor.attribution.patch_estimates import attributions
 from editor.attribution.patching import (_batches, _check_positions, _first_key, _last_logits, _recorded,
-                                         _result, _source_run, attributions, contrast_pairs, metric, sites)
+                                         _result, _source_run, metric, prepare, sites)
 from editor.attribution.results import ComponentScores
 from editor.model.arch import Arch
 from editor.progress import progress_bar
@@ -88,12 +89,13 @@ def _droppable(arch: Arch, gate: _Gate):
 
 
 def patch_atp_star(model, tokenizer, examples: list[Example], unit: str = "heads", direction: str = "noising",
-                   positions: int | None = None, batch_size: int = 16, progress: bool = True) -> ComponentScores:
+                   positions: int | None = None, batch_size: int = 16, progress: bool = True,
+                   ablation: str = "corrupt", seed: int = 0) -> ComponentScores:
     """Attribution patching (signed ``effect``/``normalised`` columns) plus the GradDrop magnitude of
     every site (``atp_star``: divided by the clean - corrupt gap like ``normalised``), which ranks.
     ``vectors["dropped"]``: ``[layers, sites]`` mean ``c_l`` over the pairs."""
     arch = Arch(model)
-    pairs = contrast_pairs(tokenizer, examples)
+    pairs = prepare(model, tokenizer, examples, unit, direction, ablation, seed, batch_size)
     _check_positions(pairs, positions)
     n_sites, n_layers = len(sites(arch, unit, positions)), arch.n_layers
     per_layer = n_sites // n_layers
@@ -105,7 +107,7 @@ def patch_atp_star(model, tokenizer, examples: list[Example], unit: str = "heads
     bar = progress_bar(len(pairs.answer), f"AtP* {unit} ({direction})", "pair", progress)
     with _frozen(model):
         for target, source, answer, wrong in _batches(model, tokenizer, pairs, batch_size, direction):
-            src, src_logits = _source_run(model, arch, unit, source, keep_last)
+            src, src_logits = _source_run(model, arch, unit, source, keep_last, pairs)
             store: dict[int, torch.Tensor] = {}
             handle = embed.register_forward_hook(lambda m, a, out: out.requires_grad_(True))
             try:
@@ -136,7 +138,7 @@ def patch_atp_star(model, tokenizer, examples: list[Example], unit: str = "heads
     result = _result(arch, unit, direction, positions, "atp*", pairs, torch.cat(target_m), torch.cat(source_m),
                      torch.cat(effects), tokenizer)
     magnitude = dropped.abs().sum(0) / max(n_layers - 1, 1)
-    gap = abs(result.meta["gap"]) or 1.0
+    gap = abs(result.meta["gap"] or 0.0) or 1.0  # mean / zero ablation: no gap, the raw magnitude
     result.columns = {"atp_star": (magnitude / gap).view(n_layers, per_layer), **result.columns}
     result.primary = "atp_star"
     result.vectors["dropped"] = dropped

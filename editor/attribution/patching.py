@@ -23,10 +23,10 @@ positions table, counted from the end of the prompt).
 
 Methods: :func:`patch_exact` (one forward per site, batched as the ablation scan is: layers below the
 patched one are read from the target run's cache and the sites of one layer run as copies of the
-batch), tied by tests to :func:`patch_exact_naive` (a full forward per site); and
-:func:`patch_gradient`, attribution patching (Nanda 2023; Syed et al. 2023): ``(source - target) .
-dMetric/d(activation)`` for every site from one backward pass, tied to the exact patch by the
-derivative of a patch scaled by ``alpha`` -> 0.
+batch), tied by tests to :func:`patch_exact_naive` (a full forward per site). The estimates
+(attribution patching, ``auto``) live in :mod:`editor.attribution.patch_estimates`, AtP* in
+:mod:`editor.attribution.atpstar`; mean, resample and zero ablation in
+:mod:`editor.attribution.ablations`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from editor.attribution.gradient import _frozen
+from editor.attribution.ablations import MeanAccumulator, paired, replaced
 from editor.attribution.heads import _resume_at
 from editor.attribution.results import ComponentScores
 from editor.errors import UserError
@@ -60,6 +60,8 @@ class Pairs:
     corrupt: list[list[int]]
     answer: list[int]
     wrong: list[int] | None
+    ablation: str = "corrupt"  # what replaces an activation (editor/attribution/ablations.py)
+    means: dict[int, torch.Tensor] | None = None  # the task's mean activations, for ``mean``
 
     @property
     def metric(self) -> str:
@@ -94,6 +96,23 @@ def contrast_pairs(tokenizer, examples: list[Example]) -> Pairs:
                 raise UserError(f"row {i}: the answer and the corrupt answer start with the same token; the logit "
                                 "difference needs different first tokens")
     return Pairs(clean, corrupt, answer, wrong if len(wrong) == len(examples) else None)
+
+
+def prepare(model, tokenizer, examples: list[Example], unit: str, direction: str = "noising",
+            ablation: str = "corrupt", seed: int = 0, batch_size: int = 16) -> Pairs:
+    """The pairs of a patching run with its ablation (:mod:`editor.attribution.ablations`): resampled
+    partners, or the task's mean activations (one pass over the clean prompts) for ``mean``."""
+    if ablation in ("mean", "zero") and direction != "noising":
+        raise UserError(f"--ablation {ablation} replaces activations of the clean run: it has no denoising direction")
+    pairs = contrast_pairs(tokenizer, paired(tokenizer, examples, ablation, seed))
+    pairs.ablation = ablation
+    if ablation == "mean":
+        arch, acc = Arch(model), MeanAccumulator()
+        for target, _, _, _ in _batches(model, tokenizer, pairs, batch_size, "noising"):
+            store, _ = _source_run(model, arch, unit, target, False)
+            acc.add({l: v.cpu() for l, v in store.items()}, target["attention_mask"].cpu())
+        pairs.means = acc.means()
+    return pairs
 
 
 def metric(logits: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor | None) -> torch.Tensor:
@@ -224,21 +243,24 @@ def _last_logits(model, inputs: dict, keep_last: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _source_run(model, arch: Arch, unit: str, inputs: dict, keep_last: bool) -> tuple[dict, torch.Tensor]:
+def _source_run(model, arch: Arch, unit: str, inputs: dict, keep_last: bool,
+                pairs: Pairs | None = None) -> tuple[dict, torch.Tensor]:
+    """The source run's activations of every layer (as ``pairs``' ablation replaces them) and logits."""
     store: dict[int, torch.Tensor] = {}
     with _recorded(arch, unit, store):
         logits = _last_logits(model, inputs, keep_last)
-    return store, logits
+    return (store if pairs is None else replaced(store, pairs.ablation, pairs.means)), logits
 
 
 @torch.no_grad()
 def patch_exact(model, tokenizer, examples: list[Example], unit: str = "heads", direction: str = "noising",
                 positions: int | None = None, batch_size: int = 16, sites_per_pass: int | None = None,
-                alpha: float = 1.0, progress: bool = True, only: list[int] | None = None) -> ComponentScores:
+                alpha: float = 1.0, progress: bool = True, only: list[int] | None = None, ablation: str = "corrupt",
+                seed: int = 0) -> ComponentScores:
     """Exact activation patching of every site of ``unit`` (see the module docstring); ``only``: the
     indices (into :func:`sites`) to patch, the others left NaN (``patch_auto``'s confirmation)."""
     arch = Arch(model)
-    pairs = contrast_pairs(tokenizer, examples)
+    pairs = prepare(model, tokenizer, examples, unit, direction, ablation, seed, batch_size)
     _check_positions(pairs, positions)
     all_sites = sites(arch, unit, positions)
     chosen = set(range(len(all_sites)) if only is None else only)
@@ -251,7 +273,7 @@ def patch_exact(model, tokenizer, examples: list[Example], unit: str = "heads", 
     bar = progress_bar(len(pairs.answer), f"patching {unit} ({direction})", "pair", progress)
     for target, source, answer, wrong in _batches(model, tokenizer, pairs, batch_size, direction):
         n = answer.shape[0]
-        src, src_logits = _source_run(model, arch, unit, source, keep_last)
+        src, src_logits = _source_run(model, arch, unit, source, keep_last, pairs)
         hidden, is_tuple = {}, []
         handles = [arch.layers[l].register_forward_pre_hook(
             lambda m, a, k, l=l: hidden.__setitem__(l, a[0] if a else k["hidden_states"]), with_kwargs=True)
@@ -284,118 +306,20 @@ def patch_exact(model, tokenizer, examples: list[Example], unit: str = "heads", 
 
 @torch.no_grad()
 def patch_exact_naive(model, tokenizer, examples: list[Example], unit: str = "heads", direction: str = "noising",
-                      positions: int | None = None, batch_size: int = 16, alpha: float = 1.0) -> torch.Tensor:
+                      positions: int | None = None, batch_size: int = 16, alpha: float = 1.0,
+                      ablation: str = "corrupt", seed: int = 0) -> torch.Tensor:
     """Reference: one full forward of the target batch per site; the ``[pairs, sites]`` patched metric."""
     arch = Arch(model)
-    pairs = contrast_pairs(tokenizer, examples)
+    pairs = prepare(model, tokenizer, examples, unit, direction, ablation, seed, batch_size)
     rows = []
     for target, source, answer, wrong in _batches(model, tokenizer, pairs, batch_size, direction):
-        src, _ = _source_run(model, arch, unit, source, False)
+        src, _ = _source_run(model, arch, unit, source, False, pairs)
         got = []
         for layer, index, position in sites(arch, unit, positions):
             with _patched(arch, unit, layer, [(index, position)], src[layer], alpha):
                 got.append(metric(model(**target, use_cache=False).logits[:, -1], answer, wrong).cpu())
         rows.append(torch.stack(got, 1))
     return torch.cat(rows)
-
-
-def patch_gradient(model, tokenizer, examples: list[Example], unit: str = "heads", direction: str = "noising",
-                   positions: int | None = None, batch_size: int = 16, progress: bool = True) -> ComponentScores:
-    """Attribution patching: the first-order estimate of every exact patch, from one backward pass per batch."""
-    arch = Arch(model)
-    pairs = contrast_pairs(tokenizer, examples)
-    _check_positions(pairs, positions)
-    all_sites = sites(arch, unit, positions)
-    keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
-    embed = arch.model.get_submodule(arch.spec.embed)
-    target_m, source_m, effects = [], [], []
-    bar = progress_bar(len(pairs.answer), f"attribution patching {unit} ({direction})", "pair", progress)
-    with _frozen(model):
-        for target, source, answer, wrong in _batches(model, tokenizer, pairs, batch_size, direction):
-            src, src_logits = _source_run(model, arch, unit, source, keep_last)
-            store: dict[int, torch.Tensor] = {}
-            handle = embed.register_forward_hook(lambda m, a, out: out.requires_grad_(True))
-            try:
-                with _recorded(arch, unit, store), torch.enable_grad():
-                    m = metric(_last_logits(model, target, keep_last), answer, wrong)
-                    acts = [store[l] for l in range(arch.n_layers)]
-                    grads = torch.autograd.grad(m.sum(), acts, allow_unused=True)
-            finally:
-                handle.remove()
-            effects.append(attributions(arch, unit, positions, src, acts, grads).cpu())
-            target_m.append(m.detach().cpu())
-            source_m.append(metric(src_logits, answer, wrong).cpu())
-            bar.update(answer.shape[0])
-    bar.close()
-    return _result(arch, unit, direction, positions, "gradient", pairs, torch.cat(target_m), torch.cat(source_m),
-                   torch.cat(effects), tokenizer)
-
-
-def patch_auto(model, tokenizer, examples: list[Example], unit: str = "heads", direction: str = "noising",
-               positions: int | None = None, batch_size: int = 16, confirm: int = 30,
-               progress: bool = True, estimator=None) -> ComponentScores:
-    """An estimate for every site (``estimator``: :func:`patch_gradient` by default, or AtP*'s
-    ``patch_atp_star``), then the exact patch of the ``confirm`` sites the estimate ranks highest by
-    magnitude (a component the linear estimate gets wrong usually still has a large estimate: on IOI
-    the default model's fourth most important head has the wrong sign but the 14th largest
-    magnitude). Confirmed rows carry ``exact`` = 1 and rank first."""
-    estimate = (estimator or patch_gradient)(model, tokenizer, examples, unit, direction, positions, batch_size,
-                                             progress=progress)
-    size = estimate.columns[estimate.primary if estimate.primary != "normalised" else "effect"].flatten()
-    picked = torch.argsort(size.abs(), descending=True, stable=True)[:confirm].tolist()
-    exact = patch_exact(model, tokenizer, examples, unit, direction, positions, batch_size, progress=progress,
-                        only=picked)
-    done = ~torch.isnan(exact.columns["effect"])
-    columns = {name: torch.where(done, exact.columns[name], col) if name in exact.columns else col
-               for name, col in estimate.columns.items()}
-    columns["exact"] = done.double()
-    per_pair = torch.where(torch.isnan(exact.vectors["per_pair"]), estimate.vectors["per_pair"],
-                           exact.vectors["per_pair"])
-    return ComponentScores(kind=exact.kind, method="patch_auto", primary="normalised", columns=columns,
-                           meta={**exact.meta, "confirmed": len(picked), "estimator": estimate.method},
-                           vectors={"per_pair": per_pair})
-
-
-def cost(arch: Arch, unit: str, method: str, n_pairs: int, positions: int | None = None, batch_size: int = 16,
-         confirm: int = 30) -> str:
-    """What a patching run will do, said before it starts: sites, and forward/backward passes (each a
-    batch of up to ``batch_size`` pairs, or that many times the sites patched together)."""
-    per_layer = len(sites(arch, unit, positions)) // arch.n_layers
-    batches = -(-n_pairs // batch_size)
-    exact_passes = arch.n_layers * -(-per_layer // min(32, per_layer))
-    total = per_layer * arch.n_layers
-    if method == "exact":
-        return (f"{total} sites: {batches} batch(es) x ({exact_passes} patched + 2 clean) forward passes, "
-                f"each over up to {min(32, per_layer)} copies of the batch")
-    backward = "1 backward" if method != "atp*" else \
-        f"1 + {arch.n_layers} backward, one per dropped layer reaching only the layers below it"
-    line = f"{total} sites: {batches} batch(es) x (2 forward + {backward})"
-    if method == "auto":
-        line += f", then the exact patch of {min(confirm, total)} sites (at most {min(confirm, total) * batches} " \
-                "patched forward passes, sites of one layer batched together)"
-    return line
-
-
-def attributions(arch: Arch, unit: str, positions: int | None, source: dict[int, torch.Tensor],
-                 acts: list[torch.Tensor], grads) -> torch.Tensor:
-    """``(source - target) . gradient`` of every site, ``[pairs, sites]`` in :func:`sites`' order; a layer
-    whose activations got no gradient (None) contributes zeros."""
-    return torch.cat([_layer_sums(arch, unit, positions, source[l], acts[l], g)
-                      for l, g in enumerate(grads)], 1)
-
-
-def _layer_sums(arch: Arch, unit: str, positions: int | None, source: torch.Tensor, act: torch.Tensor,
-                grad: torch.Tensor | None) -> torch.Tensor:
-    """One layer's sites: the per-feature products summed over each site's features (a head's
-    head_dim, one neuron, the whole vector) and over every position or one position each."""
-    per = {"heads": arch.n_heads, "neurons": act.shape[-1]}.get(unit, 1)
-    n, length = act.shape[:2]
-    if grad is None:
-        return torch.zeros(n, per * (positions or 1), dtype=torch.float64, device=act.device)
-    change = ((source.double() - act.detach().double()) * grad.double()).view(n, length, per, -1).sum(-1)
-    if positions is None:
-        return change.sum(1)
-    return change[:, -positions:].transpose(1, 2).reshape(n, per * positions)
 
 
 def _check_positions(pairs: Pairs, positions: int | None) -> None:
@@ -416,13 +340,19 @@ def _result(arch: Arch, unit: str, direction: str, positions: int | None, method
     kind = {"heads": "head", "neurons": "neuron", "attn": "attn", "mlp": "mlp", "resid": "resid"}[unit] \
         + ("_position" if positions else "")
     meta = {"unit": unit, "direction": direction, "metric": pairs.metric, "pairs": len(pairs.answer),
-            "clean_metric": float(clean.mean()), "corrupt_metric": float(corrupt.mean()), "gap": gap}
+            "ablation": pairs.ablation, "clean_metric": float(clean.mean()), "corrupt_metric": float(corrupt.mean()),
+            "gap": gap}
+    if pairs.ablation in ("zero", "mean"):  # no counterfactual run: ``normalised`` is the metric's drop
+        meta.update(corrupt_metric=None, gap=None, normalised="drop of the metric when the site is ablated")
+        normalised = -mean
+    else:
+        normalised = sign * mean / gap if gap else torch.zeros(shape)
     if positions and unit == "heads":
         meta["index"] = "head * positions + (position + positions)"
     if positions:
         ids = pairs.clean[0][-positions:]
         meta["positions"] = [f"{p}:{tokenizer.decode([t])}" for p, t in zip(range(-positions, 0), ids)]
     return ComponentScores(kind=kind, method=f"patch_{method}", primary="normalised",
-                           columns={"normalised": sign * mean / gap if gap else torch.zeros(shape),
+                           columns={"normalised": normalised,
                                     "effect": mean, "std": effect.std(0, unbiased=False).view(shape)},
                            meta=meta, vectors={"per_pair": effect})
