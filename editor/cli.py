@@ -747,6 +747,7 @@ def attribute_heads(load, scorer_for, executor, data, n_prompts, seed, target, t
     control_name, control_examples = _control(data, control, sized, seed) if specificity else (None, None)
     out = _out_dir(out)
     outputs = _Outputs(out, [f"heads_{m}" for m in methods], force)
+    _state_heads_plan(methods, len(examples), batch_size, top, specificity)
     scorer, close = scorer_for(batch_size)
     with outputs:
         try:
@@ -770,6 +771,19 @@ def attribute_heads(load, scorer_for, executor, data, n_prompts, seed, target, t
                 _report(scores, outputs, f"heads_{m}", top, scorer, tokens=(m == "static"))
         finally:
             close()
+
+
+def _state_heads_plan(methods: list[str], prompts: int, batch_size: int, top: int, specificity: bool) -> None:
+    """Say the passes ahead from the config alone (skipped where it cannot be read without the weights)."""
+    from editor.attribution.costs import heads_plan
+    from editor.model.arch import config_dimensions
+    from editor.model.loading import local_config
+
+    config = local_config(_model_name())
+    dims = config_dimensions(config) if config is not None else None
+    if dims is not None:
+        for m in methods:
+            _log("scoring " + heads_plan(dims[0], dims[1], m, prompts, batch_size, top, specificity))
 
 
 @attribute.command("patch")

@@ -26,6 +26,11 @@ def test_attribute_heads_writes_json_csv_png(tiny_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert "rank" in result.output and "accuracy without ablation" in result.output
     assert "top tokens of the leading components" in result.output
+    # The passes ahead, said before the work, from the config (3 prompts in one batch of 16).
+    assert "scoring 12 heads, 3 prompts, static: 1 batch(es) x 1 forward" in result.output
+    assert "scoring 12 heads, 3 prompts, ablation: 1 batch(es) x (1 + 3 forward passes, each over 4 copies" \
+        in result.output
+    assert result.output.index("scoring 12 heads") < result.output.index("rank")
     for stem in ("heads_static", "heads_ablation"):
         data = json.loads((out / f"{stem}.json").read_text())
         assert data["kind"] == "head" and data["shape"] == [3, 4]
