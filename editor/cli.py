@@ -743,12 +743,14 @@ def attribute_heads(load, scorer_for, executor, data, n_prompts, seed, target, t
 
     examples = _examples(data, n_prompts, seed)
     methods = ["static", "ablation"] if method == "both" else [method]
+    if method in ("gradient", "auto") and any(not e.answer for e in examples):  # before the model loads
+        raise UserError("gradient attribution needs an answer for every prompt")
     sized = min(n_prompts, len(examples))  # the control set and the guard as large as the task, no larger
     control_name, control_examples = _control(data, control, sized, seed) if specificity else (None, None)
     out = _out_dir(out)
     outputs = _Outputs(out, [f"heads_{m}" for m in methods], force)
-    _state_heads_plan(methods, len(examples), batch_size, top, specificity)
     scorer, close = scorer_for(batch_size)
+    _state_heads_plan(methods, len(examples), batch_size, top, specificity)  # once the model loaded
     with outputs:
         try:
             for m in methods:
