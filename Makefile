@@ -39,17 +39,13 @@ browser:
 	    ($(APT) install chromium chromium-driver || ($(APT) update && $(APT) install chromium chromium-driver)) >/dev/null; \
 	  else echo "chromium not found: the report rendering test will be skipped"; fi; }
 
-## Full suite: tiny-model unit tests plus the slow end-to-end tests on the real default model, in two
-## pytest-xdist workers (CI has two cores; tests that start Ray share one worker). The real models are
-## pulled first, once: two workers pulling the same model at once would meet at the store's lock.
+## Full suite: tiny-model unit tests plus the slow end-to-end tests on the real default model.
 test: install llama-cpp browser
-	$(BIN)/lmedit models pull smollm2-135m
-	$(BIN)/lmedit models pull gemma3-270m
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q
 
 ## Unit tests on tiny random models only (about 13 minutes on 2 cores, measured 2026-12-07).
 test-fast: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow"
 
 ## The main job: `lmedit prune` of the default model for few-shot addition (attribution-ordered search for the
 ## largest removal of neurons, key/value groups and layers that keeps 95% of validation accuracy, shrink, LoRA

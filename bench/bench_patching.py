@@ -23,6 +23,7 @@ from editor.attribution.atpstar import patch_atp_star
 from editor.attribution.patch_estimates import patch_auto, patch_gradient
 from editor.attribution.patching import patch_exact
 from editor.model.loading import load_model
+from editor.tasks.examples import load_examples
 from editor.tasks.ioi import build
 
 
@@ -48,14 +49,16 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--direction", default="noising", choices=["noising", "denoising"])
+    p.add_argument("--data", default="ioi", help="ioi (contrast pairs) or any task, e.g. arithmetic with --ablation zero")
+    p.add_argument("--ablation", default="corrupt", choices=["corrupt", "resample", "mean", "zero"])
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     lm = load_model(args.model)
-    pairs = build(args.pairs, seed=0)
+    pairs = build(args.pairs, seed=0) if args.data == "ioi" else load_examples(args.data, n=args.pairs, seed=0)
     print(f"# {platform.machine()}, torch {torch.__version__}, {args.threads} threads, {args.model}, "
-          f"ioi {args.pairs} pairs, heads, {args.direction}")
+          f"{args.data} {args.pairs} rows, heads, {args.direction}, ablation {args.ablation}")
     run = dict(model=lm.model, tokenizer=lm.tokenizer, examples=pairs, unit="heads", direction=args.direction,
-               batch_size=16, progress=False)
+               batch_size=16, progress=False, ablation=args.ablation)
     exact, t_exact = timed(lambda: patch_exact(**run))
     grad, t_grad = timed(lambda: patch_gradient(**run))
     star, t_star = timed(lambda: patch_atp_star(**run))
@@ -63,7 +66,7 @@ def main() -> None:
     auto_star, t_auto_star = timed(lambda: patch_auto(**run, confirm=3 * args.top, estimator=patch_atp_star))
     k = args.top
     e, g = exact.columns["effect"], grad.columns["effect"]
-    print(f"clean {exact.meta['clean_metric']:.3f}  corrupt {exact.meta['corrupt_metric']:.3f}  ({exact.meta['metric']})")
+    print(f"clean {exact.meta['clean_metric']:.3f}  corrupt {exact.meta['corrupt_metric']}  ({exact.meta['metric']})")
     print(f"exact top {k}: " + ", ".join(f"{r['head']} {r['normalised']:.3f}" for r in exact.ranked(k)))
     print("| method | seconds | x faster than exact | Spearman vs exact (signed / magnitude) | exact top-k held |")
     print("|---|---|---|---|---|")

@@ -743,8 +743,12 @@ def attribute_heads(load, scorer_for, executor, data, n_prompts, seed, target, t
 
     examples = _examples(data, n_prompts, seed)
     methods = ["static", "ablation"] if method == "both" else [method]
-    if method in ("gradient", "auto") and any(not e.answer for e in examples):  # before the model loads
-        raise UserError("gradient attribution needs an answer for every prompt")
+    if any(not e.answer for e in examples):  # said before the model loads
+        if method in ("gradient", "auto"):
+            raise UserError("gradient attribution needs an answer for every prompt")
+        if target == "gold":
+            raise UserError("target 'gold' needs an answer for every prompt; score the model's own top-1 token "
+                            "instead (target 'top1')")
     sized = min(n_prompts, len(examples))  # the control set and the guard as large as the task, no larger
     control_name, control_examples = _control(data, control, sized, seed) if specificity else (None, None)
     out = _out_dir(out)

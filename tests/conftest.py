@@ -1,15 +1,7 @@
-import os
-
 import pytest
 import torch
 
 import tiny
-
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # make test runs two pytest-xdist workers on CI's two cores: one compute thread each (and for the
-    # lmedit processes a test starts), rather than four threads fighting over two cores.
-    torch.set_num_threads(1)
-    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(params=tiny.FAMILIES)

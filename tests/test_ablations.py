@@ -103,3 +103,17 @@ def test_the_cli_ablates_a_plain_task(tiny_dir, tmp_path):
     assert bad.exit_code == 2 and "use --direction noising" in bad.output and len(bad.output.strip().splitlines()) == 1
     missing = CliRunner().invoke(main, args)  # corrupt (the default) needs counterfactuals
     assert missing.exit_code == 2 and "no 'corrupt_prompt'" in missing.output
+
+
+def test_answers_with_a_leading_space_keep_the_twins_aligned(tokenizer):
+    """The char tokenizer makes " 5"'s space a token of its own, so the prompt takes it: the corrupt
+    (or ablated) prompt must take it too, and the corrupt answer lose it, or the pair is refused."""
+    from editor.attribution.patching import contrast_pairs
+
+    spaced = [Example(e.prompt.rstrip(), " " + e.answer) for e in ROWS]
+    model = tiny.tiny_model("llama")
+    torch.testing.assert_close(
+        patch_exact(model, tokenizer, spaced, "heads", ablation="zero", batch_size=4, progress=False).columns["effect"],
+        patch_exact(model, tokenizer, ROWS, "heads", ablation="zero", batch_size=4, progress=False).columns["effect"])
+    pairs = contrast_pairs(tokenizer, [Example("2 + 3 =", " 5", {"corrupt_prompt": "2 + 6 =", "corrupt_answer": " 8"})])
+    assert pairs.corrupt[0] == tokenizer("2 + 6 = ")["input_ids"] and pairs.wrong == [tokenizer("8")["input_ids"][-1]]

@@ -17,10 +17,6 @@ from editor.cli import main
 from editor.edit.plan import EditPlan
 from editor.tasks.arithmetic import generate
 
-# `ray stop --force` (tests/same.py) stops every Ray on the machine: under pytest-xdist these
-# tests share one worker, so no other Ray test runs beside them.
-pytestmark = pytest.mark.xdist_group("ray")
-
 TOL = 1e-6
 
 

@@ -1,4 +1,7 @@
-"""The three recipes on the real default model with reduced sizes (slow; CI runs them too)."""
+"""The recipes whose claims rest on the real default model (the main job's prune, the keep-only edit and
+the debias recipe), with reduced sizes (slow; CI runs them too). icl-heads, lora-compare and
+prune-then-lora run end to end on tiny models in tests/test_recipes.py (and icl-heads on Ray in
+tests/test_distributed.py); on the real model they cost minutes of the suite and asserted only sizes."""
 
 import json
 
@@ -22,12 +25,6 @@ REDUCED = {
                       "select.penalties=[1]",
                       "select.random_seeds=[1]", "arithmetic_n=16", "select.max_perplexity_increase=0.05",
                       "save_if_test_worse=true"],
-    "icl-heads": ["data.n_score=4", "data.n_eval=12", "cut.fractions=[0.02]", "cut.random_seeds=[1]",
-                  "rescale.factors=[0.5]"],
-    "lora-compare": ["layer_groups=[[3]]", "compare_layers=[26, 29]", "lora.steps=6", "data.n_train=96",
-                     "data.n_eval=24", "data.n_compare=8"],
-    "prune-then-lora": ["prune_layers=[26, 29]", "lora.steps=6", "data.n_train=96", "data.n_eval=24",
-                        "data.n_compare=8", "random_seeds=[1]"],
 }
 
 
@@ -37,13 +34,6 @@ def test_recipe_on_default_model(kind, tmp_path):
     target, result = run_recipe(f"recipes/{kind}.yaml", REDUCED[kind], log=lambda _m: None, out=out)
     summary = result["summary"]
     assert (out / "report.html").stat().st_size > 10_000 and summary["rows"]
-    if kind == "icl-heads":
-        assert [r["heads"] for r in summary["rows"]] == [0, 5]  # 2% of 270 heads
-        return
-    if kind == "lora-compare":
-        assert (out / "adapters" / "L3" / "adapter_model.safetensors").is_file()
-        assert summary["rows"][0]["layers"] == "3"
-        return
     if kind == "gender-debias":  # a checkpoint exactly when validation found a qualifying edit
         chosen = summary["chosen"]
         assert (out / "checkpoint").exists() == (chosen is not None)
@@ -51,9 +41,6 @@ def test_recipe_on_default_model(kind, tmp_path):
             assert "no checkpoint saved" in summary["verdict"]
             return
         assert [r["model"] for r in summary["rows"]][:3] == ["base", "gradient", "random like gradient (seed 1)"]
-    if kind == "prune-then-lora":
-        assert summary["kept"] == round(0.05 * 4 * 1536) and len(summary["rows"]) == 6
-        return
     ck = out / "checkpoint"
     manifest = json.loads((ck / "edit_manifest.json").read_text())
     if kind == "arithmetic-prune":  # a smaller model, equal to the zeroed one

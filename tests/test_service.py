@@ -19,10 +19,6 @@ from same import chromium, free_port, local_ray, results, same_weights
 from editor.cli import main
 from editor.service.client import Client
 
-# `ray stop --force` (tests/same.py) stops every Ray on the machine: under pytest-xdist these
-# tests share one worker, so no other Ray test runs beside them.
-pytestmark = pytest.mark.xdist_group("ray")
-
 ALICE, BOB = "alice-token-0123456789", "bob-token-0123456789ab"
 FAST = {"batch_size": 16, "data.n_score": 16, "data.n_val": 40, "data.n_test": 48, "data.n_train": 32,
         "data.formats": [[4, 1]], "data.heldout_formats": [[4, 2]], "data.n_heldout": 8, "data.n_general": 4, "prune.retain": 0.9, "prune.max_rounds": 4, "baselines": [],

@@ -74,16 +74,19 @@ class Pairs:
 def contrast_pairs(tokenizer, examples: list[Example]) -> Pairs:
     """The pairs of a contrast task (``corrupt_prompt`` in every row), checked: equal token lengths,
     and an answer whose first token differs from the corrupt answer's."""
-    examples = fit_to_tokenizer(tokenizer, examples)
+    fitted = fit_to_tokenizer(tokenizer, examples)
     clean, corrupt, answer, wrong = [], [], [], []
-    for i, e in enumerate(examples, 1):
+    for i, (given, e) in enumerate(zip(examples, fitted), 1):
         meta = e.meta or {}
         if "corrupt_prompt" not in meta:
             raise UserError(f"row {i}: patching needs a 'corrupt_prompt' in every row (a contrast-pair file, "
                             "see docs/tasks.md)")
         if not e.answer:
             raise UserError(f"row {i}: patching needs an 'answer' to read the metric on")
-        ids, other = tokenizer(e.prompt)["input_ids"], tokenizer(meta["corrupt_prompt"])["input_ids"]
+        # Whitespace the answer lent its prompt (a tokenizer that makes it a token of its own) goes to the
+        # corrupt prompt too, and comes off the corrupt answer, so the twins stay aligned.
+        lent = e.prompt[len(given.prompt):]
+        ids, other = tokenizer(e.prompt)["input_ids"], tokenizer(meta["corrupt_prompt"] + lent)["input_ids"]
         if len(ids) != len(other):
             raise UserError(f"row {i}: the corrupt prompt is {len(other) - len(ids):+d} tokens longer than the "
                             "prompt; patching needs pairs of the same length in tokens")
@@ -91,7 +94,9 @@ def contrast_pairs(tokenizer, examples: list[Example]) -> Pairs:
         corrupt.append(other)
         answer.append(answer_ids(tokenizer, e.prompt, e.answer)[0])
         if "corrupt_answer" in meta:
-            wrong.append(answer_ids(tokenizer, e.prompt, meta["corrupt_answer"])[0])
+            wrong_answer = meta["corrupt_answer"]
+            wrong_answer = wrong_answer[len(lent):] if lent and wrong_answer.startswith(lent) else wrong_answer
+            wrong.append(answer_ids(tokenizer, e.prompt, wrong_answer)[0])
             if wrong[-1] == answer[-1]:
                 raise UserError(f"row {i}: the answer and the corrupt answer start with the same token; the logit "
                                 "difference needs different first tokens")
