@@ -112,7 +112,7 @@ def test_the_cli_runs_atp_star(tiny_dir, tmp_path):
     got = CliRunner().invoke(main, ["attribute", "patch", "--model", str(tiny_dir), "--data", str(data),
                                     "--method", "atp*", "--out", str(out), "--json"])
     assert got.exit_code == 0, got.output
-    assert "1 + 2 backward" in got.output or "backward, one per dropped layer" in got.output
+    assert "(2 forward + 1 + 3 backward, one per dropped layer" in got.output  # the tiny model's 3 layers
     saved = json.loads((out / "patch_heads_noising_atpstar.json").read_text())
     lm = load_model(str(tiny_dir))
     want = patch_atp_star(lm.model, lm.tokenizer, PAIRS, progress=False)

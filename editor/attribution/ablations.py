@@ -61,40 +61,23 @@ def replaced(store: dict[int, torch.Tensor], ablation: str, means: dict[int, tor
 
 
 class MeanAccumulator:
-    """Sums of each layer's activation by position from the end of the prompt, over real tokens only."""
+    """Sums of each layer's activation by position, over real tokens only, for prompts of up to
+    ``length`` tokens aligned at their end (left padding puts every batch's last token last)."""
 
-    def __init__(self) -> None:
+    def __init__(self, length: int) -> None:
+        self.length = length
         self.sums: dict[int, torch.Tensor] = {}
-        self.counts: torch.Tensor | None = None
+        self.counts = torch.zeros(length, dtype=torch.float64)
 
     def add(self, store: dict[int, torch.Tensor], attention_mask: torch.Tensor) -> None:
         mask = attention_mask.to(torch.float64)
-        length = mask.shape[1]
-        counts = mask.sum(0).flip(0)  # [length] from the end
-        self.counts = _grow(self.counts, length) + _pad(counts, self.counts)
+        width = mask.shape[1]
+        self.counts[-width:] += mask.sum(0)
         for l, v in store.items():
-            total = (v.double() * mask[..., None]).sum(0).flip(0)  # [length, features] from the end
-            self.sums[l] = _grow(self.sums.get(l), length, v.shape[-1]) + _pad(total, self.sums.get(l))
+            total = self.sums.setdefault(l, torch.zeros(self.length, v.shape[-1], dtype=torch.float64))
+            total[-width:] += (v.double() * mask[..., None]).sum(0)
 
     def means(self) -> dict[int, torch.Tensor]:
         """Per layer ``[positions, features]`` in prompt order (the last row is the last position)."""
         counts = self.counts.clamp(min=1)[:, None]
-        return {l: (s / counts).flip(0) for l, s in self.sums.items()}
-
-
-def _grow(have: torch.Tensor | None, length: int, features: int | None = None) -> torch.Tensor:
-    """``have`` zero-extended to ``length`` rows (positions from the end)."""
-    shape = (length,) if features is None else (length, features)
-    if have is None:
-        return torch.zeros(shape, dtype=torch.float64)
-    if have.shape[0] >= length:
-        return have
-    return torch.cat([have, torch.zeros((length - have.shape[0], *have.shape[1:]), dtype=torch.float64)])
-
-
-def _pad(new: torch.Tensor, have: torch.Tensor | None) -> torch.Tensor:
-    """``new`` zero-extended to as many rows as ``have`` holds, when that is more."""
-    rows = 0 if have is None else have.shape[0]
-    if rows <= new.shape[0]:
-        return new.cpu()
-    return torch.cat([new.cpu(), torch.zeros((rows - new.shape[0], *new.shape[1:]), dtype=torch.float64)])
+        return {l: s / counts for l, s in self.sums.items()}

@@ -29,9 +29,9 @@ from contextlib import contextmanager
 import torch
 
 from editor.attribution.gradient import _frozen
-from editor.attribution.patch_estimates import attributions
-from editor.attribution.patching import (_batches, _check_positions, _first_key, _last_logits, _recorded,
-                                         _result, _source_run, metric, prepare, sites)
+from editor.attribution.patch_estimates import attributions, target_graph
+from editor.attribution.patching import (_batches, _check_positions, _first_key, _result, _source_run, metric,
+                                         prepare, sites)
 from editor.attribution.results import ComponentScores
 from editor.model.arch import Arch
 from editor.progress import progress_bar
@@ -100,7 +100,6 @@ def patch_atp_star(model, tokenizer, examples: list[Example], unit: str = "heads
     n_sites, n_layers = len(sites(arch, unit, positions)), arch.n_layers
     per_layer = n_sites // n_layers
     keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
-    embed = arch.model.get_submodule(arch.spec.embed)
     gate = _Gate()
     target_m, source_m, effects = [], [], []
     dropped = torch.zeros(n_layers, n_sites, dtype=torch.float64)
@@ -108,13 +107,9 @@ def patch_atp_star(model, tokenizer, examples: list[Example], unit: str = "heads
     with _frozen(model):
         for target, source, answer, wrong in _batches(model, tokenizer, pairs, batch_size, direction):
             src, src_logits = _source_run(model, arch, unit, source, keep_last, pairs)
-            store: dict[int, torch.Tensor] = {}
-            handle = embed.register_forward_hook(lambda m, a, out: out.requires_grad_(True))
             try:
-                with _recorded(arch, unit, store), _droppable(arch, gate), torch.enable_grad():
-                    m = metric(_last_logits(model, target, keep_last), answer, wrong)
-                    acts = [store[l] for l in range(n_layers)]
-                    gate.layer = None
+                with target_graph(model, arch, unit, target, answer, wrong, keep_last,
+                                  _droppable(arch, gate)) as (m, acts):
                     grads = torch.autograd.grad(m.sum(), acts, retain_graph=True, allow_unused=True)
                     plain = attributions(arch, unit, positions, src, acts, grads).cpu()
                     for l in range(n_layers):
@@ -127,7 +122,6 @@ def patch_atp_star(model, tokenizer, examples: list[Example], unit: str = "heads
                                                                     below).cpu()
                         dropped[l] += est.sum(0)
             finally:
-                handle.remove()
                 gate.layer = None
             effects.append(plain)
             target_m.append(m.detach().cpu())

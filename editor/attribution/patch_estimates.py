@@ -6,6 +6,7 @@ the exact patch; ``auto``, the estimate confirmed by exact patches; and what a r
 from __future__ import annotations
 
 import inspect
+from contextlib import ExitStack, contextmanager
 
 import torch
 
@@ -18,6 +19,25 @@ from editor.progress import progress_bar
 from editor.tasks.examples import Example
 
 
+@contextmanager
+def target_graph(model, arch: Arch, unit: str, target: dict, answer: torch.Tensor, wrong: torch.Tensor | None,
+                 keep_last: bool, *hooks):
+    """One target forward inside the autograd graph (``hooks``: further context managers around it):
+    yields the metric per row and ``unit``'s activation of every layer, which carry gradients because
+    the embedding output is made to require them (the caller freezes the parameters)."""
+    store: dict[int, torch.Tensor] = {}
+    handle = arch.model.get_submodule(arch.spec.embed).register_forward_hook(
+        lambda m, a, out: out.requires_grad_(True))
+    try:
+        with _recorded(arch, unit, store), ExitStack() as stack, torch.enable_grad():
+            for hook in hooks:
+                stack.enter_context(hook)
+            m = metric(_last_logits(model, target, keep_last), answer, wrong)
+            yield m, [store[l] for l in range(arch.n_layers)]
+    finally:
+        handle.remove()
+
+
 def patch_gradient(model, tokenizer, examples: list[Example], unit: str = "heads", direction: str = "noising",
                    positions: int | None = None, batch_size: int = 16, progress: bool = True,
                    ablation: str = "corrupt", seed: int = 0) -> ComponentScores:
@@ -27,21 +47,13 @@ def patch_gradient(model, tokenizer, examples: list[Example], unit: str = "heads
     _check_positions(pairs, positions)
     sites(arch, unit, positions)  # an unknown unit or a whole-stream resid patch: one line, before any pass
     keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
-    embed = arch.model.get_submodule(arch.spec.embed)
     target_m, source_m, effects = [], [], []
     bar = progress_bar(len(pairs.answer), f"attribution patching {unit} ({direction})", "pair", progress)
     with _frozen(model):
         for target, source, answer, wrong in _batches(model, tokenizer, pairs, batch_size, direction):
             src, src_logits = _source_run(model, arch, unit, source, keep_last, pairs)
-            store: dict[int, torch.Tensor] = {}
-            handle = embed.register_forward_hook(lambda m, a, out: out.requires_grad_(True))
-            try:
-                with _recorded(arch, unit, store), torch.enable_grad():
-                    m = metric(_last_logits(model, target, keep_last), answer, wrong)
-                    acts = [store[l] for l in range(arch.n_layers)]
-                    grads = torch.autograd.grad(m.sum(), acts, allow_unused=True)
-            finally:
-                handle.remove()
+            with target_graph(model, arch, unit, target, answer, wrong, keep_last) as (m, acts):
+                grads = torch.autograd.grad(m.sum(), acts, allow_unused=True)
             effects.append(attributions(arch, unit, positions, src, acts, grads).cpu())
             target_m.append(m.detach().cpu())
             source_m.append(metric(src_logits, answer, wrong).cpu())

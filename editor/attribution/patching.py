@@ -112,7 +112,7 @@ def prepare(model, tokenizer, examples: list[Example], unit: str, direction: str
     pairs = contrast_pairs(tokenizer, paired(tokenizer, examples, ablation, seed))
     pairs.ablation = ablation
     if ablation == "mean":
-        arch, acc = Arch(model), MeanAccumulator()
+        arch, acc = Arch(model), MeanAccumulator(max(map(len, pairs.clean)))
         for target, _, _, _ in _batches(model, tokenizer, pairs, batch_size, "noising"):
             store, _ = _source_run(model, arch, unit, target, False)
             acc.add({l: v.cpu() for l, v in store.items()}, target["attention_mask"].cpu())
