@@ -4,8 +4,9 @@
 (the click tree walked, nothing listed by hand but a valid base line per command) gets the bad values
 its type implies: below and above its range, not a number, NaN and infinity, huge, empty, unknown
 choices, missing or wrong kinds of paths, given twice; output paths that are files, a user's folder
-or a symbolic link, with --force. Each case runs as a real process (forked from a preloaded `lmedit`,
-see zygote.py; a sample also as fresh `python -m editor`) in an empty working folder and an empty
+or a symbolic link, with --force. Every case runs in process (click's runner); a seeded sample and every
+case aimed at a user's folder also as real processes (forked from a preloaded `lmedit`, see zygote.py),
+and a smaller sample as fresh `lmedit` processes too. Each runs in an empty working folder and an empty
 store, and must exit 2 with exactly one `Error:` line on stderr, no traceback, and nothing written or
 deleted anywhere the command could reach. NUL bytes cannot be passed in a command line (the kernel
 ends each argument at the first one): they are covered in files, by the in-process suite.
@@ -26,9 +27,9 @@ import click
 import pytest
 
 import tiny
-from zygote import Zygote
+from zygote import Result, Zygote
 
-pytestmark = pytest.mark.slow  # real processes: about 2 minutes on 2 cores
+pytestmark = pytest.mark.slow
 
 # Commands that start a server or talk to one are left to tests/test_service.py; `models pull`
 # downloads. Every other command gets a valid base line (it would succeed) that a case breaks.
@@ -244,45 +245,94 @@ def check(result, expect: str) -> str | None:
     return None
 
 
-def test_every_option_of_every_command_refuses_its_bad_values(world):
-    root, f, zygote = world
-    all_cases = cases(f)
-    assert len(all_cases) >= 1000, len(all_cases)
-    files_before = tree(root / "files")
-    failures = []
-    lock = threading.Lock()
-    extra = Zygote()  # two at a time: CI has two cores
+def in_process(argv: list[str], work_dir: Path, env: dict[str, str]) -> Result:
+    """``lmedit ARGV`` run by click in this process, in ``work_dir`` with exactly ``env``: what a real
+    process would print and return, but for what happens at interpreter shutdown (the real-process
+    sample below covers that)."""
+    from click.testing import CliRunner
 
-    def work(z: Zygote, chunk):
+    from editor.cli import main
+
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(work_dir)
+    try:
+        got = CliRunner().invoke(main, argv, prog_name="lmedit")
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    stderr = got.stderr
+    if got.exception is not None and not isinstance(got.exception, SystemExit):
+        import traceback
+
+        stderr += "Traceback (in process):\n" + "".join(traceback.format_exception(got.exception))
+    return Result(got.exit_code, got.stdout, stderr)
+
+
+def run_cases(root: Path, numbered, runners) -> list[str]:
+    """Each case in a fresh working folder and store, split over ``runners`` (callables taking
+    argv, work_dir, env, logs) run side by side; the failures, one line each."""
+    failures, lock = [], threading.Lock()
+
+    def work(runner, chunk):
         for n, (name, argv, expect) in chunk:
             case = root / "cases" / str(n)
             work_dir, home, logs = case / "work", case / "home", case / "logs"
             for d in (work_dir, home, logs):
                 d.mkdir(parents=True)
-            started = time.monotonic()
-            result = z.run(argv, work_dir, environment(home), logs)
-            with lock:
-                durations.append((time.monotonic() - started, name))
-            why = check(result, expect)
+            why = check(runner(argv, work_dir, environment(home), logs), expect)
             if why is None and (any(work_dir.iterdir()) or any(home.iterdir())):
                 why = f"wrote {sorted(str(p.relative_to(case)) for p in case.rglob('*') if 'logs' not in p.parts)[:3]}"
-            with lock:
-                if why:
+            if why:
+                with lock:
                     failures.append(f"{name}: {why}")
             shutil.rmtree(case)
 
-    durations = []
-    numbered = list(enumerate(all_cases))
-    threads = [threading.Thread(target=work, args=(z, numbered[i::2])) for i, z in enumerate((zygote, extra))]
+    threads = [threading.Thread(target=work, args=(r, numbered[i::len(runners)])) for i, r in enumerate(runners)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    extra.close()
+    return failures
+
+
+def test_every_option_of_every_command_refuses_its_bad_values(world):
+    """Every generated case, in process (a fork per case cost 0.5 s, 4.5 minutes for all)."""
+    root, f, _ = world
+    all_cases = cases(f)
+    assert len(all_cases) >= 1000, len(all_cases)
+    files_before = tree(root / "files")
+    failures = run_cases(root, list(enumerate(all_cases)), [lambda argv, work, env, _logs: in_process(argv, work, env)])
+    valid = in_process(["recipes", "show", "icl-heads"], root, environment(root / "valid-home"))
+    assert check(valid, "") is not None and valid.returncode == 0  # the runner sees a success as one
     assert tree(root / "files") == files_before, "a case changed the shared files"
-    if os.environ.get("LMEDIT_DUMP"):
-        Path(os.environ["LMEDIT_DUMP"]).write_text("\n".join(failures + [f"{d:.2f} {n}" for d, n in sorted(durations)[-60:]]))
     assert not failures, f"{len(failures)} of {len(all_cases)} cases:\n" + "\n".join(failures[:60])
+
+
+# Real processes for a seeded sample, and for every case that points --force at a folder that is not
+# ours (the cases where a mistake would cost a user most).
+REAL_SAMPLE = 120
+
+
+def test_a_seeded_sample_as_real_processes(world):
+    import random
+
+    root, f, zygote = world
+    all_cases = cases(f)
+    numbered = list(enumerate(all_cases))
+    dangerous = [c for c in numbered if c[1][2] in ("refusing", "already exists")]
+    sample = dangerous + random.Random(1).sample([c for c in numbered if c not in dangerous], REAL_SAMPLE)
+    files_before = tree(root / "files")
+    extra = Zygote()  # two at a time: CI has two cores
+    try:
+        failures = run_cases(root, sample, [lambda argv, work, env, logs, z=z: z.run(argv, work, env, logs)
+                                            for z in (zygote, extra)])
+    finally:
+        extra.close()
+    assert tree(root / "files") == files_before, "a case changed the shared files"
+    assert not failures, f"{len(failures)} of {len(sample)} cases:\n" + "\n".join(failures[:60])
 
 
 def test_a_sample_as_fresh_processes_prints_the_same(world, tmp_path):
