@@ -399,7 +399,6 @@ def edit(load, zero_heads, scale_heads, zero_neurons, scale_neurons, plan_file, 
     from editor.edit.checkpoint import check_checkpoint_out, describe_source, save_checkpoint
     from editor.edit.plan import EditPlan
     from editor.edit.weights import apply_plan
-    from editor.model.loading import local_config
 
     plan = EditPlan.load(plan_file) if plan_file else EditPlan()
     plan.zero("head", _components(zero_heads, "head"))
@@ -413,9 +412,7 @@ def edit(load, zero_heads, scale_heads, zero_neurons, scale_neurons, plan_file, 
     scores = read_json(scores_file, "scores file") if scores_file else None
     ctx = click.get_current_context()
     out = check_checkpoint_out(out or _default_out(ctx.params.get("model") or DEFAULT_MODEL), force)
-    config = local_config(ctx.params.get("model") or DEFAULT_MODEL)
-    if config is not None:  # "head 99.99" is refused from config.json, before the weights load
-        plan.check_config(config)
+    _check_plan(plan, ctx.params.get("model") or DEFAULT_MODEL)
     loaded = load()
     applied = apply_plan(loaded.model, plan)
     _say(plan.summary())
@@ -556,6 +553,33 @@ def _layers(text: str | None) -> list[int] | None:
     if not text.strip():
         raise UserError("--layers is empty; write e.g. 20-29 or 3,5,7 (or leave it out for all layers)")
     return parse_ranges(text, "--layers", "e.g. 20-29 or 3,5,7")
+
+
+def _dimensions(model: str | None = None) -> tuple[int, int, int] | None:
+    """(layers, heads, FFN width) from the model's config alone, or None where that needs the weights."""
+    from editor.model.arch import config_dimensions
+    from editor.model.loading import local_config
+
+    config = local_config(model or _model_name())
+    return config_dimensions(config) if config is not None else None
+
+
+def _check_plan(plan, model: str | None = None) -> None:
+    """An edit plan's components held against the model's config ("head 99.99" refused in well under
+    a second instead of after the load); left to the load where the config needs the weights."""
+    from editor.model.loading import local_config
+
+    config = local_config(model or _model_name())
+    if config is not None:
+        plan.check_config(config)
+
+
+def _layers_of(text: str | None, model: str | None = None) -> list[int] | None:
+    """--layers parsed and held against the model's layer count before any weights load."""
+    layers, dims = _layers(text), _dimensions(model)
+    if layers and dims is not None and max(layers) >= dims[0]:
+        raise UserError(f"--layers: layer {max(layers)} is out of range (the model has {dims[0]} layers)")
+    return layers
 
 
 # One --delimiter for every command that reads a data file: kept in ctx.meta (see _delimiter), so the
@@ -740,6 +764,7 @@ def attribute_heads(load, scorer_for, executor, data, n_prompts, seed, target, t
     import torch
 
     from editor.attribution.confirm import add_specificity, auto_head_scores
+    from editor.attribution.costs import heads_plan
 
     examples = _examples(data, n_prompts, seed)
     methods = ["static", "ablation"] if method == "both" else [method]
@@ -754,7 +779,8 @@ def attribute_heads(load, scorer_for, executor, data, n_prompts, seed, target, t
     out = _out_dir(out)
     outputs = _Outputs(out, [f"heads_{m}" for m in methods], force)
     scorer, close = scorer_for(batch_size)
-    _state_heads_plan(methods, len(examples), batch_size, top, specificity)  # once the model loaded
+    _state_plan(lambda dims: [heads_plan(dims[0], dims[1], m, len(examples), batch_size, top, specificity)
+                              for m in methods])
     with outputs:
         try:
             for m in methods:
@@ -779,17 +805,14 @@ def attribute_heads(load, scorer_for, executor, data, n_prompts, seed, target, t
             close()
 
 
-def _state_heads_plan(methods: list[str], prompts: int, batch_size: int, top: int, specificity: bool) -> None:
-    """Say the passes ahead from the config alone (skipped where it cannot be read without the weights)."""
-    from editor.attribution.costs import heads_plan
-    from editor.model.arch import config_dimensions
-    from editor.model.loading import local_config
-
-    config = local_config(_model_name())
-    dims = config_dimensions(config) if config is not None else None
+def _state_plan(describe) -> None:
+    """Say the passes ahead (``describe(dims)``: a line or lines) from the config alone, once the model
+    has loaded (so that a refusal stays the only line); skipped where the config needs the weights."""
+    dims = _dimensions()
     if dims is not None:
-        for m in methods:
-            _log("scoring " + heads_plan(dims[0], dims[1], m, prompts, batch_size, top, specificity))
+        lines = describe(dims)
+        for line in [lines] if isinstance(lines, str) else lines:
+            _log("scoring " + line)
 
 
 @attribute.command("patch")
@@ -890,6 +913,7 @@ def attribute_circuit(load, data, n_prompts, seed, target, top, batch_size, out,
     """Smallest set of heads whose joint removal cuts held-out accuracy by --target-drop."""
     from editor.attribution.circuit import circuit_search, set_specificity
     from editor.attribution.confirm import guard_windows
+    from editor.attribution.costs import circuit_plan
 
     if not 0 < target_drop < 1:  # NaN passes click's range check
         raise UserError(f"--target-drop must be between 0 and 1 (0.5: accuracy to half), got {target_drop}")
@@ -898,6 +922,8 @@ def attribute_circuit(load, data, n_prompts, seed, target, top, batch_size, out,
     out = _out_dir(out)
     outputs = _Outputs(out, ["circuit"], force)
     loaded = load()
+    _state_plan(lambda dims: circuit_plan(dims[0], dims[1], len(search), len(held), batch_size, candidates, max_size,
+                                          beam, random_seeds))
     with outputs:
         found = circuit_search(loaded.model, loaded.tokenizer, search, held, target_drop, beam, candidates, max_size,
                                random_seeds, seed, batch_size, log=_info)
@@ -953,6 +979,7 @@ def attribute_neurons(load, scorer_for, executor, data, n_prompts, seed, target,
     """Score every neuron; write JSON and CSV."""
     import torch
 
+    from editor.attribution.costs import neurons_plan
     from editor.attribution.neurons import KINDS
     from editor.attribution.query import query_neurons
 
@@ -961,11 +988,15 @@ def attribute_neurons(load, scorer_for, executor, data, n_prompts, seed, target,
     if query and executor == "ray":
         raise UserError("--query runs in one process; leave out --executor ray")
     examples = _examples(data, n_prompts, seed)
-    layer_list = _layers(layers)
+    if method == "gradient" and any(not e.answer for e in examples):
+        raise UserError("gradient attribution needs an answer for every prompt")
+    layer_list = _layers_of(layers)
     out = _out_dir(out)
     stem = f"{KINDS[kind]}s_{method}"
     outputs = _Outputs(out, [stem] + (["neurons_query"] if query else []), force)
     scorer, close = scorer_for(batch_size)
+    _state_plan(lambda dims: neurons_plan(dims[0], dims[2], kind, method, len(examples), batch_size,
+                                          layer_list, query))
     with outputs:
         try:
             if method == "gradient":
@@ -1003,6 +1034,7 @@ def attribute_neurons(load, scorer_for, executor, data, n_prompts, seed, target,
 def attribute_cna(load, scorer_for, executor, data, n_prompts, seed, target, top, batch_size, out, force, kind, layers,
                   data_b, ablate_heads, model_b):
     """Comparative Neuron Analysis between two conditions, ranked by the importance difference."""
+    from editor.attribution.costs import cna_plan
     from editor.attribution.neurons import KINDS
     from editor.edit.plan import EditPlan
     from editor.model.loading import check_model_name, load_model
@@ -1010,16 +1042,19 @@ def attribute_cna(load, scorer_for, executor, data, n_prompts, seed, target, top
     if sum(x is not None for x in (data_b, ablate_heads, model_b)) != 1:
         raise UserError("give exactly one of --data-b, --ablate-heads, --model-b")
     examples = _examples(data, n_prompts, seed)
-    kwargs = dict(kind=kind, target=target, layers=_layers(layers))
+    kwargs = dict(kind=kind, target=target, layers=_layers_of(layers))
     if data_b is not None:
         kwargs["examples_b"] = _examples(data_b, n_prompts, seed)
     if ablate_heads is not None:
         kwargs["ablate"] = EditPlan().zero("head", _components(ablate_heads, "head"))
+        _check_plan(kwargs["ablate"])
     if model_b is not None:
         check_model_name(model_b)
     out = _out_dir(out)
     outputs = _Outputs(out, [f"{KINDS[kind]}s_cna"], force)
     scorer, close = scorer_for(batch_size)
+    _state_plan(lambda dims: cna_plan(dims[0], dims[2], kind, len(examples), batch_size, kwargs["layers"],
+                                      "a second model" if model_b else "heads zeroed" if ablate_heads else "paired prompts"))
     device = click.get_current_context().params.get("device", "cpu")
     with outputs:
         try:
@@ -1351,10 +1386,11 @@ def lora_compare(base, adapter, data, n_prompts, seed, layers, batch_size, out, 
     base = base or read_json(config, "adapter config").get("base_model_name_or_path") or DEFAULT_MODEL
     check_model_name(base)
     examples = heldout_examples(adapter, n_prompts) if data == "heldout" else _examples(data, n_prompts, seed)
+    layer_list = _layers_of(layers, base)
     _info(f"loading {base} once; the base is the same model with the adapter switched off ...")
     base_lm = load_model(base, device=device)
     lora_model = load_adapter(base_lm.model, adapter, merge=False)
-    shift = coefficient_shift(None, lora_model, base_lm.tokenizer, examples, _layers(layers), batch_size=batch_size)
+    shift = coefficient_shift(None, lora_model, base_lm.tokenizer, examples, layer_list, batch_size=batch_size)
     _say(format_table(shift.averages, list(shift.averages[0]), right=True))
     _say(f"token accuracy: base {shift.accuracy['base'].cell()}, LoRA {shift.accuracy['lora'].cell()}")
     paths = shift.save(out or Path(adapter).parent)

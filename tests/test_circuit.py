@@ -127,6 +127,8 @@ def test_cli_heads_auto_and_circuit(tmp_path, prompts):
     got = runner.invoke(main, ["attribute", "circuit", "--model", str(model_dir), "--data", str(data), "--n", "48",
                                "--max-size", "10", "--candidates", "4", "--random-seeds", "1", "--out", str(tmp_path / "o")])
     assert got.exit_code == 0, got.output
+    assert ("scoring 12 heads, 48 search + 48 held-out prompts: at most 10 steps of 1 beam(s) x 3 search batch(es) x "
+            "(1 forward + 1 backward, then 1 + at most 3 forward passes over the 4 candidates)") in got.output
     circuit = json.loads((tmp_path / "o" / "circuit.json").read_text())
     assert circuit["heads"] and circuit["specificity"]["task"]["acc_before"] == circuit["base"]["heldout_acc"]
     assert (tmp_path / "o" / "circuit.png").stat().st_size > 0

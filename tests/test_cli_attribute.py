@@ -47,6 +47,10 @@ def test_attribute_neurons_with_query_and_csv_data(tiny_dir, tmp_path):
                  "--out", out)
     assert result.exit_code == 0, result.output
     assert "top tokens" in result.output and "query neurons" in result.output
+    # The passes ahead, from the config (2 scored layers of 48 neurons, 3 prompts in one batch of 16).
+    assert ("scoring 96 FFN neurons, 3 prompts, logprob: 1 batch(es) x 1 forward, then per layer one "
+            "[neurons x vocabulary] product shared by the prompts; --query: 1 more forward batch(es)") in result.output
+    assert result.output.index("scoring 96") < result.output.index("top tokens")
     data = json.loads((out / "neurons_logprob.json").read_text())
     assert data["meta"]["layers"] == [1, 2]
     assert all(r["layer"] in (1, 2) for r in data["top"][:5])
@@ -59,6 +63,8 @@ def test_attribute_cna_modes(tiny_dir, tmp_path):
         out = tmp_path / f"cna{len(extra[1].__str__())}"
         result = run("attribute", "cna", "--model", tiny_dir, "--data", a, *extra, "--out", out)
         assert result.exit_code == 0, result.output
+        condition = {"--data-b": "paired prompts", "--ablate-heads": "heads zeroed", "--model-b": "a second model"}
+        assert f"scoring 2 conditions (B: {condition[extra[0]]}) x 144 FFN neurons, 3 prompts, logprob" in result.output
         data = json.loads((out / "neurons_cna.json").read_text())
         assert set(data["columns"]) == {"diff", "importance_a", "importance_b", "coef_a", "coef_b"}
     result = run("attribute", "cna", "--model", tiny_dir, "--data", a)
@@ -69,7 +75,10 @@ def test_attribute_user_errors(tiny_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "no prompt"}\n')
     for args, message in [(["--data", bad], "has none of the fields a task needs"), (["--data", tmp_path / "nope.jsonl"], "not found"),
-                          (["--data", _data(tmp_path), "--layers", "x-3"], "bad --layers")]:
+                          (["--data", _data(tmp_path), "--layers", "x-3"], "bad --layers"),
+                          (["--data", _data(tmp_path), "--layers", "1-3"], "layer 3 is out of range (the model has 3"),
+                          (["--data", _data(tmp_path), "--layers", "3", "--method", "gradient"], "layer 3 is out of range")]:
         result = run("attribute", "neurons", "--model", tiny_dir, *args)
         assert result.exit_code == 2, result.output
         assert message in result.output and "Traceback" not in result.output
+        assert "scoring" not in result.output  # refused before the model loaded: the plan is never said
