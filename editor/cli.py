@@ -825,17 +825,18 @@ def _state_plan(describe) -> None:
               help="Number of pairs (built-in tasks generate this many; files are truncated).")
 @_DELIMITER
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--units", type=click.Choice(["heads", "neurons", "attn", "mlp", "resid"]), default="heads",
-              show_default=True,
-              help="heads: each head; neurons: each FFN neuron (use the auto or gradient method: there are many); "
-                   "attn / mlp: each layer's attention / MLP output; resid: the residual stream at each layer's "
-                   "input (by position).")
+@click.option("--units", type=click.Choice(["heads", "neurons", "attn", "mlp", "resid", "queries", "keys"]),
+              default="heads", show_default=True,
+              help="heads: each head's output; neurons: each FFN neuron (use the auto or gradient method: there are "
+                   "many); attn / mlp: each layer's attention / MLP output; resid: the residual stream at each "
+                   "layer's input (by position); queries / keys: each head's query, each key/value group's key.")
 @click.option("--direction", type=click.Choice(["noising", "denoising"]), default="noising", show_default=True,
               help="noising: patch corrupt activations into the clean run; denoising: clean into the corrupt run.")
 @click.option("--method", type=click.Choice(["auto", "exact", "gradient", "atp*"]), default="auto", show_default=True,
               help="auto: attribution patching for every site, then the exact patch of the 3x --top largest "
                    "(rows marked exact); exact: one patched forward per site; gradient: attribution patching only; "
-                   "atp*: attribution patching ranked by its GradDrop magnitude (one more backward per layer).")
+                   "atp*: attribution patching ranked by its GradDrop magnitude (one more backward per layer), with "
+                   "the attention pattern of queries and keys computed exactly (the QK fix).")
 @click.option("--ablation", type=click.Choice(["corrupt", "resample", "mean", "zero"]), default="corrupt",
               show_default=True,
               help="What replaces an activation: its value on the row's corrupt_prompt; on another prompt of the same "

@@ -118,3 +118,135 @@ def test_the_cli_runs_atp_star(tiny_dir, tmp_path):
     want = patch_atp_star(lm.model, lm.tokenizer, PAIRS, progress=False)
     torch.testing.assert_close(torch.tensor(saved["columns"]["atp_star"]), want.columns["atp_star"],
                                rtol=1e-4, atol=1e-6, check_dtype=False)
+
+
+# The QK fix (queries and keys) ---------------------------------------------------------------------
+def _pattern_of(model, arch: Arch, layer: int, inputs: dict, *contexts) -> torch.Tensor:
+    from contextlib import ExitStack
+
+    from editor.attribution.atpstar import _patterns
+
+    store = {}
+    with torch.no_grad(), ExitStack() as stack:
+        for c in contexts:
+            stack.enter_context(c)
+        stack.enter_context(_patterns(arch, store))
+        model(**inputs, use_cache=False)
+    return store[layer].double()
+
+
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+def test_the_patched_pattern_is_each_sites_own_exact_patch(family, tokenizer):
+    """What the QK fix computes exactly: layer l's pattern with every query (key) of l patched at once
+    equals, on the heads a site owns, the pattern of that site's own patch, and a site moves no other
+    head's pattern (which is why one pass per layer serves all of its sites)."""
+    from editor.attribution.atpstar import patched_patterns
+
+    model = tiny.tiny_model(family)
+    arch = Arch(model)
+    pairs = contrast_pairs(tokenizer, PAIRS)
+    target, source, _, _ = next(_batches(model, tokenizer, pairs, 8, "noising"))
+    for unit, positions in (("queries", None), ("keys", None), ("keys", 2), ("queries", 2)):
+        src, _ = _source_run(model, arch, unit, source, False)
+        patched = patched_patterns(model, arch, unit, target, src, positions, False)
+        where = [None] if positions is None else list(range(-positions, 0))
+        for layer in range(arch.n_layers):
+            plain = _pattern_of(model, arch, layer, target)
+            for index in range(arch.n_heads if unit == "queries" else arch.n_kv_heads):
+                owned = [index] if unit == "queries" else arch.group_heads(index)
+                for copy, position in enumerate(where):
+                    one = _pattern_of(model, arch, layer, target,
+                                      _patched(arch, unit, layer, [(index, position)], src[layer]))
+                    torch.testing.assert_close(patched[layer][copy][:, owned], one[:, owned], rtol=1e-5, atol=1e-6)
+                    others = [h for h in range(arch.n_heads) if h not in owned]
+                    torch.testing.assert_close(one[:, others], plain[:, others], rtol=1e-5, atol=1e-6)
+        assert any(not torch.allclose(patched[l][0], _pattern_of(model, arch, l, target)) for l in range(arch.n_layers))
+
+
+def _qk_estimate(model, tokenizer, unit: str, positions: int | None, alpha: float) -> torch.Tensor:
+    """The QK-fixed estimate ``[pairs, sites]`` of the patch moved ``alpha`` of the way to the source."""
+    from editor.attribution.atpstar import _patterns, patched_patterns, qk_attributions
+    from editor.attribution.gradient import _frozen
+    from editor.attribution.patch_estimates import target_graph
+
+    arch = Arch(model)
+    pairs = contrast_pairs(tokenizer, SAME_LENGTH)
+    rows = []
+    for target, source, answer, wrong in _batches(model, tokenizer, pairs, len(SAME_LENGTH), "noising"):
+        src, _ = _source_run(model, arch, unit, source, False)
+        tgt, _ = _source_run(model, arch, unit, target, False)
+        moved = {l: tgt[l] + alpha * (src[l] - tgt[l]) for l in src}
+        patched = patched_patterns(model, arch, unit, target, moved, positions, False)
+        store = {}
+        with _frozen(model), target_graph(model, arch, unit, target, answer, wrong, False,
+                                          _patterns(arch, store)) as (m, _):
+            nodes = [store[l] for l in range(arch.n_layers)]
+            grads = torch.autograd.grad(m.sum(), nodes, allow_unused=True)
+        rows.append(qk_attributions(arch, unit, patched, nodes, grads))
+    return torch.cat(rows)
+
+
+@pytest.mark.parametrize("family, unit, positions, sharp", [
+    ("gpt2", "queries", None, False), ("qwen3", "keys", 3, False), ("gpt_neox", "queries", None, True),
+    ("gemma3_text", "keys", None, False), ("llama", "queries", 3, True)])
+def test_the_qk_fix_of_a_small_patch_is_the_derivative(family, unit, positions, sharp, tokenizer):
+    """For a patch moved alpha of the way, the QK fix divided by alpha tends to attribution patching (the
+    derivative of the exact patch, tied to it in test_patching.py) with an error of order alpha: the
+    heads, groups and positions each site sums over are the ones its exact patch moves. Cases whose
+    effects stand clear of the float32 softmax's rounding (sharpened attention where they would not)."""
+    model = (_sharpened(family) if sharp else tiny.tiny_model(family)).double()
+    want = patch_gradient(model, tokenizer, SAME_LENGTH, unit, "noising", positions, batch_size=4,
+                          progress=False).vectors["per_pair"]
+    error = {alpha: float((_qk_estimate(model, tokenizer, unit, positions, alpha) / alpha - want).abs().max()
+                          / want.abs().max()) for alpha in (1e-1, 1e-2)}
+    assert error[1e-2] < 1e-2 and error[1e-2] < 0.2 * error[1e-1], error
+
+
+def _sharpened(family: str):
+    """A tiny model whose queries and keys are scaled up: attention near one-hot, the saturated regime."""
+    model = tiny.tiny_model(family)
+    arch = Arch(model)
+    with torch.no_grad():
+        for layer in range(arch.n_layers):
+            for path in dict.fromkeys(arch.spec.attn_qkv[:2]):
+                arch.layer_module(layer, path).weight.mul_(6.0)
+    return model
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox", "gemma"])
+def test_the_qk_fix_beats_attribution_patching_where_attention_saturates(family, tokenizer):
+    model = _sharpened(family)
+    for unit in ("keys", "queries"):
+        exact = patch_exact(model, tokenizer, PAIRS, unit, "noising", batch_size=8, progress=False)
+        grad = patch_gradient(model, tokenizer, PAIRS, unit, "noising", batch_size=8, progress=False)
+        star = patch_atp_star(model, tokenizer, PAIRS, unit, "noising", batch_size=8, progress=False)
+        error = {name: float((r.columns["effect"] - exact.columns["effect"]).abs().sum()) for name, r in
+                 (("gradient", grad), ("qk", star))}
+        # Keys saturate hardest (one key can take a head's whole attention): there the fix must halve the error.
+        assert error["qk"] < (0.5 if unit == "keys" else 1.0) * error["gradient"], (unit, error)
+        assert star.meta["qk_fix"] and star.primary == "atp_star"
+
+
+def test_the_cli_patches_keys_by_position_with_the_qk_fix(tiny_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from editor.cli import main
+    from editor.model.loading import load_model
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": e.prompt, "answer": e.answer, **e.meta}) + "\n" for e in PAIRS))
+    out = tmp_path / "out"
+    got = CliRunner().invoke(main, ["attribute", "patch", "--model", str(tiny_dir), "--data", str(data), "--units",
+                                    "keys", "--positions", "3", "--method", "atp*", "--out", str(out), "--top", "5"])
+    assert got.exit_code == 0, got.output
+    assert "and 3 patched forward passes per batch (over 3 copies) for the exact attention patterns" in got.output
+    saved = json.loads((out / "patch_keys_positions_noising_atpstar.json").read_text())
+    assert saved["kind"] == "key_position" and saved["meta"]["qk_fix"]
+    assert (out / "patch_keys_positions_noising_atpstar.png").is_file()
+    lm = load_model(str(tiny_dir))
+    want = patch_atp_star(lm.model, lm.tokenizer, PAIRS, "keys", "noising", 3, progress=False)
+    torch.testing.assert_close(torch.tensor(saved["columns"]["atp_star"]), want.columns["atp_star"],
+                               rtol=1e-4, atol=1e-6, check_dtype=False)
+    groups = Arch(lm.model).n_kv_heads
+    assert {r["key_position"].split("@")[1] for r in saved["top"]} <= {"-3", "-2", "-1"}
+    assert all(0 <= int(r["key_position"].split(".")[1].split("@")[0]) < groups for r in saved["top"])

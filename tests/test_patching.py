@@ -20,7 +20,8 @@ PAIRS = [Example(p, a, {"corrupt_prompt": c, "corrupt_answer": w}) for p, a, c, 
 @pytest.mark.parametrize("family", tiny.FAMILIES)
 def test_the_fast_exact_patch_equals_a_forward_per_site(family, tokenizer):
     model = tiny.tiny_model(family)
-    units = (("heads", None, "noising"), ("resid", 2, "denoising"))  # the layer cache and the copies, per family
+    # the layer cache and the copies per family; queries and keys: every fused or separate QKV layout
+    units = (("heads", None, "noising"), ("resid", 2, "denoising"), ("queries", None, "denoising"), ("keys", 2, "noising"))
     if family == "llama":
         units += (("heads", None, "denoising"), ("mlp", None, "noising"))
     for unit, positions, direction in units:

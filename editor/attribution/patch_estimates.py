@@ -12,7 +12,7 @@ import torch
 
 from editor.attribution.gradient import _frozen
 from editor.attribution.patching import (_batches, _check_positions, _last_logits, _recorded, _result, _source_run,
-                                         metric, patch_exact, prepare, sites)
+                                         metric, patch_exact, prepare, site_features, sites)
 from editor.attribution.results import ComponentScores
 from editor.model.arch import Arch
 from editor.progress import progress_bar
@@ -103,6 +103,9 @@ def cost(arch: Arch, unit: str, method: str, n_pairs: int, positions: int | None
     backward = "1 backward" if method != "atp*" else \
         f"1 + {arch.n_layers} backward, one per dropped layer reaching only the layers below it"
     line = f"{total} sites: {batches} batch(es) x (2 forward + {backward})"
+    if method == "atp*" and unit in ("queries", "keys"):
+        line += (f", and {arch.n_layers} patched forward passes per batch (over {positions or 1} copies) for the "
+                 "exact attention patterns (the QK fix)")
     if method == "auto":
         line += f", then the exact patch of {min(confirm, total)} sites (at most {min(confirm, total) * batches} " \
                 "patched forward passes, sites of one layer batched together)"
@@ -122,12 +125,14 @@ def attributions(arch: Arch, unit: str, positions: int | None, source: dict[int,
 def _layer_sums(arch: Arch, unit: str, positions: int | None, source: torch.Tensor, act: torch.Tensor,
                 grad: torch.Tensor | None) -> torch.Tensor:
     """One layer's sites: the per-feature products summed over each site's features (a head's
-    head_dim, one neuron, the whole vector) and over every position or one position each."""
-    per = {"heads": arch.n_heads, "neurons": act.shape[-1]}.get(unit, 1)
+    head_dim, one neuron, the whole vector; a query's or key's features of a fused projection) and
+    over every position or one position each."""
+    index = site_features(arch, unit, act.shape[-1]).to(act.device)
+    per = index.shape[0]
     n, length = act.shape[:2]
     if grad is None:
         return torch.zeros(n, per * (positions or 1), dtype=torch.float64, device=act.device)
-    change = ((source.double() - act.detach().double()) * grad.double()).view(n, length, per, -1).sum(-1)
+    change = ((source.double() - act.detach().double()) * grad.double())[..., index].sum(-1)
     if positions is None:
         return change.sum(1)
     return change[:, -positions:].transpose(1, 2).reshape(n, per * positions)

@@ -18,8 +18,9 @@ it" in both directions and components rank the same way.
 Units (the sites a patch replaces): ``heads`` (a head's slice of the attention output projection's
 input), ``neurons`` (an FFN neuron's coefficient: one input feature of the MLP output projection),
 ``attn`` and ``mlp`` (a layer's attention / MLP output), ``resid`` (the residual stream at a
-layer's input); each at every position at once, or position by position (``positions``: a layers x
-positions table, counted from the end of the prompt).
+layer's input), ``queries`` and ``keys`` (a head's query, a key/value group's key: its features of
+the query / key projection's output, before any rotary embedding); each at every position at once,
+or position by position (``positions``: a layers x positions table, counted from the end of the prompt).
 
 Methods: :func:`patch_exact` (one forward per site, batched as the ablation scan is: layers below the
 patched one are read from the target run's cache and the sites of one layer run as copies of the
@@ -47,7 +48,9 @@ from editor.model.capture import model_device, with_position_ids
 from editor.progress import progress_bar
 from editor.tasks.examples import Example, answer_ids, fit_to_tokenizer
 
-UNITS = ("heads", "neurons", "attn", "mlp", "resid")
+UNITS = ("heads", "neurons", "attn", "mlp", "resid", "queries", "keys")
+KINDS = {"heads": "head", "neurons": "neuron", "attn": "attn", "mlp": "mlp", "resid": "resid", "queries": "query",
+         "keys": "key"}
 DIRECTIONS = ("noising", "denoising")
 
 
@@ -133,6 +136,8 @@ def metric(logits: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor | Non
 # Where each unit lives: the module whose input (pre) or output (post) a patch replaces, and the
 # features of that tensor one site owns.
 def _point(arch: Arch, unit: str, layer: int) -> tuple[torch.nn.Module, str]:
+    if unit in ("queries", "keys"):
+        return arch.layer_module(layer, arch.spec.attn_qkv[0 if unit == "queries" else 1]), "post"
     if unit == "heads":
         return arch.attn_out(layer), "pre"
     if unit == "neurons":
@@ -144,10 +149,27 @@ def _point(arch: Arch, unit: str, layer: int) -> tuple[torch.nn.Module, str]:
     return arch.layers[layer], "pre"
 
 
-def _features(arch: Arch, unit: str, index: int) -> slice:
+def _features(arch: Arch, unit: str, index: int | None) -> slice | list[int]:
+    """The features of ``unit``'s tensor that site ``index`` owns (None: every site's at once)."""
+    if unit in ("queries", "keys"):
+        role, count = ("q", arch.n_heads) if unit == "queries" else ("k", arch.n_kv_heads)
+        picked = range(count) if index is None else [index]
+        return [f for i in picked for f in arch.qk_features(role, i)]
+    if index is None:
+        return slice(None)
     if unit == "heads":
         return arch.head_slice(index)
     return slice(index, index + 1) if unit == "neurons" else slice(None)
+
+
+def site_features(arch: Arch, unit: str, width: int) -> torch.Tensor:
+    """``[sites per layer, features each]``: the feature indices of every site of one layer of
+    ``unit``, whose tensor has ``width`` features (what a per-site sum of per-feature terms reads)."""
+    if unit in ("queries", "keys"):
+        count = arch.n_heads if unit == "queries" else arch.n_kv_heads
+        return torch.tensor([_features(arch, unit, i) for i in range(count)])
+    per = {"heads": arch.n_heads, "neurons": width}.get(unit, 1)
+    return torch.arange(width).view(per, -1)
 
 
 def sites(arch: Arch, unit: str, positions: int | None) -> list[tuple[int, int, int | None]]:
@@ -157,7 +179,8 @@ def sites(arch: Arch, unit: str, positions: int | None) -> list[tuple[int, int, 
         raise UserError(f"unknown unit {unit!r}; choose from {', '.join(UNITS)}")
     if unit == "resid" and positions is None:
         raise UserError("patching the whole residual stream replays the source run; patch it by position")
-    per_layer = {"heads": arch.n_heads, "neurons": arch.d_ffn(0)}.get(unit, 1)
+    per_layer = {"heads": arch.n_heads, "neurons": arch.d_ffn(0), "queries": arch.n_heads,
+                 "keys": arch.n_kv_heads}.get(unit, 1)
     where = [None] if positions is None else list(range(-positions, 0))
     return [(l, i, p) for l in range(arch.n_layers) for i in range(per_layer) for p in where]
 
@@ -342,8 +365,7 @@ def _result(arch: Arch, unit: str, direction: str, positions: int | None, method
     per_layer = effect.shape[1] // arch.n_layers
     shape = (arch.n_layers, per_layer)
     mean = effect.mean(0).view(shape)
-    kind = {"heads": "head", "neurons": "neuron", "attn": "attn", "mlp": "mlp", "resid": "resid"}[unit] \
-        + ("_position" if positions else "")
+    kind = KINDS[unit] + ("_position" if positions else "")
     meta = {"unit": unit, "direction": direction, "metric": pairs.metric, "pairs": len(pairs.answer),
             "ablation": pairs.ablation, "clean_metric": float(clean.mean()), "corrupt_metric": float(corrupt.mean()),
             "gap": gap}
@@ -352,8 +374,8 @@ def _result(arch: Arch, unit: str, direction: str, positions: int | None, method
         normalised = -mean
     else:
         normalised = sign * mean / gap if gap else torch.zeros(shape)
-    if positions and unit == "heads":
-        meta["index"] = "head * positions + (position + positions)"
+    if positions and unit in ("heads", "queries", "keys"):
+        meta["index"] = f"{KINDS[unit]} * positions + (position + positions)"
     if positions:
         ids = pairs.clean[0][-positions:]
         meta["positions"] = [f"{p}:{tokenizer.decode([t])}" for p, t in zip(range(-positions, 0), ids)]

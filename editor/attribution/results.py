@@ -13,6 +13,10 @@ import torch
 from editor.io import write_text_atomic
 from editor.plots import heatmap
 
+# Kinds patched position by position whose index holds a head (or a query or key) and a position:
+# ``index = head * positions + (position + positions)``.
+INDEXED_POSITIONS = ("head_position", "query_position", "key_position")
+
 
 @dataclass
 class ComponentScores:
@@ -54,7 +58,7 @@ class ComponentScores:
     def label(self, layer: int, index: int) -> str:
         """``L.I``; by position (patching): ``L@-p`` (p tokens from the prompt's end), or ``L.H@-p`` for a
         head at a position (``index`` = head * positions + position offset)."""
-        if self.kind == "head_position":
+        if self.kind in INDEXED_POSITIONS:
             p = len(self.meta["positions"])
             return f"{layer}.{index // p}@{index % p - p}"
         if self.kind.endswith("_position"):
@@ -117,7 +121,7 @@ class ComponentScores:
         elif self.kind.endswith("_position") and "positions" in self.meta:
             matrix = self.columns[self.primary]
             rows = None
-            if self.kind == "head_position":  # one row per head: [layers * heads, positions]
+            if self.kind in INDEXED_POSITIONS:  # one row per head: [layers * heads, positions]
                 matrix = matrix.reshape(-1, len(self.meta["positions"]))
                 heads = matrix.shape[0] // self.shape[0]
                 rows = [f"{r // heads}.{r % heads}" for r in range(matrix.shape[0])]

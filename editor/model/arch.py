@@ -54,6 +54,9 @@ class ArchSpec:
     mlp_norm: str | None  # norm whose INPUT is the MLP's residual stream; None: the MLP reads ln(layer input)
     norm: str  # "layernorm", "rms", or "rms_plus_one" (Gemma multiplies by 1 + weight)
     attn_qkv: tuple[str, str, str]  # query, key, value projections (the same fused module three times)
+    # How a fused QKV output lays out its features: "concatenated" (GPT-2: all queries, then all keys,
+    # then all values) or "per_head" (GPT-NeoX: each head's query, key and value side by side).
+    qkv_fused: str | None = None
     gated: bool = False  # coefficient = act(gate) * up
     act_attrs: tuple[str, ...] = ("hidden_act",)  # config attribute naming the MLP activation
     attn_post_norm: str | None = None  # norm on the attention output before the residual add (Gemma 2/3)
@@ -83,7 +86,7 @@ _GPT2 = ArchSpec(
     layers="transformer.h", embed="transformer.wte", final_norm="transformer.ln_f", unembed="lm_head",
     attn="attn", attn_out="attn.c_proj", mlp_in=("mlp.c_fc",), mlp_out="mlp.c_proj",
     attn_norm="ln_1", attn_v=None, mlp_norm="ln_2", norm="layernorm", act_attrs=("activation_function",),
-    attn_qkv=("attn.c_attn",) * 3, ffn_width_attr="n_inner",
+    attn_qkv=("attn.c_attn",) * 3, qkv_fused="concatenated", ffn_width_attr="n_inner",
 )
 _GPTJ = ArchSpec(
     layers="transformer.h", embed="transformer.wte", final_norm="transformer.ln_f", unembed="lm_head",
@@ -97,7 +100,7 @@ _GPT_NEOX = ArchSpec(
     mlp_out="mlp.dense_4h_to_h", attn_norm="input_layernorm", attn_v=None,
     # In both residual modes the input of post_attention_layernorm is what the MLP reads.
     mlp_norm="post_attention_layernorm", norm="layernorm", parallel_residual="use_parallel_residual",
-    attn_qkv=("attention.query_key_value",) * 3,
+    attn_qkv=("attention.query_key_value",) * 3, qkv_fused="per_head",
 )
 _QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 _LLAMA = ArchSpec(
@@ -267,6 +270,20 @@ class Arch:
         if not 0 <= head < self.n_heads:
             raise UserError(f"head {head} out of range: the model has {self.n_heads} heads per layer")
         return slice(head * self.head_dim, (head + 1) * self.head_dim)
+
+    def qk_features(self, role: str, index: int) -> list[int]:
+        """Output features of the query (``role="q"``, ``index`` a query head) or key (``"k"``, ``index``
+        a key/value head) projection that belong to that head, in the module :attr:`ArchSpec.attn_qkv`
+        names (fused or not): what a query or key patch replaces."""
+        d, count = self.head_dim, self.n_heads if role == "q" else self.n_kv_heads
+        if role not in ("q", "k"):
+            raise ValueError(f"role must be q or k, got {role!r}")
+        if not 0 <= index < count:
+            what = "head" if role == "q" else "key/value group"
+            raise UserError(f"{what} {index} out of range: the model has {count} per layer")
+        offset = {None: 0, "concatenated": 0 if role == "q" else self.n_heads * d,
+                  "per_head": (0 if role == "q" else d) + 2 * d * index}[self.spec.qkv_fused]
+        return list(range(offset + index * d, offset + (index + 1) * d))
 
     @property
     def heads_per_group(self) -> int:
