@@ -1,7 +1,9 @@
 """Activation patching on the built-in IOI contrast task: exact vs attribution patching vs AtP*
-(GradDrop) vs auto (with either estimate), on the default model, all measured in one run.
+(GradDrop; for queries and keys with the QK fix) vs auto (with either estimate), on the default
+model, all measured in one run.
 
     .venv/bin/python bench/bench_patching.py [--pairs 32] [--threads 2] [--top 10] [--direction noising]
+        [--units heads|queries|keys]
 
 Reports, for every head: the time of the exact patch (one patched forward per head, batched) and of
 one attribution-patching pass, their ratio; Spearman correlation of the estimate with the exact
@@ -51,13 +53,14 @@ def main() -> None:
     p.add_argument("--direction", default="noising", choices=["noising", "denoising"])
     p.add_argument("--data", default="ioi", help="ioi (contrast pairs) or any task, e.g. arithmetic with --ablation zero")
     p.add_argument("--ablation", default="corrupt", choices=["corrupt", "resample", "mean", "zero"])
+    p.add_argument("--units", default="heads", choices=["heads", "queries", "keys"])
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     lm = load_model(args.model)
     pairs = build(args.pairs, seed=0) if args.data == "ioi" else load_examples(args.data, n=args.pairs, seed=0)
     print(f"# {platform.machine()}, torch {torch.__version__}, {args.threads} threads, {args.model}, "
-          f"{args.data} {args.pairs} rows, heads, {args.direction}, ablation {args.ablation}")
-    run = dict(model=lm.model, tokenizer=lm.tokenizer, examples=pairs, unit="heads", direction=args.direction,
+          f"{args.data} {args.pairs} rows, {args.units}, {args.direction}, ablation {args.ablation}")
+    run = dict(model=lm.model, tokenizer=lm.tokenizer, examples=pairs, unit=args.units, direction=args.direction,
                batch_size=16, progress=False, ablation=args.ablation)
     exact, t_exact = timed(lambda: patch_exact(**run))
     grad, t_grad = timed(lambda: patch_gradient(**run))
@@ -67,7 +70,7 @@ def main() -> None:
     k = args.top
     e, g = exact.columns["effect"], grad.columns["effect"]
     print(f"clean {exact.meta['clean_metric']:.3f}  corrupt {exact.meta['corrupt_metric']}  ({exact.meta['metric']})")
-    print(f"exact top {k}: " + ", ".join(f"{r['head']} {r['normalised']:.3f}" for r in exact.ranked(k)))
+    print(f"exact top {k}: " + ", ".join(f"{r[exact.kind]} {r['normalised']:.3f}" for r in exact.ranked(k)))
     print("| method | seconds | x faster than exact | Spearman vs exact (signed / magnitude) | exact top-k held |")
     print("|---|---|---|---|---|")
     print(f"| exact | {t_exact:.1f} | 1.0 | | {k}/{k} |")
@@ -78,6 +81,10 @@ def main() -> None:
     print(f"| atp* (GradDrop) | {t_star:.1f} | {t_exact / t_star:.1f} | - / {spearman(e.abs(), s):.3f} "
           f"| {len(top(exact, k) & top(star, k))}/{k} ({len(by_size & top(star, k))}/{k} by magnitude; "
           f"gradient: {len(by_size & top(grad, k, 'effect', absolute=True))}/{k}) |")
+    if args.units in ("queries", "keys"):  # atp*'s signed column is the QK-fixed estimate
+        q = star.columns["effect"]
+        print(f"| atp* QK fix, signed estimate | {t_star:.1f} | {t_exact / t_star:.1f} | {spearman(e, q):.3f} / "
+              f"{spearman(e.abs(), q.abs()):.3f} | {len(top(exact, k) & top(star, k, 'normalised'))}/{k} |")
     for name, scores, t in ((f"auto ({3 * k} confirmed)", auto, t_auto),
                             (f"auto with atp* ({3 * k} confirmed)", auto_star, t_auto_star)):
         a = scores.columns["effect"]

@@ -142,6 +142,30 @@ def test_submit_follow_download_and_reload(server, arith_dir, tmp_path):
     assert listing.exit_code == 0 and job in listing.output and "succeeded" in listing.output
 
 
+def test_a_patching_command_runs_as_a_job(server, tiny_dir, tmp_path):
+    """A command (not a recipe) through the real service: AtP* with the QK fix on keys, by position;
+    the job's JSON holds what the function computes."""
+    import json
+
+    from editor.attribution.atpstar import patch_atp_star
+    from editor.model.loading import load_model
+    from test_patching import PAIRS
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": e.prompt, "answer": e.answer, **e.meta}) + "\n" for e in PAIRS))
+    client = Client(server.url, ALICE)
+    job = client.submit(command="attribute patch", options={"model": str(tiny_dir), "data": str(data), "units": "keys",
+                                                            "positions": "3", "method": "atp*"})
+    status = wait_for(client, job)
+    assert status["state"] == "succeeded", status
+    name = "patch_keys_positions_noising_atpstar.json"
+    saved = json.loads(client.download(job, name, tmp_path / "got.json").read_text())
+    lm = load_model(str(tiny_dir))
+    want = patch_atp_star(lm.model, lm.tokenizer, PAIRS, "keys", "noising", 3, progress=False)
+    torch.testing.assert_close(torch.tensor(saved["columns"]["atp_star"]), want.columns["atp_star"],
+                               rtol=1e-4, atol=1e-6, check_dtype=False)
+
+
 def test_auth_and_users_see_only_their_jobs(server, arith_dir):
     alice, bob = Client(server.url, ALICE), Client(server.url, BOB)
     job = alice.submit(recipe="arithmetic-prune", set={"model": str(arith_dir), **FAST, "prune.max_rounds": 1})
