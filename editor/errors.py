@@ -7,6 +7,13 @@ class UserError(ValueError):
     A ``ValueError``, so library users can catch it as the standard "bad argument value" error."""
 
 
+def one_line(text: str, limit: int = 500) -> str:
+    """Messages are one line (newlines and NUL bytes of user input folded) of bounded length: the
+    CLI's error line and the service's 422 detail alike."""
+    text = " ".join(text.replace("\0", "\\0").split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 # Validation without work -----------------------------------------------------------------------
 # The service answers a bad job request with the CLI's own one-line error before queueing it. Every
 # command checks its input before it loads a model or opens a run (the CLI's rule), so running the

@@ -131,7 +131,7 @@ def test_a_mistyped_model_name_fails_at_once_with_the_closest_alias(monkeypatch)
 
 
 def test_default_output_names_say_which_run_they_come_from():
-    from editor.cli import _model_stem
+    from editor.cli.options import _model_stem
 
     assert _model_stem("checkpoints/gender-debias/checkpoint") == "gender-debias"
     assert _model_stem("checkpoints/arithmetic-prune/checkpoint/") == "arithmetic-prune"

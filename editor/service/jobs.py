@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 import yaml
 
-from editor.errors import UserError
+from editor.errors import UserError, one_line
 
 # Commands a job may run: the words after `lmedit`, and where the service points their output.
 # A rerun after a service restart writes the same output again: --force where the command has it
@@ -169,7 +169,7 @@ def _argv(cmd: click.Command, options: object) -> list[str]:
 
 def _command(command: object, options: object) -> dict:
     """Parse the options with the command's own click definition: the CLI's checks and messages."""
-    from editor.cli import _one_line, main
+    from editor.cli import main
     from editor.model.loading import check_model_name
 
     if command not in COMMANDS:
@@ -191,7 +191,7 @@ def _command(command: object, options: object) -> dict:
             _run_until_work(parsed)
         except click.exceptions.ClickException as exc:  # worded as the CLI words it (editor.cli._usage_error)
             where = f"{exc.ctx.command_path}: " if getattr(exc, "ctx", None) is not None else ""
-            raise UserError(where + _one_line(exc.format_message())) from None
+            raise UserError(where + one_line(exc.format_message())) from None
     return {"kind": "command", "command": command, "argv": argv}
 
 
