@@ -132,6 +132,9 @@ def test_the_cli_writes_what_the_function_computes(tiny_dir, tmp_path):
     ([{"prompt": "2 + 3 = ", "answer": "5"}], [], "row 1 has no 'corrupt_prompt'"),
     ([{"prompt": "2 + 3 = ", "answer": "5", "corrupt_prompt": "2 + 33 = "}], [], "tokens longer than the prompt"),
     ([{"prompt": "2 + 3 = ", "answer": "5", "corrupt_prompt": "2 + 4 = "}], ["--units", "resid"], "give --positions"),
+    ([{"prompt": "2 + 3 = ", "answer": "5", "corrupt_prompt": "2 + 4 = "}], ["--metric", "accuracy"], "no gradient"),
+    ([{"prompt": "2 + 3 = ", "answer": "5", "corrupt_prompt": "2 + 4 = "}], ["--metric", "logit_difference"],
+     "row 1 has no 'corrupt_answer'"),
 ])
 def test_bad_patching_input_is_one_line_and_writes_nothing(tiny_dir, tmp_path, rows, args, message):
     import json
@@ -174,3 +177,27 @@ def test_heads_by_position_are_labelled_head_at_position(tokenizer, tmp_path):
         head, position = rest.split("@")
         assert got.columns["normalised"][int(layer), int(head) * 2 + int(position) + 2] == pytest.approx(rec["normalised"])
     assert (tmp_path / "h.png") in got.save(tmp_path, "h").values()
+
+
+def test_the_metric_can_be_chosen(tokenizer):
+    """Accuracy (the answer is the top token): the fast exact patch equals a forward per site and each
+    pair's value is 0 or 1; the log-probability on pairs that have corrupt answers equals the default
+    metric of the same pairs without them; estimators refuse accuracy; a logit difference needs a
+    corrupt answer in every row."""
+    model = tiny.arithmetic_model("llama")
+    fast = patch_exact(model, tokenizer, PAIRS, "heads", "noising", batch_size=2, sites_per_pass=3, progress=False,
+                       metric="accuracy")
+    naive = patch_exact_naive(model, tokenizer, PAIRS, "heads", "noising", batch_size=2, metric="accuracy")
+    assert fast.meta["metric"] == "accuracy" and set(naive.unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(fast.columns["effect"].flatten(), naive.mean(0) - fast.meta["clean_metric"])
+    assert fast.columns["effect"].abs().max() > 0  # some head's patch flips an answer
+    bare = [Example(e.prompt, e.answer, {"corrupt_prompt": e.meta["corrupt_prompt"]}) for e in PAIRS]
+    chosen = patch_exact(model, tokenizer, PAIRS, "heads", "noising", batch_size=8, progress=False,
+                         metric="answer_logprob")
+    default = patch_exact(model, tokenizer, bare, "heads", "noising", batch_size=8, progress=False)
+    torch.testing.assert_close(chosen.columns["effect"], default.columns["effect"])
+    assert chosen.meta["metric"] == default.meta["metric"] == "answer_logprob"
+    with pytest.raises(UserError, match="no gradient"):
+        patch_gradient(model, tokenizer, PAIRS, "heads", metric="accuracy", progress=False)
+    with pytest.raises(UserError, match="row 1 has no 'corrupt_answer'"):
+        patch_exact(model, tokenizer, bare, "heads", metric="logit_difference", progress=False)

@@ -36,7 +36,8 @@ import torch
 from editor.attribution.gradient import _frozen
 from editor.attribution.patch_estimates import attributions, target_graph
 from editor.attribution.patching import (_batches, _check_positions, _first_key, _last_logits, _patched,
-                                         _result, _source_run, metric, prepare, sites)
+                                         _result, _source_run, differentiable, prepare, read,
+                                         sites)
 from editor.attribution.results import ComponentScores
 from editor.model.arch import Arch
 from editor.progress import progress_bar
@@ -147,12 +148,13 @@ def qk_attributions(arch: Arch, unit: str, patched: dict[int, torch.Tensor], pat
 
 def patch_atp_star(model, tokenizer, examples: list[Example], unit: str = "heads", direction: str = "noising",
                    positions: int | None = None, batch_size: int = 16, progress: bool = True,
-                   ablation: str = "corrupt", seed: int = 0) -> ComponentScores:
+                   ablation: str = "corrupt", seed: int = 0, metric: str | None = None) -> ComponentScores:
     """Attribution patching (signed ``effect``/``normalised`` columns) plus the GradDrop magnitude of
     every site (``atp_star``: divided by the clean - corrupt gap like ``normalised``), which ranks.
     ``vectors["dropped"]``: ``[layers, sites]`` mean ``c_l`` over the pairs."""
     arch = Arch(model)
-    pairs = prepare(model, tokenizer, examples, unit, direction, ablation, seed, batch_size)
+    pairs = prepare(model, tokenizer, examples, unit, direction, ablation, seed, batch_size, metric)
+    differentiable(pairs)
     _check_positions(pairs, positions)
     n_sites, n_layers = len(sites(arch, unit, positions)), arch.n_layers
     per_layer = n_sites // n_layers
@@ -169,7 +171,7 @@ def patch_atp_star(model, tokenizer, examples: list[Example], unit: str = "heads
             patterns: dict[int, torch.Tensor] = {}
             try:
                 with target_graph(model, arch, unit, target, answer, wrong, keep_last, _droppable(arch, gate),
-                                  *([_patterns(arch, patterns)] if qk else [])) as (m, acts):
+                                  *([_patterns(arch, patterns)] if qk else []), kind=pairs.metric) as (m, acts):
                     nodes = [patterns[l] for l in range(n_layers)] if qk else acts
 
                     def estimate(grads):
@@ -190,7 +192,7 @@ def patch_atp_star(model, tokenizer, examples: list[Example], unit: str = "heads
                 gate.layer = None
             effects.append(plain)
             target_m.append(m.detach().cpu())
-            source_m.append(metric(src_logits, answer, wrong).cpu())
+            source_m.append(read(src_logits, answer, wrong, pairs.metric).cpu())
             bar.update(answer.shape[0])
     bar.close()
     dropped /= len(pairs.answer)

@@ -12,7 +12,7 @@ import torch
 
 from editor.attribution.gradient import _frozen
 from editor.attribution.patching import (_batches, _check_positions, _last_logits, _recorded, _result, _source_run,
-                                         metric, patch_exact, prepare, site_features, sites)
+                                         differentiable, metric, patch_exact, prepare, read, site_features, sites)
 from editor.attribution.results import ComponentScores
 from editor.model.arch import Arch
 from editor.progress import progress_bar
@@ -21,7 +21,7 @@ from editor.tasks.examples import Example
 
 @contextmanager
 def target_graph(model, arch: Arch, unit: str, target: dict, answer: torch.Tensor, wrong: torch.Tensor | None,
-                 keep_last: bool, *hooks):
+                 keep_last: bool, *hooks, kind: str | None = None):
     """One target forward inside the autograd graph (``hooks``: further context managers around it):
     yields the metric per row and ``unit``'s activation of every layer, which carry gradients because
     the embedding output is made to require them (the caller freezes the parameters)."""
@@ -32,7 +32,7 @@ def target_graph(model, arch: Arch, unit: str, target: dict, answer: torch.Tenso
         with _recorded(arch, unit, store), ExitStack() as stack, torch.enable_grad():
             for hook in hooks:
                 stack.enter_context(hook)
-            m = metric(_last_logits(model, target, keep_last), answer, wrong)
+            m = metric(_last_logits(model, target, keep_last), answer, wrong, kind)
             yield m, [store[l] for l in range(arch.n_layers)]
     finally:
         handle.remove()
@@ -40,10 +40,11 @@ def target_graph(model, arch: Arch, unit: str, target: dict, answer: torch.Tenso
 
 def patch_gradient(model, tokenizer, examples: list[Example], unit: str = "heads", direction: str = "noising",
                    positions: int | None = None, batch_size: int = 16, progress: bool = True,
-                   ablation: str = "corrupt", seed: int = 0) -> ComponentScores:
+                   ablation: str = "corrupt", seed: int = 0, metric: str | None = None) -> ComponentScores:
     """Attribution patching: the first-order estimate of every exact patch, from one backward pass per batch."""
     arch = Arch(model)
-    pairs = prepare(model, tokenizer, examples, unit, direction, ablation, seed, batch_size)
+    pairs = prepare(model, tokenizer, examples, unit, direction, ablation, seed, batch_size, metric)
+    differentiable(pairs)
     _check_positions(pairs, positions)
     sites(arch, unit, positions)  # an unknown unit or a whole-stream resid patch: one line, before any pass
     keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -52,11 +53,11 @@ def patch_gradient(model, tokenizer, examples: list[Example], unit: str = "heads
     with _frozen(model):
         for target, source, answer, wrong in _batches(model, tokenizer, pairs, batch_size, direction):
             src, src_logits = _source_run(model, arch, unit, source, keep_last, pairs)
-            with target_graph(model, arch, unit, target, answer, wrong, keep_last) as (m, acts):
+            with target_graph(model, arch, unit, target, answer, wrong, keep_last, kind=pairs.metric) as (m, acts):
                 grads = torch.autograd.grad(m.sum(), acts, allow_unused=True)
             effects.append(attributions(arch, unit, positions, src, acts, grads).cpu())
             target_m.append(m.detach().cpu())
-            source_m.append(metric(src_logits, answer, wrong).cpu())
+            source_m.append(read(src_logits, answer, wrong, pairs.metric).cpu())
             bar.update(answer.shape[0])
     bar.close()
     return _result(arch, unit, direction, positions, "gradient", pairs, torch.cat(target_m), torch.cat(source_m),
@@ -65,18 +66,19 @@ def patch_gradient(model, tokenizer, examples: list[Example], unit: str = "heads
 
 def patch_auto(model, tokenizer, examples: list[Example], unit: str = "heads", direction: str = "noising",
                positions: int | None = None, batch_size: int = 16, confirm: int = 30,
-               progress: bool = True, estimator=None, ablation: str = "corrupt", seed: int = 0) -> ComponentScores:
+               progress: bool = True, estimator=None, ablation: str = "corrupt", seed: int = 0,
+               metric: str | None = None) -> ComponentScores:
     """An estimate for every site (``estimator``: :func:`patch_gradient` by default, or AtP*'s
     ``patch_atp_star``), then the exact patch of the ``confirm`` sites the estimate ranks highest by
     magnitude (a component the linear estimate gets wrong usually still has a large estimate: on IOI
     the default model's fourth most important head has the wrong sign but the 14th largest
     magnitude). Confirmed rows carry ``exact`` = 1 and rank first."""
     estimate = (estimator or patch_gradient)(model, tokenizer, examples, unit, direction, positions, batch_size,
-                                             progress=progress, ablation=ablation, seed=seed)
+                                             progress=progress, ablation=ablation, seed=seed, metric=metric)
     size = estimate.columns[estimate.primary if estimate.primary != "normalised" else "effect"].flatten()
     picked = torch.argsort(size.abs(), descending=True, stable=True)[:confirm].tolist()
     exact = patch_exact(model, tokenizer, examples, unit, direction, positions, batch_size, progress=progress,
-                        only=picked, ablation=ablation, seed=seed)
+                        only=picked, ablation=ablation, seed=seed, metric=metric)
     done = ~torch.isnan(exact.columns["effect"])
     columns = {name: torch.where(done, exact.columns[name], col) if name in exact.columns else col
                for name, col in estimate.columns.items()}

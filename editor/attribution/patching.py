@@ -10,7 +10,8 @@ the SOURCE run and the metric is read at the last position:
 * denoising: target = corrupt, source = clean (how much of it does the component alone restore?).
 
 The metric is the logit difference ``logit(answer) - logit(corrupt_answer)`` at the first answer
-token when every pair has a corrupt answer (the IOI convention), else ``log p(answer)``. Each
+token when every pair has a corrupt answer (the IOI convention), else ``log p(answer)``; either, or
+accuracy (the answer is the top token; exact patching only: it has no gradient), can be asked for. Each
 component gets ``effect`` = patched metric - target metric (mean over pairs) and ``normalised``:
 the share of the clean - corrupt gap it destroys (noising) or restores (denoising), so 1 is "all of
 it" in both directions and components rank the same way.
@@ -48,6 +49,7 @@ from editor.model.capture import model_device, with_position_ids
 from editor.progress import progress_bar
 from editor.tasks.examples import Example, answer_ids, fit_to_tokenizer
 
+METRICS = ("logit_difference", "answer_logprob", "accuracy")
 UNITS = ("heads", "neurons", "attn", "mlp", "resid", "queries", "keys")
 KINDS = {"heads": "head", "neurons": "neuron", "attn": "attn", "mlp": "mlp", "resid": "resid", "queries": "query",
          "keys": "key"}
@@ -65,9 +67,12 @@ class Pairs:
     wrong: list[int] | None
     ablation: str = "corrupt"  # what replaces an activation (editor/attribution/ablations.py)
     means: dict[int, torch.Tensor] | None = None  # the task's mean activations, for ``mean``
+    chosen: str | None = None  # one of METRICS; None: the logit difference where it can be read
 
     @property
     def metric(self) -> str:
+        if self.chosen is not None:
+            return self.chosen
         return "logit_difference" if self.wrong is not None else "answer_logprob"
 
     def shortest(self) -> int:
@@ -107,13 +112,13 @@ def contrast_pairs(tokenizer, examples: list[Example]) -> Pairs:
 
 
 def prepare(model, tokenizer, examples: list[Example], unit: str, direction: str = "noising",
-            ablation: str = "corrupt", seed: int = 0, batch_size: int = 16) -> Pairs:
+            ablation: str = "corrupt", seed: int = 0, batch_size: int = 16, metric: str | None = None) -> Pairs:
     """The pairs of a patching run with its ablation (:mod:`editor.attribution.ablations`): resampled
     partners, or the task's mean activations (one pass over the clean prompts) for ``mean``."""
     if ablation in ("mean", "zero") and direction != "noising":
         raise UserError(f"--ablation {ablation} replaces activations of the clean run: it has no denoising direction")
     pairs = contrast_pairs(tokenizer, paired(tokenizer, examples, ablation, seed))
-    pairs.ablation = ablation
+    pairs.ablation, pairs.chosen = ablation, check_metric(metric, examples)
     if ablation == "mean":
         arch, acc = Arch(model), MeanAccumulator(max(map(len, pairs.clean)))
         for target, _, _, _ in _batches(model, tokenizer, pairs, batch_size, "noising"):
@@ -123,14 +128,38 @@ def prepare(model, tokenizer, examples: list[Example], unit: str, direction: str
     return pairs
 
 
-def metric(logits: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor | None) -> torch.Tensor:
-    """Per row of last-position ``logits``: logit(answer) - logit(wrong), or log p(answer) (in float64:
-    effects are differences of these, and the derivative test divides them by a small step)."""
+def check_metric(metric: str | None, examples: list[Example]) -> str | None:
+    """``metric`` if the rows can be read with it (one line otherwise; no model needed)."""
+    if metric is None:
+        return None
+    if metric not in METRICS:
+        raise UserError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    if metric == "logit_difference":
+        missing = next((i for i, e in enumerate(examples, 1) if "corrupt_answer" not in (e.meta or {})), None)
+        if missing is not None:
+            raise UserError(f"row {missing} has no 'corrupt_answer': the logit difference needs one in every row")
+    return metric
+
+
+def metric(logits: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor | None,
+           kind: str | None = None) -> torch.Tensor:
+    """Per row of last-position ``logits``: logit(answer) - logit(wrong), log p(answer), or whether the
+    answer is the top token (``kind``; None: the logit difference where ``wrong`` is given). In
+    float64: effects are differences of these, and the derivative test divides them by a small step."""
     logits = logits.double()
+    if kind == "accuracy":
+        return (logits.argmax(-1) == answer).double()
     picked = logits.gather(-1, answer[:, None])[:, 0]
-    if wrong is not None:
+    if wrong is not None and kind != "answer_logprob":
         return picked - logits.gather(-1, wrong[:, None])[:, 0]
     return picked - logits.logsumexp(-1)
+
+
+def differentiable(pairs: Pairs) -> None:
+    """The estimators' check: accuracy is a step function of the logits."""
+    if pairs.metric == "accuracy":
+        raise UserError("accuracy is a step function of the logits, with no gradient to estimate it from: "
+                        "use --method exact, or the logit_difference / answer_logprob metric")
 
 
 # Where each unit lives: the module whose input (pre) or output (post) a patch replaces, and the
@@ -284,11 +313,11 @@ def _source_run(model, arch: Arch, unit: str, inputs: dict, keep_last: bool,
 def patch_exact(model, tokenizer, examples: list[Example], unit: str = "heads", direction: str = "noising",
                 positions: int | None = None, batch_size: int = 16, sites_per_pass: int | None = None,
                 alpha: float = 1.0, progress: bool = True, only: list[int] | None = None, ablation: str = "corrupt",
-                seed: int = 0) -> ComponentScores:
+                seed: int = 0, metric: str | None = None) -> ComponentScores:
     """Exact activation patching of every site of ``unit`` (see the module docstring); ``only``: the
     indices (into :func:`sites`) to patch, the others left NaN (``patch_auto``'s confirmation)."""
     arch = Arch(model)
-    pairs = prepare(model, tokenizer, examples, unit, direction, ablation, seed, batch_size)
+    pairs = prepare(model, tokenizer, examples, unit, direction, ablation, seed, batch_size, metric)
     _check_positions(pairs, positions)
     all_sites = sites(arch, unit, positions)
     chosen = set(range(len(all_sites)) if only is None else only)
@@ -321,10 +350,10 @@ def patch_exact(model, tokenizer, examples: list[Example], unit: str = "heads", 
                 with _resume_at(arch, layer, hidden[layer].repeat(r, 1, 1), is_tuple[0]), \
                         _patched(arch, unit, layer, [(i, p) for _, i, p in group], src[layer], alpha):
                     logits = _last_logits(model, rep, keep_last)
-                got = metric(logits, answer.repeat(r), None if wrong is None else wrong.repeat(r))
+                got = read(logits, answer.repeat(r), None if wrong is None else wrong.repeat(r), pairs.metric)
                 out[:, [k for k, _, _ in group]] = got.view(r, n).T.cpu()
-        target_m.append(metric(tgt_logits, answer, wrong).cpu())
-        source_m.append(metric(src_logits, answer, wrong).cpu())
+        target_m.append(read(tgt_logits, answer, wrong, pairs.metric).cpu())
+        source_m.append(read(src_logits, answer, wrong, pairs.metric).cpu())
         patched.append(out)
         bar.update(n)
     bar.close()
@@ -335,19 +364,22 @@ def patch_exact(model, tokenizer, examples: list[Example], unit: str = "heads", 
 @torch.no_grad()
 def patch_exact_naive(model, tokenizer, examples: list[Example], unit: str = "heads", direction: str = "noising",
                       positions: int | None = None, batch_size: int = 16, alpha: float = 1.0,
-                      ablation: str = "corrupt", seed: int = 0) -> torch.Tensor:
+                      ablation: str = "corrupt", seed: int = 0, metric: str | None = None) -> torch.Tensor:
     """Reference: one full forward of the target batch per site; the ``[pairs, sites]`` patched metric."""
     arch = Arch(model)
-    pairs = prepare(model, tokenizer, examples, unit, direction, ablation, seed, batch_size)
+    pairs = prepare(model, tokenizer, examples, unit, direction, ablation, seed, batch_size, metric)
     rows = []
     for target, source, answer, wrong in _batches(model, tokenizer, pairs, batch_size, direction):
         src, _ = _source_run(model, arch, unit, source, False, pairs)
         got = []
         for layer, index, position in sites(arch, unit, positions):
             with _patched(arch, unit, layer, [(index, position)], src[layer], alpha):
-                got.append(metric(model(**target, use_cache=False).logits[:, -1], answer, wrong).cpu())
+                got.append(read(model(**target, use_cache=False).logits[:, -1], answer, wrong, pairs.metric).cpu())
         rows.append(torch.stack(got, 1))
     return torch.cat(rows)
+
+
+read = metric  # inside functions whose ``metric`` parameter names the kind
 
 
 def _check_positions(pairs: Pairs, positions: int | None) -> None:

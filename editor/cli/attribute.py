@@ -114,6 +114,10 @@ def _state_plan(describe) -> None:
               show_default=True,
               help="What replaces an activation: its value on the row's corrupt_prompt; on another prompt of the same "
                    "length (resample); its mean over the prompts (mean); zeros (zero). Only corrupt needs contrast pairs.")
+@click.option("--metric", type=click.Choice(["logit_difference", "answer_logprob", "accuracy"]), default=None,
+              help="What a patch is measured by, at the last prompt position: logit(answer) - logit(corrupt_answer), "
+                   "log p(answer), or whether the answer is the top token (exact only) [default: the logit "
+                   "difference where every row has a corrupt_answer, else answer_logprob].")
 @click.option("--positions", type=click.IntRange(1, 4096),
               help="Patch position by position over the last N prompt tokens (a layers x positions table).")
 @click.option("--top", type=click.IntRange(1, 100_000), default=20, show_default=True, help="Rows to print and rank.")
@@ -121,14 +125,14 @@ def _state_plan(describe) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Output directory [default: checkpoints/attribution/<model>].")
 @click.option("--force", is_flag=True, help="Overwrite results of the same name already in --out.")
-def attribute_patch(load, data, n_prompts, seed, units, direction, method, ablation, positions, top, batch_size, out,
-                    force):
+def attribute_patch(load, data, n_prompts, seed, units, direction, method, ablation, metric, positions, top,
+                    batch_size, out, force):
     """Activation patching from counterfactual prompts (or mean, resample and zero ablation): how much
     of the clean - corrupt difference each head, layer output or position carries (docs/methods.md)."""
     from editor.attribution.ablations import paired
     from editor.attribution.atpstar import patch_atp_star
     from editor.attribution.patch_estimates import cost, patch_auto, patch_gradient
-    from editor.attribution.patching import contrast_pairs, patch_exact
+    from editor.attribution.patching import check_metric, contrast_pairs, patch_exact
     from editor.model.arch import Arch
     from editor.errors import work_begins
 
@@ -141,6 +145,9 @@ def attribute_patch(load, data, n_prompts, seed, units, direction, method, ablat
     if missing is not None and ablation == "corrupt":
         raise UserError(f"--data {data}: row {missing} has no 'corrupt_prompt'; patching needs contrast pairs "
                         "(the built-in ioi task, or a file of prompt, answer, corrupt_prompt)")
+    if metric == "accuracy" and method != "exact":
+        raise UserError("--metric accuracy is a step function of the logits, with no gradient: use --method exact")
+    check_metric(metric, examples)
     stem = (f"patch_{units}{'_positions' if positions else ''}_{direction}_{method.replace('*', 'star')}"
             + ("" if ablation == "corrupt" else f"_{ablation}"))
     outputs = _Outputs(_out_dir(out), [stem], force)
@@ -153,7 +160,7 @@ def attribute_patch(load, data, n_prompts, seed, units, direction, method, ablat
            "auto": functools.partial(patch_auto, confirm=3 * top)}[method]
     with outputs:
         scores = run(loaded.model, loaded.tokenizer, examples, units, direction, positions, batch_size=batch_size,
-                     ablation=ablation, seed=seed)
+                     ablation=ablation, seed=seed, metric=metric)
         scores.meta.update({"model": _model_name(), "data": data})
         if scores.meta["gap"] is None:
             _say(f"{scores.meta['metric']}: clean {scores.meta['clean_metric']:.3f} ({scores.meta['pairs']} prompts); "
