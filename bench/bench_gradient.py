@@ -25,7 +25,8 @@ import time
 import torch
 
 from editor.attribution.circuit import accuracy, circuit_search
-from editor.attribution.confirm import auto_head_scores, top_heads
+from editor.attribution.confirm import auto_head_scores
+from editor.attribution.gradient import top_heads
 from editor.attribution.gradient import gradient_effects
 from editor.attribution.heads import head_ablation_scan
 from editor.model.loading import load_model

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from editor.attribution.confirm import gradient_scores
+from editor.attribution.gradient import gradient_scores
 from editor.attribution.heads import head_logprob_increase
 from editor.attribution.neurons import neuron_logprob_increase
 from editor.model.loading import load_model

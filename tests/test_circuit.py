@@ -8,7 +8,9 @@ from click.testing import CliRunner
 
 import tiny
 from editor.attribution.circuit import accuracy, circuit_search, set_specificity
-from editor.attribution.confirm import add_specificity, auto_head_scores, gradient_scores, guard_windows
+from editor.attribution.confirm import add_specificity, auto_head_scores
+from editor.attribution.gradient import gradient_scores
+from editor.tasks.guard import guard_windows
 from editor.attribution.gradient import gradient_effects
 from editor.attribution.heads import head_ablation_scan
 from editor.cli import main

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 import tiny
 from same import local_ray, results
-from editor.attribution.confirm import add_specificity, auto_head_scores, guard_windows
+from editor.attribution.confirm import add_specificity, auto_head_scores
+from editor.tasks.guard import guard_windows
 from editor.attribution.sharded import (LocalScorer, head_shards, layer_shards, merge_layer_shards, merge_shards,
                                        prompt_shards)
 from editor.cli import main

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import tiny
-from editor.attribution.confirm import gradient_scores
+from editor.attribution.gradient import gradient_scores
 from editor.attribution.heads import head_ablation_scan, head_logprob_increase
 from editor.attribution.neurons import neuron_logprob_increase
 from editor.tasks.arithmetic import split_prompts

@@ -24,7 +24,7 @@ import torch
 
 from editor.attribution.common import prompt_batches
 from editor.model.capture import model_device
-from editor.attribution.confirm import gradient_scores, top_heads
+from editor.attribution.gradient import gradient_scores, top_heads
 from editor.attribution.heads import head_ablation_scan
 from editor.edit.plan import EditPlan
 from editor.edit.weights import apply_plan

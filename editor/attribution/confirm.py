@@ -17,28 +17,11 @@ positive means it hurts the task more than anything else measured.
 
 from __future__ import annotations
 
-import random
-
 import torch
 
-from editor.attribution.gradient import gradient_effects
+from editor.attribution.gradient import top_heads
 from editor.attribution.results import ComponentScores
 from editor.tasks.examples import Example
-
-
-def gradient_scores(model, tokenizer, examples: list[Example], kind: str = "head", batch_size: int = 16,
-                    progress: bool = True) -> ComponentScores:
-    """Estimated drop of the gold answer's log-probability when each head (or FFN neuron) is zeroed."""
-    effects = gradient_effects(model, tokenizer, examples, batch_size, progress)
-    per = effects.heads if kind == "head" else effects.neurons
-    drop = -per  # [N, L, I]: a positive drop means the component supports the answer
-    return ComponentScores(kind=kind, method="gradient", primary="logp_drop_estimate",
-                           columns={"logp_drop_estimate": drop.mean(0), "abs_estimate": drop.abs().mean(0)},
-                           meta={"prompts": len(examples), "metric": "summed gold log-probability (teacher forced)"})
-
-
-def top_heads(scores: ComponentScores, k: int, column: str | None = None) -> list[tuple[int, int]]:
-    return [(r["layer"], r["index"]) for r in scores.ranked(k, by=column)]
 
 
 def auto_head_scores(model, tokenizer, examples: list[Example], top: int = 20, factor: int = 3,
@@ -63,17 +46,6 @@ def auto_head_scores(model, tokenizer, examples: list[Example], top: int = 20, f
                  "exact": confirmed},
         meta={**exact.meta, "prompts": len(examples), "confirmed": len(candidates),
               "note": "rows with exact=1 were ablated exactly (logp_drop, acc_drop); others are gradient estimates"})
-
-
-def guard_windows(tokenizer, n: int = 64, length: int = 48, seed: int = 0) -> list[Example]:
-    """``n`` next-token examples cut from the guard text: ``length`` tokens of context, the next token
-    as the answer. An ablation scan over them measures the guard's next-token log-likelihood."""
-    from editor.tasks.guard import guard_text
-
-    ids = tokenizer(guard_text())["input_ids"]
-    rng = random.Random(seed)
-    ends = sorted(rng.sample(range(length, len(ids) - 1), min(n, len(ids) - 1 - length)))
-    return [Example(tokenizer.decode(ids[e - length:e]), tokenizer.decode(ids[e:e + 1])) for e in ends]
 
 
 def add_specificity(scores: ComponentScores, model, tokenizer, control: list[Example], guard: list[Example],

@@ -28,6 +28,7 @@ from editor.model.capture import model_device
 from editor.progress import progress_bar
 from editor.errors import UserError
 from editor.evaluation.scoring import pad_rows, pad_token_id
+from editor.attribution.results import ComponentScores
 from editor.model.arch import Arch
 from editor.model.capture import with_position_ids
 from editor.tasks.examples import Example, answer_ids, fit_to_tokenizer
@@ -196,3 +197,18 @@ def weighted_effects(model: nn.Module, tokenizer, examples: list[Example], weigh
     w = torch.tensor(weights, dtype=torch.float32)
     return GradientEffects(torch.einsum("n,nlf->lf", w, per.neurons), torch.einsum("n,nlh->lh", w, per.heads),
                            torch.einsum("n,nl->l", w, per.layers), (w * per.metric).sum())
+
+
+def gradient_scores(model, tokenizer, examples: list[Example], kind: str = "head", batch_size: int = 16,
+                    progress: bool = True) -> ComponentScores:
+    """Estimated drop of the gold answer's log-probability when each head (or FFN neuron) is zeroed."""
+    effects = gradient_effects(model, tokenizer, examples, batch_size, progress)
+    per = effects.heads if kind == "head" else effects.neurons
+    drop = -per  # [N, L, I]: a positive drop means the component supports the answer
+    return ComponentScores(kind=kind, method="gradient", primary="logp_drop_estimate",
+                           columns={"logp_drop_estimate": drop.mean(0), "abs_estimate": drop.abs().mean(0)},
+                           meta={"prompts": len(examples), "metric": "summed gold log-probability (teacher forced)"})
+
+
+def top_heads(scores: ComponentScores, k: int, column: str | None = None) -> list[tuple[int, int]]:
+    return [(r["layer"], r["index"]) for r in scores.ranked(k, by=column)]

@@ -43,7 +43,7 @@ class LocalScorer:
     progress: bool = True
 
     def gradient(self, examples: list[Example], kind: str = "head") -> ComponentScores:
-        from editor.attribution.confirm import gradient_scores
+        from editor.attribution.gradient import gradient_scores
 
         return gradient_scores(self.model, self.tokenizer, examples, kind, self.batch_size, self.progress)
 
@@ -86,7 +86,7 @@ class LocalScorer:
         return arch.n_layers, arch.n_heads
 
     def guard(self, n: int, seed: int) -> list[Example]:
-        from editor.attribution.confirm import guard_windows
+        from editor.tasks.guard import guard_windows
 
         return guard_windows(self.tokenizer, n, seed=seed)
 

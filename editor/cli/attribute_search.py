@@ -31,7 +31,7 @@ def attribute_circuit(load, data, n_prompts, seed, target, top, batch_size, out,
                       candidates, max_size, random_seeds, control):
     """Smallest set of heads whose joint removal cuts held-out accuracy by --target-drop."""
     from editor.attribution.circuit import circuit_search, set_specificity
-    from editor.attribution.confirm import guard_windows
+    from editor.tasks.guard import guard_windows
     from editor.attribution.costs import circuit_plan
 
     if not 0 < target_drop < 1:  # NaN passes click's range check

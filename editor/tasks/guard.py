@@ -8,10 +8,12 @@ normalised (paragraphs kept, runs of spaces collapsed) and pinned by its SHA-256
 from __future__ import annotations
 
 import hashlib
+import random
 from functools import lru_cache
 from importlib import metadata
 
 from editor.errors import UserError
+from editor.tasks.examples import Example
 
 GUARD_SHA256 = "cb8e560ab845849728af7ebd09363ec43204b507c5cdc6876967aa43d2e12197"
 _START, _END = "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION", "END OF TERMS AND CONDITIONS"
@@ -60,3 +62,12 @@ def guard_text() -> str:
             seen.append(f"{name}:{file.name} ({digest[:12]})")
     raise UserError("cannot find the guard text (the Apache License 2.0 terms shipped with transformers and "
                     f"other dependencies) with SHA-256 {GUARD_SHA256[:12]}...; looked at: {', '.join(seen) or 'none'}")
+
+
+def guard_windows(tokenizer, n: int = 64, length: int = 48, seed: int = 0) -> list[Example]:
+    """``n`` next-token examples cut from the guard text: ``length`` tokens of context, the next token
+    as the answer. An ablation scan over them measures the guard's next-token log-likelihood."""
+    ids = tokenizer(guard_text())["input_ids"]
+    rng = random.Random(seed)
+    ends = sorted(rng.sample(range(length, len(ids) - 1), min(n, len(ids) - 1 - length)))
+    return [Example(tokenizer.decode(ids[e - length:e]), tokenizer.decode(ids[e:e + 1])) for e in ends]
