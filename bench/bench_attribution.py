@@ -19,7 +19,7 @@ import torch
 from editor.attribution.heads import head_ablation_scan, head_ablation_scan_naive, head_logprob_increase
 from editor.attribution.neurons import neuron_logprob_increase
 from editor.model.loading import load_model
-from editor.tasks.examples import load_examples
+from editor.tasks import load_examples
 
 
 def timed(fn):

@@ -25,7 +25,7 @@ from editor.attribution.atpstar import patch_atp_star
 from editor.attribution.patch_estimates import patch_auto, patch_gradient
 from editor.attribution.patching import patch_exact
 from editor.model.loading import load_model
-from editor.tasks.examples import load_examples
+from editor.tasks import load_examples
 from editor.tasks.ioi import build
 
 

@@ -20,7 +20,7 @@ from editor.attribution.gradient import gradient_scores
 from editor.attribution.heads import head_logprob_increase
 from editor.attribution.neurons import neuron_logprob_increase
 from editor.model.loading import load_model
-from editor.tasks.examples import load_examples
+from editor.tasks import load_examples
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:

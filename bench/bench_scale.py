@@ -40,7 +40,7 @@ def ray_overhead(neuron_prompts: int, scan_prompts: int) -> list[dict]:
     from editor.attribution.sharded import LocalScorer, RayScorer
     from editor.distributed import ModelSpec, RayPool
     from editor.model.loading import load_model
-    from editor.tasks.examples import load_examples
+    from editor.tasks import load_examples
 
     rows = []
     torch.set_num_threads(2)

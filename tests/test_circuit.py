@@ -18,7 +18,7 @@ from editor.edit.plan import EditPlan
 from editor.edit.weights import intervene
 from editor.io import write_text_atomic
 from editor.tasks.arithmetic import split_prompts
-from editor.tasks.examples import load_examples
+from editor.tasks import load_examples
 
 
 @pytest.fixture(scope="module")

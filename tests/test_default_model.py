@@ -81,7 +81,7 @@ def test_default_model_attribution_end_to_end(loaded, tmp_path):
     """Static and ablation head scores, and neuron scores, on real arithmetic prompts."""
     from editor.attribution.heads import head_ablation_scan, head_ablation_scan_naive, head_logprob_increase
     from editor.attribution.neurons import neuron_logprob_increase
-    from editor.tasks.examples import load_examples
+    from editor.tasks import load_examples
 
     examples = load_examples("arithmetic", n=8)
     static = head_logprob_increase(loaded.model, loaded.tokenizer, examples, progress=False)

@@ -61,7 +61,7 @@ def test_gemma_attribution_and_evaluation_from_the_command_line(gemma, capitals,
 
 def test_gemma_prune_shrinks_to_a_checkpoint_that_equals_the_zeroed_model(gemma, capitals, tmp_path):
     from editor.recipes import run_config
-    from editor.recipes.arithmetic_prune import prune_config
+    from editor.recipes.prune_command import prune_config
 
     out = tmp_path / "prune"
     cfg = prune_config(model=ALIAS, out=out, data=str(capitals), units=["neurons", "heads", "layers"],

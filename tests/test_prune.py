@@ -256,7 +256,8 @@ def test_a_cut_that_recovery_does_not_repair_backs_off_or_is_not_shipped(arith_d
 def test_search_retain_constrains_only_a_recovering_prune(tmp_path):
     """search_retain is the search's rule only with recovery: without it a retain below the default
     search_retain is valid; with it the default search_retain above retain is refused, named."""
-    from editor.recipes.arithmetic_prune import _settings, prune_config
+    from editor.recipes.arithmetic_prune import _settings
+    from editor.recipes.prune_command import prune_config
 
     cfg = prune_config(out=tmp_path / "a", retain=0.4, recover="none")
     assert _settings(cfg, "attribution").retain == 0.4

@@ -229,7 +229,7 @@ def test_prune_keeps_a_users_completion_task_and_names_it(arith_dir, sums_file, 
 @pytest.mark.parametrize("kind", ["choice", "text"])
 def test_prune_runs_on_choice_and_text_tasks(arith_dir, tmp_path, kind):
     from editor.recipes import run_config
-    from editor.recipes.arithmetic_prune import prune_config
+    from editor.recipes.prune_command import prune_config
 
     queries = split_prompts({"all": 40}, {"all": 1}, 1, "+", 4, 1, seed=2)["all"]
     if kind == "choice":

@@ -147,7 +147,7 @@ def test_one_registry_of_builtin_tasks():
     """Every built-in name works as --data, in load_examples and in dataset(); files still load."""
     from editor.tasks import BUILTIN, dataset
     from editor.tasks import gender as gender_task
-    from editor.tasks.examples import load_examples
+    from editor.tasks import load_examples
 
     assert set(BUILTIN) == {"arithmetic", "icl", "gender", "pronoun", "ioi"}
     ioi = load_examples("ioi", n=12, seed=1)
@@ -171,7 +171,7 @@ def test_answers_glued_to_their_prompt_get_a_note_and_a_delimiter(tmp_path):
     """A file's answers are scored on the tokens of ``prompt + answer``: "isParis" when the file says
     "Paris". That is never silent: a one-line note names it, and --delimiter ' ' puts the space in."""
     from editor.errors import UserError
-    from editor.tasks.examples import load_examples
+    from editor.tasks import load_examples
 
     data = tmp_path / "capitals.jsonl"
     data.write_text('{"prompt": "The capital of France is", "answer": "Paris"}\n'

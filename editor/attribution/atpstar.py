@@ -34,9 +34,10 @@ from contextlib import contextmanager
 import torch
 
 from editor.attribution.gradient import _frozen
+from editor.attribution.patch_metrics import differentiable
 from editor.attribution.patch_estimates import attributions, target_graph
 from editor.attribution.patching import (_batches, _check_positions, _first_key, _last_logits, _patched,
-                                         _result, _source_run, differentiable, prepare, read,
+                                         _result, _source_run, prepare, read,
                                          sites)
 from editor.attribution.results import ComponentScores
 from editor.model.arch import Arch

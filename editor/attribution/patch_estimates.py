@@ -11,8 +11,9 @@ from contextlib import ExitStack, contextmanager
 import torch
 
 from editor.attribution.gradient import _frozen
+from editor.attribution.patch_metrics import differentiable
 from editor.attribution.patching import (_batches, _check_positions, _last_logits, _recorded, _result, _source_run,
-                                         differentiable, metric, patch_exact, prepare, read, site_features, sites)
+                                         metric, patch_exact, prepare, read, site_features, sites)
 from editor.attribution.results import ComponentScores
 from editor.model.arch import Arch
 from editor.progress import progress_bar

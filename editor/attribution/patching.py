@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 
 from editor.attribution.ablations import MeanAccumulator, paired, replaced
+from editor.attribution.patch_metrics import check_metric, metric
 from editor.attribution.heads import _resume_at
 from editor.attribution.results import ComponentScores
 from editor.errors import UserError
@@ -49,7 +50,6 @@ from editor.model.capture import model_device, with_position_ids
 from editor.progress import progress_bar
 from editor.tasks.examples import Example, answer_ids, fit_to_tokenizer
 
-METRICS = ("logit_difference", "answer_logprob", "accuracy")
 UNITS = ("heads", "neurons", "attn", "mlp", "resid", "queries", "keys")
 KINDS = {"heads": "head", "neurons": "neuron", "attn": "attn", "mlp": "mlp", "resid": "resid", "queries": "query",
          "keys": "key"}
@@ -126,40 +126,6 @@ def prepare(model, tokenizer, examples: list[Example], unit: str, direction: str
             acc.add({l: v.cpu() for l, v in store.items()}, target["attention_mask"].cpu())
         pairs.means = acc.means()
     return pairs
-
-
-def check_metric(metric: str | None, examples: list[Example]) -> str | None:
-    """``metric`` if the rows can be read with it (one line otherwise; no model needed)."""
-    if metric is None:
-        return None
-    if metric not in METRICS:
-        raise UserError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
-    if metric == "logit_difference":
-        missing = next((i for i, e in enumerate(examples, 1) if "corrupt_answer" not in (e.meta or {})), None)
-        if missing is not None:
-            raise UserError(f"row {missing} has no 'corrupt_answer': the logit difference needs one in every row")
-    return metric
-
-
-def metric(logits: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor | None,
-           kind: str | None = None) -> torch.Tensor:
-    """Per row of last-position ``logits``: logit(answer) - logit(wrong), log p(answer), or whether the
-    answer is the top token (``kind``; None: the logit difference where ``wrong`` is given). In
-    float64: effects are differences of these, and the derivative test divides them by a small step."""
-    logits = logits.double()
-    if kind == "accuracy":
-        return (logits.argmax(-1) == answer).double()
-    picked = logits.gather(-1, answer[:, None])[:, 0]
-    if wrong is not None and kind != "answer_logprob":
-        return picked - logits.gather(-1, wrong[:, None])[:, 0]
-    return picked - logits.logsumexp(-1)
-
-
-def differentiable(pairs: Pairs) -> None:
-    """The estimators' check: accuracy is a step function of the logits."""
-    if pairs.metric == "accuracy":
-        raise UserError("accuracy is a step function of the logits, with no gradient to estimate it from: "
-                        "use --method exact, or the logit_difference / answer_logprob metric")
 
 
 # Where each unit lives: the module whose input (pre) or output (post) a patch replaces, and the

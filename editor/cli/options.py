@@ -118,7 +118,7 @@ def data_options(func):
 
 
 def _examples(data: str, n: int, seed: int):
-    from editor.tasks.examples import load_examples
+    from editor.tasks import load_examples
 
     return load_examples(data, n=n, seed=seed, delimiter=_delimiter(), note=_log)
 

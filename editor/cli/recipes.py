@@ -119,7 +119,7 @@ def prune_cmd(model, data, test_file, retain, units, method, baselines, max_guar
               search_retain, settings, seed, device, out, as_json):
     """Remove the most neurons, heads and layers that keep the task, and save a smaller model."""
     from editor.recipes import run_config
-    from editor.recipes.arithmetic_prune import prune_config
+    from editor.recipes.prune_command import prune_config
     from editor.tables import format_table
 
     split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731

@@ -24,9 +24,8 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from editor.errors import UserError
 from editor.service.jobs import validate
+from editor.service.page import COOKIE
 from editor.service.store import DONE, JobStore
-
-COOKIE = "lmedit_token"
 
 
 @dataclass

@@ -16,6 +16,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from editor.errors import UserError
 
+COOKIE = "lmedit_token"  # set by the sign-in form, read by the app on every request (editor/service/app.py)
+
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
@@ -58,7 +60,6 @@ def _rows(jobs: list[dict]) -> str:
 
 
 def add_page(app: FastAPI, store, user, settings) -> None:
-    from editor.service.app import COOKIE
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index(request: Request, token: str | None = None):

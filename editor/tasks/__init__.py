@@ -98,3 +98,26 @@ def dataset(task: str, **options):
         examples = [type(e)(e.prompt, e.answer, {**e.meta, "candidates": "|".join(e.meta["candidates"])})
                     for e in examples]
     return to_dataset(examples)
+
+
+def load_examples(spec: str, n: int | None = None, seed: int = 0, delimiter: str | None = None,
+                  note=None) -> list:
+    """``spec`` is a built-in task (``editor.tasks.BUILTIN``: ``arithmetic``, ``arithmetic:2``, ``icl``,
+    ``gender``, ``pronoun``) or a local .jsonl/.csv file of any task kind (``editor.tasks.kinds``; its
+    rows as prompt/answer pairs, answers joined to the prompts by ``delimiter``, see
+    :func:`editor.tasks.examples.join_answers`; ``note`` receives the one-line warning). Bare prompts (no answers) are
+    accepted: attribution can score the model's own top-1."""
+    from pathlib import Path
+
+    from editor.errors import UserError
+    from editor.tasks.kinds import as_completion, read_task
+
+    examples = builtin(spec, n=n, seed=seed)
+    if examples is not None:
+        if delimiter is not None:
+            raise UserError(f"--delimiter is for data files; the built-in task {spec!r} writes its own answers")
+        return examples
+    if not spec.endswith((".jsonl", ".csv")) and not Path(spec).exists():
+        raise UserError(f"unknown data {spec!r}: a built-in task ({', '.join(BUILTIN)}) or a .jsonl/.csv file")
+    examples = as_completion(read_task(spec, delimiter, note, prompts_only_ok=True))
+    return examples[:n] if n else examples

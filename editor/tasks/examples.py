@@ -38,28 +38,6 @@ def read_file(path: str | Path) -> list[Example]:
     return _from_records(read_records(path, "data file"), str(path))
 
 
-def load_examples(spec: str, n: int | None = None, seed: int = 0, delimiter: str | None = None,
-                  note=None) -> list[Example]:
-    """``spec`` is a built-in task (``editor.tasks.BUILTIN``: ``arithmetic``, ``arithmetic:2``, ``icl``,
-    ``gender``, ``pronoun``) or a local .jsonl/.csv file of any task kind (``editor.tasks.kinds``; its
-    rows as prompt/answer pairs, answers joined to the prompts by ``delimiter``, see
-    :func:`join_answers`; ``note`` receives the one-line warning). Bare prompts (no answers) are
-    accepted: attribution can score the model's own top-1."""
-    from editor.tasks import BUILTIN, builtin
-
-    examples = builtin(spec, n=n, seed=seed)
-    if examples is not None:
-        if delimiter is not None:
-            raise UserError(f"--delimiter is for data files; the built-in task {spec!r} writes its own answers")
-        return examples
-    if not spec.endswith((".jsonl", ".csv")) and not Path(spec).exists():
-        raise UserError(f"unknown data {spec!r}: a built-in task ({', '.join(BUILTIN)}) or a .jsonl/.csv file")
-    from editor.tasks.kinds import as_completion, read_task
-
-    examples = as_completion(read_task(spec, delimiter, note, prompts_only_ok=True))
-    return examples[:n] if n else examples
-
-
 def join_answers(examples: list[Example], delimiter: str | None, where: str, note=None) -> list[Example]:
     """Each answer is scored on its tokens as they follow the prompt in ``prompt + answer`` (the way
     lm-evaluation-harness joins context and target), so "Paris" after "The capital of France is"
