@@ -148,7 +148,7 @@ def test_the_patched_pattern_is_each_sites_own_exact_patch(family, tokenizer):
     target, source, _, _ = next(_batches(model, tokenizer, pairs, 8, "noising"))
     for unit, positions in (("queries", None), ("keys", None), ("keys", 2), ("queries", 2)):
         src, _ = _source_run(model, arch, unit, source, False)
-        patched = patched_patterns(model, arch, unit, target, src, positions, False)
+        patched = {l: a.double() for l, a in patched_patterns(model, arch, unit, target, src, positions, False).items()}
         where = [None] if positions is None else list(range(-positions, 0))
         for layer in range(arch.n_layers):
             plain = _pattern_of(model, arch, layer, target)

@@ -116,7 +116,9 @@ def patched_patterns(model, arch: Arch, unit: str, target: dict, source: dict[in
                      positions: int | None, keep_last: bool) -> dict[int, torch.Tensor]:
     """Per layer ``[copies, batch, heads, query, key]``: layer ``l``'s exact attention pattern with every
     query (or key) of ``l`` taken from the source run; one copy (every position) or one per position
-    ``-P..-1``. Layers above ``l`` see a changed input; only layer ``l``'s pattern is read."""
+    ``-P..-1``. Layers above ``l`` see a changed input; only layer ``l``'s pattern is read. Kept in the
+    pattern's own dtype: layers x copies x batch x heads x tokens^2 values, so long prompts want a
+    smaller batch."""
     where = [None] if positions is None else list(range(-positions, 0))
     out = {}
     for layer in range(arch.n_layers):
@@ -125,7 +127,7 @@ def patched_patterns(model, arch: Arch, unit: str, target: dict, source: dict[in
         with _patched(arch, unit, layer, [(None, p) for p in where], source[layer]), _patterns(arch, store):
             _last_logits(model, rep, keep_last)
         a = store[layer]
-        out[layer] = a.view(len(where), -1, *a.shape[1:]).double()
+        out[layer] = a.view(len(where), -1, *a.shape[1:])
     return out
 
 
@@ -135,7 +137,7 @@ def qk_attributions(arch: Arch, unit: str, patched: dict[int, torch.Tensor], pat
     order: ``dM/dA . (A' - A)`` summed over the site's heads (a key group: all the heads reading it)."""
     per_layer = []
     for l, g in enumerate(grads):
-        change = patched[l] - patterns[l].detach().double().unsqueeze(0)  # [copies, n, heads, q, k]
+        change = patched[l].double() - patterns[l].detach().double().unsqueeze(0)  # [copies, n, heads, q, k]
         copies, n = change.shape[:2]
         if g is None:
             by_head = change.new_zeros(copies, n, arch.n_heads)
