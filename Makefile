@@ -43,7 +43,7 @@ browser:
 test: install llama-cpp browser
 	$(BIN)/python -m pytest -q
 
-## Unit tests on tiny random models only (about 13 minutes on 2 cores, measured 2026-12-07; the full suite 42).
+## Unit tests on tiny random models only (about 13 minutes on 2 cores, measured 2026-12-07; the full suite 34).
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 

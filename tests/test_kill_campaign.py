@@ -1,4 +1,4 @@
-"""Random kill campaign: a real recipe run SIGKILLed at 40 random moments (seeded), resumed after
+"""Random kill campaign: a real recipe run SIGKILLed at 30 random moments (seeded), resumed after
 each, must end with every artifact equal to an uninterrupted run's (bitwise for weights, JSON equal
 but for wall-clock timings and the run's own path), and no temporary, lock or journal left.
 
@@ -25,7 +25,7 @@ from zygote import Zygote
 
 pytestmark = pytest.mark.slow
 
-KILLS = 40
+KILLS = 30
 SETTINGS = ["batch_size=16", "data.n_score=8", "data.n_val=16", "data.n_test=16", "data.n_train=8", "data.formats=[[4, 1]]", "data.heldout_formats=[[4, 2]]", "data.n_heldout=8", "data.n_general=4",
             "prune.retain=0.9", "prune.max_rounds=2", "baselines=[]", "recover.steps=2"]
 
