@@ -82,3 +82,14 @@ def test_attribute_user_errors(tiny_dir, tmp_path):
         assert result.exit_code == 2, result.output
         assert message in result.output and "Traceback" not in result.output
         assert "scoring" not in result.output  # refused before the model loaded: the plan is never said
+
+
+def test_cna_loads_the_second_model_with_the_first_ones_settings(tiny_dir, tmp_path):
+    """The same model twice in bfloat16: both conditions score alike, so every difference is exactly 0
+    (a second model loaded in float32, as it once was, differs from the first in every neuron)."""
+    out = tmp_path / "cna"
+    result = run("attribute", "cna", "--model", tiny_dir, "--model-b", tiny_dir, "--dtype", "bfloat16",
+                 "--data", _data(tmp_path), "--out", out)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "neurons_cna.json").read_text())
+    assert all(r["diff"] == 0 for r in data["top"]) and any(r["importance_a"] != 0 for r in data["top"])

@@ -156,7 +156,7 @@ def attribute_cna(load, scorer_for, executor, data, n_prompts, seed, target, top
     from editor.attribution.costs import cna_plan
     from editor.attribution.neurons import KINDS
     from editor.edit.plan import EditPlan
-    from editor.model.loading import check_model_name, load_model
+    from editor.model.loading import check_model_name
 
     if sum(x is not None for x in (data_b, ablate_heads, model_b)) != 1:
         raise UserError("give exactly one of --data-b, --ablate-heads, --model-b")
@@ -174,10 +174,10 @@ def attribute_cna(load, scorer_for, executor, data, n_prompts, seed, target, top
     scorer, close = scorer_for(batch_size)
     _state_plan(lambda dims: cna_plan(dims[0], dims[2], kind, len(examples), batch_size, kwargs["layers"],
                                       "a second model" if model_b else "heads zeroed" if ablate_heads else "paired prompts"))
-    device = click.get_current_context().params.get("device", "cpu")
     with outputs:
         try:
-            scores = scorer.cna(examples, model_b=model_b, load=lambda name: load_model(name, device=device), **kwargs)
+            # Condition B's model loads with every setting of the first (device, dtype, memory, remote code).
+            scores = scorer.cna(examples, model_b=model_b, load=load, **kwargs)
             scores.meta.update({"model": _model_name(), "data": data, "data_b": data_b, "model_b": model_b,
                                 "executor": executor})
             _report(scores, outputs, f"{scores.kind}s_cna", top, scorer, tokens=True)
