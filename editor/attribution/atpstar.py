@@ -22,8 +22,10 @@ position, one copy of the batch per position) and only the rest is linear:
 ``sum dM/dA . (A' - A)`` over the entries of the site's heads. GradDrop then applies to that estimate.
 Heads' outputs and later activations need no such fix: a head output's exact ``source - target``
 difference already contains its pattern's change.
+
 Cost: the attribution pass plus one backward per layer (each reaching only the layers below the
-dropped one), stated by :func:`editor.attribution.patching.cost`.
+dropped one), and for queries and keys one patched forward per layer; stated by
+:func:`editor.attribution.patch_estimates.cost`.
 """
 
 from __future__ import annotations
@@ -37,8 +39,7 @@ from editor.attribution.gradient import _frozen
 from editor.attribution.patch_metrics import differentiable
 from editor.attribution.patch_estimates import attributions, target_graph
 from editor.attribution.patching import (_batches, _check_positions, _first_key, _last_logits, _patched,
-                                         _result, _source_run, prepare, read,
-                                         sites)
+                                         _result, _source_run, prepare, read, sites)
 from editor.attribution.results import ComponentScores
 from editor.model.arch import Arch
 from editor.progress import progress_bar
