@@ -11,7 +11,8 @@ import torch
 import tiny
 from editor.attribution.atpstar import patch_atp_star
 from editor.attribution.patch_estimates import patch_auto, patch_gradient
-from editor.attribution.patching import _batches, _patched, _source_run, contrast_pairs, metric, patch_exact, sites
+from editor.attribution.patch_metrics import read_metric
+from editor.attribution.patching import _batches, _patched, _source_run, contrast_pairs, patch_exact, sites
 from editor.model.arch import Arch
 from test_patching import PAIRS
 
@@ -56,7 +57,7 @@ def _frozen_layer_derivative(model, tokenizer, unit: str, direction: str, positi
                 for alpha in (step, -step):
                     with _held(arch, layer, delta), \
                             _patched(arch, unit, site_layer, [(index, position)], src[site_layer], alpha):
-                        value.append(metric(model(**target, use_cache=False).logits[:, -1], answer, wrong))
+                        value.append(read_metric(model(**target, use_cache=False).logits[:, -1], answer, wrong))
                 got.append((value[0] - value[1]) / (2 * step))
         rows.append(torch.stack(got, 1))
     return torch.cat(rows).mean(0)

@@ -47,7 +47,8 @@ def test_whole_layer_patches_equal_what_they_replace(tokenizer):
     is linear); the residual stream at every position of layer 0 replays the source run."""
     from contextlib import ExitStack
 
-    from editor.attribution.patching import _batches, _patched, _source_run, metric
+    from editor.attribution.patch_metrics import read_metric
+    from editor.attribution.patching import _batches, _patched, _source_run
     from editor.model.arch import Arch
 
     model = tiny.tiny_model("llama")
@@ -56,21 +57,21 @@ def test_whole_layer_patches_equal_what_they_replace(tokenizer):
     pairs = contrast_pairs(tokenizer, PAIRS)
     target, source, answer, wrong = next(_batches(model, tokenizer, pairs, 8, "noising"))
     with torch.no_grad():
-        clean = metric(model(**target).logits[:, -1], answer, wrong)
+        clean = read_metric(model(**target).logits[:, -1], answer, wrong)
         src, src_logits = _source_run(model, arch, "heads", source, False)
         for layer in range(arch.n_layers):
             with ExitStack() as stack:
                 for head in range(arch.n_heads):
                     stack.enter_context(_patched(arch, "heads", layer, [(head, None)], src[layer]))
-                every_head = metric(model(**target).logits[:, -1], answer, wrong)
+                every_head = read_metric(model(**target).logits[:, -1], answer, wrong)
             torch.testing.assert_close((every_head - clean).mean(), attn.columns["effect"][layer, 0],
                                        rtol=1e-4, atol=1e-4)
         src_r, _ = _source_run(model, arch, "resid", source, False)
         with _patched(arch, "resid", 0, [(0, None)], src_r[0]):
-            replay = metric(model(**target).logits[:, -1], answer, wrong)
-    torch.testing.assert_close(replay, metric(src_logits, answer, wrong), rtol=1e-5, atol=1e-5)
+            replay = read_metric(model(**target).logits[:, -1], answer, wrong)
+    torch.testing.assert_close(replay, read_metric(src_logits, answer, wrong), rtol=1e-5, atol=1e-5)
     assert attn.meta["metric"] == "logit_difference" and attn.meta["gap"] == pytest.approx(
-        float((clean - metric(src_logits, answer, wrong)).mean()), abs=1e-5)
+        float((clean - read_metric(src_logits, answer, wrong)).mean()), abs=1e-5)
 
 
 @pytest.mark.parametrize("family, unit, positions", [

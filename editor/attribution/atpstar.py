@@ -36,10 +36,10 @@ from contextlib import contextmanager
 import torch
 
 from editor.attribution.gradient import _frozen
-from editor.attribution.patch_metrics import differentiable
+from editor.attribution.patch_metrics import differentiable, read_metric
 from editor.attribution.patch_estimates import attributions, target_graph
 from editor.attribution.patching import (_batches, _check_positions, _first_key, _last_logits, _patched,
-                                         _result, _source_run, prepare, read, sites)
+                                         _result, _source_run, prepare, sites)
 from editor.attribution.results import ComponentScores
 from editor.model.arch import Arch
 from editor.progress import progress_bar
@@ -121,10 +121,10 @@ def patched_patterns(model, arch: Arch, unit: str, target: dict, source: dict[in
     pattern's own dtype: layers x copies x batch x heads x tokens^2 values, so long prompts want a
     smaller batch."""
     where = [None] if positions is None else list(range(-positions, 0))
+    rep = {k: v.repeat(len(where), *([1] * (v.dim() - 1))) for k, v in target.items()}
     out = {}
     for layer in range(arch.n_layers):
         store: dict[int, torch.Tensor] = {}
-        rep = {k: v.repeat(len(where), *([1] * (v.dim() - 1))) for k, v in target.items()}
         with _patched(arch, unit, layer, [(None, p) for p in where], source[layer]), _patterns(arch, store):
             _last_logits(model, rep, keep_last)
         a = store[layer]
@@ -196,7 +196,7 @@ def patch_atp_star(model, tokenizer, examples: list[Example], unit: str = "heads
                 gate.layer = None
             effects.append(plain)
             target_m.append(m.detach().cpu())
-            source_m.append(read(src_logits, answer, wrong, pairs.metric).cpu())
+            source_m.append(read_metric(src_logits, answer, wrong, pairs.metric).cpu())
             bar.update(answer.shape[0])
     bar.close()
     dropped /= len(pairs.answer)

@@ -11,9 +11,9 @@ from contextlib import ExitStack, contextmanager
 import torch
 
 from editor.attribution.gradient import _frozen
-from editor.attribution.patch_metrics import differentiable
+from editor.attribution.patch_metrics import differentiable, read_metric
 from editor.attribution.patching import (_batches, _check_positions, _last_logits, _recorded, _result, _source_run,
-                                         metric, patch_exact, prepare, read, site_features, sites)
+                                         patch_exact, prepare, site_features, sites)
 from editor.attribution.results import ComponentScores
 from editor.model.arch import Arch
 from editor.progress import progress_bar
@@ -33,7 +33,7 @@ def target_graph(model, arch: Arch, unit: str, target: dict, answer: torch.Tenso
         with _recorded(arch, unit, store), ExitStack() as stack, torch.enable_grad():
             for hook in hooks:
                 stack.enter_context(hook)
-            m = metric(_last_logits(model, target, keep_last), answer, wrong, kind)
+            m = read_metric(_last_logits(model, target, keep_last), answer, wrong, kind)
             yield m, [store[l] for l in range(arch.n_layers)]
     finally:
         handle.remove()
@@ -58,7 +58,7 @@ def patch_gradient(model, tokenizer, examples: list[Example], unit: str = "heads
                 grads = torch.autograd.grad(m.sum(), acts, allow_unused=True)
             effects.append(attributions(arch, unit, positions, src, acts, grads).cpu())
             target_m.append(m.detach().cpu())
-            source_m.append(read(src_logits, answer, wrong, pairs.metric).cpu())
+            source_m.append(read_metric(src_logits, answer, wrong, pairs.metric).cpu())
             bar.update(answer.shape[0])
     bar.close()
     return _result(arch, unit, direction, positions, "gradient", pairs, torch.cat(target_m), torch.cat(source_m),

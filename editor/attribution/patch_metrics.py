@@ -25,7 +25,7 @@ def check_metric(metric: str | None, examples: list[Example]) -> str | None:
     return metric
 
 
-def metric(logits: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor | None,
+def read_metric(logits: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor | None,
            kind: str | None = None) -> torch.Tensor:
     """Per row of last-position ``logits``: logit(answer) - logit(wrong), log p(answer), or whether the
     answer is the top token (``kind``; None: the logit difference where ``wrong`` is given). In

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 
 from editor.attribution.ablations import MeanAccumulator, paired, replaced
-from editor.attribution.patch_metrics import check_metric, metric
+from editor.attribution.patch_metrics import check_metric, read_metric
 from editor.attribution.heads import _resume_at
 from editor.attribution.results import ComponentScores
 from editor.errors import UserError
@@ -147,8 +147,8 @@ def _point(arch: Arch, unit: str, layer: int) -> tuple[torch.nn.Module, str]:
 def _features(arch: Arch, unit: str, index: int | None) -> slice | list[int]:
     """The features of ``unit``'s tensor that site ``index`` owns (None: every site's at once)."""
     if unit in ("queries", "keys"):
-        role, count = ("q", arch.n_heads) if unit == "queries" else ("k", arch.n_kv_heads)
-        picked = range(count) if index is None else [index]
+        role = "q" if unit == "queries" else "k"
+        picked = range(_per_layer(arch, unit)) if index is None else [index]
         return [f for i in picked for f in arch.qk_features(role, i)]
     if index is None:
         return slice(None)
@@ -157,13 +157,18 @@ def _features(arch: Arch, unit: str, index: int | None) -> slice | list[int]:
     return slice(index, index + 1) if unit == "neurons" else slice(None)
 
 
+def _per_layer(arch: Arch, unit: str) -> int:
+    """How many sites of ``unit`` one layer has (at one position)."""
+    return {"heads": arch.n_heads, "neurons": arch.d_ffn(0), "queries": arch.n_heads,
+            "keys": arch.n_kv_heads}.get(unit, 1)
+
+
 def site_features(arch: Arch, unit: str, width: int) -> torch.Tensor:
     """``[sites per layer, features each]``: the feature indices of every site of one layer of
     ``unit``, whose tensor has ``width`` features (what a per-site sum of per-feature terms reads)."""
+    per = _per_layer(arch, unit)
     if unit in ("queries", "keys"):
-        count = arch.n_heads if unit == "queries" else arch.n_kv_heads
-        return torch.tensor([_features(arch, unit, i) for i in range(count)])
-    per = {"heads": arch.n_heads, "neurons": width}.get(unit, 1)
+        return torch.tensor([_features(arch, unit, i) for i in range(per)])
     return torch.arange(width).view(per, -1)
 
 
@@ -174,10 +179,8 @@ def sites(arch: Arch, unit: str, positions: int | None) -> list[tuple[int, int, 
         raise UserError(f"unknown unit {unit!r}; choose from {', '.join(UNITS)}")
     if unit == "resid" and positions is None:
         raise UserError("patching the whole residual stream replays the source run; patch it by position")
-    per_layer = {"heads": arch.n_heads, "neurons": arch.d_ffn(0), "queries": arch.n_heads,
-                 "keys": arch.n_kv_heads}.get(unit, 1)
     where = [None] if positions is None else list(range(-positions, 0))
-    return [(l, i, p) for l in range(arch.n_layers) for i in range(per_layer) for p in where]
+    return [(l, i, p) for l in range(arch.n_layers) for i in range(_per_layer(arch, unit)) for p in where]
 
 
 def _first_key(kwargs: dict) -> str:
@@ -316,10 +319,10 @@ def patch_exact(model, tokenizer, examples: list[Example], unit: str = "heads", 
                 with _resume_at(arch, layer, hidden[layer].repeat(r, 1, 1), is_tuple[0]), \
                         _patched(arch, unit, layer, [(i, p) for _, i, p in group], src[layer], alpha):
                     logits = _last_logits(model, rep, keep_last)
-                got = read(logits, answer.repeat(r), None if wrong is None else wrong.repeat(r), pairs.metric)
+                got = read_metric(logits, answer.repeat(r), None if wrong is None else wrong.repeat(r), pairs.metric)
                 out[:, [k for k, _, _ in group]] = got.view(r, n).T.cpu()
-        target_m.append(read(tgt_logits, answer, wrong, pairs.metric).cpu())
-        source_m.append(read(src_logits, answer, wrong, pairs.metric).cpu())
+        target_m.append(read_metric(tgt_logits, answer, wrong, pairs.metric).cpu())
+        source_m.append(read_metric(src_logits, answer, wrong, pairs.metric).cpu())
         patched.append(out)
         bar.update(n)
     bar.close()
@@ -340,12 +343,9 @@ def patch_exact_naive(model, tokenizer, examples: list[Example], unit: str = "he
         got = []
         for layer, index, position in sites(arch, unit, positions):
             with _patched(arch, unit, layer, [(index, position)], src[layer], alpha):
-                got.append(read(model(**target, use_cache=False).logits[:, -1], answer, wrong, pairs.metric).cpu())
+                got.append(read_metric(model(**target, use_cache=False).logits[:, -1], answer, wrong, pairs.metric).cpu())
         rows.append(torch.stack(got, 1))
     return torch.cat(rows)
-
-
-read = metric  # inside functions whose ``metric`` parameter names the kind
 
 
 def _check_positions(pairs: Pairs, positions: int | None) -> None:

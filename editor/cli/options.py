@@ -44,21 +44,25 @@ def _layers(text: str | None) -> list[int] | None:
     return parse_ranges(text, "--layers", "e.g. 20-29 or 3,5,7")
 
 
+def _config(model: str | None = None):
+    """The model's config read without its weights (None where that needs the weights)."""
+    from editor.model.loading import local_config
+
+    return local_config(model or _model_name())
+
+
 def _dimensions(model: str | None = None) -> tuple[int, int, int] | None:
     """(layers, heads, FFN width) from the model's config alone, or None where that needs the weights."""
     from editor.model.arch import config_dimensions
-    from editor.model.loading import local_config
 
-    config = local_config(model or _model_name())
+    config = _config(model)
     return config_dimensions(config) if config is not None else None
 
 
 def _check_plan(plan, model: str | None = None) -> None:
     """An edit plan's components held against the model's config ("head 99.99" refused in well under
     a second instead of after the load); left to the load where the config needs the weights."""
-    from editor.model.loading import local_config
-
-    config = local_config(model or _model_name())
+    config = _config(model)
     if config is not None:
         plan.check_config(config)
 

@@ -281,9 +281,10 @@ class Arch:
         if not 0 <= index < count:
             what = "head" if role == "q" else "key/value group"
             raise UserError(f"{what} {index} out of range: the model has {count} per layer")
-        offset = {None: 0, "concatenated": 0 if role == "q" else self.n_heads * d,
-                  "per_head": (0 if role == "q" else d) + 2 * d * index}[self.spec.qkv_fused]
-        return list(range(offset + index * d, offset + (index + 1) * d))
+        start = {None: index * d,  # a projection of its own: heads side by side
+                 "concatenated": (0 if role == "q" else self.n_heads * d) + index * d,
+                 "per_head": 3 * d * index + (0 if role == "q" else d)}[self.spec.qkv_fused]
+        return list(range(start, start + d))
 
     @property
     def heads_per_group(self) -> int:
