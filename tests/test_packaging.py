@@ -48,7 +48,10 @@ def test_the_built_wheel_works_in_a_new_virtual_environment(tmp_path, tiny_dir):
     recipes and run a packaged one by name on a tiny model. The new venv borrows this one's installed
     dependencies (a path file, added after the wheel is in, so pip never sees them as its own) instead
     of installing torch and the rest again (two minutes of the suite); `pip check` then holds the
-    wheel's declared requirements against them."""
+    wheel's declared requirements against them. Every step runs without PYTHONPATH: a checkout on it
+    (with the egg-info the wheel build leaves) would make pip take lmedit as installed already."""
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    env.pop("PYTHONPATH", None)
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                     str(ROOT), "-w", str(wheels)], check=True, cwd=tmp_path)
@@ -57,18 +60,17 @@ def test_the_built_wheel_works_in_a_new_virtual_environment(tmp_path, tiny_dir):
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = str(venv / "bin" / "python")
     subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", str(wheel)],
-                   check=True, timeout=600)
+                   check=True, timeout=600, env=env)
     import site
 
     ours = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+                          text=True, check=True, env=env).stdout.strip()
     Path(ours, "borrowed-dependencies.pth").write_text(site.getsitepackages()[0] + "\n")
-    checked = subprocess.run([sys.executable, "-m", "pip", "--python", python, "check"], capture_output=True, text=True)
+    checked = subprocess.run([sys.executable, "-m", "pip", "--python", python, "check"], capture_output=True, text=True,
+                             env=env)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    env.pop("PYTHONPATH", None)
     lmedit = str(venv / "bin" / "lmedit")
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import editor; print(editor.__file__)"],
                            capture_output=True, text=True, cwd=elsewhere, env=env, check=True).stdout
