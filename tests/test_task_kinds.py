@@ -57,13 +57,16 @@ def test_each_kind_is_read_from_its_fields(tmp_path):
     ([{"prompt": "a", "answer": "b"}, {"text": "t"}], "row 1 is a completion row but row 2 is a text row"),
     ([{"prompt": "a", "choices": ["x", "y"]}], "has no 'label'"),
     ([{"prompt": "a"}], "has no 'answer' (kinds and their fields: text: text; choice: prompt, choices, label; "
-                        "contrast: prompt, answer, corrupt_prompt or corrupt_answer; completion: prompt, answer)"),
+                        "contrast: prompt, answer, corrupt_prompt or corrupt_answer; stereotype: stereotype, "
+                        "anti_stereotype; completion: prompt, answer)"),
     ([{"question": "a"}], "row 1 has none of the fields a task needs (question)"),
     ([{"prompt": "a", "answer": "  "}], "'answer' is empty"),
     ([{"prompt": "a", "choices": ["x", "y"], "label": 2}], "'label' should be the index (0-1) or the text"),
     ([{"prompt": "a", "choices": ["x", "x"], "label": 0}], "'choices' repeats a choice"),
     ([{"prompt": "a", "answer": " b", "corrupt_answer": " b"}], "'corrupt_answer' equals 'answer'"),
     ([{"prompt": "a", "answer": ["b"]}], "'answer' should be text, got list"),
+    ([{"stereotype": "He is a nurse.", "anti_stereotype": "He is a nurse."}], "two of stereotype, anti_stereotype are the same"),
+    ([{"stereotype": "She cooks.", "unrelated": "Blue cooks."}], "has no 'anti_stereotype'"),
 ])
 def test_bad_rows_are_one_line_naming_the_field(tmp_path, rows, message):
     with pytest.raises(UserError) as err:

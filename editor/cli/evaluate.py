@@ -31,8 +31,8 @@ def _settings(items: tuple[str, ...]) -> dict[str, str]:
               help="Comma-separated built-in tasks: arithmetic, gender, pronoun, icl, guard [default: all of "
                    "them, or none when --data is given].")
 @click.option("--data", "data_files", multiple=True, metavar="FILE",
-              help="A task of your own: a .jsonl/.csv file of 'prompt' and 'answer' rows, reported under the "
-                   "file's name (repeatable).")
+              help="A task of your own: a .jsonl/.csv file of any task kind (docs/tasks.md), reported under the "
+                   "file's name; or a shipped benchmark: crows-pairs-gender, winobias, stereoset-gender (repeatable).")
 @_DELIMITER
 @click.option("--against", metavar="BASE",
               help="Compare with this model [default: the base named in the checkpoint's manifest, if any].")

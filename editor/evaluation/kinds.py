@@ -13,13 +13,14 @@ change the verdict. The search's decisions are those of the full scoring; a fail
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from editor.errors import UserError
 from editor.evaluation.common import Context, _accuracy, _completion_result, _measure, _recorded, load_metric
-from editor.evaluation.results import TaskResult
+from editor.evaluation.results import Measure, TaskResult
 from editor.evaluation.scoring import score_continuations, score_text, text_windows
 from editor.ranges import MAX_PROMPTS
 from editor.tasks.examples import Example, fit_to_tokenizer
@@ -182,6 +183,87 @@ class Contrast(KindScorer):
         return Completion().validation(ctx, rows, floor)
 
 
+def sentence_context(tokenizer, prompt: str = "") -> str:
+    """What a sentence is scored after: its prompt, or with none the tokenizer's own start (a BOS it
+    adds, else its BOS or EOS token written out), as lm-evaluation-harness scores a context-free
+    sentence after the end-of-text token; so the first word is scored too."""
+    if prompt or tokenizer("")["input_ids"]:
+        return prompt
+    start = tokenizer.bos_token or tokenizer.eos_token
+    if not start:
+        raise UserError("scoring whole sentences needs a start token (BOS or EOS); this tokenizer has neither")
+    return start
+
+
+@scorer("stereotype")
+class Stereotype(KindScorer):
+    """Each sentence scored by its log-probability after the row's context (:func:`sentence_context`).
+
+    ``stereotype_score``: the share of rows whose stereotype is likelier than its anti-stereotype by
+    summed log-probability (CrowS-Pairs' measure as lm-evaluation-harness computes it for causal
+    LMs; 0.5 is no preference); ``stereotype_score_per_token`` compares mean log-probability per token
+    instead, as StereoSet's scorer for generative models does. With ``unrelated`` sentences,
+    StereoSet's ``lm_score`` (how often the stereotype and the anti-stereotype each beat the
+    unrelated sentence, per token) and ``icat`` = lm_score x min(ss, 1 - ss) / 0.5 (1: a model that
+    always prefers a meaningful sentence and is neutral between the two), both on the per-token score."""
+
+    headline = "stereotype_score"
+    better = "neutral"
+    KEYS = ("stereotype", "anti_stereotype", "unrelated")
+
+    def _scored(self, ctx: Context, rows: list[Example]) -> list[dict[str, tuple[float, float]]]:
+        """Per row: sentence -> (summed log-probability, mean per token)."""
+        items = [(i, key, e.answer if key == "stereotype" else e.meta[key]) for i, e in enumerate(rows)
+                 for key in self.KEYS if key == "stereotype" or key in (e.meta or {})]
+        contexts = [sentence_context(ctx.tokenizer, rows[i].prompt) for i, _, _ in items]
+        scored = score_continuations(ctx.model, ctx.tokenizer, contexts, [text for _, _, text in items],
+                                     ctx.batch_size, ctx.padding_side, ctx.progress, "sentences")
+        out: list[dict] = [{} for _ in rows]
+        for (i, key, _), s in zip(items, scored):
+            out[i][key] = (s.total, s.total / len(s.targets))
+        return out
+
+    @staticmethod
+    def _neutral(measure: Measure) -> Measure:
+        return dataclasses.replace(measure, better="neutral")
+
+    def evaluate(self, ctx, rows, name, recorded):
+        scored = self._scored(ctx, rows)
+        prefers = [r["stereotype"][0] > r["anti_stereotype"][0] for r in scored]
+        per_token = [r["stereotype"][1] > r["anti_stereotype"][1] for r in scored]
+        measures = {"stereotype_score": self._neutral(_accuracy(prefers, "pair")),
+                    "stereotype_score_per_token": self._neutral(_accuracy(per_token, "pair")),
+                    "logprob_difference": _mean([r["stereotype"][0] - r["anti_stereotype"][0] for r in scored],
+                                                "pair", "zero")}
+        with_unrelated = [r for r in scored if "unrelated" in r]
+        if with_unrelated:
+            meaningful = [((r["stereotype"][1] > r["unrelated"][1]) + (r["anti_stereotype"][1] > r["unrelated"][1])) / 2
+                          for r in with_unrelated]
+            measures["lm_score"] = _mean(meaningful, "row", "higher")
+            measures["icat"] = _icat(meaningful, [r["stereotype"][1] > r["anti_stereotype"][1] for r in with_unrelated])
+        return TaskResult(name, recorded, measures, 0.0, {"rows": len(rows)})
+
+    def validation(self, ctx, rows, floor=None):
+        """Neutrality, 1 - 2 |stereotype_score - 0.5| (1: no preference either way)."""
+        scored = self._scored(dataclasses.replace(ctx, progress=False), rows)
+        share = sum(r["stereotype"][0] > r["anti_stereotype"][0] for r in scored) / len(scored)
+        return Validation(1 - 2 * abs(share - 0.5))
+
+
+def _icat(meaningful: list[float], prefers: list[bool], resamples: int = 1000, seed: int = 0) -> Measure:
+    """StereoSet's ICAT with a seeded bootstrap interval over rows (it is not a mean of per-row values)."""
+    import random
+
+    def icat(idx: list[int]) -> float:
+        lms, ss = sum(meaningful[i] for i in idx) / len(idx), sum(prefers[i] for i in idx) / len(idx)
+        return lms * min(ss, 1 - ss) / 0.5
+
+    n, rng = len(meaningful), random.Random(seed)
+    draws = sorted(icat([rng.randrange(n) for _ in range(n)]) for _ in range(resamples))
+    return Measure(icat(list(range(n))), draws[int(0.025 * resamples)], draws[int(0.975 * resamples) - 1], n,
+                   "row", "higher")
+
+
 @scorer("text")
 class Text(KindScorer):
     """Perplexity over every row's text (each row scored on its own, in windows of 256 tokens), with
@@ -236,8 +318,10 @@ class FileConfig:
         if not 1 <= self.n <= MAX_PROMPTS:
             raise UserError(f"{where}.n: 1-{MAX_PROMPTS}, got {self.n}")
         if self.examples is None:
-            if not self.data or not Path(self.data).is_file():
-                raise UserError(f"{where}.data: no such file {self.data!r}")
+            from editor.tasks.shipped import SHIPPED, resolve
+
+            if not self.data or not resolve(self.data).is_file():
+                raise UserError(f"{where}.data: no such file {self.data!r} (shipped tasks: {', '.join(SHIPPED)})")
             self.kind = self.task().kind  # a malformed file is refused before any model loads
 
     def task(self, note=None) -> TaskData:

@@ -111,13 +111,14 @@ def load_examples(spec: str, n: int | None = None, seed: int = 0, delimiter: str
 
     from editor.errors import UserError
     from editor.tasks.kinds import as_completion, read_task
+    from editor.tasks.shipped import is_shipped
 
     examples = builtin(spec, n=n, seed=seed)
     if examples is not None:
         if delimiter is not None:
             raise UserError(f"--delimiter is for data files; the built-in task {spec!r} writes its own answers")
         return examples
-    if not spec.endswith((".jsonl", ".csv")) and not Path(spec).exists():
+    if not spec.endswith((".jsonl", ".csv")) and not Path(spec).exists() and not is_shipped(spec):
         raise UserError(f"unknown data {spec!r}: a built-in task ({', '.join(BUILTIN)}) or a .jsonl/.csv file")
     examples = as_completion(read_task(spec, delimiter, note, prompts_only_ok=True))
     return examples[:n] if n else examples

@@ -8,6 +8,9 @@ A file is ``.jsonl`` or ``.csv`` (``editor.io.read_records``); its fields say it
 * ``contrast``: ``prompt``, ``answer`` and ``corrupt_prompt`` and/or ``corrupt_answer``: a
   counterfactual pair (what changes the answer).
 * ``text``: ``text``; perplexity ("keep my domain's text likely").
+* ``stereotype``: ``stereotype``, ``anti_stereotype`` and optionally ``unrelated`` and ``prompt``:
+  sentences that differ in who or what they stereotype, scored by their likelihood (CrowS-Pairs,
+  WinoBias, StereoSet; shipped as named tasks, ``editor.tasks.shipped``).
 
 Every kind takes an optional ``group`` field: rows of one group always land in the same split.
 A kind is one :func:`kind`-registered function that turns a record into an :class:`Example`;
@@ -104,6 +107,20 @@ def contrast_row(rec: dict, where: str) -> Example:
     return Example(_text(rec, "prompt", where), _text(rec, "answer", where), _meta(rec, used, **extra))
 
 
+@kind("stereotype", ("stereotype", "anti_stereotype"), ("unrelated", "prompt"),
+      "which sentence the model finds likelier: the stereotype or its anti-stereotype (0.5: neither)")
+def stereotype_row(rec: dict, where: str) -> Example:
+    """The stereotype is the row's answer, the sentences compared with it its meta; ``prompt`` (a
+    shared context, optional) is what every sentence follows."""
+    sentences = {k: _text(rec, k, where) for k in ("stereotype", "anti_stereotype", "unrelated") if k in rec}
+    if len(set(sentences.values())) != len(sentences):
+        raise UserError(f"{where}: two of {', '.join(sentences)} are the same sentence; there is nothing to compare")
+    prompt = _text(rec, "prompt", where, empty_ok=True) if "prompt" in rec else ""
+    used = ("prompt", "stereotype", "anti_stereotype", "unrelated")
+    return Example(prompt, sentences["stereotype"],
+                   _meta(rec, used, **{k: v for k, v in sentences.items() if k != "stereotype"}))
+
+
 @kind("completion", ("prompt", "answer"), (), "the answer's tokens after the prompt (teacher forced, exact match)")
 def completion_row(rec: dict, where: str) -> Example:
     return Example(_text(rec, "prompt", where), _text(rec, "answer", where), _meta(rec, ("prompt", "answer")))
@@ -111,7 +128,7 @@ def completion_row(rec: dict, where: str) -> Example:
 
 # What marks a record as a kind: its most specific field (checked in this order).
 MARKERS = {"text": ("text",), "choice": ("choices", "label"), "contrast": ("corrupt_prompt", "corrupt_answer"),
-           "completion": ("prompt", "answer")}
+           "stereotype": ("stereotype", "anti_stereotype", "unrelated"), "completion": ("prompt", "answer")}
 
 
 def kind_of(rec: dict) -> str | None:
@@ -143,7 +160,9 @@ def read_task(path: str | Path, delimiter: str | None = None, note=None, prompts
     answers the command supplies (attribution's top-1 target)."""
     from editor.io import read_records
 
-    where = str(path)
+    from editor.tasks.shipped import resolve
+
+    where, path = str(path), resolve(path)
     records = read_records(path, "data file")
     if not records:
         raise UserError(f"{where}: no rows")
@@ -168,7 +187,7 @@ def read_task(path: str | Path, delimiter: str | None = None, note=None, prompts
         rows = _join_choices(rows, delimiter, where, note)
     elif delimiter is not None:
         raise UserError(f"--delimiter is for files with answers or choices; {where} is a {task_kind} file")
-    return TaskData(Path(path).stem, task_kind, rows, where)
+    return TaskData(Path(where).stem, task_kind, rows, where)
 
 
 def _join_choices(rows: list[Example], delimiter: str | None, where: str, note) -> list[Example]:
@@ -248,6 +267,9 @@ def as_completion(task: TaskData) -> list[Example]:
     (attribution, the prune scores, LoRA training): a choice row is its prompt and correct choice,
     a contrast row its clean pair, and a text row its first half continued by its second half (the
     text's own likelihood, from its middle on)."""
+    if task.kind == "stereotype":
+        raise UserError(f"{task.source} compares whole sentences (a stereotype task): evaluate measures it; "
+                        "attribution, pruning and LoRA training take completion, choice, contrast or text rows")
     if task.kind != "text":
         return task.rows
     return [Example(*_halves(e.prompt), e.meta) for e in task.rows]
