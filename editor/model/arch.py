@@ -80,6 +80,9 @@ class ArchSpec:
     # The per-layer attention pattern llama.cpp hard-codes for the architecture (repeated from layer
     # 0); a model whose config.layer_types differs (a shrunk Gemma 2 that lost a layer) is refused.
     gguf_layer_pattern: tuple[str, ...] = ()
+    # Config flag that gives every MLP projection a bias (Llama's ``mlp_bias``): an affine edit of the
+    # MLP output (LEACE's eraser) folds its constant into the output projection's bias through it.
+    mlp_bias_attr: str | None = None
 
 
 _GPT2 = ArchSpec(
@@ -134,7 +137,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "gpt2": _GPT2,
     "gptj": _GPTJ,
     "gpt_neox": _GPT_NEOX,
-    "llama": replace(_LLAMA, gguf="llama", gguf_permute_qk=True, gguf_fewer_heads=True),
+    "llama": replace(_LLAMA, gguf="llama", gguf_permute_qk=True, gguf_fewer_heads=True, mlp_bias_attr="mlp_bias"),
     "mistral": replace(_LLAMA, gguf="llama", gguf_permute_qk=True, gguf_fewer_heads=True),
     "qwen2": replace(_LLAMA, gguf="qwen2"),
     "qwen3": replace(_LLAMA, gguf="qwen3", gguf_fewer_heads=True),  # q_norm/k_norm act inside attention
