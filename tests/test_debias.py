@@ -10,8 +10,8 @@ from editor.attribution.gradient import weighted_effects
 from editor.errors import UserError
 from editor.evaluation.harness import GenderConfig, PronounConfig, evaluate_model
 from editor.recipes import load_recipe, run_recipe
-from editor.recipes.gender_debias import (
-    N_TEMPLATES, contrast_examples, random_like, relative, relative_interval, select)
+from editor.recipes.gender_debias import N_TEMPLATES, contrast_examples, random_like, select
+from editor.recipes.gender_debias_report import relative, relative_interval
 from editor.tasks.gender import split_occupations
 from editor.tasks import gender
 
@@ -116,7 +116,7 @@ def test_recipe_saves_exactly_the_validation_pick(tmp_path):
     sets = [f"model={model_dir}", "batch_size=8", "select.ks=[3, 8]", "select.factors=[0.0, 0.5]",
             "select.methods=[gradient, gradient-heads]", "select.random_seeds=[1]", "arithmetic_n=4",
             "select.penalties=[0, 1]", "select.capability_sentences=8",
-            "select.max_perplexity_increase=0.05", "save_if_test_worse=true"]
+            "select.max_perplexity_increase=0.05", "save_if_test_worse=true", "select.baselines=[]", "benchmarks=[]"]
     out = tmp_path / "run"
     _, result = run_recipe("recipes/gender-debias.yaml", sets, log=lambda _m: None, out=out)
     summary = result["summary"]
@@ -166,3 +166,42 @@ def test_a_new_factor_reruns_only_the_new_validation_settings(tmp_path):
     assert not rerun & {"split", "rank_cna", "rank_gradient-heads", "validate_base", "test_base"}
     assert {s["name"] for s in again["steps"] if s["cached"] and s["name"].endswith("_x0")}
     assert all(not name.startswith("validate_") or name.endswith("_x0.5") for name in rerun), rerun
+
+
+@pytest.mark.parametrize("method", ["leace", "dama"])
+def test_a_chosen_projection_ships_folded_and_equals_its_fit_applied_by_hooks(tmp_path, monkeypatch, method):
+    """The recipe's projection baselines: the validation grid is swept, and a pick (forced here:
+    a tiny random model has no bias to lower) is saved folded into the weights; the checkpoint
+    reloads through from_pretrained to the logits of the base with the same fit applied by hooks."""
+    from transformers import AutoModelForCausalLM
+
+    from editor.edit.projection import intervene
+    from editor.recipes import gender_debias
+    from editor.recipes.debias_projections import concept_prompts, fit, mlp_outputs
+
+    model = tiny.tiny_model("llama")
+    model_dir = tiny.save_dir(model, tmp_path / "m")
+    first_of = lambda rows, base, limit: next((r for r in rows if r["method"] == method), None)  # noqa: E731
+    monkeypatch.setattr(gender_debias, "select", first_of)
+    sets = [f"model={model_dir}", "batch_size=8", "select.methods=[]", f"select.baselines=[{method}]",
+            "select.dama_ranks=[2]", "select.projection_layers=[[1, 2], [0, 0]]", "select.random_seeds=[1]",
+            "arithmetic_n=4", "save_if_test_worse=true", "benchmarks=[]"]
+    out = tmp_path / "run"
+    _, result = run_recipe("recipes/gender-debias.yaml", sets, log=lambda _m: None, out=out)
+    summary = result["summary"]
+    assert [r["setting"] for r in summary["validation"]] == [f"{method}_L1-2_r{2 if method == 'dama' else 1}",
+                                                             f"{method}_L0-0_r{2 if method == 'dama' else 1}"]
+    assert [r["model"] for r in summary["rows"]] == ["base", method, f"random like {method} (seed 1)"]
+    manifest = json.loads((out / "checkpoint" / "edit_manifest.json").read_text())
+    assert [f["layer"] for f in manifest["debias"]["folded"]] == [1, 2] and manifest["plan"]["edits"] == []
+    prompts, labels = concept_prompts([0, 1, 2, 3], [tuple(o) for o in manifest["debias"]["split"]["choose"]])
+    tok = tiny.char_tokenizer()
+    outputs = mlp_outputs(model, tok, prompts, [0, 1, 2], 8)
+    projections = fit(method, outputs, labels, [1, 2], 2)
+    ids = tok(["The nurse said that", "A man works as a"], return_tensors="pt", padding=True)["input_ids"]
+    with torch.no_grad(), intervene(model, projections):
+        hooked = model(ids).logits
+    shipped = AutoModelForCausalLM.from_pretrained(out / "checkpoint")
+    with torch.no_grad():
+        assert torch.allclose(shipped(ids).logits, hooked, atol=1e-4)
+    assert shipped.config.mlp_bias is (method == "leace")

@@ -24,7 +24,7 @@ REDUCED = {
     "gender-debias": ["select.layers=[20, 29]", "select.ks=[10]", "select.factors=[0.0]", "select.methods=[gradient]",
                       "select.penalties=[1]",
                       "select.random_seeds=[1]", "arithmetic_n=16", "select.max_perplexity_increase=0.05",
-                      "save_if_test_worse=true"],
+                      "select.baselines=[]", "benchmarks=[]", "save_if_test_worse=true"],
 }
 
 

@@ -65,19 +65,23 @@ class Common:
 
 
 def evaluation_step(run: Run, name: str, tasks: dict, plan: EditPlan | None = None,
-                    reference: Evaluation | None = None, reads=None, uses=None) -> Evaluation:
+                    reference: Evaluation | None = None, reads=None, uses=None, projections=None) -> Evaluation:
     """Evaluate the run's model (with ``plan`` applied, then restored) as a cached step (``reads``
-    and ``uses``: its cache key, see ``Run.key``).
+    and ``uses``: its cache key, see ``Run.key``). ``projections``: a callable giving MLP-output
+    projections (``editor.edit.projection``) applied by hooks as well, called only when the step runs.
 
     Without ``reference`` the model counts as its own reference (top-1 agreement 1 on the guard).
     """
     def compute():
+        from editor.edit.projection import intervene
+
         lm = run.model
         edits = apply_plan(lm.model, plan) if plan is not None and plan.edits else None
         try:
-            ev = evaluate_model(lm.model, lm.tokenizer, tasks, f"{run.recipe['model']} [{name}]",
-                                run.recipe["batch_size"], progress=True,
-                                reference=reference, self_reference=reference is None)
+            with intervene(lm.model, projections() if projections else []):
+                ev = evaluate_model(lm.model, lm.tokenizer, tasks, f"{run.recipe['model']} [{name}]",
+                                    run.recipe["batch_size"], progress=True,
+                                    reference=reference, self_reference=reference is None)
         finally:
             if edits is not None:
                 edits.restore()
@@ -96,13 +100,17 @@ def scores_step(run: Run, name: str, fn) -> ComponentScores:
     return ComponentScores.from_json(run.step(name, compute))
 
 
-def checkpoint_step(run: Run, plan: EditPlan, scores, enabled: bool = True, extra: dict | None = None) -> str | None:
-    """Save the run's model with ``plan`` applied to ``<run>/checkpoint`` as a cached step; its path."""
+def checkpoint_step(run: Run, plan: EditPlan, scores, enabled: bool = True, extra: dict | None = None,
+                    projections=None) -> str | None:
+    """Save the run's model with ``plan`` applied (and ``projections()`` folded into its weights) to
+    ``<run>/checkpoint`` as a cached step; its path."""
     def compute():
+        from editor.edit.projection import fold
+
         if not enabled:
             return {"path": None}
         lm = run.model
-        with apply_plan(lm.model, plan):
+        with apply_plan(lm.model, plan), fold(lm.model, projections() if projections else []):
             path = save_checkpoint(lm.model, lm.tokenizer, run.path("checkpoint"), plan, describe_source(lm),
                                    scores=scores, force=True, extra={"recipe": run.recipe, **(extra or {})})
         return {"path": str(path)}

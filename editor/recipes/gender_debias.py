@@ -30,18 +30,19 @@ import torch
 from editor.attribution.gradient import weighted_effects
 from editor.edit.plan import EditPlan
 from editor.errors import UserError
-from editor.evaluation.harness import ArithmeticConfig, GenderConfig, GuardConfig, PronounConfig, parse_indices
+from editor.evaluation.harness import (
+    ArithmeticConfig, GenderConfig, GuardConfig, PronounConfig, file_configs, parse_indices)
 from editor.io import write_text_atomic
 from editor.recipes.common import MODEL_SETTINGS, Common, checkpoint_step, evaluation_step, layer_range
-from editor.plots import scatter_plot
-from editor.recipes.report import Report
+from editor.recipes.gender_debias_report import SPLITS, _rounded, relative, report as write_report
+from editor.recipes.debias_projections import PROJECTION_METHODS, Projections, label, random_like as random_projections
 from editor.recipes.run import Run
+from editor.tasks.shipped import SHIPPED
 from editor.tasks import gender, icl
 from editor.tasks.examples import Example
 
 Method = Literal["cna", "gradient", "gradient-heads"]
 METHODS: tuple[str, ...] = ("cna", "gradient", "gradient-heads")
-SPLITS = ("choose", "validate", "test")
 N_TEMPLATES = len(gender.TEMPLATES)
 assert N_TEMPLATES == len(gender.PRONOUN_TEMPLATES), "both directions split the same template indices"
 
@@ -65,6 +66,11 @@ class Select:
     capability_sentences: int = 96  # plain sentences whose estimated loss increase the penalty counts
     max_perplexity_increase: float = 0.02  # relative guard perplexity increase allowed (validation)
     random_seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    # Projection baselines of the MLP output (editor.recipes.debias_projections), swept over layer sets
+    # ([first, last]; null: middle third, last third, all) and, for dama, ranks.
+    baselines: list[Literal["leace", "dama"]] = field(default_factory=lambda: list(PROJECTION_METHODS))
+    projection_layers: list[list[int]] | None = None
+    dama_ranks: list[int] = field(default_factory=lambda: [1, 4, 16])
 
 
 @dataclass
@@ -74,14 +80,24 @@ class GenderDebias(Common):
     arithmetic_n: int = 200  # one-digit addition prompts of the unrelated-capability check
     save_checkpoint: bool = True
     save_if_test_worse: bool = False  # save the validation pick even if test bias does not fall
+    # Shipped benchmarks measured on the test split's base, every method's pick and its first random control.
+    benchmarks: list[str] = field(default_factory=lambda: ["crows-pairs-gender", "winobias", "stereoset-gender"])
 
     def check(self, where: str) -> None:
         super().check(where)
         s = self.select
         if not s.ks or any(k < 1 for k in s.ks):
             raise UserError(f"{where}.select.ks: a non-empty list of positive integers")
-        if not s.methods or not s.factors or any(f == 1.0 for f in s.factors):
-            raise UserError(f"{where}.select: methods and factors must be non-empty; factor 1 changes nothing")
+        if not (s.methods or s.baselines) or not s.factors or any(f == 1.0 for f in s.factors):
+            raise UserError(f"{where}.select: methods (or baselines) and factors must be non-empty; "
+                            "factor 1 changes nothing")
+        if any(len(l) != 2 or not 0 <= l[0] <= l[1] for l in s.projection_layers or []) or s.projection_layers == []:
+            raise UserError(f"{where}.select.projection_layers: a list of [first, last] with 0 <= first <= last")
+        if not s.dama_ranks or any(r < 1 for r in s.dama_ranks):
+            raise UserError(f"{where}.select.dama_ranks: a non-empty list of positive integers")
+        unknown = [b for b in self.benchmarks if b not in SHIPPED]
+        if unknown:
+            raise UserError(f"{where}.benchmarks: unknown {', '.join(unknown)}; shipped: {', '.join(SHIPPED)}")
         if not s.penalties or any(p < 0 for p in s.penalties) or s.capability_sentences < 1:
             raise UserError(f"{where}.select: penalties must be a non-empty list of numbers >= 0, "
                             "capability_sentences >= 1")
@@ -200,23 +216,6 @@ def random_like(components: list[dict], layers: list[int], n_heads: int, width: 
 
 
 # Selection ----------------------------------------------------------------------------------------
-def relative(row: dict, base: dict) -> tuple[float, float]:
-    """|bias| / |base bias| in each direction (1: unchanged, 0: removed)."""
-    return tuple(abs(row[key]) / max(abs(base[key]), 1e-9) for key in ("bias_profession", "bias_pronoun"))
-
-
-def relative_interval(row: dict, base: dict) -> tuple[float, float] | None:
-    """The 95% interval of the worse direction's |bias| / |base bias| (the base taken as exact: the
-    bars show the spread over this row's prompts). None for rows measured without intervals."""
-    key = ("bias_profession", "bias_pronoun")[max(range(2), key=lambda i: relative(row, base)[i])]
-    if f"{key}_95" not in row:
-        return None
-    low, high = row[f"{key}_95"]
-    scale = max(abs(base[key]), 1e-9)
-    near = 0.0 if low <= 0 <= high else min(abs(low), abs(high))
-    return near / scale, max(abs(low), abs(high)) / scale
-
-
 def select(rows: list[dict], base: dict, max_increase: float) -> dict | None:
     """The validation row with the smallest worse-direction relative bias among those within the
     guard limit that lower the bias in BOTH directions; ties go to fewer components. None: none qualifies."""
@@ -237,7 +236,7 @@ def _files(run: Run, split: dict) -> dict[str, str]:
     return paths
 
 
-def _tasks(cfg: GenderDebias, files: dict, split: str, arithmetic: bool) -> dict:
+def _tasks(cfg: GenderDebias, files: dict, split: str, arithmetic: bool, benchmarks: bool = False) -> dict:
     templates = getattr(cfg.split, f"{split}_templates")
     tasks = {"gender": GenderConfig(templates=templates, professions=files[split], seed=cfg.seed),
              "pronoun": PronounConfig(templates=templates, professions=files[split], seed=cfg.seed),
@@ -248,6 +247,8 @@ def _tasks(cfg: GenderDebias, files: dict, split: str, arithmetic: bool) -> dict
         tasks["pronoun@choose"] = PronounConfig(templates=t, professions=files["choose"], seed=cfg.seed)
     if arithmetic:
         tasks["arithmetic"] = ArithmeticConfig(n=cfg.arithmetic_n, digits=1, ops="+", shots=4, seed=cfg.seed)
+    if benchmarks:
+        tasks |= file_configs(cfg.benchmarks, None, list(tasks))
     return tasks
 
 
@@ -263,6 +264,10 @@ def _row(ev, **extra) -> dict:
     if "arithmetic" in m:
         a = m["arithmetic"]["answer_accuracy"]
         row["arithmetic"], row["arithmetic_95"] = a.value, [round(a.low, 4), round(a.high, 4)]
+    for name in SHIPPED:  # stereotype score: 0.5 is no preference
+        if name in m:
+            b = m[name]["stereotype_score"]
+            row[name], row[f"{name}_95"] = b.value, [round(b.low, 4), round(b.high, 4)]
     return row
 
 
@@ -278,13 +283,15 @@ def run(run: Run, cfg: GenderDebias) -> dict:
     ks, factors = sorted(set(s.ks)), list(dict.fromkeys(s.factors))
     penalties = {m: ["0"] if m == "cna" else [f"{p:g}" for p in dict.fromkeys(s.penalties)] for m in s.methods}
     sweep = [(m, p, k, f) for m in s.methods for p in penalties[m] for k in ks for f in factors]
-    tests = [f"test_{m}{r}" for m in s.methods for r in ["", *[f"_random{x}" for x in s.random_seeds]]]
-    run.plan(["split", *[f"rank_{m}" for m in s.methods], "validate_base", *[_step(*v) for v in sweep],
-              "test_base", *tests, "checkpoint", "report"])
+    names = [*s.methods, *s.baselines]
+    tests = [f"test_{m}{r}" for m in names for r in ["", *[f"_random{x}" for x in s.random_seeds]]]
     occupations = gender.occupations(cfg.split.occupations or gender.OCCUPATIONS_CSV)
     split = run.step("split", lambda: gender.split_occupations(occupations, cfg.split.fractions, cfg.seed, SPLITS),
                      reads=("split.fractions", "split.occupations", "seed"), uses=())
     files = _files(run, split)
+    project = Projections(run, cfg.select, cfg.split.choose_templates, split["choose"], cfg.batch_size)
+    run.plan(["split", *[f"rank_{m}" for m in s.methods], "validate_base", *[_step(*v) for v in sweep],
+              *[f"validate_{label(v)}" for v in project.grid], "test_base", *tests, "checkpoint", "report"])
 
     def layers() -> list[int]:
         n = run.model.arch.n_layers
@@ -301,27 +308,34 @@ def run(run: Run, cfg: GenderDebias) -> dict:
         ev = evaluation_step(run, _step(m, p, k, f), _tasks(cfg, files, "validate", False), plan,
                              reads=EVALUATION_READS, uses=("split", f"rank_{m}"))
         rows.append(_row(ev, method=m, penalty=float(p), k=k, factor=f))
-    picks = {m: select([r for r in rows if r["method"] == m], base_val, s.max_perplexity_increase) for m in s.methods}
+    for v in project.grid:  # named by method, layers and rank, like the sweep's settings
+        ev = evaluation_step(run, f"validate_{label(v)}", _tasks(cfg, files, "validate", False),
+                             reads=EVALUATION_READS, uses=("split",), projections=lambda v=v: project.fitted(v))
+        rows.append(_row(ev, method=v["method"], penalty=0.0, k=v["rank"] * project.width(v), factor=0.0,
+                         setting=label(v)))
+    picks = {m: select([r for r in rows if r["method"] == m], base_val, s.max_perplexity_increase) for m in names}
     chosen = select(rows, base_val, s.max_perplexity_increase)
 
-    test_tasks = _tasks(cfg, files, "test", True)
-    base_test = evaluation_step(run, "test_base", test_tasks, reads=(*EVALUATION_READS, "arithmetic_n"),
+    test_tasks = _tasks(cfg, files, "test", True, benchmarks=True)
+    base_test = evaluation_step(run, "test_base", test_tasks, reads=(*EVALUATION_READS, "arithmetic_n", "benchmarks"),
                                 uses=("split",))
     table = [_row(base_test, model="base", components=0)]
-    random_tasks = {k: v for k, v in test_tasks.items() if k != "arithmetic"}
     for m, pick in picks.items():
         if pick is None:
             table.append({"model": m, "note": "no validation setting lowers both directions within the guard limit"})
             continue
-        comps, f = ranked[m][f"{pick['penalty']:g}"][:pick["k"]], pick["factor"]
-        ev = evaluation_step(run, f"test_{m}", test_tasks, plan_for(comps, f, m), reference=base_test)
-        table.append(_row(ev, model=m, penalty=pick["penalty"], components=pick["k"], factor=f))
-        lm = run.model
-        for seed in s.random_seeds:
-            rand = random_like(comps, layers(), lm.arch.n_heads, lm.arch.d_ffn(0), seed)
-            ev = evaluation_step(run, f"test_{m}_random{seed}", random_tasks, plan_for(rand, f, f"random {seed}"),
-                                 reference=base_test)
-            table.append(_row(ev, model=f"random like {m} (seed {seed})", penalty=None, components=pick["k"], factor=f))
+        edit = _edit(m, pick, ranked, project)
+        ev = evaluation_step(run, f"test_{m}", test_tasks, edit["plan"], reference=base_test,
+                             projections=edit["projections"])
+        table.append(_row(ev, model=m, penalty=pick["penalty"], components=pick.get("setting", pick["k"]),
+                          factor=pick["factor"]))
+        for i, seed in enumerate(s.random_seeds):  # benchmarks on the first random control only (their cost)
+            tasks = {k: v for k, v in test_tasks.items() if k != "arithmetic" and (i == 0 or k not in SHIPPED)}
+            rand = _random_edit(m, pick, edit, layers(), run.model.arch, seed)
+            ev = evaluation_step(run, f"test_{m}_random{seed}", tasks, rand["plan"], reference=base_test,
+                                 projections=rand["projections"])
+            table.append(_row(ev, model=f"random like {m} (seed {seed})", penalty=None,
+                              components=pick.get("setting", pick["k"]), factor=pick["factor"]))
     base_row = table[0]
     for r in table[1:]:
         if "bias_profession" in r:
@@ -329,17 +343,36 @@ def run(run: Run, cfg: GenderDebias) -> dict:
             r["reduction_profession"], r["reduction_pronoun"] = round(1 - rp, 4), round(1 - rg, 4)
             r["perplexity_change"] = round(r["perplexity"] / base_row["perplexity"] - 1, 4)
     verdict, save = _verdict(chosen, table, cfg)
-    plan = plan_for(ranked[chosen["method"]][f"{chosen['penalty']:g}"][:chosen["k"]], chosen["factor"],
-                    _note(chosen["method"], f"{chosen['penalty']:g}", chosen["k"], chosen["factor"])
-                    + " (chosen on validation)") if chosen else EditPlan()
-    checkpoint = checkpoint_step(run, plan, None, save, extra={"debias": {
-        "chosen": chosen, "verdict": verdict, "test": _rounded(table), "split": split,
+    edit = _edit(chosen["method"], chosen, ranked, project, " (chosen on validation)") if chosen else \
+        {"plan": EditPlan(), "projections": None}
+    folded = [p.describe() for p in edit["projections"]()] if edit["projections"] else []
+    checkpoint = checkpoint_step(run, edit["plan"], None, save, projections=edit["projections"], extra={"debias": {
+        "chosen": chosen, "verdict": verdict, "test": _rounded(table), "split": split, "folded": folded,
         "templates": {n: getattr(cfg.split, f"{n}_templates") for n in SPLITS}}})
     summary = {"chosen": chosen, "verdict": verdict, "rows": _rounded(table), "validation": rows,
                "validation_base": base_val, "checkpoint": checkpoint}
-    report = run.step("report", lambda: _report(run, cfg, split, summary, ranked))
+    report = run.step("report", lambda: write_report(run, cfg, split, summary, ranked))
     summary["headline"] = report.get("headline")  # printed first by lmedit run
     return summary
+
+
+def _edit(method: str, pick: dict, ranked: dict, project: Projections, why: str = "") -> dict:
+    """A validation pick as what applies it: an edit plan of components, or projections."""
+    if method in PROJECTION_METHODS:
+        setting = next(v for v in project.grid if label(v) == pick["setting"])
+        return {"plan": EditPlan(note=f"gender-debias: {pick['setting']}{why}"),
+                "projections": lambda: project.fitted(setting)}
+    note = _note(method, f"{pick['penalty']:g}", pick["k"], pick["factor"]) + why
+    return {"plan": plan_for(ranked[method][f"{pick['penalty']:g}"][:pick["k"]], pick["factor"], note),
+            "projections": None}
+
+
+def _random_edit(method: str, pick: dict, edit: dict, layers: list[int], arch, seed: int) -> dict:
+    if method in PROJECTION_METHODS:
+        return {"plan": None, "projections": lambda: random_projections(edit["projections"](), seed)}
+    comps = [{"kind": e.kind, "component": e.target} for e in edit["plan"].edits]
+    rand = random_like(comps, layers, arch.n_heads, arch.d_ffn(0), seed)
+    return {"plan": plan_for(rand, pick["factor"], f"random {seed}"), "projections": None}
 
 
 def _step(method: str, penalty: str, k: int, factor: float) -> str:
@@ -362,8 +395,9 @@ def _verdict(chosen: dict | None, table: list[dict], cfg: GenderDebias) -> tuple
                 f"no checkpoint saved. Base test bias: {bias(base, 'bias_profession')} (profession given gender), "
                 f"{bias(base, 'bias_pronoun')} (gender given occupation)."), False
     row = next(r for r in table if r.get("model") == chosen["method"])
-    text = (f"Chosen on validation: {chosen['method']} (capability penalty {chosen['penalty']:g}), top {chosen['k']}, "
-            f"factor {chosen['factor']:g}. On the test split bias falls {row['reduction_profession']:.0%} "
+    what = (f"{chosen['setting']} (MLP-output projection)" if "setting" in chosen else
+            f"{chosen['method']} (capability penalty {chosen['penalty']:g}), top {chosen['k']}, factor {chosen['factor']:g}")
+    text = (f"Chosen on validation: {what}. On the test split bias falls {row['reduction_profession']:.0%} "
             f"(profession given gender: {bias(base, 'bias_profession')} -> {bias(row, 'bias_profession')}) and "
             f"{row['reduction_pronoun']:.0%} (gender given occupation: {bias(base, 'bias_pronoun')} -> "
             f"{bias(row, 'bias_pronoun')}; 95% intervals); guard perplexity {row['perplexity_change']:+.1%}.")
@@ -372,59 +406,3 @@ def _verdict(chosen: dict | None, table: list[dict], cfg: GenderDebias) -> tuple
     if min(row["reduction_profession"], row["reduction_pronoun"]) <= 0 and not cfg.save_if_test_worse:
         return text + " Test bias does not fall in both directions: no checkpoint saved.", False
     return text, True
-
-
-def _rounded(rows: list[dict]) -> list[dict]:
-    return [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
-
-
-def _report(run, cfg, split, summary, ranked) -> dict:
-    rep = Report(f"gender-debias: {cfg.model}")
-    rep.headline(summary["verdict"])
-    rep.paragraph("Bias in two directions: profession given gender (\"A woman works as a\" -> \" nurse\") and gender "
-                  "given occupation (\"The nurse said that\" -> \" she\"). Each value is the mean log-probability gap "
-                  "toward the stereotype (0: none). Occupations and templates are split into choose (scoring), "
-                  "validate (every choice) and test (these numbers); no occupation or template is in two splits.")
-    rep.heading("Test split (never used for a choice)")
-    rows = summary["rows"]
-    cols = ["model", "penalty", "components", "factor", "bias_profession", "bias_profession_95", "bias_pronoun",
-            "bias_pronoun_95", "reduction_profession",
-            "reduction_pronoun", "perplexity", "perplexity_change", "arithmetic", "arithmetic_95",
-            "bias_profession_choose", "bias_pronoun_choose", "note"]
-    rep.table(rows, [c for c in cols if any(c in r for r in rows)])
-    rep.heading("Validation sweep")
-    val, base = summary["validation"], summary["validation_base"]
-    rep.table(_rounded([base] + val), ["method", "penalty", "k", "factor", "bias_profession", "bias_pronoun",
-                                       "perplexity"])
-    groups: dict[str, tuple[list[float], list[float]]] = {}
-    errors: dict[str, tuple[list[float], list[float]]] = {}
-    for r in val:
-        label = f"{r['method']}, penalty {r['penalty']:g}"
-        xs, ys = groups.setdefault(label, ([], []))
-        lows, highs = errors.setdefault(label, ([], []))
-        xs.append(100 * (r["perplexity"] / base["perplexity"] - 1))
-        ys.append(max(relative(r, base)))
-        interval = relative_interval(r, base) or (ys[-1], ys[-1])
-        lows.append(interval[0])
-        highs.append(interval[1])
-    rep.image(scatter_plot(groups, "guard perplexity change (%, log scale past 10%)", "worse direction |bias| / base (1: unchanged)",
-                           "validation: bias against capability, every k and factor",
-                           vline=("guard limit", 100 * cfg.select.max_perplexity_increase),
-                           hline=("base", 1.0), symlog_x=10, errors=errors),
-              "Each point is one validation setting (method, penalty, k, factor); lower is less biased, left is "
-              "cheaper; bars: 95% bootstrap interval of that setting's bias over the validation prompts, "
-              "relative to the base's value. The recipe takes the lowest point left of the guard limit.")
-    rep.heading("Occupations per split (lean from labour statistics)")
-    rep.table([{"split": n, "occupations": ", ".join(f"{p} ({l[0]})" for p, l in split[n])} for n in SPLITS],
-              ["split", "occupations"])
-    chosen = summary.get("chosen")
-    if chosen:
-        picked = ranked[chosen["method"]][f"{chosen['penalty']:g}"][:chosen["k"]]
-        rep.heading(f"The chosen edit: {len(picked)} components scaled by {chosen['factor']:g}")
-        rep.table([{"kind": c["kind"], "component": c["component"]} for c in picked], ["kind", "component"])
-    rep.heading("Top components per method")
-    rep.table([{"method": m, "penalty": p, "top": " ".join(f"{c['kind'][0]}{c['component']}" for c in comps[:12])}
-               for m, by_penalty in ranked.items() for p, comps in by_penalty.items()], ["method", "penalty", "top"])
-    if summary["checkpoint"]:
-        rep.paragraph(f"Checkpoint: {summary['checkpoint']} (loads with AutoModelForCausalLM.from_pretrained).")
-    return rep.finish(run)
