@@ -205,3 +205,27 @@ def test_a_chosen_projection_ships_folded_and_equals_its_fit_applied_by_hooks(tm
     with torch.no_grad():
         assert torch.allclose(shipped(ids).logits, hooked, atol=1e-4)
     assert shipped.config.mlp_bias is (method == "leace")
+
+
+def test_fasp_head_effects_equal_each_head_ablated_by_hooks_and_protect_the_costliest_heads():
+    from editor.edit.plan import EditPlan
+    from editor.edit.weights import intervene
+    from editor.recipes.debias_fasp import head_effects, rankings, weighted_logprob
+    from editor.recipes.gender_debias import capability_examples
+
+    model, tok = tiny.tiny_model("llama"), tiny.char_tokenizer()
+    bias = contrast_examples([0, 5], [("nurse", "woman"), ("pilot", "man")])
+    capability = capability_examples(6)
+    bias_change, loss_change = head_effects(model, tok, bias, capability, 8, progress=False)
+    base = weighted_logprob(model, tok, *bias, 8), weighted_logprob(model, tok, *capability, 8)
+    for layer, head in [(0, 1), (2, 3)]:
+        with intervene(model, EditPlan().zero("head", [(layer, head)])):
+            assert bias_change[layer, head] == pytest.approx(weighted_logprob(model, tok, *bias, 8) - base[0], abs=1e-4)
+            assert loss_change[layer, head] == pytest.approx(base[1] - weighted_logprob(model, tok, *capability, 8),
+                                                             abs=1e-4)
+    ranked = rankings(bias_change, loss_change, [0, 1, 2], [0.0, 0.5], 12)
+    heads = [(l, h) for l in range(3) for h in range(4)]
+    costly = set(sorted(heads, key=lambda lh: -float(loss_change[lh]))[:6])
+    assert len(ranked["0"]) == 12 and len(ranked["0.5"]) == 6
+    assert not {tuple(map(int, c["component"].split("."))) for c in ranked["0.5"]} & costly
+    assert [c["estimate"] for c in ranked["0"]] == sorted(float(x) for x in bias_change.flatten())

@@ -19,7 +19,8 @@ from same import chromium
 RECIPES = {
     "arithmetic-keep-only": ["data.n_score=6", "data.n_eval=10", "neurons.layers=[1, 2]", "random_seeds=[1, 2]",
                          "heads.zero_fraction=0.25", "neurons.keep_fraction=0.2"],
-    "gender-debias": ["select.ks=[2, 6]", "select.factors=[0.0]", "select.methods=[cna, gradient-heads]",
+    "gender-debias": ["select.ks=[2, 6]", "select.factors=[0.0]", "select.methods=[cna, gradient-heads, fasp]",
+                      "select.fasp_protect=[0.25]",
                       "select.random_seeds=[1]", "arithmetic_n=4", "select.max_perplexity_increase=1.0",
                       "select.penalties=[1]", "select.capability_sentences=8",
                       "select.baselines=[dama]", "select.dama_ranks=[1]", "select.projection_layers=[[1, 2]]",

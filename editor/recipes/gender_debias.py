@@ -36,13 +36,14 @@ from editor.io import write_text_atomic
 from editor.recipes.common import MODEL_SETTINGS, Common, checkpoint_step, evaluation_step, layer_range
 from editor.recipes.gender_debias_report import SPLITS, _rounded, relative, report as write_report
 from editor.recipes.debias_projections import PROJECTION_METHODS, Projections, label, random_like as random_projections
+from editor.recipes import debias_fasp
 from editor.recipes.run import Run
 from editor.tasks.shipped import SHIPPED
 from editor.tasks import gender, icl
 from editor.tasks.examples import Example
 
-Method = Literal["cna", "gradient", "gradient-heads"]
-METHODS: tuple[str, ...] = ("cna", "gradient", "gradient-heads")
+Method = Literal["cna", "gradient", "gradient-heads", "fasp"]
+METHODS: tuple[str, ...] = ("cna", "gradient", "gradient-heads", "fasp")
 N_TEMPLATES = len(gender.TEMPLATES)
 assert N_TEMPLATES == len(gender.PRONOUN_TEMPLATES), "both directions split the same template indices"
 
@@ -66,6 +67,7 @@ class Select:
     capability_sentences: int = 96  # plain sentences whose estimated loss increase the penalty counts
     max_perplexity_increase: float = 0.02  # relative guard perplexity increase allowed (validation)
     random_seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    fasp_protect: list[float] = field(default_factory=lambda: [0.2, 0.5])  # FASP's gamma: share of heads kept for performance
     # Projection baselines of the MLP output (editor.recipes.debias_projections), swept over layer sets
     # ([first, last]; null: middle third, last third, all) and, for dama, ranks.
     baselines: list[Literal["leace", "dama"]] = field(default_factory=lambda: list(PROJECTION_METHODS))
@@ -101,6 +103,8 @@ class GenderDebias(Common):
         if not s.penalties or any(p < 0 for p in s.penalties) or s.capability_sentences < 1:
             raise UserError(f"{where}.select: penalties must be a non-empty list of numbers >= 0, "
                             "capability_sentences >= 1")
+        if not s.fasp_protect or any(not 0 <= g < 1 for g in s.fasp_protect):
+            raise UserError(f"{where}.select.fasp_protect: a non-empty list of shares in [0, 1)")
         if s.max_perplexity_increase < 0:
             raise UserError(f"{where}.select.max_perplexity_increase: must be >= 0")
         f = self.split.fractions
@@ -166,6 +170,10 @@ def rank_components(run: Run, cfg: GenderDebias, method: str, split: dict, layer
         table[layers] = torch.as_tensor(diff).float()[:len(layers)]
         return {"0": _ranked({"neuron": -table}, layers, k)}  # largest CNA difference first; no penalty
     examples, weights = contrast_examples(templates, occupations)
+    if method == "fasp":  # its "penalty" is the share of heads protected for performance
+        bias, loss = debias_fasp.head_effects(lm.model, lm.tokenizer, (examples, weights),
+                                              capability_examples(cfg.select.capability_sentences), cfg.batch_size)
+        return debias_fasp.rankings(bias, loss, layers, cfg.select.fasp_protect, k)
     bias = weighted_effects(lm.model, lm.tokenizer, examples, weights, cfg.batch_size)
     examples, weights = capability_examples(cfg.select.capability_sentences)
     loss = weighted_effects(lm.model, lm.tokenizer, examples, weights, cfg.batch_size)
@@ -281,7 +289,8 @@ EVALUATION_READS = (*MODEL_SETTINGS, "seed", "split")
 def run(run: Run, cfg: GenderDebias) -> dict:
     s = cfg.select
     ks, factors = sorted(set(s.ks)), list(dict.fromkeys(s.factors))
-    penalties = {m: ["0"] if m == "cna" else [f"{p:g}" for p in dict.fromkeys(s.penalties)] for m in s.methods}
+    penalties = {m: ["0"] if m == "cna" else [f"{p:g}" for p in dict.fromkeys(s.fasp_protect if m == "fasp" else
+                                                                            s.penalties)] for m in s.methods}
     sweep = [(m, p, k, f) for m in s.methods for p in penalties[m] for k in ks for f in factors]
     names = [*s.methods, *s.baselines]
     tests = [f"test_{m}{r}" for m in names for r in ["", *[f"_random{x}" for x in s.random_seeds]]]
@@ -298,7 +307,8 @@ def run(run: Run, cfg: GenderDebias) -> dict:
         return layer_range(s.layers, n, "select.layers") if s.layers else list(range(n))
 
     ranked = {m: run.step(f"rank_{m}", lambda m=m: {"components": rank_components(run, cfg, m, split, layers(), max(ks))},
-                          reads=RANK_READS, uses=("split",))["components"] for m in s.methods}
+                          reads=(*RANK_READS, *(["select.fasp_protect"] if m == "fasp" else [])),
+                          uses=("split",))["components"] for m in s.methods}
     base_val = _row(evaluation_step(run, "validate_base", _tasks(cfg, files, "validate", False),
                                     reads=EVALUATION_READS, uses=("split",)),
                     method="base", penalty=0.0, k=0, factor=1.0)
