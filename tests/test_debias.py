@@ -229,3 +229,42 @@ def test_fasp_head_effects_equal_each_head_ablated_by_hooks_and_protect_the_cost
     assert len(ranked["0"]) == 12 and len(ranked["0.5"]) == 6
     assert not {tuple(map(int, c["component"].split("."))) for c in ranked["0.5"]} & costly
     assert [c["estimate"] for c in ranked["0"]] == sorted(float(x) for x in bias_change.flatten())
+
+
+def test_cda_swaps_gendered_words_keeping_case():
+    from editor.recipes.debias_cda import swap_gender
+
+    assert swap_gender("He gave her book to his mother.") == "She gave his book to her father."
+    assert swap_gender("My sister hated the gift I chose for her.") == "My brother hated the gift I chose for him."
+    assert swap_gender("The Woman and the men") == "The Man and the women"
+
+
+def test_a_chosen_cda_ships_its_lora_merged_and_equals_the_same_training(tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from editor.lora.train import LoraSettings
+    from editor.recipes import gender_debias
+    from editor.recipes.debias_cda import merged_lora, training_rows
+
+    model = tiny.tiny_model("llama")
+    model_dir = tiny.save_dir(model, tmp_path / "m")
+    monkeypatch.setattr(gender_debias, "select", lambda rows, base, limit: next((r for r in rows if r["method"] == "cda"),
+                                                                                 None))
+    sets = [f"model={model_dir}", "batch_size=8", "select.methods=[]", "select.baselines=[cda]",
+            "select.cda_steps=[4]", "select.random_seeds=[1]", "arithmetic_n=4", "save_if_test_worse=true",
+            "benchmarks=[]"]
+    out = tmp_path / "run"
+    _, result = run_recipe("recipes/gender-debias.yaml", sets, log=lambda _m: None, out=out)
+    assert [r["model"] for r in result["summary"]["rows"]] == ["base", "cda", "cda without counterfactuals (seed 1)"]
+    manifest = json.loads((out / "checkpoint" / "edit_manifest.json").read_text())
+    assert manifest["debias"]["folded"][0]["steps"] == 4
+    rows = training_rows([0, 1, 2, 3], [tuple(o) for o in manifest["debias"]["split"]["choose"]], True, 0)
+    tok = tiny.char_tokenizer()
+    ids = tok(["The nurse said that", "A man works as a"], return_tensors="pt", padding=True)["input_ids"]
+    settings = LoraSettings(layers=[0, 1, 2], steps=4, seed=0, rank=8, lr=1e-3, batch_size=8)
+    with merged_lora(model, tok, settings, rows), torch.no_grad():
+        trained = model(ids).logits
+    with torch.no_grad():
+        base = model(ids).logits
+        shipped = AutoModelForCausalLM.from_pretrained(out / "checkpoint")(ids).logits
+    assert torch.allclose(shipped, trained, atol=1e-5) and not torch.allclose(shipped, base, atol=1e-3)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import random
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -65,20 +67,19 @@ class Common:
 
 
 def evaluation_step(run: Run, name: str, tasks: dict, plan: EditPlan | None = None,
-                    reference: Evaluation | None = None, reads=None, uses=None, projections=None) -> Evaluation:
+                    reference: Evaluation | None = None, reads=None, uses=None, modify=None) -> Evaluation:
     """Evaluate the run's model (with ``plan`` applied, then restored) as a cached step (``reads``
-    and ``uses``: its cache key, see ``Run.key``). ``projections``: a callable giving MLP-output
-    projections (``editor.edit.projection``) applied by hooks as well, called only when the step runs.
+    and ``uses``: its cache key, see ``Run.key``). ``modify``: ``model -> context manager`` that
+    changes the model for the evaluation and puts it back (a folded projection, a merged LoRA),
+    called only when the step runs.
 
     Without ``reference`` the model counts as its own reference (top-1 agreement 1 on the guard).
     """
     def compute():
-        from editor.edit.projection import intervene
-
         lm = run.model
         edits = apply_plan(lm.model, plan) if plan is not None and plan.edits else None
         try:
-            with intervene(lm.model, projections() if projections else []):
+            with modify(lm.model) if modify else nullcontext():
                 ev = evaluate_model(lm.model, lm.tokenizer, tasks, f"{run.recipe['model']} [{name}]",
                                     run.recipe["batch_size"], progress=True,
                                     reference=reference, self_reference=reference is None)
@@ -101,16 +102,14 @@ def scores_step(run: Run, name: str, fn) -> ComponentScores:
 
 
 def checkpoint_step(run: Run, plan: EditPlan, scores, enabled: bool = True, extra: dict | None = None,
-                    projections=None) -> str | None:
-    """Save the run's model with ``plan`` applied (and ``projections()`` folded into its weights) to
-    ``<run>/checkpoint`` as a cached step; its path."""
+                    modify=None) -> str | None:
+    """Save the run's model with ``plan`` applied (and changed by ``modify``, as in
+    :func:`evaluation_step`) to ``<run>/checkpoint`` as a cached step; its path."""
     def compute():
-        from editor.edit.projection import fold
-
         if not enabled:
             return {"path": None}
         lm = run.model
-        with apply_plan(lm.model, plan), fold(lm.model, projections() if projections else []):
+        with apply_plan(lm.model, plan), (modify(lm.model) if modify else nullcontext()):
             path = save_checkpoint(lm.model, lm.tokenizer, run.path("checkpoint"), plan, describe_source(lm),
                                    scores=scores, force=True, extra={"recipe": run.recipe, **(extra or {})})
         return {"path": str(path)}

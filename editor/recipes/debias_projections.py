@@ -22,9 +22,6 @@ from __future__ import annotations
 import torch
 
 from editor.edit.projection import Projection
-from editor.errors import UserError
-from editor.model.loading import local_config
-from editor.evaluation.harness import parse_indices
 from editor.model.arch import Arch
 from editor.model.capture import encode, model_device, with_position_ids
 from editor.tasks import gender
@@ -102,52 +99,3 @@ def random_like(projections: list[Projection], seed: int) -> list[Projection]:
         q, _ = torch.linalg.qr(torch.randn(p.a.shape[0], p.a.shape[1], generator=g))
         out.append(Projection(p.layer, q, q, p.mean, f"random like {p.method}"))
     return out
-
-
-class Projections:
-    """A recipe's projection baselines: their validation grid, and their fits, made on first use (a
-    run whose validation steps are all cached never collects the MLP outputs)."""
-
-    def __init__(self, run, select, templates: str, occupations: list, batch_size: int):
-        self.run, self.templates, self.occupations, self.batch_size = run, templates, occupations, batch_size
-        self._outputs, self._fits = None, {}
-        self.grid: list[dict] = []
-        if select.baselines:
-            config = local_config(run.recipe["model"])  # the grid names the plan's steps: no load for it
-            n = config.num_hidden_layers if config is not None else run.model.arch.n_layers
-            for m in select.baselines:
-                self.grid += settings(m, n, select.projection_layers, select.dama_ranks)
-
-    @staticmethod
-    def width(setting: dict) -> int:
-        return setting["layers"][1] - setting["layers"][0] + 1
-
-    def fitted(self, setting: dict) -> list[Projection]:
-        key = label(setting)
-        if key not in self._fits:
-            lm = self.run.model
-            first, last = setting["layers"]
-            if last >= lm.arch.n_layers:
-                raise UserError(f"select.projection_layers: [{first}, {last}] is past the model's last layer "
-                                f"({lm.arch.n_layers - 1})")
-            if self._outputs is None:
-                templates = parse_indices(self.templates, len(gender.TEMPLATES))
-                prompts, labels = concept_prompts(templates, [tuple(o) for o in self.occupations])
-                outputs = mlp_outputs(lm.model, lm.tokenizer, prompts, list(range(lm.arch.n_layers)), self.batch_size)
-                self._outputs = (outputs, labels)
-            self._fits[key] = fit(setting["method"], *self._outputs, list(range(first, last + 1)), setting["rank"])
-        return self._fits[key]
-
-
-def settings(method: str, n_layers: int, layer_sets: list[list[int]] | None, ranks: list[int]) -> list[dict]:
-    """The validation grid of a projection method: layer sets (default: the middle third, the last
-    third, all layers) x ranks (LEACE's rank is 1 for a binary label)."""
-    sets = layer_sets or [[n_layers // 3, 2 * n_layers // 3 - 1], [2 * n_layers // 3, n_layers - 1], [0, n_layers - 1]]
-    return [{"method": method, "layers": list(s), "rank": r}
-            for s in sets for r in ([1] if method == "leace" else sorted(set(ranks)))]
-
-
-def label(setting: dict) -> str:
-    first, last = setting["layers"]
-    return f"{setting['method']}_L{first}-{last}_r{setting['rank']}"
-

@@ -35,7 +35,7 @@ from editor.evaluation.harness import (
 from editor.io import write_text_atomic
 from editor.recipes.common import MODEL_SETTINGS, Common, checkpoint_step, evaluation_step, layer_range
 from editor.recipes.gender_debias_report import SPLITS, _rounded, relative, report as write_report
-from editor.recipes.debias_projections import PROJECTION_METHODS, Projections, label, random_like as random_projections
+from editor.recipes.debias_baselines import BASELINES, Baselines, label, size
 from editor.recipes import debias_fasp
 from editor.recipes.run import Run
 from editor.tasks.shipped import SHIPPED
@@ -70,9 +70,10 @@ class Select:
     fasp_protect: list[float] = field(default_factory=lambda: [0.2, 0.5])  # FASP's gamma: share of heads kept for performance
     # Projection baselines of the MLP output (editor.recipes.debias_projections), swept over layer sets
     # ([first, last]; null: middle third, last third, all) and, for dama, ranks.
-    baselines: list[Literal["leace", "dama"]] = field(default_factory=lambda: list(PROJECTION_METHODS))
+    baselines: list[Literal["leace", "dama", "cda"]] = field(default_factory=lambda: list(BASELINES))
     projection_layers: list[list[int]] | None = None
     dama_ranks: list[int] = field(default_factory=lambda: [1, 4, 16])
+    cda_steps: list[int] = field(default_factory=lambda: [40, 80])  # LoRA steps, up to pruning's recovery budget
 
 
 @dataclass
@@ -95,8 +96,8 @@ class GenderDebias(Common):
                             "factor 1 changes nothing")
         if any(len(l) != 2 or not 0 <= l[0] <= l[1] for l in s.projection_layers or []) or s.projection_layers == []:
             raise UserError(f"{where}.select.projection_layers: a list of [first, last] with 0 <= first <= last")
-        if not s.dama_ranks or any(r < 1 for r in s.dama_ranks):
-            raise UserError(f"{where}.select.dama_ranks: a non-empty list of positive integers")
+        if not s.dama_ranks or any(r < 1 for r in s.dama_ranks) or not s.cda_steps or any(x < 1 for x in s.cda_steps):
+            raise UserError(f"{where}.select.dama_ranks, cda_steps: non-empty lists of positive integers")
         unknown = [b for b in self.benchmarks if b not in SHIPPED]
         if unknown:
             raise UserError(f"{where}.benchmarks: unknown {', '.join(unknown)}; shipped: {', '.join(SHIPPED)}")
@@ -216,9 +217,9 @@ def random_like(components: list[dict], layers: list[int], n_heads: int, width: 
     """Random components of the same kinds and counts, from the same layers."""
     rng = random.Random(seed)
     out = []
-    for kind, size in (("head", n_heads), ("neuron", width)):
+    for kind, count_of_kind in (("head", n_heads), ("neuron", width)):
         count = sum(c["kind"] == kind for c in components)
-        pool = [f"{l}.{i}" for l in layers for i in range(size)]
+        pool = [f"{l}.{i}" for l in layers for i in range(count_of_kind)]
         out += [{"kind": kind, "component": name} for name in rng.sample(pool, count)]
     return out
 
@@ -298,7 +299,8 @@ def run(run: Run, cfg: GenderDebias) -> dict:
     split = run.step("split", lambda: gender.split_occupations(occupations, cfg.split.fractions, cfg.seed, SPLITS),
                      reads=("split.fractions", "split.occupations", "seed"), uses=())
     files = _files(run, split)
-    project = Projections(run, cfg.select, cfg.split.choose_templates, split["choose"], cfg.batch_size)
+    project = Baselines(run, cfg.select, cfg.split.choose_templates, split["choose"], cfg.batch_size, cfg.seed,
+                        {"rank": 8, "lr": 1e-3, "batch_size": cfg.batch_size})
     run.plan(["split", *[f"rank_{m}" for m in s.methods], "validate_base", *[_step(*v) for v in sweep],
               *[f"validate_{label(v)}" for v in project.grid], "test_base", *tests, "checkpoint", "report"])
 
@@ -320,9 +322,8 @@ def run(run: Run, cfg: GenderDebias) -> dict:
         rows.append(_row(ev, method=m, penalty=float(p), k=k, factor=f))
     for v in project.grid:  # named by method, layers and rank, like the sweep's settings
         ev = evaluation_step(run, f"validate_{label(v)}", _tasks(cfg, files, "validate", False),
-                             reads=EVALUATION_READS, uses=("split",), projections=lambda v=v: project.fitted(v))
-        rows.append(_row(ev, method=v["method"], penalty=0.0, k=v["rank"] * project.width(v), factor=0.0,
-                         setting=label(v)))
+                             reads=EVALUATION_READS, uses=("split",), modify=project.modifier(v))
+        rows.append(_row(ev, method=v["method"], penalty=0.0, k=size(v), factor=0.0, setting=label(v)))
     picks = {m: select([r for r in rows if r["method"] == m], base_val, s.max_perplexity_increase) for m in names}
     chosen = select(rows, base_val, s.max_perplexity_increase)
 
@@ -335,16 +336,16 @@ def run(run: Run, cfg: GenderDebias) -> dict:
             table.append({"model": m, "note": "no validation setting lowers both directions within the guard limit"})
             continue
         edit = _edit(m, pick, ranked, project)
-        ev = evaluation_step(run, f"test_{m}", test_tasks, edit["plan"], reference=base_test,
-                             projections=edit["projections"])
+        ev = evaluation_step(run, f"test_{m}", test_tasks, edit["plan"], reference=base_test, modify=edit["modify"])
         table.append(_row(ev, model=m, penalty=pick["penalty"], components=pick.get("setting", pick["k"]),
                           factor=pick["factor"]))
         for i, seed in enumerate(s.random_seeds):  # benchmarks on the first random control only (their cost)
             tasks = {k: v for k, v in test_tasks.items() if k != "arithmetic" and (i == 0 or k not in SHIPPED)}
-            rand = _random_edit(m, pick, edit, layers(), run.model.arch, seed)
+            rand = _random_edit(m, pick, edit, layers(), run.model.arch, seed, project)
             ev = evaluation_step(run, f"test_{m}_random{seed}", tasks, rand["plan"], reference=base_test,
-                                 projections=rand["projections"])
-            table.append(_row(ev, model=f"random like {m} (seed {seed})", penalty=None,
+                                 modify=rand["modify"])
+            name = f"{m} without counterfactuals (seed {seed})" if m == "cda" else f"random like {m} (seed {seed})"
+            table.append(_row(ev, model=name, penalty=None,
                               components=pick.get("setting", pick["k"]), factor=pick["factor"]))
     base_row = table[0]
     for r in table[1:]:
@@ -354,9 +355,9 @@ def run(run: Run, cfg: GenderDebias) -> dict:
             r["perplexity_change"] = round(r["perplexity"] / base_row["perplexity"] - 1, 4)
     verdict, save = _verdict(chosen, table, cfg)
     edit = _edit(chosen["method"], chosen, ranked, project, " (chosen on validation)") if chosen else \
-        {"plan": EditPlan(), "projections": None}
-    folded = [p.describe() for p in edit["projections"]()] if edit["projections"] else []
-    checkpoint = checkpoint_step(run, edit["plan"], None, save, projections=edit["projections"], extra={"debias": {
+        {"plan": EditPlan(), "modify": None}
+    folded = project.describe(project.setting(chosen["setting"])) if chosen and "setting" in chosen else []
+    checkpoint = checkpoint_step(run, edit["plan"], None, save, modify=edit["modify"], extra={"debias": {
         "chosen": chosen, "verdict": verdict, "test": _rounded(table), "split": split, "folded": folded,
         "templates": {n: getattr(cfg.split, f"{n}_templates") for n in SPLITS}}})
     summary = {"chosen": chosen, "verdict": verdict, "rows": _rounded(table), "validation": rows,
@@ -366,23 +367,22 @@ def run(run: Run, cfg: GenderDebias) -> dict:
     return summary
 
 
-def _edit(method: str, pick: dict, ranked: dict, project: Projections, why: str = "") -> dict:
-    """A validation pick as what applies it: an edit plan of components, or projections."""
-    if method in PROJECTION_METHODS:
-        setting = next(v for v in project.grid if label(v) == pick["setting"])
+def _edit(method: str, pick: dict, ranked: dict, project: Baselines, why: str = "") -> dict:
+    """A validation pick as what applies it: an edit plan of components, or a baseline's change."""
+    if method in BASELINES:
         return {"plan": EditPlan(note=f"gender-debias: {pick['setting']}{why}"),
-                "projections": lambda: project.fitted(setting)}
+                "modify": project.modifier(project.setting(pick["setting"]))}
     note = _note(method, f"{pick['penalty']:g}", pick["k"], pick["factor"]) + why
     return {"plan": plan_for(ranked[method][f"{pick['penalty']:g}"][:pick["k"]], pick["factor"], note),
-            "projections": None}
+            "modify": None}
 
 
-def _random_edit(method: str, pick: dict, edit: dict, layers: list[int], arch, seed: int) -> dict:
-    if method in PROJECTION_METHODS:
-        return {"plan": None, "projections": lambda: random_projections(edit["projections"](), seed)}
+def _random_edit(method: str, pick: dict, edit: dict, layers: list[int], arch, seed: int, project: Baselines) -> dict:
+    if method in BASELINES:
+        return {"plan": None, "modify": project.modifier(project.setting(pick["setting"]), seed)}
     comps = [{"kind": e.kind, "component": e.target} for e in edit["plan"].edits]
     rand = random_like(comps, layers, arch.n_heads, arch.d_ffn(0), seed)
-    return {"plan": plan_for(rand, pick["factor"], f"random {seed}"), "projections": None}
+    return {"plan": plan_for(rand, pick["factor"], f"random {seed}"), "modify": None}
 
 
 def _step(method: str, penalty: str, k: int, factor: float) -> str:
