@@ -268,3 +268,43 @@ def test_a_chosen_cda_ships_its_lora_merged_and_equals_the_same_training(tmp_pat
         base = model(ids).logits
         shipped = AutoModelForCausalLM.from_pretrained(out / "checkpoint")(ids).logits
     assert torch.allclose(shipped, trained, atol=1e-5) and not torch.allclose(shipped, base, atol=1e-3)
+
+
+def _probes(path):
+    jobs = [("engineer", " he", " she"), ("nurse", " she", " he"), ("pilot", " he", " she"),
+            ("secretary", " she", " he"), ("mechanic", " he", " she"), ("librarian", " she", " he")]
+    rows = [{"prompt": f"{t.format(job)}", "answer": a, "corrupt_answer": c, "group": job}
+            for job, a, c in jobs for t in ("The {} said that", "Yesterday the {} told me that")]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_the_users_probes_join_choice_validation_and_test(tmp_path):
+    model_dir = tiny.save_dir(tiny.tiny_model("llama"), tmp_path / "m")
+    probes = _probes(tmp_path / "probes.jsonl")
+    sets = [f"model={model_dir}", "batch_size=8", "select.ks=[3]", "select.factors=[0.0]",
+            "select.methods=[gradient]", "select.penalties=[0]", "select.random_seeds=[1]", "arithmetic_n=4",
+            "select.capability_sentences=8", "select.baselines=[]", "benchmarks=[]",
+            "select.max_perplexity_increase=1.0", f"probes={probes}"]
+    _, result = run_recipe("recipes/gender-debias.yaml", sets, log=lambda _m: None, out=tmp_path / "run")
+    summary = result["summary"]
+    assert all("bias_probes" in r for r in [summary["validation_base"], *summary["validation"]])
+    assert summary["chosen"] == select(summary["validation"], summary["validation_base"], 1.0)
+    assert "bias_probes" in summary["rows"][0]  # the test split's probes, on every measured row
+    assert all("reduction_probes" in r for r in summary["rows"][1:] if "bias_profession" in r)
+    base = summary["validation_base"]
+    row = summary["validation"][0]
+    assert len(relative(row, base)) == 3 and relative(row, base)[2] == pytest.approx(
+        abs(row["bias_probes"]) / abs(base["bias_probes"]))
+
+
+def test_probes_that_are_not_a_contrast_file_are_refused_before_loading(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "The nurse said that", "answer": " she"}) + "\n")
+    with pytest.raises(UserError, match="should be a contrast file") as err:
+        load_recipe("recipes/gender-debias.yaml", [f"probes={bad}"])
+    assert "\n" not in str(err.value)
+    few = tmp_path / "few.jsonl"
+    few.write_text(json.dumps({"prompt": "The nurse said that", "answer": " she", "corrupt_answer": " he"}) + "\n")
+    with pytest.raises(UserError, match="too few"):
+        load_recipe("recipes/gender-debias.yaml", [f"probes={few}"])

@@ -31,12 +31,14 @@ from editor.attribution.gradient import weighted_effects
 from editor.edit.plan import EditPlan
 from editor.errors import UserError
 from editor.evaluation.harness import (
-    ArithmeticConfig, GenderConfig, GuardConfig, PronounConfig, file_configs, parse_indices)
+    ArithmeticConfig, GenderConfig, GuardConfig, IclConfig, PronounConfig, file_configs, parse_indices)
+from editor.evaluation.kinds import FileConfig
 from editor.io import write_text_atomic
 from editor.recipes.common import MODEL_SETTINGS, Common, checkpoint_step, evaluation_step, layer_range
-from editor.recipes.gender_debias_report import SPLITS, _rounded, relative, report as write_report
+from editor.recipes.gender_debias_report import SPLITS, _rounded, relative, report as write_report, verdict_of
 from editor.recipes.debias_baselines import BASELINES, Baselines, label, size
 from editor.recipes import debias_fasp
+from editor.recipes.debias_probes import check_probes, probe_objective, probe_splits
 from editor.recipes.run import Run
 from editor.tasks.shipped import SHIPPED
 from editor.tasks import gender, icl
@@ -85,6 +87,7 @@ class GenderDebias(Common):
     save_if_test_worse: bool = False  # save the validation pick even if test bias does not fall
     # Shipped benchmarks measured on the test split's base, every method's pick and its first random control.
     benchmarks: list[str] = field(default_factory=lambda: ["crows-pairs-gender", "winobias", "stereoset-gender"])
+    probes: str | None = None  # a contrast file of the user's own bias probes (editor.recipes.debias_probes)
 
     def check(self, where: str) -> None:
         super().check(where)
@@ -98,6 +101,9 @@ class GenderDebias(Common):
             raise UserError(f"{where}.select.projection_layers: a list of [first, last] with 0 <= first <= last")
         if not s.dama_ranks or any(r < 1 for r in s.dama_ranks) or not s.cda_steps or any(x < 1 for x in s.cda_steps):
             raise UserError(f"{where}.select.dama_ranks, cda_steps: non-empty lists of positive integers")
+        if self.probes is not None:
+            check_probes(self.probes, f"{where}.probes")
+            probe_splits(self.probes, tuple(self.split.fractions), self.seed)  # too few rows: refused now
         unknown = [b for b in self.benchmarks if b not in SHIPPED]
         if unknown:
             raise UserError(f"{where}.benchmarks: unknown {', '.join(unknown)}; shipped: {', '.join(SHIPPED)}")
@@ -171,6 +177,9 @@ def rank_components(run: Run, cfg: GenderDebias, method: str, split: dict, layer
         table[layers] = torch.as_tensor(diff).float()[:len(layers)]
         return {"0": _ranked({"neuron": -table}, layers, k)}  # largest CNA difference first; no penalty
     examples, weights = contrast_examples(templates, occupations)
+    if cfg.probes:  # the user's probes join the objective
+        extra = probe_objective(probe_splits(cfg.probes, tuple(cfg.split.fractions), cfg.seed)["choose"])
+        examples, weights = examples + extra[0], weights + extra[1]
     if method == "fasp":  # its "penalty" is the share of heads protected for performance
         bias, loss = debias_fasp.head_effects(lm.model, lm.tokenizer, (examples, weights),
                                               capability_examples(cfg.select.capability_sentences), cfg.batch_size)
@@ -256,8 +265,12 @@ def _tasks(cfg: GenderDebias, files: dict, split: str, arithmetic: bool, benchma
         tasks["pronoun@choose"] = PronounConfig(templates=t, professions=files["choose"], seed=cfg.seed)
     if arithmetic:
         tasks["arithmetic"] = ArithmeticConfig(n=cfg.arithmetic_n, digits=1, ops="+", shots=4, seed=cfg.seed)
+        tasks["icl"] = IclConfig(n=100, seed=cfg.seed)  # a third capability: in-context classification
     if benchmarks:
         tasks |= file_configs(cfg.benchmarks, None, list(tasks))
+    if cfg.probes:
+        rows = probe_splits(cfg.probes, tuple(cfg.split.fractions), cfg.seed)[split]
+        tasks["probes"] = FileConfig(data=cfg.probes, kind="contrast", examples=rows)
     return tasks
 
 
@@ -273,6 +286,12 @@ def _row(ev, **extra) -> dict:
     if "arithmetic" in m:
         a = m["arithmetic"]["answer_accuracy"]
         row["arithmetic"], row["arithmetic_95"] = a.value, [round(a.low, 4), round(a.high, 4)]
+    if "icl" in m:
+        a = m["icl"]["accuracy"]
+        row["icl"], row["icl_95"] = a.value, [round(a.low, 4), round(a.high, 4)]
+    if "probes" in m:
+        b = m["probes"]["logprob_difference"]
+        row["bias_probes"], row["bias_probes_95"] = b.value, [round(b.low, 4), round(b.high, 4)]
     for name in SHIPPED:  # stereotype score: 0.5 is no preference
         if name in m:
             b = m[name]["stereotype_score"]
@@ -294,6 +313,7 @@ def run(run: Run, cfg: GenderDebias) -> dict:
                                                                             s.penalties)] for m in s.methods}
     sweep = [(m, p, k, f) for m in s.methods for p in penalties[m] for k in ks for f in factors]
     names = [*s.methods, *s.baselines]
+    probes = ("probes", "split.fractions") if cfg.probes else ()  # a run without probes keeps its cache keys
     tests = [f"test_{m}{r}" for m in names for r in ["", *[f"_random{x}" for x in s.random_seeds]]]
     occupations = gender.occupations(cfg.split.occupations or gender.OCCUPATIONS_CSV)
     split = run.step("split", lambda: gender.split_occupations(occupations, cfg.split.fractions, cfg.seed, SPLITS),
@@ -309,26 +329,26 @@ def run(run: Run, cfg: GenderDebias) -> dict:
         return layer_range(s.layers, n, "select.layers") if s.layers else list(range(n))
 
     ranked = {m: run.step(f"rank_{m}", lambda m=m: {"components": rank_components(run, cfg, m, split, layers(), max(ks))},
-                          reads=(*RANK_READS, *(["select.fasp_protect"] if m == "fasp" else [])),
+                          reads=(*RANK_READS, *probes, *(["select.fasp_protect"] if m == "fasp" else [])),
                           uses=("split",))["components"] for m in s.methods}
     base_val = _row(evaluation_step(run, "validate_base", _tasks(cfg, files, "validate", False),
-                                    reads=EVALUATION_READS, uses=("split",)),
+                                    reads=(*EVALUATION_READS, *probes), uses=("split",)),
                     method="base", penalty=0.0, k=0, factor=1.0)
     rows = []
     for m, p, k, f in sweep:  # a setting's step is named by (m, p, k, f): a new grid reruns only new settings
         plan = plan_for(ranked[m][p][:k], f, _note(m, p, k, f))
         ev = evaluation_step(run, _step(m, p, k, f), _tasks(cfg, files, "validate", False), plan,
-                             reads=EVALUATION_READS, uses=("split", f"rank_{m}"))
+                             reads=(*EVALUATION_READS, *probes), uses=("split", f"rank_{m}"))
         rows.append(_row(ev, method=m, penalty=float(p), k=k, factor=f))
     for v in project.grid:  # named by method, layers and rank, like the sweep's settings
         ev = evaluation_step(run, f"validate_{label(v)}", _tasks(cfg, files, "validate", False),
-                             reads=EVALUATION_READS, uses=("split",), modify=project.modifier(v))
+                             reads=(*EVALUATION_READS, *probes), uses=("split",), modify=project.modifier(v))
         rows.append(_row(ev, method=v["method"], penalty=0.0, k=size(v), factor=0.0, setting=label(v)))
     picks = {m: select([r for r in rows if r["method"] == m], base_val, s.max_perplexity_increase) for m in names}
     chosen = select(rows, base_val, s.max_perplexity_increase)
 
     test_tasks = _tasks(cfg, files, "test", True, benchmarks=True)
-    base_test = evaluation_step(run, "test_base", test_tasks, reads=(*EVALUATION_READS, "arithmetic_n", "benchmarks"),
+    base_test = evaluation_step(run, "test_base", test_tasks, reads=(*EVALUATION_READS, *probes, "arithmetic_n", "benchmarks"),
                                 uses=("split",))
     table = [_row(base_test, model="base", components=0)]
     for m, pick in picks.items():
@@ -340,7 +360,7 @@ def run(run: Run, cfg: GenderDebias) -> dict:
         table.append(_row(ev, model=m, penalty=pick["penalty"], components=pick.get("setting", pick["k"]),
                           factor=pick["factor"]))
         for i, seed in enumerate(s.random_seeds):  # benchmarks on the first random control only (their cost)
-            tasks = {k: v for k, v in test_tasks.items() if k != "arithmetic" and (i == 0 or k not in SHIPPED)}
+            tasks = {k: v for k, v in test_tasks.items() if k not in ("arithmetic", "icl") and (i == 0 or k not in SHIPPED)}
             rand = _random_edit(m, pick, edit, layers(), run.model.arch, seed, project)
             ev = evaluation_step(run, f"test_{m}_random{seed}", tasks, rand["plan"], reference=base_test,
                                  modify=rand["modify"])
@@ -350,10 +370,10 @@ def run(run: Run, cfg: GenderDebias) -> dict:
     base_row = table[0]
     for r in table[1:]:
         if "bias_profession" in r:
-            rp, rg = relative(r, base_row)
-            r["reduction_profession"], r["reduction_pronoun"] = round(1 - rp, 4), round(1 - rg, 4)
+            for key, rel in zip(("reduction_profession", "reduction_pronoun", "reduction_probes"), relative(r, base_row)):
+                r[key] = round(1 - rel, 4)
             r["perplexity_change"] = round(r["perplexity"] / base_row["perplexity"] - 1, 4)
-    verdict, save = _verdict(chosen, table, cfg)
+    verdict, save = verdict_of(chosen, table, cfg.save_checkpoint, cfg.save_if_test_worse)
     edit = _edit(chosen["method"], chosen, ranked, project, " (chosen on validation)") if chosen else \
         {"plan": EditPlan(), "modify": None}
     folded = project.describe(project.setting(chosen["setting"])) if chosen and "setting" in chosen else []
@@ -391,28 +411,3 @@ def _step(method: str, penalty: str, k: int, factor: float) -> str:
 
 def _note(method: str, penalty: str, k: int, factor: float) -> str:
     return f"gender-debias: {method} (capability penalty {penalty}), top {k}, factor {factor:g}"
-
-
-def _verdict(chosen: dict | None, table: list[dict], cfg: GenderDebias) -> tuple[str, bool]:
-    """What the run concluded, in words, and whether a checkpoint is saved."""
-    base = table[0]
-
-    def bias(r: dict, key: str) -> str:
-        return f"{r[key]:.3f} {[round(x, 3) for x in r[key + '_95']]}"
-
-    if chosen is None:
-        return ("No method, k and factor lowers validation bias in both directions within the guard limit; "
-                f"no checkpoint saved. Base test bias: {bias(base, 'bias_profession')} (profession given gender), "
-                f"{bias(base, 'bias_pronoun')} (gender given occupation)."), False
-    row = next(r for r in table if r.get("model") == chosen["method"])
-    what = (f"{chosen['setting']} (MLP-output projection)" if "setting" in chosen else
-            f"{chosen['method']} (capability penalty {chosen['penalty']:g}), top {chosen['k']}, factor {chosen['factor']:g}")
-    text = (f"Chosen on validation: {what}. On the test split bias falls {row['reduction_profession']:.0%} "
-            f"(profession given gender: {bias(base, 'bias_profession')} -> {bias(row, 'bias_profession')}) and "
-            f"{row['reduction_pronoun']:.0%} (gender given occupation: {bias(base, 'bias_pronoun')} -> "
-            f"{bias(row, 'bias_pronoun')}; 95% intervals); guard perplexity {row['perplexity_change']:+.1%}.")
-    if not cfg.save_checkpoint:
-        return text, False
-    if min(row["reduction_profession"], row["reduction_pronoun"]) <= 0 and not cfg.save_if_test_worse:
-        return text + " Test bias does not fall in both directions: no checkpoint saved.", False
-    return text, True

@@ -14,13 +14,19 @@ def _rounded(rows: list[dict]) -> list[dict]:
 
 def relative(row: dict, base: dict) -> tuple[float, float]:
     """|bias| / |base bias| in each direction (1: unchanged, 0: removed)."""
-    return tuple(abs(row[key]) / max(abs(base[key]), 1e-9) for key in ("bias_profession", "bias_pronoun"))
+    return tuple(abs(row[key]) / max(abs(base[key]), 1e-9) for key in _directions(base))
+
+
+def _directions(base: dict) -> tuple[str, ...]:
+    """The bias directions every choice must lower: the built-in two, and the user's probes if given."""
+    return ("bias_profession", "bias_pronoun", *(["bias_probes"] if "bias_probes" in base else []))
 
 
 def relative_interval(row: dict, base: dict) -> tuple[float, float] | None:
     """The 95% interval of the worse direction's |bias| / |base bias| (the base taken as exact: the
     bars show the spread over this row's prompts). None for rows measured without intervals."""
-    key = ("bias_profession", "bias_pronoun")[max(range(2), key=lambda i: relative(row, base)[i])]
+    keys = _directions(base)
+    key = keys[max(range(len(keys)), key=lambda i: relative(row, base)[i])]
     if f"{key}_95" not in row:
         return None
     low, high = row[f"{key}_95"]
@@ -39,8 +45,9 @@ def report(run, cfg, split, summary, ranked) -> dict:
     rep.heading("Test split (never used for a choice)")
     rows = summary["rows"]
     cols = ["model", "penalty", "components", "factor", "bias_profession", "bias_profession_95", "bias_pronoun",
-            "bias_pronoun_95", "reduction_profession",
-            "reduction_pronoun", "perplexity", "perplexity_change", "arithmetic", "arithmetic_95",
+            "bias_pronoun_95", "bias_probes", "bias_probes_95", "reduction_profession",
+            "reduction_pronoun", "reduction_probes", "perplexity", "perplexity_change", "arithmetic", "arithmetic_95",
+            "icl", "icl_95",
             *[f"{b}{s}" for b in cfg.benchmarks for s in ("", "_95")],
             "bias_profession_choose", "bias_pronoun_choose", "note"]
     rep.table(rows, [c for c in cols if any(c in r for r in rows)])
@@ -85,3 +92,28 @@ def report(run, cfg, split, summary, ranked) -> dict:
     if summary["checkpoint"]:
         rep.paragraph(f"Checkpoint: {summary['checkpoint']} (loads with AutoModelForCausalLM.from_pretrained).")
     return rep.finish(run)
+
+
+def verdict_of(chosen: dict | None, table: list[dict], save_checkpoint: bool, save_if_test_worse: bool) -> tuple[str, bool]:
+    """What the run concluded, in words, and whether a checkpoint is saved."""
+    base = table[0]
+
+    def bias(r: dict, key: str) -> str:
+        return f"{r[key]:.3f} {[round(x, 3) for x in r[key + '_95']]}"
+
+    if chosen is None:
+        return ("No method, k and factor lowers validation bias in both directions within the guard limit; "
+                f"no checkpoint saved. Base test bias: {bias(base, 'bias_profession')} (profession given gender), "
+                f"{bias(base, 'bias_pronoun')} (gender given occupation)."), False
+    row = next(r for r in table if r.get("model") == chosen["method"])
+    what = (f"{chosen['setting']} (MLP-output projection)" if "setting" in chosen else
+            f"{chosen['method']} (capability penalty {chosen['penalty']:g}), top {chosen['k']}, factor {chosen['factor']:g}")
+    text = (f"Chosen on validation: {what}. On the test split bias falls {row['reduction_profession']:.0%} "
+            f"(profession given gender: {bias(base, 'bias_profession')} -> {bias(row, 'bias_profession')}) and "
+            f"{row['reduction_pronoun']:.0%} (gender given occupation: {bias(base, 'bias_pronoun')} -> "
+            f"{bias(row, 'bias_pronoun')}; 95% intervals); guard perplexity {row['perplexity_change']:+.1%}.")
+    if not save_checkpoint:
+        return text, False
+    if min(row["reduction_profession"], row["reduction_pronoun"]) <= 0 and not save_if_test_worse:
+        return text + " Test bias does not fall in both directions: no checkpoint saved.", False
+    return text, True
