@@ -217,12 +217,21 @@ def test_fasp_head_effects_equal_each_head_ablated_by_hooks_and_protect_the_cost
     bias = contrast_examples([0, 5], [("nurse", "woman"), ("pilot", "man")])
     capability = capability_examples(6)
     bias_change, loss_change = head_effects(model, tok, bias, capability, 8, progress=False)
-    base = weighted_logprob(model, tok, *bias, 8), weighted_logprob(model, tok, *capability, 8)
+    def mean_loss():  # each sentence's NLL after its first word and space (a char token), computed directly
+        total = 0.0
+        for e in capability[0]:
+            ids = tok(e.prompt + e.answer, return_tensors="pt")["input_ids"]
+            n = len(tok(e.prompt + " ")["input_ids"])
+            with torch.no_grad():
+                logp = model(ids).logits[0].float().log_softmax(-1)
+            total -= sum(logp[i - 1, ids[0, i]].item() for i in range(n, ids.shape[1]))
+        return total / len(capability[0])
+
+    base = weighted_logprob(model, tok, *bias, 8), mean_loss()
     for layer, head in [(0, 1), (2, 3)]:
         with intervene(model, EditPlan().zero("head", [(layer, head)])):
             assert bias_change[layer, head] == pytest.approx(weighted_logprob(model, tok, *bias, 8) - base[0], abs=1e-4)
-            assert loss_change[layer, head] == pytest.approx(base[1] - weighted_logprob(model, tok, *capability, 8),
-                                                             abs=1e-4)
+            assert loss_change[layer, head] == pytest.approx(mean_loss() - base[1], abs=1e-4)  # + = removal hurts
     ranked = rankings(bias_change, loss_change, [0, 1, 2], [0.0, 0.5], 12)
     heads = [(l, h) for l in range(3) for h in range(4)]
     costly = set(sorted(heads, key=lambda lh: -float(loss_change[lh]))[:6])

@@ -32,7 +32,7 @@ def head_effects(model, tokenizer, bias: tuple[list[Example], list[float]],
                  capability: tuple[list[Example], list[float]], batch_size: int,
                  progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(bias change, loss change) of zeroing each head alone: layers x heads each. ``capability``'s
-    weighted sum is minus the mean loss, so its loss change is minus its change."""
+    weighted sum is the mean loss itself (weights -1/n on log-probabilities)."""
     arch = Arch(model)
     base = (weighted_logprob(model, tokenizer, *bias, batch_size), weighted_logprob(model, tokenizer, *capability, batch_size))
     bias_change, loss_change = torch.zeros(arch.n_layers, arch.n_heads), torch.zeros(arch.n_layers, arch.n_heads)
@@ -41,7 +41,7 @@ def head_effects(model, tokenizer, bias: tuple[list[Example], list[float]],
         for head in range(arch.n_heads):
             with apply_plan(model, EditPlan().zero("head", [(layer, head)])):
                 bias_change[layer, head] = weighted_logprob(model, tokenizer, *bias, batch_size) - base[0]
-                loss_change[layer, head] = base[1] - weighted_logprob(model, tokenizer, *capability, batch_size)
+                loss_change[layer, head] = weighted_logprob(model, tokenizer, *capability, batch_size) - base[1]
             bar.update(1)
     bar.close()
     return bias_change, loss_change

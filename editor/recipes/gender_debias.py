@@ -46,6 +46,7 @@ from editor.tasks.examples import Example
 
 Method = Literal["cna", "gradient", "gradient-heads", "fasp"]
 METHODS: tuple[str, ...] = ("cna", "gradient", "gradient-heads", "fasp")
+DEFAULT_METHODS = METHODS[:3]  # fasp is opt-in: its exact scan of every head costs about 40 min on 2 CPU cores
 N_TEMPLATES = len(gender.TEMPLATES)
 assert N_TEMPLATES == len(gender.PRONOUN_TEMPLATES), "both directions split the same template indices"
 
@@ -61,7 +62,7 @@ class Split:
 
 @dataclass
 class Select:
-    methods: list[Method] = field(default_factory=lambda: list(METHODS))
+    methods: list[Method] = field(default_factory=lambda: list(DEFAULT_METHODS))
     layers: list[int] | None = None  # [first, last] layers whose components may be edited; null = all
     ks: list[int] = field(default_factory=lambda: [5, 20, 50, 100, 200])
     factors: list[float] = field(default_factory=lambda: [0.0, 0.5, 0.75])  # 0 zeroes; another value rescales
@@ -198,7 +199,7 @@ def rank_components(run: Run, cfg: GenderDebias, method: str, split: dict, layer
 
 def capability_examples(n: int) -> tuple[list[Example], list[float]]:
     """Plain English sentences (the built-in in-context pool, every other one) as first word ->
-    rest, weighted so the weighted log-probability sum is minus the mean loss per sentence."""
+    rest, weighted (-1/n) so the weighted log-probability sum is the mean loss per sentence."""
     sentences = icl.load_pool("builtin").sentences[::2][:n]
     examples = [Example(s.split(" ", 1)[0], " " + s.split(" ", 1)[1]) for s in sentences if " " in s]
     return examples, [-1.0 / len(examples)] * len(examples)
