@@ -79,11 +79,12 @@ def test_each_shipped_benchmark_reads_by_name_as_a_stereotype_task(name, rows, u
 
 def test_evaluate_takes_a_benchmark_by_name_and_other_commands_refuse_it_in_one_line(tiny_dir, tmp_path):
     out = tmp_path / "ev"
-    got = CliRunner().invoke(main, ["evaluate", "--model", str(tiny_dir), "--data", "winobias", "--out", str(out), "--json"])
+    got = CliRunner().invoke(main, ["evaluate", "--model", str(tiny_dir), "--data", "crows-pairs-gender", "--out",
+                                    str(out), "--json"])
     assert got.exit_code == 0, got.output
     result = json.loads((out / "evaluation.json").read_text())
-    task = result["tasks"]["winobias"]
-    assert task["config"]["kind"] == "stereotype" and task["measures"]["stereotype_score"]["n"] == 792
+    task = result["tasks"]["crows-pairs-gender"]
+    assert task["config"]["kind"] == "stereotype" and task["measures"]["stereotype_score"]["n"] == 262
     with pytest.raises(UserError, match="compares whole sentences"):
         load_examples("crows-pairs-gender")
     got = CliRunner().invoke(main, ["attribute", "heads", "--model", str(tiny_dir), "--data", "stereoset-gender",
