@@ -293,13 +293,14 @@ def test_the_users_probes_join_choice_validation_and_test(tmp_path):
     probes = _probes(tmp_path / "probes.jsonl")
     sets = [f"model={model_dir}", "batch_size=8", "select.ks=[3]", "select.factors=[0.0]",
             "select.methods=[gradient]", "select.penalties=[0]", "select.random_seeds=[1]", "arithmetic_n=4",
-            "select.capability_sentences=8", "select.baselines=[]", "benchmarks=[]",
+            "select.capability_sentences=8", "select.baselines=[]", "benchmarks=[crows-pairs-gender]",
             "select.max_perplexity_increase=1.0", f"probes={probes}"]
     _, result = run_recipe("recipes/gender-debias.yaml", sets, log=lambda _m: None, out=tmp_path / "run")
     summary = result["summary"]
     assert all("bias_probes" in r for r in [summary["validation_base"], *summary["validation"]])
     assert summary["chosen"] == select(summary["validation"], summary["validation_base"], 1.0)
     assert "bias_probes" in summary["rows"][0]  # the test split's probes, on every measured row
+    assert 0 <= summary["rows"][0]["crows-pairs-gender"] <= 1  # a shipped benchmark's stereotype score
     assert all("reduction_probes" in r for r in summary["rows"][1:] if "bias_profession" in r)
     base = summary["validation_base"]
     row = summary["validation"][0]

@@ -25,7 +25,7 @@ RECIPES = {
                       "select.penalties=[1]", "select.capability_sentences=8",
                       "select.baselines=[dama, cda]", "select.dama_ranks=[1]", "select.cda_steps=[3]",
                       "select.projection_layers=[[1, 2]]",
-                      "benchmarks=[crows-pairs-gender]", "save_if_test_worse=true"],
+                      "benchmarks=[]", "save_if_test_worse=true"],
     "icl-heads": ["data.n_score=4", "data.n_eval=6", "cut.fractions=[0.1, 0.25]", "cut.random_seeds=[1, 2]",
                   "rescale.fraction=0.1", "rescale.factors=[0.5]"],
     "lora-compare": ["layer_groups=[[0], [2]]", "lora.steps=4", "data.n_train=24", "data.n_eval=8",

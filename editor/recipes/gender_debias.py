@@ -83,7 +83,7 @@ class Select:
 class GenderDebias(Common):
     split: Split = field(default_factory=Split)
     select: Select = field(default_factory=Select)
-    arithmetic_n: int = 200  # one-digit addition prompts of the unrelated-capability check
+    arithmetic_n: int = 200  # one-digit addition prompts of the capability check (and half as many icl prompts)
     save_checkpoint: bool = True
     save_if_test_worse: bool = False  # save the validation pick even if test bias does not fall
     # Shipped benchmarks measured on the test split's base, every method's pick and its first random control.
@@ -266,7 +266,8 @@ def _tasks(cfg: GenderDebias, files: dict, split: str, arithmetic: bool, benchma
         tasks["pronoun@choose"] = PronounConfig(templates=t, professions=files["choose"], seed=cfg.seed)
     if arithmetic:
         tasks["arithmetic"] = ArithmeticConfig(n=cfg.arithmetic_n, digits=1, ops="+", shots=4, seed=cfg.seed)
-        tasks["icl"] = IclConfig(n=100, seed=cfg.seed)  # a third capability: in-context classification
+        # A third capability, in-context classification, sized with the arithmetic check (100 by default).
+        tasks["icl"] = IclConfig(n=max(1, min(100, cfg.arithmetic_n // 2)), seed=cfg.seed)
     if benchmarks:
         tasks |= file_configs(cfg.benchmarks, None, list(tasks))
     if cfg.probes:
