@@ -97,4 +97,6 @@ class Baselines:
         if setting["method"] == "cda":
             return [{"method": "cda", "steps": setting["steps"], "lora": self.lora,
                      "merged": "a LoRA trained on counterfactually augmented rows, merged into the weights"}]
-        return [p.describe() for p in self.fitted(setting)]
+        first, last = setting["layers"]  # from the setting: describing a pick must not refit it
+        return [{"layer": l, "site": "MLP output", "rank": setting["rank"], "affine": setting["method"] == "leace",
+                 "method": setting["method"]} for l in range(first, last + 1)]
