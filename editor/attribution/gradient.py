@@ -44,7 +44,7 @@ class GradientEffects:
     metric: torch.Tensor  # [N] the metric itself (summed gold log-probability)
 
 
-def _teacher_forced(tokenizer, examples: list[Example]) -> tuple[list[list[int]], list[list[int]]]:
+def teacher_forced(tokenizer, examples: list[Example]) -> tuple[list[list[int]], list[list[int]]]:
     """Input ids (prompt + all but the last answer token) and the answer ids of each example."""
     rows, answers = [], []
     for ex in fit_to_tokenizer(tokenizer, examples):
@@ -54,6 +54,17 @@ def _teacher_forced(tokenizer, examples: list[Example]) -> tuple[list[list[int]]
         rows.append(tokenizer(ex.prompt)["input_ids"] + ans[:-1])
         answers.append(ans)
     return rows, answers
+
+
+def gold_logprob(model: nn.Module, inputs: dict, answers: list[list[int]]) -> torch.Tensor:
+    """``[rows]``: the summed log-probability of each row's answer tokens, which are the row's last
+    ``len(answer)`` predictions (:func:`teacher_forced` rows, left-padded); differentiable."""
+    keep = max(map(len, answers))
+    logp = model(**inputs, use_cache=False, logits_to_keep=keep).logits[:, -keep:].float().log_softmax(-1)
+    metric = torch.zeros(len(answers), device=logp.device)
+    for i, ans in enumerate(answers):
+        metric[i] = logp[i, keep - len(ans):].gather(-1, torch.tensor(ans, device=logp.device)[:, None]).sum()
+    return metric
 
 
 @contextmanager
@@ -118,7 +129,7 @@ def gradient_effects(model: nn.Module, tokenizer, examples: list[Example], batch
     ``(a_contrast - a) . g`` (attribution patching; zeroing is the special case ``a_contrast = 0``).
     Both runs are teacher-forced on the example's own answer, so positions line up."""
     arch = Arch(model)
-    rows, answers = _teacher_forced(tokenizer, examples)
+    rows, answers = teacher_forced(tokenizer, examples)
     other = _contrast_rows(tokenizer, examples, contrast, rows) if contrast is not None else None
     device, pad = model_device(model), pad_token_id(tokenizer)
     out_n, out_h, out_l, out_m = [], [], [], []
@@ -127,19 +138,13 @@ def gradient_effects(model: nn.Module, tokenizer, examples: list[Example], batch
         for start in range(0, len(rows), batch_size):
             chunk_rows, chunk_ans = rows[start:start + batch_size], answers[start:start + batch_size]
             inputs = with_position_ids(model, pad_rows(chunk_rows, pad, "left", device))
-            keep = max(map(len, chunk_ans))
             base = None
             if other is not None:  # the contrast run's activations, same padding, no gradients
                 with _Recorder(arch) as base, torch.no_grad():
                     model(**with_position_ids(model, pad_rows(other[start:start + batch_size], pad, "left", device)),
                           use_cache=False, logits_to_keep=1)
             with _Recorder(arch) as rec, torch.enable_grad():
-                logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits[:, -keep:].float()
-                logp = logits.log_softmax(-1)
-                metric = torch.zeros(len(chunk_rows), device=logp.device)
-                for i, ans in enumerate(chunk_ans):
-                    span = logp[i, keep - len(ans):]
-                    metric[i] = span.gather(-1, torch.tensor(ans, device=logp.device)[:, None]).sum()
+                metric = gold_logprob(model, inputs, chunk_ans)
                 acts = rec.coef + rec.z + rec.block_out
                 grads = torch.autograd.grad(metric.sum(), acts, allow_unused=True)
             n = arch.n_layers

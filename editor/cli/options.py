@@ -33,6 +33,28 @@ def _default_out(model: str) -> Path:
     return Path("checkpoints") / f"{_model_stem(model)}-edited"
 
 
+class RegistryChoice(click.Choice):
+    """A choice among the names of a registry (score methods, task kinds), read when first needed:
+    the registry's module imports torch, which the CLI loads only for the commands that use it."""
+
+    def __init__(self, names) -> None:
+        self._names, self.case_sensitive = names, True
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self._names())
+
+    @choices.setter
+    def choices(self, value) -> None:
+        raise AttributeError("a registry's choices are its names")
+
+
+def score_methods() -> tuple[str, ...]:
+    from editor.prune.scores import METHODS
+
+    return METHODS
+
+
 # attribute --------------------------------------------------------------------------------------
 def _layers(text: str | None) -> list[int] | None:
     from editor.ranges import parse_ranges

@@ -9,7 +9,7 @@ import click
 
 from editor.model.store import DEFAULT_MODEL
 from editor.cli.core import LmeditGroup, SEED, _log, main
-from editor.cli.options import _DELIMITER, _delimiter, _renamed
+from editor.cli.options import _DELIMITER, RegistryChoice, _delimiter, _renamed, score_methods
 
 
 # recipes ----------------------------------------------------------------------------------------
@@ -90,7 +90,7 @@ def run_cmd(recipe, overrides, out, fresh, device, as_json):
               help="Keep validation accuracy (text: 1 / perplexity) >= RETAIN x the base's (0 < RETAIN <= 1).")
 @click.option("--units", default="neurons,heads,layers", show_default=True,
               help="What may be removed: neurons, heads (key/value groups), layers.")
-@click.option("--method", type=click.Choice(["attribution", "magnitude", "wanda", "random", "block-influence"]),
+@click.option("--method", type=RegistryChoice(score_methods),
               default="attribution", show_default=True, help="How units are ordered for removal.")
 @click.option("--baselines", default="", metavar="M1,M2",
               help="Also run the same search with these methods and report them beside it [default: none].")

@@ -38,6 +38,7 @@ from editor.edit.plan import EditPlan
 from editor.edit.weights import apply_plan
 from editor.errors import UserError
 from editor.model.arch import Arch, input_dim
+from editor.model.units import Units
 
 
 @dataclass
@@ -138,17 +139,10 @@ def _numel(module: nn.Module) -> int:
 
 
 def unit_parameters(arch: Arch) -> dict[str, int]:
-    """Parameters one neuron and one key/value group own in a layer (layer 0's shapes)."""
-    neuron = sum(p.numel() // arch.d_ffn(0) for m in arch.mlp_in(0) for p in m.parameters())
-    neuron += arch.mlp_out(0).weight.numel() // arch.d_ffn(0)
-    q, k, v = (arch.layer_module(0, p) for p in arch.spec.attn_qkv)
-    group = 0
-    if q is not k:  # separate projections: q rows of the group's heads, its k and v rows, o columns
-        rows = arch.heads_per_group * arch.head_dim
-        group += sum(p.numel() // arch.n_heads * arch.heads_per_group for p in q.parameters())
-        group += sum(p.numel() // arch.n_kv_heads for m in (k, v) for p in m.parameters())
-        group += arch.attn_out(0).weight.numel() // (arch.n_heads * arch.head_dim) * rows
-    return {"neuron": neuron, "group": group, "layer": _numel(arch.layers[0])}
+    """Parameters one neuron and one key/value group own in a layer (layer 0's shapes), and a layer's."""
+    units = Units(arch)
+    return {"neuron": units.parameters_per_unit("neuron"), "group": units.parameters_per_unit("group"),
+            "layer": units.layer_parameters(0)}
 
 
 def removed_parameters(arch: Arch, removal: Removal) -> int:
@@ -181,31 +175,22 @@ def kept_indices(size: int, removed: list[int]) -> torch.Tensor:
     return torch.tensor([i for i in range(size) if i not in gone], dtype=torch.long)
 
 
-def _rows(head_ids: list[int], head_dim: int) -> torch.Tensor:
-    return torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in head_ids])
-
-
 def _layer_rules(arch: Arch, layer: int, removal: Removal, shrink_heads: bool) -> dict[str, tuple[str, torch.Tensor]]:
-    """``{module path: (side, kept indices)}``: side "out" keeps output features, "in" input features,
-    "zero_in" zeroes the complement of the kept input features (heads of families that cannot shrink)."""
-    rules: dict[str, tuple[str, torch.Tensor]] = {}
-    neurons = removal.neurons.get(layer, [])
-    if neurons:
-        keep = kept_indices(arch.d_ffn(layer), neurons)
-        rules.update({path: ("out", keep) for path in arch.spec.mlp_in})
-        rules[arch.spec.mlp_out] = ("in", keep)
-    groups = removal.groups.get(layer, [])
-    if groups:
-        kept_groups = [g for g in range(arch.n_kv_heads) if g not in set(groups)]
-        kept_heads = [h for g in kept_groups for h in arch.group_heads(g)]
-        cols = _rows(kept_heads, arch.head_dim)
-        if shrink_heads:
-            q, k, v = arch.spec.attn_qkv
-            rules[q] = ("out", cols)
-            rules[k] = rules[v] = ("out", _rows(kept_groups, arch.head_dim))
-            rules[arch.spec.attn_out] = ("in", cols)
-        else:
-            rules[arch.spec.attn_out] = ("zero_in", cols)
+    """``{module path: (side, kept indices)}`` from the unit table: side "out" keeps output features,
+    "in" input features, "zero_in" zeroes the complement of the kept input features (heads of families
+    that cannot shrink them: only their output-projection columns, which silences them)."""
+    units, rules = Units(arch), {}
+    for kind, removed in (("neuron", removal.neurons.get(layer, [])), ("group", removal.groups.get(layer, []))):
+        if not removed:
+            continue
+        table = units[kind]
+        kept = table.kept(removed)
+        for part in table.parts:
+            if kind == "group" and not shrink_heads:
+                if part == table.coefficient:
+                    rules[part.module] = ("zero_in", part.features(kept))
+            else:
+                rules[part.module] = (part.side, part.features(kept))
     return rules
 
 

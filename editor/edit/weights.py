@@ -19,6 +19,7 @@ from torch import nn
 from editor.edit.plan import EditPlan
 from editor.model import offload
 from editor.model.arch import Arch, in_features, input_dim
+from editor.model.units import Units
 
 
 @dataclass
@@ -32,23 +33,22 @@ class ProjectionEdit:
 
 
 def resolve(arch: Arch, plan: EditPlan) -> list[ProjectionEdit]:
-    """Group a plan's factors by projection: heads into attention-output columns, neurons into MLP-output ones."""
+    """Group a plan's factors by projection: each head or neuron scales its coefficient part in the
+    unit table (a head's input features of the attention output projection, a neuron's of the MLP's)."""
+    units = Units(arch)
     grouped: dict[tuple[str, int], tuple[list[int], list[float]]] = {}
     for (kind, layer, index), factor in sorted(plan.factors(arch.n_layers, arch.n_heads, arch.d_ffn).items()):
         if kind == "head":
-            head = arch.head_slice(index)
-            cols = range(head.start, head.stop)
-        else:
-            cols = range(index, index + 1)
+            arch.head_slice(index)  # the range check, with the user's words
+        cols = units[kind].coefficient.features([index]).tolist()
         feats, facs = grouped.setdefault((kind, layer), ([], []))
         feats.extend(cols)
         facs.extend([factor] * len(cols))
     edits = []
     for (kind, layer), (feats, facs) in grouped.items():
-        proj = arch.attn_out(layer) if kind == "head" else arch.mlp_out(layer)
         edits.append(ProjectionEdit(
             name=f"layer {layer} {'attention' if kind == 'head' else 'MLP'} output projection",
-            proj=proj, features=torch.tensor(feats, dtype=torch.long),
+            proj=arch.layer_module(layer, units[kind].coefficient.module), features=torch.tensor(feats, dtype=torch.long),
             factors=torch.tensor(facs, dtype=torch.float32)))
     return edits
 

@@ -13,6 +13,11 @@ the ordering:
 * ``block-influence`` -- ShortGPT (Men et al. 2024): ``1 - mean cos(layer input, layer output)``
   over calibration tokens; layers only.
 * ``random`` -- uniform random scores, a fresh draw per round.
+* ``taylor`` -- LLM-Pruner's element-wise first-order Taylor importance (Ma et al. 2023):
+  ``sum |w * dL/dw|`` over the unit's weights. Not a default baseline (``--baselines taylor``).
+
+Each method is one function registered with :func:`score_method`; the weights a unit owns come from
+the unit table (:mod:`editor.model.units`).
 
 For ``magnitude`` and ``wanda`` a layer's score is the sum of its remaining units' scores (the search
 scores the shrunk model; on a zeroed one, removed units would still count their unzeroed input rows).
@@ -20,22 +25,22 @@ scores the shrunk model; on a zeroed one, removed units would still count their 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
-from torch import nn
 
 from editor.edit.shrink import Removal, kept_indices
 from editor.model.capture import model_device
-from editor.attribution.gradient import gradient_effects
+from editor.attribution.gradient import gold_logprob, gradient_effects, teacher_forced
 from editor.evaluation.scoring import pad_rows, pad_token_id
 from editor.model.arch import Arch, weight_in_slice, weight_out_rows
+from editor.model.units import Part, Units
 from editor.model.capture import with_position_ids
 from editor.tasks.examples import Example
 
-METHODS = ("attribution", "magnitude", "wanda", "random", "block-influence")
 UNITS = ("neurons", "heads", "layers")
-LAYER_ONLY = ("block-influence",)
 
 
 @dataclass
@@ -45,59 +50,80 @@ class UnitScores:
     layers: torch.Tensor  # [layers]
 
 
+@dataclass(frozen=True)
+class ScoreMethod:
+    """A registered way to score units: ``score(model, tokenizer, examples, batch_size, seed, progress)``."""
+
+    name: str
+    score: Callable[..., UnitScores]
+    layers_only: bool  # scores layers alone (the search then moves layers only)
+    default_baseline: bool  # compared with attribution by default (the prune recipe's ``baselines``)
+
+
+SCORE_METHODS: dict[str, ScoreMethod] = {}
+
+
+def score_method(name: str, *, layers_only: bool = False, default_baseline: bool = True):
+    """Register a scoring function under ``name``: the CLI's choices, the recipe schema and the
+    default baselines are read from the registry, so a new method is this decorator on one function."""
+    def register(fn: Callable[..., UnitScores]) -> Callable[..., UnitScores]:
+        SCORE_METHODS[name] = ScoreMethod(name, fn, layers_only, default_baseline)
+        return fn
+    return register
+
+
 def _groups_from_heads(arch: Arch, per_head: torch.Tensor) -> torch.Tensor:
     """``[..., heads]`` -> ``[..., groups]`` by summing the query heads of each key/value group."""
     return per_head.reshape(*per_head.shape[:-1], arch.n_kv_heads, arch.heads_per_group).sum(-1)
 
 
-def attribution_scores(model, tokenizer, examples: list[Example], batch_size: int, progress: bool) -> UnitScores:
+@score_method("attribution", default_baseline=False)
+def attribution_scores(model, tokenizer, examples: list[Example], batch_size: int = 16, seed: int = 0,
+                       progress: bool = True) -> UnitScores:
     arch = Arch(model)
     fx = gradient_effects(model, tokenizer, examples, batch_size, progress)
     return UnitScores(fx.neurons.abs().mean(0), _groups_from_heads(arch, fx.heads).abs().mean(0),
                       fx.layers.abs().mean(0))
 
 
-def _qkv(arch: Arch, layer: int) -> list[nn.Module] | None:
-    q, k, v = (arch.layer_module(layer, p) for p in arch.spec.attn_qkv)
-    return None if q is k else [q, k, v]
-
-
-def _group_rows(arch: Arch, group: int) -> tuple[slice, slice]:
-    """Output rows of the query projection (the group's heads) and of the key/value projections."""
-    heads = arch.group_heads(group)
-    return (slice(heads[0] * arch.head_dim, (heads[-1] + 1) * arch.head_dim),
-            slice(group * arch.head_dim, (group + 1) * arch.head_dim))
-
-
 @torch.no_grad()
-def _weighted_unit_sums(arch: Arch, layer: int, power: float, norms: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per neuron and per group: ``sum |W|^power`` (magnitude) or ``sum |W_ij| ||X_j||`` (wanda)."""
-    def term(w_rows: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:  # [out, in] -> per out row
-        w = w_rows.abs().float()
-        return (w * x[None, :]).sum(1) if x is not None else w.pow(power).sum(1)
-
-    def feats(w_in: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:  # [n_in, out] -> per input feature
-        w = w_in.abs().float()
-        return (w.sum(1) * x) if x is not None else w.pow(power).sum(1)
-
+def _weighted_unit_sums(units: Units, layer: int, power: float, norms: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per neuron and per group, over every weight the unit table gives it: ``sum |W|^power``
+    (magnitude) or ``sum |W_ij| ||X_j||`` (wanda; ``norms[(module, layer)]`` the norms of that
+    module's input features)."""
     n = norms or {}
-    neurons = sum(term(weight_out_rows(m), n.get(("mlp_in", layer))) for m in arch.mlp_in(layer))
-    neurons = neurons + feats(weight_in_slice(arch.mlp_out(layer), slice(None)), n.get(("mlp_out", layer)))
-    per_col = feats(weight_in_slice(arch.attn_out(layer), slice(None)), n.get(("attn_out", layer)))
-    groups = per_col.view(arch.n_kv_heads, -1).sum(1)
-    qkv = _qkv(arch, layer)
-    if qkv is not None:
-        x = n.get(("attn_in", layer))
-        rows = [term(weight_out_rows(m), x) for m in qkv]
-        for g in range(arch.n_kv_heads):
-            q_rows, kv_rows = _group_rows(arch, g)
-            groups[g] += rows[0][q_rows].sum() + rows[1][kv_rows].sum() + rows[2][kv_rows].sum()
-    return neurons, groups
+
+    def per_feature(part: Part) -> torch.Tensor:  # one sum per owned feature on the part's side
+        module = units.module(layer, part)
+        w = (weight_out_rows(module) if part.side == "out" else weight_in_slice(module, slice(None))).abs().float()
+        x = n.get((part.module, layer))
+        if x is None:
+            return w.pow(power).sum(1)
+        return (w * x[None, :]).sum(1) if part.side == "out" else w.sum(1) * x
+
+    def sums(kind: str) -> torch.Tensor:
+        table = units[kind]
+        return sum(per_feature(p).view(table.count, p.width).sum(1) for p in table.parts)
+
+    return sums("neuron"), sums("group")
 
 
-def magnitude_scores(model) -> UnitScores:
+@score_method("random")
+def random_scores(model, tokenizer=None, examples=None, batch_size: int = 16, seed: int = 0,
+                  progress: bool = True) -> UnitScores:
+    """Uniform random scores, a fresh draw per seed (the search passes its round)."""
     arch = Arch(model)
-    parts = [_weighted_unit_sums(arch, l, 2.0, None) for l in range(arch.n_layers)]
+    gen = torch.Generator().manual_seed(seed)
+    return UnitScores(torch.rand(arch.n_layers, arch.d_ffn(0), generator=gen),
+                      torch.rand(arch.n_layers, arch.n_kv_heads, generator=gen), torch.rand(arch.n_layers, generator=gen))
+
+
+@score_method("magnitude")
+def magnitude_scores(model, tokenizer=None, examples=None, batch_size: int = 16, seed: int = 0,
+                     progress: bool = True) -> UnitScores:
+    arch = Arch(model)
+    units = Units(arch)
+    parts = [_weighted_unit_sums(units, l, 2.0, None) for l in range(arch.n_layers)]
     neurons = torch.stack([p[0] for p in parts]).sqrt()
     groups = torch.stack([p[1] for p in parts]).sqrt()
     return UnitScores(neurons, groups, neurons.sum(1) + groups.sum(1))
@@ -114,15 +140,12 @@ class _InputNorms:
         self.sq[key] = self.sq.get(key, 0) + x.pow(2).sum((0, 1))
 
     def __enter__(self):
-        arch = self.arch
+        arch, units = self.arch, Units(self.arch)
+        paths = list(dict.fromkeys(p.module for kind in ("neuron", "group") for p in units[kind].parts))
         for l in range(arch.n_layers):
-            qkv = _qkv(arch, l)
-            points = [("mlp_in", arch.mlp_in(l)[0]), ("mlp_out", arch.mlp_out(l)), ("attn_out", arch.attn_out(l))]
-            if qkv is not None:
-                points.append(("attn_in", qkv[0]))
-            for name, module in points:
-                self.handles.append(module.register_forward_pre_hook(
-                    lambda m, a, k, key=(name, l): self._add(key, a[0] if a else next(iter(k.values()))),
+            for path in paths:  # the inputs of every projection a unit owns features of
+                self.handles.append(arch.layer_module(l, path).register_forward_pre_hook(
+                    lambda m, a, k, key=(path, l): self._add(key, a[0] if a else next(iter(k.values()))),
                     with_kwargs=True))
             self.handles.append(arch.layers[l].register_forward_hook(
                 lambda m, a, k, o, l=l: self._block(l, a[0] if a else k["hidden_states"],
@@ -152,27 +175,78 @@ def _calibrate(model, tokenizer, examples: list[Example], batch_size: int) -> _I
     return rec
 
 
-def wanda_scores(model, tokenizer, examples: list[Example], batch_size: int) -> UnitScores:
+@score_method("wanda")
+def wanda_scores(model, tokenizer, examples: list[Example], batch_size: int = 16, seed: int = 0,
+                 progress: bool = True) -> UnitScores:
     arch = Arch(model)
     rec = _calibrate(model, tokenizer, examples, batch_size)
     norms = {k: v.sqrt() for k, v in rec.sq.items()}
-    parts = [_weighted_unit_sums(arch, l, 1.0, norms) for l in range(arch.n_layers)]
+    units = Units(arch)
+    parts = [_weighted_unit_sums(units, l, 1.0, norms) for l in range(arch.n_layers)]
     neurons, groups = torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
     return UnitScores(neurons, groups, neurons.sum(1) + groups.sum(1))
 
 
-def block_influence_scores(model, tokenizer, examples: list[Example], batch_size: int) -> UnitScores:
+@score_method("block-influence", layers_only=True)
+def block_influence_scores(model, tokenizer, examples: list[Example], batch_size: int = 16, seed: int = 0,
+                           progress: bool = True) -> UnitScores:
     arch = Arch(model)
     rec = _calibrate(model, tokenizer, examples, batch_size)
     layers = torch.tensor([1 - float(rec.cos[l]) / rec.tokens for l in range(arch.n_layers)])
     return UnitScores(torch.zeros(arch.n_layers, arch.d_ffn(0)), torch.zeros(arch.n_layers, arch.n_kv_heads), layers)
 
 
-def random_scores(model, seed: int) -> UnitScores:
+@score_method("taylor", default_baseline=False)
+def taylor_scores(model, tokenizer, examples: list[Example], batch_size: int = 16, seed: int = 0,
+                  progress: bool = True) -> UnitScores:
+    """LLM-Pruner's first-order Taylor importance (Ma et al. 2023, element-wise): the sum over every
+    weight the unit table gives a unit of ``|w * dL/dw|``, with ``L`` minus the summed log-probability
+    of the calibration prompts' gold answers. Unlike ``attribution`` (the change of that metric when
+    the unit's activation is zeroed, per prompt) it scores weights, with gradients summed over all
+    prompts before the product. A layer scores the sum of its units; biases are left out as in
+    ``magnitude``."""
     arch = Arch(model)
-    gen = torch.Generator().manual_seed(seed)
-    return UnitScores(torch.rand(arch.n_layers, arch.d_ffn(0), generator=gen),
-                      torch.rand(arch.n_layers, arch.n_kv_heads, generator=gen), torch.rand(arch.n_layers, generator=gen))
+    units = Units(arch)
+    paths = list(dict.fromkeys(p.module for kind in ("neuron", "group") for p in units[kind].parts))
+    modules = {(path, l): arch.layer_module(l, path) for l in range(arch.n_layers) for path in paths}
+    weights = [m.weight for m in modules.values()]
+    grads = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
+    rows, answers = teacher_forced(tokenizer, examples)
+    device, pad = model_device(model), pad_token_id(tokenizer)
+    with _gradients_for(model, weights), torch.enable_grad():
+        for start in range(0, len(rows), batch_size):
+            inputs = with_position_ids(model, pad_rows(rows[start:start + batch_size], pad, "left", device))
+            loss = -gold_logprob(model, inputs, answers[start:start + batch_size]).sum()
+            for total, g in zip(grads, torch.autograd.grad(loss, weights)):
+                total += g.float()
+    product = {key: (m.weight.detach().float() * g).abs() for (key, m), g in zip(modules.items(), grads)}
+
+    def sums(kind: str, layer: int) -> torch.Tensor:
+        table = units[kind]
+        out = 0
+        for part in table.parts:
+            module, p = modules[(part.module, layer)], product[(part.module, layer)]
+            per_feature = p.sum(1 - part.dim(module))  # one sum per owned feature on the part's side
+            out = out + per_feature.view(table.count, part.width).sum(1)
+        return out
+
+    neurons = torch.stack([sums("neuron", l) for l in range(arch.n_layers)])
+    groups = torch.stack([sums("group", l) for l in range(arch.n_layers)])
+    return UnitScores(neurons, groups, neurons.sum(1) + groups.sum(1))
+
+
+@contextmanager
+def _gradients_for(model, weights: list[torch.Tensor]):
+    """Only ``weights`` require gradients inside; every flag restored after."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    wanted = {id(w) for w in weights}
+    for p, _ in flags:
+        p.requires_grad_(id(p) in wanted)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 def on_original(small: UnitScores, arch: Arch, removal: Removal) -> UnitScores:
@@ -193,14 +267,11 @@ def on_original(small: UnitScores, arch: Arch, removal: Removal) -> UnitScores:
 
 def unit_scores(method: str, model, tokenizer, examples: list[Example], batch_size: int = 16, seed: int = 0,
                 progress: bool = True) -> UnitScores:
-    if method == "attribution":
-        return attribution_scores(model, tokenizer, examples, batch_size, progress)
-    if method == "magnitude":
-        return magnitude_scores(model)
-    if method == "wanda":
-        return wanda_scores(model, tokenizer, examples, batch_size)
-    if method == "block-influence":
-        return block_influence_scores(model, tokenizer, examples, batch_size)
-    if method == "random":
-        return random_scores(model, seed)
-    raise ValueError(f"unknown pruning method {method!r}")
+    if method not in SCORE_METHODS:
+        raise ValueError(f"unknown pruning method {method!r}")
+    return SCORE_METHODS[method].score(model, tokenizer, examples, batch_size, seed, progress)
+
+
+METHODS: tuple[str, ...] = tuple(SCORE_METHODS)
+LAYER_ONLY: tuple[str, ...] = tuple(n for n, m in SCORE_METHODS.items() if m.layers_only)
+DEFAULT_BASELINES: tuple[str, ...] = tuple(n for n, m in SCORE_METHODS.items() if m.default_baseline)

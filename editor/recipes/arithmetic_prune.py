@@ -25,7 +25,7 @@ from editor.evaluation.results import Evaluation
 from editor.evaluation.stats import wilson
 from editor.io import write_text_atomic
 from editor.model.capture import encode
-from editor.prune.scores import LAYER_ONLY, UNITS
+from editor.prune.scores import DEFAULT_BASELINES, LAYER_ONLY, METHODS, UNITS
 from editor.prune.search import SearchSettings, measure, run_search
 from editor.recipes.common import MODEL_SETTINGS, Common
 from editor.recipes import generalisation
@@ -39,7 +39,7 @@ from editor.tasks.examples import Example
 from editor.tasks.general import general_rows
 from editor.tasks.kinds import TaskData, as_completion, check_disjoint, read_task, split_rows
 
-Method = Literal["attribution", "magnitude", "wanda", "random", "block-influence"]
+Method = Literal[METHODS]  # the registered score methods (editor/prune/scores.py)
 
 
 @dataclass
@@ -110,7 +110,7 @@ class ArithmeticPrune(Common):
     data: Data = field(default_factory=Data)
     prune: Prune = field(default_factory=Prune)
     recover: Recover = field(default_factory=Recover)
-    baselines: list[Method] = field(default_factory=lambda: ["random", "magnitude", "wanda", "block-influence"])
+    baselines: list[Method] = field(default_factory=lambda: list(DEFAULT_BASELINES))
     save_checkpoint: bool = True
 
     def check(self, where: str) -> None:
