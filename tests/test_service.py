@@ -124,6 +124,11 @@ def test_submit_follow_download_and_reload(server, arith_dir, tmp_path):
     assert any(s["step"] == "attribution_search" and s["status"] == "done" for s in steps)
     assert any(s["step"] == "attribution_round_01" and s.get("inner") for s in steps)
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))  # none lost, none repeated
+    # read from the worker's structured events (editor/events.py), not from its log text
+    progress = [e["data"] for e in events if e["type"] == "progress"]
+    assert any(p["label"] == "gradient attribution" and p["done"] == p["total"] for p in progress), progress
+    artifacts = {e["data"]["kind"]: e["data"]["path"] for e in events if e["type"] == "artifact"}
+    assert artifacts["report"] == "report.html" and artifacts["checkpoint"] == "checkpoint"
     status = client.status(job)
     assert status["progress"] == 1.0 and status["steps_done"] == status["steps_total"] and status["seconds"] > 0
     names = {a["path"] for a in client.artifacts(job)}
@@ -305,7 +310,14 @@ def test_queue_limits_cancel_and_a_killed_worker(tmp_path, arith_dir):
         full = httpx.post(f"{server.url}/v1/jobs", json=prune_job(arith_dir, seed=2),
                           headers={"Authorization": f"Bearer {ALICE}"})
         assert full.status_code == 429 and int(full.headers["retry-after"]) > 0
-        assert client.cancel(queued)["state"] == "cancelled"
+        page = httpx.Client(base_url=server.url, follow_redirects=True)
+        listed = page.get("/", params={"token": ALICE}).text  # signed in: the cookie rides along from here
+        assert f"/ui/jobs/{queued}/cancel" in listed and f"/ui/jobs/{running}/cancel" in listed
+        assert page.post(f"/ui/jobs/{queued}/cancel").status_code == 200  # the page's cancel button
+        assert client.status(queued)["state"] == "cancelled"
+        assert f"/ui/jobs/{queued}/cancel" not in page.get("/").text
+        assert page.post("/ui/jobs/nosuch/cancel").status_code == 404
+        assert httpx.post(f"{server.url}/ui/jobs/{running}/cancel").status_code == 401  # no cookie, no cancel
         pid = server.worker_pid(running)
         assert pid and alive(pid)
         client.cancel(running)
@@ -393,6 +405,36 @@ def test_the_web_page_in_headless_chromium(server, arith_dir, tmp_path):
     assert "report.html" in signed_in and "<form" in signed_in
     assert BOB not in signed_in and ALICE not in signed_in  # the token is not echoed into the page
     assert "sign in" in dom(f"{server.url}/?token=wrong-token-000000000")
+    assert "activity" not in signed_in or "running" in signed_in
+
+
+def test_the_page_links_what_a_job_reported_and_the_docs_work_offline(server, tiny_dir, tmp_path):
+    """A report link only where the job wrote a report; the API reference needs no network (no CDN);
+    the sign-in page says where the token is."""
+    import json
+
+    from test_patching import PAIRS
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": e.prompt, "answer": e.answer, **e.meta}) + "\n" for e in PAIRS))
+    client = Client(server.url, ALICE)
+    job = client.submit(command="attribute patch", options={"model": str(tiny_dir), "data": str(data),
+                                                           "method": "gradient"})
+    assert wait_for(client, job)["state"] == "succeeded"
+    page = httpx.Client(base_url=server.url, follow_redirects=True)
+    listed = page.get("/", params={"token": ALICE}).text
+    row = listed[listed.index(f"data-job='{job}'"):]
+    row = row[:row.index("</tr>")]
+    assert "report" not in row.replace("report.html", "") and "data-kind='results'" in row
+    assert "cancel" not in row
+    docs = page.get("/docs").text
+    assert "/v1/jobs" in docs and "cdn" not in docs.lower() and "<script" not in docs.lower()
+    signin = httpx.get(f"{server.url}/").text
+    assert "sign in" in signin and "--tokens file" in signin  # this server has a tokens file
+    from editor.service.page import _login
+
+    local = _login("", "/home/me/.cache/lmedit/service/token").body.decode()  # `lmedit serve` without --tokens
+    assert "/home/me/.cache/lmedit/service/token" in local
 
 
 @pytest.mark.slow

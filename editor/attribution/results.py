@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from editor.events import artifact
 from editor.io import write_text_atomic
 from editor.plots import heatmap
 
@@ -127,6 +128,8 @@ class ComponentScores:
                 rows = [f"{r // heads}.{r % heads}" for r in range(matrix.shape[0])]
             paths["png"] = heatmap(matrix, out_dir / f"{stem}.png", title=f"{self.method} ({self.kind}): {self.primary}",
                                    xlabel="position", xticklabels=self.meta["positions"], yticklabels=rows)
+        for path in paths.values():
+            artifact(path, "results")
         return paths
 
     def table(self, top: int = 10) -> str:

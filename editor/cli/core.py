@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 
 import click
 
 from editor.errors import UserError, one_line
+from editor.events import emit
 from editor.model.store import DEFAULT_MODEL
 
 
@@ -75,7 +77,7 @@ class LmeditGroup(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as exc:
-            click.echo(f"Error: {one_line(str(exc))}", err=True)
+            _error(one_line(str(exc)))
             ctx.exit(2)
         except click.UsageError as exc:
             _usage_error(exc)
@@ -84,12 +86,12 @@ class LmeditGroup(click.Group):
 
             error = too_long(exc)  # a name (model, data, recipe) no file system can hold
             if error is not None:
-                click.echo(f"Error: {error}", err=True)
+                _error(error)
                 ctx.exit(2)
             if not disk_full(exc):
                 raise
-            click.echo(f"Error: {exc.strerror} while writing {exc.filename or 'an output'}; earlier outputs are "
-                       "as they were; free space and run again", err=True)
+            _error(f"{exc.strerror} while writing {exc.filename or 'an output'}; earlier outputs are as they were; "
+                   "free space and run again")
             ctx.exit(2)
 
     def make_context(self, *args, **kwargs):
@@ -102,16 +104,12 @@ class LmeditGroup(click.Group):
 def _info(message: str) -> None:
     """A progress note (\"loading ...\"): on a terminal, or when LMEDIT_VERBOSE=1; never in the way of
     a script reading stderr for the one error line."""
-    import os
-
     if os.environ.get("LMEDIT_QUIET") != "1" and (sys.stderr.isatty() or os.environ.get("LMEDIT_VERBOSE") == "1"):
         click.echo(message, err=True)
 
 
 def _log(message: str) -> None:
     """A run's progress lines (steps, rounds) on stderr, unless `lmedit --quiet`."""
-    import os
-
     if os.environ.get("LMEDIT_QUIET") != "1":
         click.echo(message, err=True)
 
@@ -160,8 +158,14 @@ def _usage_error(exc: click.UsageError):
         exc.show()
         sys.exit(exc.exit_code)
     where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
-    click.echo(f"Error: {where}{one_line(exc.format_message())}", err=True)
+    _error(f"{where}{one_line(exc.format_message())}")
     sys.exit(2)
+
+
+def _error(line: str) -> None:
+    """The one error line: on stderr, and as the run's error event (editor/events.py)."""
+    click.echo(f"Error: {line}", err=True)
+    emit("error", line=line)
 
 
 def model_options(func):
@@ -292,7 +296,5 @@ def main(quiet):
     # act on, and stderr is where a script reads our one error line.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     if quiet:
-        import os
-
         os.environ["TQDM_DISABLE"] = "1"  # read by every progress bar, ours and the libraries'
         os.environ["LMEDIT_QUIET"] = "1"

@@ -11,7 +11,7 @@ from editor.errors import UserError, one_line
 from editor.io import read_json
 from editor.model.store import DEFAULT_MODEL
 from editor.cli.core import (
-    LmeditGroup, VERIFY_PROMPTS, _components, _print_table, _record, _say, _scaled, json_option, main,
+    LmeditGroup, VERIFY_PROMPTS, _components, _error, _print_table, _record, _say, _scaled, json_option, main,
     model_options)
 from editor.cli.options import _check_plan, _default_out
 
@@ -128,8 +128,8 @@ def _check_source_hashes(source: dict, loaded) -> None:
         return
     now = weight_files_sha256(loaded.path)
     if now != recorded:
-        click.echo(f"Error: the source model {source.get('model')} is not the one this checkpoint was made from "
-                   "(its weight files' sha256 differ from the manifest's)", err=True)
+        _error(f"the source model {source.get('model')} is not the one this checkpoint was made from "
+               "(its weight files' sha256 differ from the manifest's)")
         raise click.exceptions.Exit(1)
     click.echo("source weights match the manifest's sha256", err=True)
 
@@ -145,7 +145,7 @@ def _verify(model, tokenizer, path: Path) -> float:
     _record("max_logit_difference", diff)
     _record("identical", diff == 0.0)
     if diff != 0.0:  # a failed check, not a usage error: exit 1 (2 stays for usage errors)
-        click.echo(f"Error: the reloaded checkpoint differs from the rebuilt model by {diff:g}", err=True)
+        _error(f"the reloaded checkpoint differs from the rebuilt model by {diff:g}")
         raise click.exceptions.Exit(1)
     return diff
 
@@ -158,7 +158,7 @@ def _verify_gguf(path: Path) -> None:
     try:
         checked = verify_gguf(path)
     except GGUFMismatch as exc:  # a failed check: exit 1, as for a checkpoint
-        click.echo(f"Error: {one_line(str(exc))}", err=True)
+        _error(f"{one_line(str(exc))}")
         raise click.exceptions.Exit(1) from None
     _say(f"{path}: {checked['tensors']} tensors match the recorded sha256"
          + ("; its manifest is complete" if checked["manifest"] else ""))
@@ -179,7 +179,7 @@ def _check_recovered_shapes(checkpoint: Path, name: str, source: dict, pruned: d
     got = tensor_shapes(checkpoint)
     wrong = sorted(k for k in got if k in want and got[k] != want[k]) + sorted(set(got) - set(want))
     if wrong:
-        click.echo(f"Error: {len(wrong)} tensors differ from the shrunk base's shapes, e.g. {wrong[0]}", err=True)
+        _error(f"{len(wrong)} tensors differ from the shrunk base's shapes, e.g. {wrong[0]}")
         raise click.exceptions.Exit(1)
     _say(f"shapes: all {len(got)} tensors have the shrunk base's shapes")
     _record("shapes_match_removal", True)
@@ -203,7 +203,7 @@ def verify(checkpoint, device):
     try:
         manifest = checked_manifest(checkpoint)
     except ManifestMismatch as exc:  # a failed check, like a rebuilt-model difference: exit 1
-        click.echo(f"Error: {one_line(str(exc))}", err=True)
+        _error(f"{one_line(str(exc))}")
         raise click.exceptions.Exit(1) from None
     source = manifest["source"] if isinstance(manifest["source"], dict) else {}
     name = source.get("model")

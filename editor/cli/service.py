@@ -44,7 +44,8 @@ def serve(host, port, home, workers, tokens, executor, ray_address, max_queued, 
     lock = claim_home(home)  # noqa: F841  held until the process ends
     token_map = token_map or local_token(home)
     settings = Settings(home=home, tokens=token_map, workers=workers, executor=executor, ray_address=ray_address,
-                        max_queued=max_queued, max_queued_per_user=max_queued_per_user)
+                        max_queued=max_queued, max_queued_per_user=max_queued_per_user,
+                        token_file=None if tokens else home / "token")
     import uvicorn
 
     from editor.service.app import create_app
@@ -126,7 +127,8 @@ def jobs_list(as_json):
         click.echo(json.dumps(rows, indent=2))
         return
     table = [{"id": r["id"], "what": r["spec"].get("recipe") or r["spec"].get("command"), "state": r["state"],
-              "progress": f"{r['steps_done']}/{r['steps_total'] or '?'}", "step": r["step"] or "",
+              "progress": f"{r['steps_done']}/{r['steps_total'] or '?'}",
+              "step": r["step"] or "" if not r.get("activity") or r["state"] != "running" else f"{r['step']} ({r['activity']})",
               "error": (r["error"] or "")[:60]} for r in rows]
     click.echo(format_table(table, ["id", "what", "state", "progress", "step", "error"]) if table else "no jobs")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from editor.events import artifact
 from editor.edit.plan import EditPlan
 from editor.errors import UserError
 from editor.faults import crash_point
@@ -130,6 +131,7 @@ def save_checkpoint(
         }
         write_json_atomic(tmp / MANIFEST, manifest)
         (tmp / "README.md").write_text(model_card(manifest, out.name), encoding="utf-8")
+    artifact(out, "checkpoint")
     return out
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from editor.errors import UserError
+from editor.events import artifact
 from editor.io import atomic_file
 from editor.model.arch import ARCHITECTURES
 
@@ -356,4 +357,5 @@ def export_gguf(model_name: str, out: str | Path, kind: str = "f32", tokenizer_f
         writer.write_tensors_to_file()
         writer.close()
     log(f"wrote {out} ({spec.gguf}, {kind}, {len(tensors)} tensors; tokenizer from {source.name})")
+    artifact(out, "gguf")
     return Exported(out, spec.gguf, len(tensors), source)

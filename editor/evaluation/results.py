@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from editor.events import artifact
 from editor.io import write_json_atomic, write_text_atomic
 from editor.tables import format_table, markdown_table
 
@@ -138,6 +139,8 @@ def _save(out, stem, data, markdown) -> dict[str, Path]:
     paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md"}
     write_json_atomic(paths["json"], data)
     write_text_atomic(paths["md"], markdown)
+    for path in paths.values():
+        artifact(path, "results")
     return paths
 
 

@@ -7,6 +7,7 @@ import html
 from pathlib import Path
 
 from editor.evaluation.results import Comparison, Evaluation
+from editor.events import artifact
 from editor.io import write_text_atomic
 
 _STYLE = """
@@ -144,4 +145,5 @@ class Report:
                     {"what": "python / platform", "value": f"{platform.python_version()} / {platform.machine()}"}],
                    ["what", "value"])
         path = self.write(run.path("report.html"))
+        artifact(path, "report")
         return {"report": str(path), "headline": self.headline_text}

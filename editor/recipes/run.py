@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from editor.errors import UserError
+from editor.events import emit
 from editor.faults import crash_point
 from editor.io import DirectoryLock, protected, sweep_directory, write_json_atomic, write_text_atomic
 
@@ -107,6 +108,7 @@ class Run:
         self.log(f"run {self.out}: {len(names)} steps" + (f", {len(done)} with earlier results" if done else ""))
         for i, name in enumerate(names, 1):
             self.log(f"  {i}. {name}" + ("  (earlier result)" if name in done else ""))
+        emit("plan", steps=names, earlier=done)
 
     def _file(self, name: str) -> Path:
         return self.out / "steps" / f"{name}.json"
@@ -141,14 +143,17 @@ class Run:
              uses: Sequence[str] | None = None) -> Any:
         """Return the cached JSON result of ``name`` when its key still matches, else compute it
         with ``fn`` and cache it (see :meth:`key` for ``reads`` and ``uses``)."""
-        number = f"[{self.planned.index(name) + 1}/{len(self.planned)}]" if name in self.planned else "[-]"
+        place = ({"number": self.planned.index(name) + 1, "total": len(self.planned)} if name in self.planned else {})
+        number = f"[{place['number']}/{place['total']}]" if place else "[-]"
         key = self.key(name, reads, uses)
         hit, result = self._cached(name, key)
         if hit:
             self.log(f"{number} {name}: done earlier (cached)")
+            emit("step", name=name, status="cached", **place)
             self.steps.append(StepRecord(name, 0.0, True))
         else:
             self.log(f"{number} {name} ...")
+            emit("step", name=name, status="started", **place)
             start = time.perf_counter()
             self._depth += 1
             try:
@@ -160,6 +165,7 @@ class Run:
             write_json_atomic(self._file(name), {"key": key, "result": result})
             self.steps.append(StepRecord(name, round(seconds, 1), False))
             self.log(f"{number} {name}: {seconds:.1f} s")
+            emit("step", name=name, status="done", seconds=round(seconds, 1), **place)
         if self._depth == 0:  # a nested step is not run at all when its outer step is cached
             self._results[name] = _digest(json.loads(json.dumps(result)))  # as a later run reads it back
         return result

@@ -14,7 +14,6 @@ import ipaddress
 import json
 import mimetypes
 import secrets
-import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ class Settings:
     max_queued_per_user: int = 20
     max_request_bytes: int = 1 << 20
     retry_after: int = 30
+    token_file: Path | None = None  # where the local user's token is kept (no --tokens), for the sign-in page
 
 
 def read_tokens(path: str | Path) -> dict[str, str]:
@@ -130,7 +130,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             scheduler.stop()
 
-    app = FastAPI(title="lmedit", version=_version(), lifespan=lifespan,
+    app = FastAPI(title="lmedit", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Attribution, pruning, debiasing and LoRA comparison jobs on the models of this machine.")
     app.state.store, app.state.scheduler, app.state.settings = store, scheduler, settings
 
@@ -193,15 +193,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.delete("/v1/jobs/{job_id}")
     def cancel(job_id: str, who: str = Depends(user)):
-        job = own(job_id, who)
-        if job.state in DONE:
-            return job.public()
-        if job.state == "queued":
-            store.update(job_id, ("state", {"state": "cancelled"}), state="cancelled", cancel=1,
-                         finished=time.time())
-        else:
-            store.update(job_id, ("log", {"line": "cancel requested"}), cancel=1)
-        return store.get(job_id).public()
+        job = store.cancel(job_id, who)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id}")
+        return job.public()
 
     @app.get("/v1/jobs/{job_id}/events")
     async def events(job_id: str, request: Request, follow: bool = True, who: str = Depends(user)):
@@ -250,7 +245,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     from editor.service.page import add_page
 
-    add_page(app, store, user, settings)
+    add_page(app, store, user, settings, str(settings.token_file) if settings.token_file else None)
     return app
 
 

@@ -2,8 +2,10 @@
 
 Each job runs the ``lmedit`` command line of :func:`editor.service.jobs.worker_argv` in a process of
 its own, so a crash or an out-of-memory kill ends that job (``failed``, with the reason), never the
-service. The worker writes its log (``job_dir/log.txt``) and the scheduler turns the recipe's step
-lines into progress events, so the local and the Ray executor report progress the same way.
+service. The worker writes its log (``job_dir/log.txt``, passed on line by line as log events) and
+its structured events (``job_dir/events.jsonl``, editor/events.py: plan, steps, progress, artifacts,
+the error line), which the scheduler turns into the job's state; no log text is parsed. The local
+and the Ray executor report progress the same way.
 
 A worker dies with the service (Linux ``PR_SET_PDEATHSIG``): after a SIGKILL of the service no
 orphan keeps writing, and at the next start every job that was running is queued again; it runs in
@@ -15,19 +17,18 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import re
 import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from editor.events import ENV as EVENTS_ENV
 from editor.service.jobs import prepare, worker_argv
 from editor.service.store import JobStore
 
-_PLAN = re.compile(r"^run .+: (\d+) steps")
-_STEP = re.compile(r"^\[(?:(\d+)/(\d+)|-)\] (\S+)(?: \.\.\.|: (.+))$")  # "[3/7] name ..." or "[-] inner: 0.1 s"
+EVENTS = "events.jsonl"
 
 
 def _worker_preexec() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -47,7 +48,7 @@ def spawn_worker(argv: list[str], job_dir: Path, job_id: str) -> subprocess.Pope
     """A job's ``lmedit`` process, whichever executor runs it: its own process group (cancel kills
     the group), stderr appended to ``log.txt`` (the progress the service follows), stdout to
     ``stdout.txt`` (the result), tagged ``LMEDIT_JOB`` (so a stale one is recognised at start-up)."""
-    env = {**os.environ, "LMEDIT_JOB": job_id, "TQDM_DISABLE": "1"}
+    env = {**os.environ, "LMEDIT_JOB": job_id, "TQDM_DISABLE": "1", EVENTS_ENV: str(job_dir / EVENTS)}
     with open(job_dir / "log.txt", "ab") as log, open(job_dir / "stdout.txt", "wb") as out:
         return subprocess.Popen(argv, stdout=out, stderr=log, stdin=subprocess.DEVNULL, env=env,
                                 cwd=job_dir, start_new_session=True, preexec_fn=_worker_preexec)
@@ -92,13 +93,39 @@ def stop_stale(worker: str | None, job_id: str) -> None:
 
 
 @dataclass
+class _Tail:
+    """New complete lines of a file that another process appends to."""
+
+    path: Path
+    offset: int = 0
+    partial: bytes = b""
+
+    @classmethod
+    def at_end(cls, path: Path) -> "_Tail":
+        return cls(path, path.stat().st_size if path.exists() else 0)
+
+    def lines(self) -> list[str]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except OSError:
+            return []
+        self.offset += len(data)
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        return [raw.decode("utf-8", "replace").rstrip("\r") for raw in lines]
+
+
+@dataclass
 class _Running:
     job_id: str
     handle: object
     job_dir: Path
-    offset: int
-    partial: bytes = b""
-    events: list = field(default_factory=list)
+    log: _Tail
+    events: _Tail
+    error: str | None = None  # the worker's error line, from its error event
+    progress_logged: float = 0.0  # when a progress event last went into the store (at most one per 2 s)
 
 
 class Scheduler:
@@ -165,52 +192,61 @@ class Scheduler:
     def _launch(self, job) -> None:
         job_dir = self.job_dir(job.id)
         prepare(job.spec, job_dir)
-        log = job_dir / "log.txt"
-        offset = log.stat().st_size if log.exists() else 0
+        log, events = _Tail.at_end(job_dir / "log.txt"), _Tail.at_end(job_dir / EVENTS)
         handle = self.executor.start(job.id, worker_argv(job.spec, job_dir), job_dir, job.spec.get("resources", {}))
         if not self.store.claim(job.id, self.executor.ident(handle)):  # cancelled meanwhile
             self.executor.stop(handle)
             return
-        self.running[job.id] = _Running(job.id, handle, job_dir, offset)
+        self.running[job.id] = _Running(job.id, handle, job_dir, log, events)
 
     def _follow(self, run: _Running) -> None:
-        """New complete log lines -> log, step and progress events."""
-        path = run.job_dir / "log.txt"
-        try:
-            with open(path, "rb") as f:
-                f.seek(run.offset)
-                data = f.read()
-        except OSError:
-            return
-        run.offset += len(data)
-        lines = (run.partial + data).split(b"\n")
-        run.partial = lines.pop()
-        for raw in lines:
-            line = raw.decode("utf-8", "replace").rstrip("\r")
+        """New log lines -> log events; new structured events -> the job's state and events."""
+        for line in run.log.lines():
             if line.strip():
-                self._line(run.job_id, line)
+                self.store.update(run.job_id, ("log", {"line": line}))
+        for line in run.events.lines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # not ours (a stray write); the next line is read on its own
+            if isinstance(event, dict):
+                self._event(run, event)
 
-    def _line(self, job_id: str, line: str) -> None:
-        plan, step = _PLAN.match(line), _STEP.match(line)
-        if plan:
-            self.store.update(job_id, ("log", {"line": line}), total_steps=int(plan.group(1)))
-        elif step and step.group(1) is None:  # a step inside a step (a search round): no count of its own
-            tail = step.group(4)
-            status = "started" if tail is None else ("cached" if "cached" in tail else "done")
-            self.store.update(job_id, ("step", {"step": step.group(3), "inner": True, "status": status,
-                                                **({"detail": tail} if tail else {})}))
-        elif step:
-            number, total, name, tail = int(step.group(1)), int(step.group(2)), step.group(3), step.group(4)
-            if tail is None:
-                self.store.update(job_id, ("step", {"step": name, "number": number, "total": total, "status": "started"}),
-                                  step=name, total_steps=total)
+    def _event(self, run: _Running, ev: dict) -> None:
+        job_id, kind = run.job_id, ev.get("event")
+        if kind == "plan":
+            self.store.update(job_id, ("plan", {"steps": len(ev["steps"]), "earlier": len(ev.get("earlier", []))}),
+                              total_steps=len(ev["steps"]))
+        elif kind == "step":
+            status = ev["status"]
+            data = {"step": ev["name"], "status": status}
+            if status == "done":
+                data["detail"] = f"{ev.get('seconds', 0):.1f} s"
+            elif status == "cached":
+                data["detail"] = "done earlier (cached)"
+            if "number" not in ev:  # a step inside a step (a search round): no count of its own
+                self.store.update(job_id, ("step", {**data, "inner": True}))
+            elif status == "started":
+                self.store.update(job_id, ("step", {**data, "number": ev["number"], "total": ev["total"]}),
+                                  step=ev["name"], total_steps=ev["total"], activity=None)
             else:
-                cached = "cached" in tail
-                self.store.update(job_id, ("step", {"step": name, "number": number, "total": total,
-                                                    "status": "cached" if cached else "done", "detail": tail}),
-                                  step=name, done_steps=number, total_steps=total)
-        else:
-            self.store.update(job_id, ("log", {"line": line}))
+                self.store.update(job_id, ("step", {**data, "number": ev["number"], "total": ev["total"]}),
+                                  step=ev["name"], done_steps=ev["number"], total_steps=ev["total"])
+        elif kind == "progress":
+            data = {k: ev[k] for k in ("label", "done", "total", "unit") if k in ev}
+            activity = f"{data.get('label')}: {data.get('done')}/{data.get('total')} {data.get('unit', '')}".strip()
+            now = time.monotonic()
+            keep = data.get("done") == data.get("total") or now - run.progress_logged >= 2.0
+            if keep:
+                run.progress_logged = now
+            self.store.update(job_id, ("progress", data) if keep else None, activity=activity)
+        elif kind == "artifact":
+            path = Path(ev["path"])
+            root = (run.job_dir / "run").resolve()
+            shown = str(path.relative_to(root)) if root in path.resolve().parents or path.resolve() == root else None
+            self.store.update(job_id, ("artifact", {"path": shown, "kind": ev.get("kind")}))
+        elif kind == "error":
+            run.error = str(ev.get("line", ""))
 
     def _finish(self, run: _Running, code: int) -> None:
         result = None
@@ -227,19 +263,15 @@ class Scheduler:
             self.store.update(run.job_id, ("state", {"state": "succeeded"}), state="succeeded", finished=time.time(),
                               error=None)
             return
-        error = _reason(code, run.job_dir / "log.txt")
+        error = _reason(code, run.error)
         self.store.update(run.job_id, ("state", {"state": "failed", "error": error}), state="failed",
                           finished=time.time(), error=error)
 
 
-def _reason(code: int, log: Path) -> str:
-    """One line: the worker's own error line, or the signal that killed it."""
+def _reason(code: int, error: str | None) -> str:
+    """One line: the worker's own error line (its error event), or the signal that killed it."""
     if code < 0:
         name = signal.Signals(-code).name
         hint = " (out of memory, or killed by hand)" if name == "SIGKILL" else ""
         return f"the worker process was killed by {name}{hint}"
-    try:
-        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith("Error:")]
-    except OSError:
-        lines = []
-    return lines[-1][len("Error:"):].strip() if lines else f"the worker exited with status {code}"
+    return error or f"the worker exited with status {code}"

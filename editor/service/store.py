@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,                    -- one line, for failed jobs
     worker TEXT,                   -- pid (local) or task id (ray) of the current attempt
     attempts INTEGER NOT NULL DEFAULT 0,
-    cancel INTEGER NOT NULL DEFAULT 0
+    cancel INTEGER NOT NULL DEFAULT 0,
+    activity TEXT                  -- what the current step is doing: the last progress event, "label: n/total unit"
 );
 CREATE INDEX IF NOT EXISTS jobs_user ON jobs(user, created);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created);
@@ -67,6 +68,7 @@ class Job:
     worker: str | None
     attempts: int
     cancel: bool
+    activity: str | None = None
 
     def public(self) -> dict:
         """What a user sees of their job."""
@@ -76,7 +78,7 @@ class Job:
                 "steps_done": self.done_steps, "steps_total": self.total_steps, "progress": round(progress, 4),
                 "created": self.created, "started": self.started, "finished": self.finished,
                 "seconds": round(end - self.started, 1) if self.started and end else None,
-                "error": self.error, "attempts": self.attempts}
+                "error": self.error, "attempts": self.attempts, "activity": self.activity}
 
 
 class JobStore:
@@ -87,6 +89,9 @@ class JobStore:
         with self._db() as db:
             db.execute("PRAGMA journal_mode=WAL")  # persistent: set once for the file
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            if "activity" not in columns:  # a store written before jobs reported their activity
+                db.execute("ALTER TABLE jobs ADD COLUMN activity TEXT")
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -162,6 +167,18 @@ class JobStore:
             if event:
                 self._event(db, job_id, event[0], event[1], time.time())
             db.execute("COMMIT")
+
+    def cancel(self, job_id: str, user: str) -> Job | None:
+        """Cancel ``user``'s job: a queued one at once, a running one by the scheduler (it stops the
+        worker); None if the user has no such job."""
+        job = self.get(job_id, user)
+        if job is None or job.state in DONE:
+            return job
+        if job.state == "queued":
+            self.update(job_id, ("state", {"state": "cancelled"}), state="cancelled", cancel=1, finished=time.time())
+        else:
+            self.update(job_id, ("log", {"line": "cancel requested"}), cancel=1)
+        return self.get(job_id)
 
     def claim(self, job_id: str, worker: str) -> bool:
         """queued -> running, only if still queued (a cancel may have come first)."""
