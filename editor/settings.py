@@ -113,17 +113,33 @@ def from_dict(cls, data, where: str = "recipe"):
     return obj
 
 
+def split_assignment(item: str, example: str = "prune.retain=0.9", form: str = "KEY=VALUE",
+                     what: str = "--set") -> tuple[str, str]:
+    """``KEY=VALUE`` -> (key, the value's text): the one parser of assignments (recipe overrides,
+    ``evaluate --set``, ``lmedit jobs submit --set``, the service page's form). ``form``
+    "TASK.KEY=VALUE" also asks for a dotted key."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip() or ("." in form.split("=")[0] and "." not in key):
+        raise UserError(f"bad {what} {item[:200]!r}: write {form}, e.g. {example}")
+    return key.strip(), raw
+
+
+def parse_value(raw: str, where: str, text: bool = False):
+    """A value given as text: a YAML scalar or flow list (3 -> int, 0.5 -> float, [1, 2] -> list, empty
+    -> null), or the text itself for a text setting (``text``: ``templates=3`` means template "3")."""
+    if text:
+        return None if raw.strip().lower() in ("", "none", "null") else raw.strip()
+    try:
+        return yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise UserError(f"bad setting {where}={raw[:200]}: the value is not valid YAML") from None
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """``key.sub=value`` assignments (values parsed as YAML scalars) applied to a raw recipe mapping."""
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"bad override {item!r}: write KEY=VALUE, e.g. prune.fraction=0.1")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            raise UserError(f"bad override {item!r}: the value is not valid YAML") from None
-        set_value(data, key.strip(), value)
+        key, raw = split_assignment(item)
+        set_value(data, key, parse_value(raw, key))
     return data
 
 

@@ -168,6 +168,8 @@ CASES = [
     ("jobs --server http://127.0.0.1:9 --token abcdefghijklmnopqrstu list", "cannot reach the service"),
     ("jobs --server http://127.0.0.1:9 --token abcdefghijklmnopqrstu submit icl-heads --set nokey",
      "bad --set"),
+    ("jobs --server http://127.0.0.1:9 --token abcdefghijklmnopqrstu submit icl-heads --set 'seed=[1'",
+     "not valid YAML"),  # read by the one KEY=VALUE parser (editor/settings.py) before any request
     ("jobs status", "Missing argument"),
     ("evaluate " + M + " --tasks nosuch", "nosuch"),
     ("evaluate " + M + " --tasks ''", "task"),

@@ -14,13 +14,9 @@ from editor.cli.options import _DELIMITER, _Outputs, _delimiter, _model_stem
 
 # evaluate ---------------------------------------------------------------------------------------
 def _settings(items: tuple[str, ...]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or "." not in key:
-            raise UserError(f"bad --set {item!r}: write TASK.KEY=VALUE, e.g. arithmetic.digits=2")
-        out[key.strip()] = value.strip()
-    return out
+    from editor.settings import split_assignment
+
+    return dict(split_assignment(item, "arithmetic.digits=2", "TASK.KEY=VALUE") for item in items)
 
 
 @main.command("evaluate")

@@ -88,14 +88,12 @@ def _client():
 @click.option("--follow", is_flag=True, help="Print progress until the job ends.")
 def jobs_submit(recipe, overrides, follow):
     """Submit RECIPE (a packaged name, or a recipe file whose text is sent)."""
-    import yaml
+    from editor.settings import parse_value, split_assignment
 
     values = {}
     for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserError(f"bad --set {item!r}: write KEY=VALUE")
-        values[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        key, raw = split_assignment(item)
+        values[key] = parse_value(raw, key)
     text = Path(recipe).read_text(encoding="utf-8") if recipe.endswith((".yaml", ".yml")) and Path(recipe).is_file() else recipe
     client = _client()
     job = client.submit(recipe=text, set=values)

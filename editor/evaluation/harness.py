@@ -313,19 +313,12 @@ def configs(tasks: list[str], settings: dict[str, object] | None = None) -> dict
 
 
 def _parse(value, hint, where: str):
-    """Text from the command line is a YAML scalar, as in recipe overrides (3 -> int, 0.5 -> float),
-    except for text settings, which keep the text (``templates=3`` means template "3")."""
+    """Text from the command line, read as recipe overrides are, text settings keeping their text."""
+    from editor.settings import parse_value
+
     if not isinstance(value, str):
         return value
-    if hint is str or str in typing.get_args(hint):
-        optional = type(None) in typing.get_args(hint)
-        return None if optional and value.strip().lower() in ("", "none", "null") else value
-    import yaml
-
-    try:
-        return yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
-        raise UserError(f"setting {where}: {value!r} is not a valid value") from None
+    return parse_value(value, where, text=hint is str or str in typing.get_args(hint))
 
 
 def evaluate_model(model, tokenizer, tasks: dict[str, object], name: str = "model", batch_size: int = 32,

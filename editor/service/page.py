@@ -144,16 +144,14 @@ def add_page(app: FastAPI, store, user, settings, token_file: str | None = None)
         from urllib.parse import parse_qs
 
         from editor.service.jobs import validate
+        from editor.settings import split_assignment
 
         who = user(request)
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
         recipe, overrides = form.get("recipe", [""])[0], form.get("overrides", [""])[0]
-        values = {}
-        for line in overrides.splitlines():
-            if line.strip():
-                key, sep, value = line.partition("=")
-                values[key.strip()] = value.strip() if sep else ""
         try:
+            # text values, parsed by the request's own rules (as `--set` on the command line)
+            values = dict(split_assignment(line, what="override line") for line in overrides.splitlines() if line.strip())
             spec = validate({"recipe": recipe, "set": values})
         except UserError as exc:
             return _page("lmedit: not submitted", f"<p class='failed'>{html.escape(str(exc))}</p><a href='/'>back</a>")
