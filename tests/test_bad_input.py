@@ -135,7 +135,7 @@ CASES = [
     ("attribute cna " + M + " --model-b {files}/missing-dir", "no such model directory"),
     ("attribute cna " + M + " --layers 3-1 --ablate-heads 0.1", "layers"),
     # evaluate -----------------------------------------------------------------------------------
-    ("evaluate " + M + " --tasks guard --out {files}/earlier-results", "already holds evaluation.json"),
+    ("evaluate " + M + " --data guard --out {files}/earlier-results", "already holds evaluation.json"),
     ("attribute heads " + M + " --out {files}/earlier-results", "already holds heads_auto.json"),
     ("attribute heads " + M + " --method static --out {files}/earlier-results", "already holds heads_static.csv"),
     ("attribute heads " + M + " --method both --out {files}/earlier-results", "already holds heads_static.csv"),
@@ -171,9 +171,11 @@ CASES = [
     ("jobs --server http://127.0.0.1:9 --token abcdefghijklmnopqrstu submit icl-heads --set 'seed=[1'",
      "not valid YAML"),  # read by the one KEY=VALUE parser (editor/settings.py) before any request
     ("jobs status", "Missing argument"),
-    ("evaluate " + M + " --tasks nosuch", "nosuch"),
-    ("evaluate " + M + " --tasks ''", "task"),
-    ("evaluate " + M + " --tasks arithmetic,arithmetic,nosuch", "nosuch"),
+    ("evaluate " + M + " --data nosuch", "nosuch"),
+    ("evaluate " + M + " --data ''", "empty"),
+    ("evaluate " + M + " --tasks guard", "--tasks is now --data"),  # one spelling per option (issue 27)
+    ("evaluate " + M + " --data guard --quiet", "lmedit --quiet evaluate"),
+    ("evaluate " + M + " --data arithmetic,arithmetic,nosuch", "nosuch"),
     ("evaluate " + M + " --set arithmetic.nope=1", "nope"),
     ("evaluate " + M + " --set arithmetic.n=0", "arithmetic.n"),
     ("evaluate " + M + " --set arithmetic.n=-5", "arithmetic.n"),
@@ -410,7 +412,7 @@ def test_a_corrupt_model_in_the_store_is_one_line(bad_files, tmp_path, monkeypat
     (cached / store.PROVENANCE_FILE).write_text("{}")
     before = _tree(work, home)
     for args in (["models", "info", store.DEFAULT_MODEL], ["attribute", "heads", "--n", "4"],
-                 ["evaluate", "--tasks", "guard"]):
+                 ["evaluate", "--data", "guard"]):
         got = CliRunner().invoke(main, args)
         lines = got.stderr.strip("\n").split("\n")
         assert got.exit_code == 2 and len(lines) == 1 and "could not load" in lines[0], got.stderr[-800:]

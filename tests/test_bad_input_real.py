@@ -49,7 +49,7 @@ def bases(f: dict) -> dict[str, list[str]]:
         "attribute neurons": [*m, "--n", "4", "--out", "res"],
         "attribute cna": [*m, "--n", "4", "--ablate-heads", "0.1", "--out", "res"],
         "attribute patch": [*m, "--data", f["pairs"], "--n", "4", "--method", "gradient", "--out", "res"],
-        "evaluate": [*m, "--tasks", "guard", "--set", "guard.window=64", "--out", "res"],
+        "evaluate": [*m, "--data", "guard", "--set", "guard.window=64", "--out", "res"],
         "recipes show": ["icl-heads"],
         "run": ["icl-heads", "--set", f"model={f['model']}", "--out", "run"],
         "prune": [*m, "--out", "p", *FAST_PRUNE],

@@ -177,7 +177,7 @@ def test_json_output_and_quiet(tiny_dir, tmp_path, monkeypatch):
     got = runner.invoke(main, ["verify", str(tmp_path / "c"), "--json"])
     assert got.exit_code == 0 and json.loads(got.stdout) == {"checkpoint": str(tmp_path / "c"),
                                                               "max_logit_difference": 0.0, "identical": True}
-    got = runner.invoke(main, ["evaluate", "--model", str(tmp_path / "c"), "--tasks", "guard", "--set",
+    got = runner.invoke(main, ["evaluate", "--model", str(tmp_path / "c"), "--data", "guard", "--set",
                                "guard.window=64", "--json", "--out", str(tmp_path / "e")])
     assert got.exit_code == 0, got.output
     doc = json.loads(got.stdout)

@@ -6,16 +6,16 @@ from click.testing import CliRunner
 
 from editor.cli import main
 
-SMALL = ["--set", "arithmetic.n=6", "--set", "icl.n=4", "--set", "gender.templates=0", "--quiet"]
+SMALL = ["--set", "arithmetic.n=6", "--set", "icl.n=4", "--set", "gender.templates=0"]
 
 
 def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+    return CliRunner().invoke(main, ["--quiet", *(str(a) for a in args)])
 
 
 def test_evaluate_one_model(tiny_dir, tmp_path):
     out = tmp_path / "eval"
-    result = run("evaluate", "--model", tiny_dir, "--tasks", "arithmetic,guard", *SMALL, "--out", out)
+    result = run("evaluate", "--model", tiny_dir, "--data", "arithmetic,guard", *SMALL, "--out", out)
     assert result.exit_code == 0, result.output
     assert "token_accuracy" in result.output and "perplexity" in result.output and "before" not in result.output
     data = json.loads((out / "evaluation.json").read_text())
@@ -28,23 +28,23 @@ def test_checkpoint_is_compared_with_the_base_in_its_manifest(tiny_dir, tmp_path
     ck = tmp_path / "ck"
     assert run("edit", "--model", tiny_dir, "--zero-heads", "0.1,2.3", "--out", ck, "--no-verify").exit_code == 0
     out = tmp_path / "eval"
-    result = run("evaluate", "--model", ck, "--tasks", "guard,icl", *SMALL, "--out", out)
+    result = run("evaluate", "--model", ck, "--data", "guard,icl", *SMALL, "--out", out)
     assert result.exit_code == 0, result.output
     assert "base named in the manifest" in result.output and "change" in result.output
     data = json.loads((out / "evaluation.json").read_text())
     assert data["before"]["model"] == str(tiny_dir) and data["after"]["model"] == str(ck)
     assert data["changes"]["guard"]["top1_agreement"]["value"] < 0
-    alone = run("evaluate", "--model", ck, "--tasks", "guard", "--alone", "--quiet", "--out", tmp_path / "alone")
+    alone = run("evaluate", "--model", ck, "--data", "guard", "--alone", "--out", tmp_path / "alone")
     assert alone.exit_code == 0 and "change" not in alone.output
 
 
 def test_user_errors_are_one_line(tiny_dir):
     cases = [(["--set", "arithmetic.digit=2"], "has no setting 'digit'"),
              (["--set", "digits"], "write TASK.KEY=VALUE"),
-             (["--tasks", "poetry"], "unknown task"),
+             (["--data", "poetry"], "unknown task"),
              (["--against", tiny_dir, "--alone"], "exclude each other"),
-             (["--set", "arithmetic.digits=5", "--tasks", "arithmetic"], "arithmetic.digits: 1-3")]
+             (["--set", "arithmetic.digits=5", "--data", "arithmetic"], "arithmetic.digits: 1-3")]
     for extra, message in cases:
-        result = run("evaluate", "--model", tiny_dir, "--quiet", *extra)
+        result = run("evaluate", "--model", tiny_dir, *extra)
         assert result.exit_code == 2, (extra, result.output)
         assert "Error: " in result.output and message in result.output and "Traceback" not in result.output

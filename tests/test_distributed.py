@@ -191,7 +191,7 @@ def test_ray_neuron_and_cna_scores_equal_the_single_process(tmp_path, ray_addres
 
 @pytest.mark.slow
 def test_ray_evaluation_equals_the_single_process(tmp_path, ray_address, model_dir):
-    command = ["evaluate", "-m", model_dir, "--tasks", "arithmetic,icl,guard", "--set", "arithmetic.n=10",
+    command = ["evaluate", "-m", model_dir, "--data", "arithmetic,icl,guard", "--set", "arithmetic.n=10",
                "--set", "icl.n=6", "--batch-size", 4, "--alone"]
     local, remote = both(tmp_path, ray_address, *command)
     a, b = (results((d / "evaluation.json").read_text(), d) for d in (local, remote))
@@ -199,7 +199,7 @@ def test_ray_evaluation_equals_the_single_process(tmp_path, ray_address, model_d
     # An edited checkpoint against its base: both models on each worker, changes recomputed on merge.
     edited = tmp_path / "edited"
     assert lmedit("edit", "-m", model_dir, "--zero-heads", "1.0,2.3", "--out", edited).exit_code == 0
-    command = ["evaluate", "-m", edited, "--against", model_dir, "--tasks", "arithmetic,guard,icl",
+    command = ["evaluate", "-m", edited, "--against", model_dir, "--data", "arithmetic,guard,icl",
                "--set", "arithmetic.n=10", "--set", "icl.n=6", "--batch-size", 4]
     local, remote = both(tmp_path / "against", ray_address, *command)
     a, b = (results((d / "evaluation.json").read_text(), d) for d in (local, remote))

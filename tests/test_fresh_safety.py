@@ -77,7 +77,7 @@ def test_attribute_and_evaluate_outputs_are_locked_while_written(tmp_path, tiny_
 
     out = tmp_path / "results"
     commands = [["attribute", "heads", "--model", str(tiny_dir), "--n", "4", "--out", str(out)],
-                ["evaluate", "--model", str(tiny_dir), "--tasks", "guard", "--set", "guard.window=64", "--out", str(out)]]
+                ["evaluate", "--model", str(tiny_dir), "--data", "guard", "--set", "guard.window=64", "--out", str(out)]]
     lock = DirectoryLock(out, beside=True).acquire()
     try:
         for command in commands:

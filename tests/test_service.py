@@ -276,7 +276,7 @@ def test_command_options_are_read_by_the_commands_own_definition(tiny_dir):
     ({"command": "edit", "options": {"zero-heads": "3:1"}}, ["edit", "--zero-heads", "3:1"], "bad head '3:1'"),
     ({"command": "attribute heads", "options": {"control": "icl", "specificity": False}},
      ["attribute", "heads", "--control", "icl", "--no-specificity"], "--no-specificity"),
-    ({"command": "evaluate", "options": {"tasks": "nosuch"}}, ["evaluate", "--tasks", "nosuch"], "unknown task"),
+    ({"command": "evaluate", "options": {"data": "nosuch"}}, ["evaluate", "--data", "nosuch"], "unknown task"),
     ({"recipe": "recipe: icl-heads\nname: &n x\nmodel: *n\n"}, None, "aliases (*name) are not allowed"),
     ({"command": "rm -rf"}, None, "unknown command"),
     ({"recipe": "icl-heads", "command": "prune"}, None, "exactly one"),

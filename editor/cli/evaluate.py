@@ -9,7 +9,7 @@ import click
 from editor.errors import UserError
 from editor.cli.core import (
     MAX_BATCH, _info, _log, _model_name, _record, _say, executor_options, json_option, main, model_options)
-from editor.cli.options import _DELIMITER, _Outputs, _delimiter, _model_stem
+from editor.cli.options import _DELIMITER, _Outputs, _delimiter, _model_stem, _renamed
 
 
 # evaluate ---------------------------------------------------------------------------------------
@@ -23,12 +23,12 @@ def _settings(items: tuple[str, ...]) -> dict[str, str]:
 @json_option
 @model_options
 @executor_options
-@click.option("--tasks", default=None,
-              help="Comma-separated built-in tasks: arithmetic, gender, pronoun, icl, guard [default: all of "
-                   "them, or none when --data is given].")
-@click.option("--data", "data_files", multiple=True, metavar="FILE",
-              help="A task of your own: a .jsonl/.csv file of any task kind (docs/tasks.md), reported under the "
-                   "file's name; or a shipped benchmark: crows-pairs-gender, winobias, stereoset-gender (repeatable).")
+@click.option("--data", "data", multiple=True, metavar="NAME_OR_FILE",
+              help="A task (repeatable): built-in arithmetic, gender, pronoun, icl, guard (or several, comma-"
+                   "separated); a .jsonl/.csv file of any task kind (docs/tasks.md), reported under the file's "
+                   "name; or a shipped benchmark: crows-pairs-gender, winobias, stereoset-gender [default: every "
+                   "built-in task].")
+@click.option("--tasks", hidden=True, expose_value=False, callback=_renamed("--tasks", "--data (repeatable)"))
 @_DELIMITER
 @click.option("--against", metavar="BASE",
               help="Compare with this model [default: the base named in the checkpoint's manifest, if any].")
@@ -39,19 +39,18 @@ def _settings(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Output directory for evaluation.json/.md [default: checkpoints/eval/<model>].")
 @click.option("--force", is_flag=True, help="Overwrite an evaluation already in --out.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def evaluate_cmd(load, scorer_for, executor, tasks, data_files, against, alone, settings, batch_size, out, force,
-                 quiet):
+@click.option("--quiet", hidden=True, is_flag=True, expose_value=False,
+              callback=lambda ctx, p, v: _renamed("evaluate --quiet", "lmedit --quiet evaluate")(ctx, p, v or None))
+def evaluate_cmd(load, scorer_for, executor, data, against, alone, settings, batch_size, out, force):
     """Evaluate a model on tasks, or an edited checkpoint against its base, with 95% intervals."""
     from editor.edit.checkpoint import base_model_of
-    from editor.evaluation.harness import (DEFAULT_TASKS, configs, evaluate_against, evaluate_model, file_configs,
-                                           parse_tasks)
+    from editor.evaluation.harness import configs, evaluate_against, evaluate_model, file_configs, split_data
 
     model = _model_name()
     delimiter = _delimiter()
+    names, data_files = split_data(list(data))
     if delimiter is not None and not data_files:
-        raise UserError("--delimiter goes with --data (built-in tasks write their own answers)")
-    names = [] if tasks is None and data_files else parse_tasks(tasks or DEFAULT_TASKS)
+        raise UserError("--delimiter goes with a --data file (built-in tasks write their own answers)")
     task_configs = configs(names, _settings(settings))
     task_configs |= file_configs(list(data_files), delimiter, names)
     if against and alone:
@@ -71,14 +70,14 @@ def evaluate_cmd(load, scorer_for, executor, tasks, data_files, against, alone, 
 
         scorer, close = scorer_for(batch_size)
         try:
-            result = evaluate_on_ray(scorer.pool, model, base, task_configs, batch_size, not quiet)
+            result = evaluate_on_ray(scorer.pool, model, base, task_configs, batch_size, True)
         finally:
             close()
     elif base:
-        result = evaluate_against(load, model, base, task_configs, batch_size, not quiet, _info)
+        result = evaluate_against(load, model, base, task_configs, batch_size, True, _info)
     else:
         loaded = load()
-        result = evaluate_model(loaded.model, loaded.tokenizer, task_configs, model, batch_size, not quiet, log=_info,
+        result = evaluate_model(loaded.model, loaded.tokenizer, task_configs, model, batch_size, True, log=_info,
                                 note=_log)
     _say(result.table())
     with outputs:

@@ -22,6 +22,7 @@ from editor.evaluation.scoring import score_text
 from editor.tasks import arithmetic, gender, icl
 from editor.tasks.examples import Example, fit_to_tokenizer, read_file
 from editor.tasks.guard import GUARD_SHA256, guard_text
+from editor.tasks.shipped import SHIPPED, is_shipped
 from editor.evaluation.common import Context, _completion_result, _measure, _recorded, load_metric
 from editor.evaluation.kinds import FileConfig, run_file, task_name
 
@@ -263,7 +264,7 @@ TASKS: dict[str, Task] = {
 FILE_TASK = Task(FileConfig, run_file, "a .jsonl/.csv file of any task kind (docs/tasks.md)")
 
 
-DEFAULT_TASKS = "arithmetic,gender,pronoun,icl,guard"  # `lmedit evaluate` without --tasks or --data
+DEFAULT_TASKS = "arithmetic,gender,pronoun,icl,guard"  # `lmedit evaluate` without --data
 
 
 def parse_tasks(text: str) -> list[str]:
@@ -273,6 +274,27 @@ def parse_tasks(text: str) -> list[str]:
         raise UserError(f"unknown task(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(TASKS)} "
                         "(a file of your own: --data FILE)")
     return list(dict.fromkeys(names))
+
+
+def split_data(values: list[str]) -> tuple[list[str], list[str]]:
+    """``--data`` values -> (built-in task names, files or shipped benchmarks). A value naming built-in
+    tasks (``arithmetic`` or ``arithmetic,guard``) is those; any other value is a file's path or a
+    shipped benchmark's name. No values: every built-in task."""
+    if not values:
+        return parse_tasks(DEFAULT_TASKS), []
+    names, files = [], []
+    for value in values:
+        parts = [p.strip() for p in value.split(",")]
+        if not value.strip():
+            raise UserError("--data: empty; name a built-in task (" + ", ".join(TASKS) + ") or a task file")
+        if any(p in TASKS for p in parts):
+            names += parse_tasks(value)  # built-in names, with any unknown one named
+        elif not value.lower().endswith((".jsonl", ".csv")) and not is_shipped(value) and not Path(value).exists():
+            raise UserError(f"unknown task {value!r}: choose a built-in task ({', '.join(TASKS)}), a shipped "
+                            f"benchmark ({', '.join(SHIPPED)}) or a .jsonl/.csv task file")
+        else:
+            files.append(value)
+    return list(dict.fromkeys(names)), files
 
 
 def file_configs(paths: list[str], delimiter: str | None, taken: list[str]) -> dict[str, FileConfig]:
