@@ -24,6 +24,21 @@ def test_evaluate_one_model(tiny_dir, tmp_path):
     assert (out / "evaluation.md").read_text().startswith("# Evaluation of")
 
 
+def test_n_is_the_prompts_per_task_for_built_in_tasks_and_files(tiny_dir, tmp_path):
+    """--n means what it means on attribute: how many prompts; here per task, a file's first N rows;
+    a task's own TASK.n setting wins."""
+    rows = tmp_path / "sums.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"{a} + 1 = ", "answer": str(a + 1)}) + "\n" for a in range(8)))
+    out = tmp_path / "eval"
+    result = run("evaluate", "--model", tiny_dir, "--data", "arithmetic,icl", "--data", rows, "--n", "5",
+                 "--set", "icl.n=4", "--out", out)
+    assert result.exit_code == 0, result.output
+    tasks = json.loads((out / "evaluation.json").read_text())["tasks"]
+    assert tasks["arithmetic"]["measures"]["exact_match"]["n"] == 5
+    assert tasks["sums"]["measures"]["exact_match"]["n"] == 5
+    assert {m["n"] for m in tasks["icl"]["measures"].values() if "n" in m} == {4}
+
+
 def test_checkpoint_is_compared_with_the_base_in_its_manifest(tiny_dir, tmp_path):
     ck = tmp_path / "ck"
     assert run("edit", "--model", tiny_dir, "--zero-heads", "0.1,2.3", "--out", ck, "--no-verify").exit_code == 0

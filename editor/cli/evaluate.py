@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from editor.errors import UserError
+from editor.ranges import MAX_PROMPTS
 from editor.cli.core import (
     MAX_BATCH, _info, _log, _model_name, _record, _say, executor_options, json_option, main, model_options)
 from editor.cli.options import _DELIMITER, _Outputs, _delimiter, _model_stem, _renamed
@@ -33,6 +34,9 @@ def _settings(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--against", metavar="BASE",
               help="Compare with this model [default: the base named in the checkpoint's manifest, if any].")
 @click.option("--alone", is_flag=True, help="Evaluate only --model, even when its manifest names a base.")
+@click.option("--n", type=click.IntRange(1, MAX_PROMPTS), default=None,
+              help="Prompts per task: every task that draws a number of them (arithmetic, icl, your files' first N "
+                   "rows); TASK.n in --set wins [default: each task's own].")
 @click.option("--set", "settings", multiple=True, metavar="TASK.KEY=VALUE",
               help="Task setting, e.g. arithmetic.digits=2, icl.n=200, gender.templates=0-3 (repeatable).")
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=32, show_default=True)
@@ -41,7 +45,7 @@ def _settings(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--force", is_flag=True, help="Overwrite an evaluation already in --out.")
 @click.option("--quiet", hidden=True, is_flag=True, expose_value=False,
               callback=lambda ctx, p, v: _renamed("evaluate --quiet", "lmedit --quiet evaluate")(ctx, p, v or None))
-def evaluate_cmd(load, scorer_for, executor, data, against, alone, settings, batch_size, out, force):
+def evaluate_cmd(load, scorer_for, executor, data, against, alone, n, settings, batch_size, out, force):
     """Evaluate a model on tasks, or an edited checkpoint against its base, with 95% intervals."""
     from editor.edit.checkpoint import base_model_of
     from editor.evaluation.harness import configs, evaluate_against, evaluate_model, file_configs, split_data
@@ -51,8 +55,8 @@ def evaluate_cmd(load, scorer_for, executor, data, against, alone, settings, bat
     names, data_files = split_data(list(data))
     if delimiter is not None and not data_files:
         raise UserError("--delimiter goes with a --data file (built-in tasks write their own answers)")
-    task_configs = configs(names, _settings(settings))
-    task_configs |= file_configs(list(data_files), delimiter, names)
+    task_configs = configs(names, _settings(settings), n)
+    task_configs |= file_configs(list(data_files), delimiter, names, n)
     if against and alone:
         raise UserError("--against and --alone exclude each other")
     base = None if alone else (against or base_model_of(model))

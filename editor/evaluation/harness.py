@@ -297,28 +297,34 @@ def split_data(values: list[str]) -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(names)), files
 
 
-def file_configs(paths: list[str], delimiter: str | None, taken: list[str]) -> dict[str, FileConfig]:
-    """One task per file, keyed by the file's name; a name shared with a built-in task or
-    another file is refused (results would overwrite each other)."""
+def file_configs(paths: list[str], delimiter: str | None, taken: list[str], n: int | None = None) -> dict[str, FileConfig]:
+    """One task per file, keyed by the file's name (its first ``n`` rows with ``--n``); a name shared
+    with a built-in task or another file is refused (results would overwrite each other)."""
     out: dict[str, FileConfig] = {}
     for path in paths:
         name = task_name(path)
         if name in TASKS or name in out or name in taken:
             raise UserError(f"--data {path}: its task would be named {name!r}, which is taken "
                             f"(built-in tasks and other files); rename the file")
-        cfg = FileConfig(data=path, delimiter=delimiter)
+        cfg = FileConfig(data=path, delimiter=delimiter, **({"n": n} if n is not None else {}))
         cfg.check(name)
         out[name] = cfg
     return out
 
 
-def configs(tasks: list[str], settings: dict[str, object] | None = None) -> dict[str, object]:
-    """Each task's configuration with ``{"task.key": value}`` overrides, checked against its fields."""
+def configs(tasks: list[str], settings: dict[str, object] | None = None, n: int | None = None) -> dict[str, object]:
+    """Each task's configuration with ``{"task.key": value}`` overrides, checked against its fields.
+    ``n`` (``--n``): the prompts of every task that draws a number of them (``TASK.n`` in settings wins)."""
     from editor.settings import from_dict
 
     out = {name: TASKS[name].config() for name in tasks}
+    settings = dict(settings or {})
+    if n is not None:
+        for name, cfg in out.items():
+            if "n" in {f.name for f in fields(cfg)}:
+                settings.setdefault(f"{name}.n", n)
     overrides: dict[str, dict] = {}
-    for dotted, value in (settings or {}).items():
+    for dotted, value in settings.items():
         task, _, key = dotted.partition(".")
         if task not in TASKS:
             raise UserError(f"setting {dotted}: unknown task {task!r}; choose from {', '.join(TASKS)}")
