@@ -16,7 +16,7 @@ from editor.edit.weights import apply_plan
 from editor.errors import UserError
 from editor.model.capture import encode
 from editor.model.loading import load_model
-from editor.model.offload import parse_max_memory
+from editor.model.names import parse_max_memory
 from editor.tasks.arithmetic import generate
 from same import weights
 

@@ -96,6 +96,7 @@ def _split(data: str, n: int, heldout: int, seed: int):
 def attribute_neurons(load, scorer_for, executor, data, n_prompts, seed, target, top, batch_size, out, force, kind,
                       layers, query, method):
     """Score every neuron; write JSON and CSV."""
+    layer_list = _layers_of(layers)  # config only, before torch loads
     import torch
 
     from editor.attribution.costs import neurons_plan
@@ -109,7 +110,6 @@ def attribute_neurons(load, scorer_for, executor, data, n_prompts, seed, target,
     examples = _examples(data, n_prompts, seed)
     if method == "gradient" and any(not e.answer for e in examples):
         raise UserError("gradient attribution needs an answer for every prompt")
-    layer_list = _layers_of(layers)
     out = _out_dir(out)
     stem = f"{KINDS[kind]}s_{method}"
     outputs = _Outputs(out, [stem] + (["neurons_query"] if query else []), force)
@@ -153,20 +153,21 @@ def attribute_neurons(load, scorer_for, executor, data, n_prompts, seed, target,
 def attribute_cna(load, scorer_for, executor, data, n_prompts, seed, target, top, batch_size, out, force, kind, layers,
                   data_b, ablate_heads, model_b):
     """Comparative Neuron Analysis between two conditions, ranked by the importance difference."""
-    from editor.attribution.costs import cna_plan
-    from editor.attribution.neurons import KINDS
     from editor.edit.plan import EditPlan
-    from editor.model.loading import check_model_name
+    from editor.model.names import check_model_name
 
     if sum(x is not None for x in (data_b, ablate_heads, model_b)) != 1:
         raise UserError("give exactly one of --data-b, --ablate-heads, --model-b")
-    examples = _examples(data, n_prompts, seed)
-    kwargs = dict(kind=kind, target=target, layers=_layers_of(layers))
-    if data_b is not None:
-        kwargs["examples_b"] = _examples(data_b, n_prompts, seed)
+    kwargs = dict(kind=kind, target=target, layers=_layers_of(layers))  # config only, before torch loads
     if ablate_heads is not None:
         kwargs["ablate"] = EditPlan().zero("head", _components(ablate_heads, "head"))
         _check_plan(kwargs["ablate"])
+    from editor.attribution.costs import cna_plan
+    from editor.attribution.neurons import KINDS
+
+    examples = _examples(data, n_prompts, seed)
+    if data_b is not None:
+        kwargs["examples_b"] = _examples(data_b, n_prompts, seed)
     if model_b is not None:
         check_model_name(model_b)
     out = _out_dir(out)

@@ -184,8 +184,7 @@ def model_options(func):
     @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (off by default).")
     @functools.wraps(func)
     def wrapper(*args, model, device, max_memory, dtype, trust_remote_code, **kwargs):
-        from editor.model.loading import check_device, load_model
-        from editor.model.offload import parse_max_memory
+        from editor.model.names import check_device, parse_max_memory
 
         check_device(device)
         parse_max_memory(max_memory)  # a malformed limit fails before anything loads
@@ -193,6 +192,7 @@ def model_options(func):
             raise UserError("--max-memory needs --device auto (accelerate places and offloads the model)")
 
         def load(name: str | None = None):
+            from editor.model.loading import load_model  # torch loads here, after the checks above
             _info(f"loading {name or model} ...")
             return load_model(name or model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
                               max_memory=max_memory)
@@ -226,16 +226,15 @@ def executor_options(func):
 
     @functools.wraps(func)
     def wrapper(*args, executor, ray_address, workers, threads, load, **kwargs):
-        from editor.attribution.sharded import scorer_for
-
         params = click.get_current_context().params
         if executor != "ray" and ray_address is not None:
             raise UserError("--ray-address needs --executor ray (the local executor joins no cluster)")
 
         def make(batch_size: int):
+            from editor.attribution.sharded import scorer_for  # torch loads here, after the command's checks
             from editor.distributed import ModelSpec, check_ray
             from editor.errors import work_begins
-            from editor.model.loading import check_model_name
+            from editor.model.names import check_model_name
 
             if executor == "ray":  # the workers load the model: check its name here, before any starts
                 check_ray()

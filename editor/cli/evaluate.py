@@ -54,13 +54,13 @@ def evaluate_cmd(load, scorer_for, executor, data, against, alone, n, settings, 
     delimiter = _delimiter()
     names, data_files = split_data(list(data))
     if delimiter is not None and not data_files:
-        raise UserError("--delimiter goes with a --data file (built-in tasks write their own answers)")
+        raise UserError("--delimiter goes with --data FILE (built-in tasks write their own answers)")
     task_configs = configs(names, _settings(settings), n)
     task_configs |= file_configs(list(data_files), delimiter, names, n)
     if against and alone:
         raise UserError("--against and --alone exclude each other")
     base = None if alone else (against or base_model_of(model))
-    from editor.model.loading import check_model_name
+    from editor.model.names import check_model_name
 
     for name in [model, base] if base else [model]:
         check_model_name(name)  # both found before either loads

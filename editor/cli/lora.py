@@ -13,7 +13,7 @@ from editor.ranges import MAX_PROMPTS
 from editor.cli.core import (
     LmeditGroup, MAX_BATCH, SEED, _components_raw, _info, _log, _model_name, _record, _say, json_option, main,
     model_options)
-from editor.cli.options import _DELIMITER, _delimiter, _examples, _layers, _layers_of, _model_stem, _renamed
+from editor.cli.options import _DELIMITER, _delimiter, _examples, _layers_of, _model_stem, _renamed
 
 
 # export -----------------------------------------------------------------------------------------
@@ -77,9 +77,9 @@ def lora():
 def lora_train(load, data, test_file, layers, targets, rank, alpha, steps, lr, batch_size, digits, n_train, n_eval,
                seed, out, force):
     """Train a LoRA adapter, evaluate it on held-out prompts, save the adapter and a merged checkpoint."""
+    layer_list = _layers_of(layers)  # config only, before torch and peft load
     from editor.lora.train import LoraSettings, check_lora_out, train_and_save
 
-    layer_list = _layers(layers)
     settings = LoraSettings(layers=layer_list, targets=_components_raw(targets), rank=rank, alpha=alpha, steps=steps,
                             lr=lr, batch_size=batch_size, digits=digits, n_train=n_train, n_eval=n_eval, seed=seed,
                             data=None if data == "arithmetic" else data,
@@ -121,7 +121,7 @@ def lora_compare(base, adapter, data, n_prompts, seed, layers, batch_size, out, 
     from editor.model.loading import load_model
     from editor.tables import format_table
 
-    from editor.model.loading import check_model_name
+    from editor.model.names import check_model_name
 
     config = Path(adapter) / "adapter_config.json"
     if not config.is_file():

@@ -87,9 +87,7 @@ def models_info(model, device, dtype, trust_remote_code, as_json):
               help="Reload the checkpoint with plain transformers in a fresh process and compare logits.")
 def edit(load, zero_heads, scale_heads, zero_neurons, scale_neurons, plan_file, scores_file, out, force, verify):
     """Zero or scale heads and neurons and save a Hugging Face checkpoint with a manifest."""
-    from editor.edit.checkpoint import check_checkpoint_out, describe_source, save_checkpoint
     from editor.edit.plan import EditPlan
-    from editor.edit.weights import apply_plan
 
     plan = EditPlan.load(plan_file) if plan_file else EditPlan()
     plan.zero("head", _components(zero_heads, "head"))
@@ -102,8 +100,11 @@ def edit(load, zero_heads, scale_heads, zero_neurons, scale_neurons, plan_file, 
         raise UserError("nothing to edit: give --zero-heads, --scale-heads, --zero-neurons, --scale-neurons or --plan")
     scores = read_json(scores_file, "scores file") if scores_file else None
     ctx = click.get_current_context()
+    _check_plan(plan, ctx.params.get("model") or DEFAULT_MODEL)  # config only, before torch loads
+    from editor.edit.checkpoint import check_checkpoint_out, describe_source, save_checkpoint
+    from editor.edit.weights import apply_plan
+
     out = check_checkpoint_out(out or _default_out(ctx.params.get("model") or DEFAULT_MODEL), force)
-    _check_plan(plan, ctx.params.get("model") or DEFAULT_MODEL)
     loaded = load()
     applied = apply_plan(loaded.model, plan)
     _say(plan.summary())

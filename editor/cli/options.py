@@ -66,11 +66,11 @@ def _layers(text: str | None) -> list[int] | None:
     return parse_ranges(text, "--layers", "e.g. 20-29 or 3,5,7")
 
 
-def _config(model: str | None = None):
-    """The model's config read without its weights (None where that needs the weights)."""
-    from editor.model.loading import local_config
+def _config(model: str | None = None) -> dict | None:
+    """The model's config.json, read without its weights or torch (None where that needs the weights)."""
+    from editor.model.store import config_json
 
-    return local_config(model or _model_name())
+    return config_json(model or _model_name())
 
 
 def _dimensions(model: str | None = None) -> tuple[int, int, int] | None:

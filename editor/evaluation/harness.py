@@ -280,14 +280,9 @@ def split_data(values: list[str]) -> tuple[list[str], list[str]]:
     """``--data`` values -> (built-in task names, files or shipped benchmarks). A value naming built-in
     tasks (``arithmetic`` or ``arithmetic,guard``) is those; any other value is a file's path or a
     shipped benchmark's name. No values: every built-in task."""
-    if not values:
-        return parse_tasks(DEFAULT_TASKS), []
-    names, files = [], []
+    names, files = ([], []) if values else (parse_tasks(DEFAULT_TASKS), [])
     for value in values:
-        parts = [p.strip() for p in value.split(",")]
-        if not value.strip():
-            raise UserError("--data: empty; name a built-in task (" + ", ".join(TASKS) + ") or a task file")
-        if any(p in TASKS for p in parts):
+        if any(p.strip() in TASKS for p in value.split(",")):
             names += parse_tasks(value)  # built-in names, with any unknown one named
         elif not value.lower().endswith((".jsonl", ".csv")) and not is_shipped(value) and not Path(value).exists():
             raise UserError(f"unknown task {value!r}: choose a built-in task ({', '.join(TASKS)}), a shipped "
@@ -315,7 +310,7 @@ def file_configs(paths: list[str], delimiter: str | None, taken: list[str], n: i
 def configs(tasks: list[str], settings: dict[str, object] | None = None, n: int | None = None) -> dict[str, object]:
     """Each task's configuration with ``{"task.key": value}`` overrides, checked against its fields.
     ``n`` (``--n``): the prompts of every task that draws a number of them (``TASK.n`` in settings wins)."""
-    from editor.settings import from_dict
+    from editor.settings import from_dict, parse_value
 
     out = {name: TASKS[name].config() for name in tasks}
     settings = dict(settings or {})
@@ -333,20 +328,12 @@ def configs(tasks: list[str], settings: dict[str, object] | None = None, n: int 
         known = [f.name for f in fields(out[task])]
         if key not in known:
             raise UserError(f"setting {dotted}: {task} has no setting {key!r}; it has {', '.join(known)}")
-        hint = typing.get_type_hints(type(out[task]))[key]
-        overrides.setdefault(task, {})[key] = _parse(value, hint, dotted)
+        hint = typing.get_type_hints(type(out[task]))[key]  # text from the command line, read as recipe overrides
+        text = hint is str or str in typing.get_args(hint)  # are, but a text setting keeps its text ("3")
+        overrides.setdefault(task, {})[key] = parse_value(value, dotted, text) if isinstance(value, str) else value
     # The recipes' schema checks types and ranges and runs each config's own check().
     return {task: from_dict(type(cfg), {**dataclasses.asdict(cfg), **overrides.get(task, {})}, where=task)
             for task, cfg in out.items()}
-
-
-def _parse(value, hint, where: str):
-    """Text from the command line, read as recipe overrides are, text settings keeping their text."""
-    from editor.settings import parse_value
-
-    if not isinstance(value, str):
-        return value
-    return parse_value(value, where, text=hint is str or str in typing.get_args(hint))
 
 
 def evaluate_model(model, tokenizer, tasks: dict[str, object], name: str = "model", batch_size: int = 32,

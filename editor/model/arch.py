@@ -18,23 +18,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import torch
-from torch import nn
-from transformers.pytorch_utils import Conv1D
+from typing import TYPE_CHECKING
 
 from editor.errors import UserError
-from editor.model import offload
+
+if TYPE_CHECKING:  # torch and transformers load on first use: the table serves config-only checks too
+    import torch
+    from torch import nn
+
+
+# The same sizes under the names some families' config.json files use (transformers maps them).
+_CONFIG_ALIASES = {"num_hidden_layers": "n_layer", "num_attention_heads": "n_head", "hidden_size": "n_embd"}
 
 
 def config_dimensions(config) -> tuple[int, int, int] | None:
     """(layers, heads, FFN width) from a config alone (a shrunk model's config carries its own
     width), or None for a family outside the table: what a plan's components are checked against
-    before any weights load."""
-    spec = ARCHITECTURES.get(getattr(config, "model_type", None))
+    before any weights load. ``config`` is a transformers config or a config.json mapping."""
+    def get(key: str):
+        if isinstance(config, dict):
+            value = config.get(key)
+            return config.get(_CONFIG_ALIASES[key]) if value is None and key in _CONFIG_ALIASES else value
+        return getattr(config, key, None)
+
+    spec = ARCHITECTURES.get(get("model_type"))
     if spec is None:
         return None
-    width = getattr(config, spec.ffn_width_attr, None) or 4 * config.hidden_size  # GPT-2's n_inner=None
-    return config.num_hidden_layers, config.num_attention_heads, int(width)
+    layers, heads, hidden = get("num_hidden_layers"), get("num_attention_heads"), get("hidden_size")
+    if not all(isinstance(v, int) for v in (layers, heads, hidden)):
+        return None  # not a config this table reads: the load will say what is wrong
+    width = get(spec.ffn_width_attr) or 4 * hidden  # GPT-2's n_inner=None
+    return layers, heads, int(width)
 
 
 @dataclass(frozen=True)
@@ -163,6 +177,9 @@ def input_dim(proj: nn.Module) -> int:
 
     Decided by type, never by shape (GPT-2's ``attn.c_proj`` is square).
     """
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
     if isinstance(proj, Conv1D):
         return 0
     if isinstance(proj, nn.Linear):
@@ -177,12 +194,16 @@ def weight_in_slice(proj: nn.Module, cols: slice | int) -> torch.Tensor:
     """View of ``proj``'s weight for input features ``cols``, shaped ``[n_in, out]`` for every type."""
     if isinstance(cols, int):
         cols = slice(cols, cols + 1)
+    from editor.model import offload
+
     weight = offload.read(proj)  # offloaded weights read from their store (editor/model/offload.py)
     return weight[cols, :] if input_dim(proj) == 0 else weight[:, cols].T
 
 
 def weight_out_rows(proj: nn.Module) -> torch.Tensor:
     """``proj``'s weight as ``[out, in]`` for every type: row k is what output feature k reads."""
+    from editor.model import offload
+
     weight = offload.read(proj)
     return weight.T if input_dim(proj) == 0 else weight
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,14 +9,13 @@ import torch
 from torch import nn
 
 from editor.errors import UserError
-from editor.io import recover
 from editor.model import store
 from editor.model.arch import Arch
 from editor.model.gguf_read import load_gguf
+from editor.model.names import check_device, check_model_name  # noqa: F401  (their home: checked before torch loads)
 from editor.progress import quiet_transformers
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -97,100 +94,6 @@ def _from_pretrained(source: str | Path, dtype, device: str, placement: dict | N
     return model, tokenizer
 
 
-def _hub_reachable() -> bool:
-    """Whether the Hugging Face hub answers; offline mode (HF_HUB_OFFLINE) counts as no."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
-    return _probe_hub(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-
-
-@functools.lru_cache(maxsize=None)
-def _probe_hub(endpoint: str, timeout: float = 1.5) -> bool:
-    """A TCP connection to the endpoint within ``timeout`` seconds (the name lookup runs in a thread,
-    since it has no timeout of its own). Once per process and endpoint: a command checks a name
-    before loading it, and loading checks it again."""
-    import socket
-    import threading
-    from urllib.parse import urlparse
-
-    host = urlparse(endpoint).hostname or "huggingface.co"
-    result = []
-
-    def probe():
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result)
-
-
-def _check_hub_id(name: str) -> None:
-    """Fail in about a second, with the aliases and the closest one, for a name that is neither a
-    store alias, nor a local path, nor a hub id this machine can load (reachable hub, or cached)."""
-    import difflib
-
-    from huggingface_hub import try_to_load_from_cache
-    from huggingface_hub.errors import HFValidationError
-
-    aliases = sorted(store.ALIASES)
-    closest = difflib.get_close_matches(name, aliases, n=1)
-    hint = f"; did you mean {closest[0]!r}?" if closest else ""
-    try:
-        cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
-    except HFValidationError:
-        raise UserError(f"unknown model {name!r}: not a store alias ({', '.join(aliases)}), a local path or a "
-                        f"valid hub id{hint}") from None
-    if _hub_reachable():
-        return
-    os.environ["HF_HUB_OFFLINE"] = "1"  # load from the cache without waiting on retries
-    if not cached:
-        raise UserError(f"unknown model {name!r}: not a store alias ({', '.join(aliases)}) or a local path, and "
-                        f"the hub is unreachable (it is not in the local hub cache either){hint}")
-
-
-def check_device(device: str, where: str = "device") -> None:
-    """auto, cpu, cuda or cuda:N (N a number), before anything loads."""
-    import re
-
-    if device not in DEVICES and not re.fullmatch(r"cuda:[0-9]+", str(device)):
-        raise UserError(f"unknown {where} {device!r}; choose auto, cpu, cuda or cuda:N")
-
-
-def _check_local_dir(local: Path) -> None:
-    """A Hugging Face folder with safetensors weights: pickle-only weights (pytorch_model.bin) can run
-    code when loaded, so they are refused rather than loaded."""
-    if not (local / "config.json").is_file():
-        raise UserError(f"{local} is not a Hugging Face model directory (no config.json)")
-    if not any(local.glob("*.safetensors")) and any(local.glob("*.bin")):
-        raise UserError(f"{local} holds only pickle weights (*.bin); lmedit loads safetensors only "
-                        "(convert them with save_pretrained(..., safe_serialization=True) in a trusted session)")
-
-
-def check_model_name(name: str) -> None:
-    """What ``load_model`` would refuse by name alone, found without loading anything: a missing
-    path or .gguf, a folder without config.json, a name that is no alias, path or loadable hub id."""
-    if not isinstance(name, str) or not name.strip():
-        raise UserError("the model name is empty; give a store alias, a folder, a .gguf file or a hub id")
-    if name in store.ALIASES:
-        return
-    local = Path(name).expanduser()
-    recover(local)  # a checkpoint whose replacement a kill interrupted is completed, not "missing"
-    if local.suffix == ".gguf":
-        if not local.is_file():
-            raise UserError(f"GGUF file not found: {local}")
-    elif local.exists():
-        _check_local_dir(local)
-    elif name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise UserError(f"no such model directory or file: {name}")
-    else:
-        _check_hub_id(name)
-
-
 def local_config(name: str):
     """The model's config, read without its weights where that is possible (a local folder, a store
     model already converted), else None: lets a command refuse "head 99.99" in well under a second
@@ -226,7 +129,7 @@ def load_model(
     probabilities; remote code runs only when asked.
     """
     from editor.errors import work_begins
-    from editor.model.offload import parse_max_memory
+    from editor.model.names import parse_max_memory
 
     check_device(device)
     work_begins()  # a request being validated stops here: everything before was checked

@@ -79,25 +79,3 @@ def require_in_memory(model: nn.Module, what: str) -> None:
                         "(leave out --max-memory)")
 
 
-def parse_max_memory(text: str | None) -> dict | None:
-    """``cpu=2GiB,0=20GiB`` -> ``{"cpu": "2GiB", 0: "20GiB"}`` (accelerate's ``max_memory``)."""
-    if not text:
-        return None
-    out: dict = {}
-    for item in text.split(","):
-        device, sep, amount = item.strip().partition("=")
-        device, amount = device.strip(), amount.strip()
-        if not sep or not device or not amount:
-            raise UserError(f"bad --max-memory item {item.strip()!r}: write DEVICE=SIZE, e.g. cpu=2GiB,0=20GiB")
-        if not (device in ("cpu", "disk") or device.isdigit()):
-            raise UserError(f"bad --max-memory device {device!r}: cpu or a GPU number")
-        if not _size_ok(amount):
-            raise UserError(f"bad --max-memory size {amount!r}: a number with KB, MB, GB, KiB, MiB or GiB")
-        out[int(device) if device.isdigit() else device] = amount
-    return out
-
-
-def _size_ok(amount: str) -> bool:
-    import re
-
-    return re.fullmatch(r"[0-9]+(\.[0-9]+)?\s*([KMG]i?B)", amount, flags=re.IGNORECASE) is not None

@@ -270,3 +270,19 @@ def listing() -> list[dict]:
             "path": str(model_dir(alias)),
         })
     return rows
+
+
+def config_json(name: str) -> dict | None:
+    """A model's ``config.json`` as a mapping, read without transformers or torch where it is on disk
+    (a local folder, a store model already converted), else None: what lets a command refuse
+    "head 99.99" before the seconds those imports and the weights take."""
+    import json
+
+    local = Path(name).expanduser()
+    folder = model_dir(name) if name in ALIASES and is_cached(name) else local
+    try:
+        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+

@@ -53,7 +53,7 @@ def run_config(cfg, fresh: bool = False, log: Callable[[str], None] = print,
 
     from editor.errors import work_begins
     from editor.io import check_writable_directory
-    from editor.model.loading import check_model_name
+    from editor.model.names import check_model_name
 
     resolved = dataclasses.asdict(cfg)
     target = Path(out or cfg.out or Path("checkpoints") / cfg.name)

@@ -46,7 +46,7 @@ class Common:
     threads: int = 1  # torch threads per Ray worker
 
     def check(self, where: str) -> None:
-        from editor.model.loading import check_device
+        from editor.model.names import check_device
 
         if (not self.name or "/" in self.name or "\\" in self.name or self.name.startswith(".")
                 or len(self.name) > 100 or not self.name.isprintable()):

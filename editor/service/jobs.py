@@ -94,7 +94,7 @@ def _override(raw: dict, values: object) -> dict:
 
 
 def _recipe(recipe: object, values: object) -> dict:
-    from editor.model.loading import check_model_name
+    from editor.model.names import check_model_name
     from editor.recipes import validate as validate_recipe
     from editor.recipes.library import packaged
     from editor.settings import parse_yaml, read_yaml
@@ -170,7 +170,7 @@ def _argv(cmd: click.Command, options: object) -> list[str]:
 def _command(command: object, options: object) -> dict:
     """Parse the options with the command's own click definition: the CLI's checks and messages."""
     from editor.cli import main
-    from editor.model.loading import check_model_name
+    from editor.model.names import check_model_name
 
     if command not in COMMANDS:
         raise UserError(f"unknown command {command!r}; one of: {', '.join(COMMANDS)}")
