@@ -58,13 +58,13 @@ demo: install
 	$(BIN)/lmedit verify checkpoints/prune/checkpoint
 	$(BIN)/python bench/bench_prune.py checkpoints/prune
 
-## The demo with the standard pruners' searches beside attribution (the arithmetic-prune recipe: random,
+## The demo with the standard pruners' searches beside attribution (the prune recipe: random,
 ## magnitude, Wanda, ShortGPT block influence; each adds its own search, recovery and evaluation).
 demo-full: install
 	$(BIN)/lmedit models pull smollm2-135m
-	$(BIN)/lmedit run recipes/arithmetic-prune.yaml
-	$(BIN)/lmedit verify checkpoints/arithmetic-prune/checkpoint
-	$(BIN)/python bench/bench_prune.py checkpoints/arithmetic-prune --plot checkpoints/arithmetic-prune/curves.png
+	$(BIN)/lmedit run recipes/prune.yaml
+	$(BIN)/lmedit verify checkpoints/prune/checkpoint
+	$(BIN)/python bench/bench_prune.py checkpoints/prune --plot checkpoints/prune/curves.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

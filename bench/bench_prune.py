@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_prune.py RUN_DIR [--threads 2] [--decode 64] [--repeats 3] [--plot PNG]
 
-RUN_DIR is a finished ``arithmetic-prune`` run (``make demo`` writes checkpoints/arithmetic-prune).
+RUN_DIR is a finished ``prune`` run (``make demo`` writes checkpoints/prune).
 For the base and for every method's removal in that run (rebuilt with the same shrink the
 checkpoint uses; with recovery, the cut that recovered, whose merged LoRA leaves the shapes and so
 the speed as they are) it prints: parameters (total and non-embedding), safetensors bytes, CPU prefill

@@ -20,7 +20,7 @@ import torch
 import editor.evaluation.scoring as scoring
 import editor.prune.search as search
 from editor.model.loading import load_model
-from editor.recipes.arithmetic_prune import _data, _examples, _kind, _settings
+from editor.recipes.prune import _data, _examples, _kind, _settings
 from editor.recipes.prune_command import prune_config
 
 

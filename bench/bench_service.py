@@ -5,7 +5,7 @@
 Starts `lmedit serve` (one worker) on loopback in a fresh home, then:
 
 1. baseline: the same polling with no job running (measured in this run);
-2. load: one job running (arithmetic-prune on the default model), ``--clients`` threads polling
+2. load: one job running (prune on the default model), ``--clients`` threads polling
    ``GET /v1/jobs/{id}`` every ``--interval`` seconds for ``--seconds`` while ``--submissions`` more
    jobs are submitted: p50/p99 latency of the status call, ratios to the baseline; then the same
    clients polling as fast as they can (the service's capacity; the clients share the CPUs);
@@ -96,7 +96,7 @@ def main() -> None:
                 time.sleep(0.1)
         print(f"# {time.strftime('%Y-%m-%d')} {os.cpu_count()} CPUs, {args.clients} polling clients, "
               f"{args.submissions} submissions, {args.seconds:.0f} s per phase")
-        job = {"recipe": "arithmetic-prune", "set": {"baselines": []}}
+        job = {"recipe": "prune", "set": {"baselines": []}}
         # Baseline: an idle service (a job submitted and cancelled at once, so there is one to poll).
         quiet = httpx.post(f"{url}/v1/jobs", json=job, headers=headers).json()["id"]
         httpx.delete(f"{url}/v1/jobs/{quiet}", headers=headers)

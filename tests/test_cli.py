@@ -134,7 +134,7 @@ def test_default_output_names_say_which_run_they_come_from():
     from editor.cli.options import _model_stem
 
     assert _model_stem("checkpoints/gender-debias/checkpoint") == "gender-debias"
-    assert _model_stem("checkpoints/arithmetic-prune/checkpoint/") == "arithmetic-prune"
+    assert _model_stem("checkpoints/prune/checkpoint/") == "prune"
     assert _model_stem("checkpoints/lora/x/merged") == "x-merged"
     assert _model_stem("HuggingFaceTB/SmolLM2-135M") == "SmolLM2-135M" and _model_stem("m/b.gguf") == "b"
 

@@ -43,7 +43,7 @@ def arith_dir(tmp_path_factory):
 
 def run_prune(arith_dir, out, crash=None):
     sets = sum((["--set", s] for s in [f"model={arith_dir}", *FAST]), [])
-    return lmedit("run", "recipes/arithmetic-prune.yaml", "--out", out, "--json", *sets, crash=crash)
+    return lmedit("run", "recipes/prune.yaml", "--out", out, "--json", *sets, crash=crash)
 
 
 def test_a_run_killed_during_scoring_and_during_its_checkpoint_resumes_to_the_same_result(arith_dir, tmp_path):

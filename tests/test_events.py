@@ -38,7 +38,7 @@ def test_a_recipe_run_reports_plan_steps_progress_and_artifacts(events, tmp_path
 
     model = tiny.save_dir(tiny.arithmetic_model("llama"), tmp_path / "model")
     out = tmp_path / "run"
-    run_recipe("recipes/arithmetic-prune.yaml", [f"model={model}", *FAST], log=lambda _m: None, out=out)
+    run_recipe("recipes/prune.yaml", [f"model={model}", *FAST], log=lambda _m: None, out=out)
     got = read(events)
     plan = [e for e in got if e["event"] == "plan"]
     assert len(plan) == 1
@@ -56,7 +56,7 @@ def test_a_recipe_run_reports_plan_steps_progress_and_artifacts(events, tmp_path
     assert artifacts["report"] == str(out / "report.html") and artifacts["checkpoint"] == str(out / "checkpoint")
     # a second run reads every step from the cache and says so
     events.unlink()
-    run_recipe("recipes/arithmetic-prune.yaml", [f"model={model}", *FAST], log=lambda _m: None, out=out)
+    run_recipe("recipes/prune.yaml", [f"model={model}", *FAST], log=lambda _m: None, out=out)
     again = [e for e in read(events) if e["event"] == "step" and "number" in e]
     assert again and {e["status"] for e in again} == {"cached"}
 

@@ -72,7 +72,7 @@ def artifacts(run: Path) -> dict:
 
 def command(model: Path, out: Path) -> list[str]:
     sets = sum((["--set", s] for s in [f"model={model}", *SETTINGS]), [])
-    return ["run", "arithmetic-prune", "--out", str(out), "--json", *sets]
+    return ["run", "prune", "--out", str(out), "--json", *sets]
 
 
 def test_random_kills_each_resume_to_the_uninterrupted_result(tmp_path):

@@ -29,7 +29,7 @@ def arith_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pruned_run(arith_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "prune"
-    target, result = run_recipe("recipes/arithmetic-prune.yaml", [f"model={arith_dir}", *FAST,
+    target, result = run_recipe("recipes/prune.yaml", [f"model={arith_dir}", *FAST,
                                                                   "baselines=[random, magnitude]"],
                                 log=lambda _m: None, out=out)
     return out, result
@@ -76,7 +76,7 @@ def test_an_interrupted_search_resumes_to_the_same_result(pruned_run, arith_dir)
     for name in [rounds[-1].name, "attribution_search.json", "evaluate_attribution.json", "checkpoint.json",
                  "report.json"]:
         (out / "steps" / name).unlink()
-    _, again = run_recipe("recipes/arithmetic-prune.yaml", [f"model={arith_dir}", *FAST,
+    _, again = run_recipe("recipes/prune.yaml", [f"model={arith_dir}", *FAST,
                                                             "baselines=[random, magnitude]"], log=lambda _m: None, out=out)
     recomputed = [s["name"] for s in again["steps"] if not s["cached"]]
     assert rounds[-1].stem in recomputed and not any(r.stem in recomputed for r in rounds[:-1])
@@ -86,7 +86,7 @@ def test_an_interrupted_search_resumes_to_the_same_result(pruned_run, arith_dir)
 def test_a_changed_setting_reruns_only_the_steps_that_read_it(arith_dir, tmp_path):
     """Steps are keyed on their own inputs: a new retain reruns the search and what follows it,
     never the data split, the base validation or the base evaluation."""
-    kind = "arithmetic-prune"
+    kind = "prune"
     out = tmp_path / "run"
     base = [f"model={arith_dir}", *FAST, "baselines=[]"]
     run_recipe(f"recipes/{kind}.yaml", base, log=lambda _m: None, out=out)
@@ -100,7 +100,7 @@ def test_a_changed_setting_reruns_only_the_steps_that_read_it(arith_dir, tmp_pat
     _, again = run_recipe(f"recipes/{kind}.yaml", base + ["prune.retain=0.5"], log=lambda _m: None, out=out)
     recomputed = {s["name"] for s in again["steps"] if not s["cached"]}
     assert "evaluate_base" in recomputed and not recomputed & {"data", "base_validation", "attribution_search"}
-    with pytest.raises(UserError, match="holds a run of the 'arithmetic-prune' recipe"):
+    with pytest.raises(UserError, match="holds a run of the 'prune' recipe"):
         run_recipe("recipes/icl-heads.yaml", ["model=" + str(arith_dir)], log=lambda _m: None, out=out)
 
 
@@ -171,8 +171,8 @@ def test_verify_rebuilds_the_shrunk_checkpoint(pruned_run):
 def test_shipped_recipe_is_valid():
     from editor.recipes import load_recipe
 
-    cfg = load_recipe("recipes/arithmetic-prune.yaml")
-    assert cfg.recipe == "arithmetic-prune" and cfg.prune.method == "attribution" and cfg.data.n_test >= 500
+    cfg = load_recipe("recipes/prune.yaml")
+    assert cfg.recipe == "prune" and cfg.prune.method == "attribution" and cfg.data.n_test >= 500
 
 
 def test_rejected_layers_are_not_proposed_again():
@@ -192,7 +192,7 @@ def test_lora_recovery_searches_deeper_and_keeps_the_cut(arith_dir, tmp_path):
     """With recovery the search stops at search_retain; the LoRA is merged into the SHRUNK model, so the
     checkpoint keeps the smaller shapes, and the recovered model's validation accuracy is reported."""
     out = tmp_path / "rec"
-    _, result = run_recipe("recipes/arithmetic-prune.yaml",
+    _, result = run_recipe("recipes/prune.yaml",
                            [f"model={arith_dir}", *FAST, "baselines=[]", "prune.search_retain=0.6",
                             "recover.method=lora", "recover.steps=4", "recover.rank=2"], log=lambda _m: None, out=out)
     summary = result["summary"]
@@ -224,7 +224,7 @@ def test_lora_recovery_searches_deeper_and_keeps_the_cut(arith_dir, tmp_path):
     failed = CliRunner().invoke(main, ["verify", str(tampered)])
     assert failed.exit_code == 1 and "differ from the shrunk base's shapes" in failed.output
     with pytest.raises(UserError, match=r"search_retain: in \(0, retain\]"):
-        run_recipe("recipes/arithmetic-prune.yaml", [f"model={arith_dir}", "prune.search_retain=0.99"],
+        run_recipe("recipes/prune.yaml", [f"model={arith_dir}", "prune.search_retain=0.99"],
                    log=lambda _m: None, out=tmp_path / "bad")
 
 
@@ -234,7 +234,7 @@ def test_a_cut_that_recovery_does_not_repair_backs_off_or_is_not_shipped(arith_d
     keeps the rule; with one try allowed, it ships nothing rather than a cut that broke the task."""
     sets = [f"model={arith_dir}", *FAST, "baselines=[]", "prune.retain=1.0", "prune.search_retain=0.3",
             "recover.method=lora", "recover.steps=2", "recover.rank=2", "recover.lr=0.000000001"]
-    _, result = run_recipe("recipes/arithmetic-prune.yaml", sets, log=lambda _m: None, out=tmp_path / "a")
+    _, result = run_recipe("recipes/prune.yaml", sets, log=lambda _m: None, out=tmp_path / "a")
     summary = result["summary"]
     tries = summary["recovery_tries"]["attribution"]
     assert len(tries) >= 2 and not tries[0]["qualifies"] and tries[0]["val_accuracy"] < summary["base_val_accuracy"]
@@ -245,7 +245,7 @@ def test_a_cut_that_recovery_does_not_repair_backs_off_or_is_not_shipped(arith_d
         assert tries[-1]["val_accuracy"] >= summary["base_val_accuracy"] - 1e-12
     else:
         assert shipped == 0
-    _, result = run_recipe("recipes/arithmetic-prune.yaml", [*sets, "recover.tries=1"], log=lambda _m: None,
+    _, result = run_recipe("recipes/prune.yaml", [*sets, "recover.tries=1"], log=lambda _m: None,
                            out=tmp_path / "b")
     assert [t["qualifies"] for t in result["summary"]["recovery_tries"]["attribution"]] == [False]
     assert result["summary"]["rows"][1]["non_embedding_removed"] == 0
@@ -256,7 +256,7 @@ def test_a_cut_that_recovery_does_not_repair_backs_off_or_is_not_shipped(arith_d
 def test_search_retain_constrains_only_a_recovering_prune(tmp_path):
     """search_retain is the search's rule only with recovery: without it a retain below the default
     search_retain is valid; with it the default search_retain above retain is refused, named."""
-    from editor.recipes.arithmetic_prune import _settings
+    from editor.recipes.prune import _settings
     from editor.recipes.prune_command import prune_config
 
     cfg = prune_config(out=tmp_path / "a", retain=0.4, recover="none")
@@ -375,7 +375,7 @@ def test_validations_stopped_early_take_the_moves_of_full_validations(arith_dir,
 def test_a_failed_recovery_backs_off_to_earlier_rounds():
     """The cuts tried after recovery: the last round's, then the rounds nearest 2/3 and 1/3 of its
     removed parameters, each once, largest first."""
-    from editor.recipes.arithmetic_prune import _backoff
+    from editor.recipes.prune import _backoff
 
     arch = Arch(tiny.tiny_model("llama"))
     rounds = [Removal(neurons={l: list(range(k)) for l in range(arch.n_layers)}) for k in range(1, 10)]
@@ -408,7 +408,7 @@ def test_json_output_of_run_and_prune(pruned_run, arith_dir, tmp_path):
     same rows; `lmedit prune --json` prints its rows and checkpoint."""
     out, result = pruned_run
     sets = [x for s in [f"model={arith_dir}", *FAST, "baselines=[random, magnitude]"] for x in ("--set", s)]
-    again = CliRunner().invoke(main, ["run", "recipes/arithmetic-prune.yaml", "--out", str(out), "--json", *sets])
+    again = CliRunner().invoke(main, ["run", "recipes/prune.yaml", "--out", str(out), "--json", *sets])
     assert again.exit_code == 0, again.output
     data = json.loads(again.stdout)
     assert data["summary"]["rows"] == result["summary"]["rows"] and all(s["cached"] for s in data["steps"])
@@ -474,7 +474,7 @@ def test_keep_general_holds_for_the_shipped_recovered_model(arith_dir, tmp_path)
 
 
 def test_recovery_mixes_general_text_evenly():
-    from editor.recipes.arithmetic_prune import _interleave
+    from editor.recipes.prune import _interleave
 
     mixed = _interleave(list("aaaaaa"), list("bbb"))
     assert sorted(mixed) == sorted("aaaaaabbb") and mixed == list("aabaabaab")

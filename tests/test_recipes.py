@@ -123,7 +123,7 @@ def test_schema_errors_name_the_key(change, message):
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize("kind", ["arithmetic-prune", "lora-compare", "prune-then-lora"])
+@pytest.mark.parametrize("kind", ["prune", "lora-compare", "prune-then-lora"])
 def test_recipes_that_cannot_shard_refuse_executor_ray(kind):
     with pytest.raises(UserError, match="executor: ray is not available for this recipe"):
         load_recipe(f"recipes/{kind}.yaml", ["executor=ray"])

@@ -16,7 +16,7 @@ from editor.recipes import run_recipe
 pytestmark = pytest.mark.slow
 
 REDUCED = {
-    "arithmetic-prune": ["data.n_score=16", "data.n_val=40", "data.n_test=40", "prune.max_rounds=2", "baselines=[]",
+    "prune": ["data.n_score=16", "data.n_val=40", "data.n_test=40", "prune.max_rounds=2", "baselines=[]",
                          "recover.method=none", "data.n_heldout=16", "data.n_general=8",
                          "prune.units=[neurons]"],
     "arithmetic-keep-only": ["data.n_score=8", "data.n_eval=24", "heads.method=static", "neurons.layers=[26, 29]",
@@ -43,7 +43,7 @@ def test_recipe_on_default_model(kind, tmp_path):
         assert [r["model"] for r in summary["rows"]][:3] == ["base", "gradient", "random like gradient (seed 1)"]
     ck = out / "checkpoint"
     manifest = json.loads((ck / "edit_manifest.json").read_text())
-    if kind == "arithmetic-prune":  # a smaller model, equal to the zeroed one
+    if kind == "prune":  # a smaller model, equal to the zeroed one
         assert manifest["prune"]["removed_parameters"] > 0 and summary["rows"][1]["non_embedding_removed"] > 0
         assert manifest["prune"]["shrunk_vs_zeroed_max_logit_difference"] < 1e-4
     else:

@@ -108,7 +108,7 @@ def server(tmp_path_factory):
 
 
 def prune_job(arith_dir, **extra) -> dict:
-    return {"recipe": "arithmetic-prune", "set": {"model": str(arith_dir), **FAST, **extra}}
+    return {"recipe": "prune", "set": {"model": str(arith_dir), **FAST, **extra}}
 
 
 def test_submit_follow_download_and_reload(server, arith_dir, tmp_path):
@@ -173,7 +173,7 @@ def test_a_patching_command_runs_as_a_job(server, tiny_dir, tmp_path):
 
 def test_auth_and_users_see_only_their_jobs(server, arith_dir):
     alice, bob = Client(server.url, ALICE), Client(server.url, BOB)
-    job = alice.submit(recipe="arithmetic-prune", set={"model": str(arith_dir), **FAST, "prune.max_rounds": 1})
+    job = alice.submit(recipe="prune", set={"model": str(arith_dir), **FAST, "prune.max_rounds": 1})
     for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": ALICE}):
         for method, path in (("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("GET", f"/v1/jobs/{job}"),
                              ("DELETE", f"/v1/jobs/{job}"), ("GET", f"/v1/jobs/{job}/events"),
@@ -339,7 +339,7 @@ def direct_run(model, out, **settings) -> dict:
     """The prune job's recipe run directly (no service), its JSON summary: the reference a job is held to."""
     sets = sum((["--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"]
                 for k, v in {"model": str(model), **FAST, **settings}.items()), [])
-    direct = subprocess.run([sys.executable, "-m", "editor", "run", "arithmetic-prune", "--out", str(out),
+    direct = subprocess.run([sys.executable, "-m", "editor", "run", "prune", "--out", str(out),
                              "--json", *sets], capture_output=True, text=True)
     assert direct.returncode == 0, direct.stderr
     return json.loads(direct.stdout)
@@ -392,7 +392,7 @@ def test_refuses_a_public_address_without_tokens(tmp_path):
 @pytest.mark.skipif(chromium() is None, reason="chromium is not installed (make test installs it where it can)")
 def test_the_web_page_in_headless_chromium(server, arith_dir, tmp_path):
     client = Client(server.url, ALICE)
-    job = client.submit(recipe="arithmetic-prune", set={"model": str(arith_dir), **FAST, "prune.max_rounds": 1})
+    job = client.submit(recipe="prune", set={"model": str(arith_dir), **FAST, "prune.max_rounds": 1})
     wait_for(client, job)
 
     def dom(url):

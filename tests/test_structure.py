@@ -76,7 +76,7 @@ def test_the_check_finds_a_circle():
 
 # Modules already past 400 lines, at their size today: they may shrink, not grow (issue 27 lists
 # them; the recipe modules want their report and summary code split out).
-OVERSIZE = {"editor.io": 464, "editor.recipes.gender_debias": 430, "editor.recipes.arithmetic_prune": 646}
+OVERSIZE = {"editor.io": 464, "editor.recipes.gender_debias": 430, "editor.recipes.prune": 646}
 
 
 def test_module_sizes():

@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from editor.errors import UserError
+
 import tiny
 from editor.edit.shrink import Removal
 from editor.edit.weights import apply_plan
@@ -120,6 +122,19 @@ def test_a_registered_score_method_reaches_the_cli_and_the_recipe_schema():
     assert tuple(choices) == tuple(scores.SCORE_METHODS)
     got = CliRunner().invoke(main, ["prune", "--method", "nosuch"])
     assert got.exit_code == 2 and "taylor" in got.output
-    assert validate({"recipe": "arithmetic-prune", "name": "p", "baselines": ["taylor"]}, "recipe").baselines == ["taylor"]
+    assert validate({"recipe": "prune", "name": "p", "baselines": ["taylor"]}, "recipe").baselines == ["taylor"]
     with pytest.raises(UserError, match="baselines"):
-        validate({"recipe": "arithmetic-prune", "name": "p", "baselines": ["nosuch"]}, "recipe")
+        validate({"recipe": "prune", "name": "p", "baselines": ["nosuch"]}, "recipe")
+
+
+def test_the_prune_recipe_answers_to_its_earlier_name(tmp_path):
+    """`recipe: arithmetic-prune` (files and run directories written before the rename) is the prune recipe."""
+    from editor.recipes import validate
+    from editor.recipes.prune import PruneRecipe
+    from editor.recipes.run import _check_kind
+
+    assert isinstance(validate({"recipe": "arithmetic-prune", "name": "p"}, "old.yaml"), PruneRecipe)
+    (tmp_path / "recipe.yaml").write_text("recipe: arithmetic-prune\nname: p\n")
+    _check_kind(tmp_path, {"recipe": "prune"})  # the same kind: it resumes
+    with pytest.raises(UserError, match="holds a run of the 'prune' recipe"):
+        _check_kind(tmp_path, {"recipe": "icl-heads"})

@@ -108,7 +108,7 @@ def run_cmd(recipe, overrides, out, fresh, device, as_json):
               help="With recovery, the search cuts while validation >= X x base; the recovered model must "
                    "then keep RETAIN, else an earlier cut is recovered [default: 0.5].")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Any other arithmetic-prune recipe value, e.g. data.n_test=1000 (repeatable).")
+              help="Any other prune recipe value, e.g. data.n_test=1000 (repeatable).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,

@@ -11,9 +11,10 @@ from editor.settings import apply_overrides, from_dict, read_yaml
 
 
 def _kinds() -> dict:
-    from editor.recipes import arithmetic_keep_only, arithmetic_prune, gender_debias, icl_heads, lora_recipes
+    from editor.recipes import arithmetic_keep_only, gender_debias, icl_heads, lora_recipes
+    from editor.recipes import prune as prune_recipe
 
-    return {"arithmetic-prune": (arithmetic_prune.ArithmeticPrune, arithmetic_prune.run),
+    return {"prune": (prune_recipe.PruneRecipe, prune_recipe.run),
             "arithmetic-keep-only": (arithmetic_keep_only.ArithmeticKeepOnly, arithmetic_keep_only.run),
             "gender-debias": (gender_debias.GenderDebias, gender_debias.run),
             "icl-heads": (icl_heads.IclHeads, icl_heads.run),
@@ -23,8 +24,12 @@ def _kinds() -> dict:
 
 def validate(raw: dict, where: str):
     """A recipe mapping checked against its kind's schema; returns the config dataclass."""
+    from editor.recipes.run import RENAMED
+
     kinds = _kinds()
     kind = raw.get("recipe")
+    if kind in RENAMED:  # an earlier name: the same recipe
+        raw, kind = {**raw, "recipe": RENAMED[kind]}, RENAMED[kind]
     if kind not in kinds:
         raise UserError(f"{where}: 'recipe' must be one of {', '.join(kinds)}, got {kind!r}")
     return from_dict(kinds[kind][0], raw, where=where)

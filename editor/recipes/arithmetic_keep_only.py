@@ -192,7 +192,7 @@ def _report(run, cfg, heads, neurons, comparison, randoms, summary, checkpoint, 
                  f"exact match {before['exact_match'].cell()} -> {after['exact_match'].cell()}"
                  + (f"; random pruning of the same size {min(random_acc):.3f}-{max(random_acc):.3f} "
                     f"({len(random_acc)} seeds)" if random_acc else "") + ". An analysis (are the attributed "
-                 "neurons sufficient?), not a smaller model: arithmetic-prune makes one.")
+                 "neurons sufficient?), not a smaller model: prune makes one.")
     rep.paragraph(f"Scored on {cfg.data.n_score} arithmetic prompts; evaluated on {cfg.data.n_eval} held-out prompts "
                   f"and the guard text. Kept {summary['kept_neurons']} of {summary['neurons_in_range']} FFN neurons "
                   f"in layers {layers[0]}-{layers[-1]} ({cfg.neurons.method}); zeroed {summary['zeroed_heads']} "

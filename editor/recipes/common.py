@@ -17,7 +17,7 @@ from editor.evaluation.harness import evaluate_model
 from editor.evaluation.results import Evaluation
 from editor.recipes.run import Run
 
-RecipeKind = Literal["arithmetic-prune", "arithmetic-keep-only", "gender-debias", "icl-heads", "lora-compare", "prune-then-lora"]
+RecipeKind = Literal["prune", "arithmetic-keep-only", "gender-debias", "icl-heads", "lora-compare", "prune-then-lora"]
 
 
 # The settings every model-computing step reads (for a step's cache key: see Run.key).

@@ -1,6 +1,6 @@
-"""``lmedit prune`` and ``editor.recipes.prune_command.prune``: the arithmetic-prune recipe configured
+"""``lmedit prune`` and ``editor.recipes.prune_command.prune``: the prune recipe configured
 from a command line's options and run by the one recipe runner. It sits above the recipe registry
-(editor/recipes/__init__.py), which it calls, and the recipe (arithmetic_prune.py), which it configures."""
+(editor/recipes/__init__.py), which it calls, and the recipe (prune.py), which it configures."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from editor.errors import UserError
 from editor.recipes import run_config, validate
-from editor.recipes.arithmetic_prune import ArithmeticPrune
+from editor.recipes.prune import PruneRecipe
 from editor.settings import apply_overrides
 
 
@@ -17,12 +17,12 @@ def prune_config(model: str = "smollm2-135m", out=None, data: str = "arithmetic"
                  method: str = "attribution", baselines=(), max_guard_increase: float | None = None,
                  recover: str = "lora", recover_steps: int = 80, search_retain: float | None = None,
                  seed: int = 0, device: str = "cpu",
-                 overrides: list[str] | None = None) -> ArithmeticPrune:
-    """The ``arithmetic-prune`` recipe configuration ``lmedit prune`` runs, validated before any model
+                 overrides: list[str] | None = None) -> PruneRecipe:
+    """The ``prune`` recipe configuration ``lmedit prune`` runs, validated before any model
     loads (a task file is read and split here). ``data``: ``arithmetic`` or a task file of any kind.
     An existing ``out`` must be an unfinished or finished run of the same settings (it resumes)."""
     out = Path(out) if out is not None else Path("checkpoints") / "prune"
-    raw = {"recipe": "arithmetic-prune", "name": out.name or "prune", "model": model, "seed": seed, "device": device,
+    raw = {"recipe": "prune", "name": out.name or "prune", "model": model, "seed": seed, "device": device,
            "prune": {"method": method, "units": list(units), "retain": retain,
                      **({"search_retain": search_retain} if search_retain is not None else {}),
                      "max_guard_increase": max_guard_increase},

@@ -30,6 +30,8 @@ RUN_ENTRIES = {RECIPE_FILE, "steps", "attribution", "adapters", "checkpoint", "c
 # Settings that never change a result: where the run is written, what it is called, and where its
 # attribution runs (Ray shards merge to the single-process numbers).
 UNREAD = {"name", "out", "executor", "ray_address", "workers", "threads"}
+# Recipe kinds under their earlier names: old recipe files and run directories still read.
+RENAMED = {"arithmetic-prune": "prune"}
 
 
 def _digest(value: Any) -> str:
@@ -210,6 +212,7 @@ def _check_kind(out: Path, recipe: dict) -> None:
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         earlier = None
     kind = earlier.get("recipe") if isinstance(earlier, dict) else None
+    kind = RENAMED.get(kind, kind)
     if kind is not None and kind != recipe.get("recipe"):
         raise UserError(f"{out} holds a run of the {kind!r} recipe, not {recipe.get('recipe')!r}; "
                         "choose another output directory (or start it afresh)")

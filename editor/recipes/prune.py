@@ -1,4 +1,4 @@
-"""Recipe ``arithmetic-prune`` (and ``lmedit prune``): the smallest model that keeps the task.
+"""Recipe ``prune`` (and ``lmedit prune``): the smallest model that keeps the task.
 
 Searches (editor.prune.search) for the largest removal of neurons, key/value groups and layers that
 keeps validation accuracy >= ``retain`` x the base's, shrinks the model physically
@@ -104,7 +104,7 @@ class Recover:
 
 
 @dataclass
-class ArithmeticPrune(Common):
+class PruneRecipe(Common):
     RAY: ClassVar[bool] = False
     RAY_WHY: ClassVar[str] = "its search re-scores the pruned model in one process"
     data: Data = field(default_factory=Data)
@@ -201,7 +201,7 @@ SEARCH_READS = (*MODEL_SETTINGS, "seed", "prune.units", "prune.retain", "prune.s
 EVALUATION_READS = (*MODEL_SETTINGS, "seed", "recover")
 
 
-def _settings(cfg: ArithmeticPrune, method: str) -> SearchSettings:
+def _settings(cfg: PruneRecipe, method: str) -> SearchSettings:
     units = ["layers"] if method in LAYER_ONLY else list(cfg.prune.units)
     p = cfg.prune
     rule = p.search_retain if cfg.recover.method != "none" and p.search_retain else p.retain
@@ -209,16 +209,16 @@ def _settings(cfg: ArithmeticPrune, method: str) -> SearchSettings:
                           p.layer_tries, p.max_rounds, cfg.batch_size, cfg.seed, _kind(cfg))
 
 
-def _kind(cfg: ArithmeticPrune) -> str:
+def _kind(cfg: PruneRecipe) -> str:
     return read_task(cfg.data.file, cfg.data.delimiter).kind if cfg.data.file else "completion"
 
 
-def task_label(cfg: ArithmeticPrune) -> str:
+def task_label(cfg: PruneRecipe) -> str:
     """The task as every table and JSON names it: ``arithmetic``, or a user's file by its name."""
     return task_name(cfg.data.file) if cfg.data.file else "arithmetic"
 
 
-def _data(cfg: ArithmeticPrune) -> dict:
+def _data(cfg: PruneRecipe) -> dict:
     d = cfg.data
     if d.file is not None:
         task = read_task(d.file, d.delimiter)
@@ -241,7 +241,7 @@ def _examples(records: list[dict]) -> list[Example]:
     return [Example(r["prompt"], r.get("answer"), r.get("meta")) for r in records]
 
 
-def _recover(run: Run, cfg: ArithmeticPrune, model, train: list[Example]):
+def _recover(run: Run, cfg: PruneRecipe, model, train: list[Example]):
     """LoRA on every layer of the SHRUNK model, trained on the training prompts (and, by
     ``recover.general``, general text: its first half continued by its second) and merged."""
     from editor.lora.train import LoraSettings, train_lora
@@ -277,7 +277,7 @@ _BUILT: dict = {}  # (run directory, removal) -> (model, info): LoRA recovery tr
 _KEPT: set = set()  # keys held for the checkpoint step; any other model is held until the next is built
 
 
-def _pruned_model(run: Run, cfg: ArithmeticPrune, removal: Removal, train: list[Example], val: list[Example],
+def _pruned_model(run: Run, cfg: PruneRecipe, removal: Removal, train: list[Example], val: list[Example],
                   keep: bool = False):
     """The shrunk model, LoRA-recovered when asked (with the recovered model's validation accuracy:
     the rule it must meet). The last model built is held (its evaluation follows its recovery step);
@@ -310,7 +310,7 @@ def _backoff(accepted: list[Removal], arch, tries: int) -> list[Removal]:
     return [accepted[i] for i in picked]
 
 
-def _recovered_cut(run: Run, cfg: ArithmeticPrune, method: str, accepted: list[Removal], train, val,
+def _recovered_cut(run: Run, cfg: PruneRecipe, method: str, accepted: list[Removal], train, val,
                    base_val: dict) -> dict:
     """The largest searched cut whose LoRA-recovered model keeps validation >= retain x base: a search
     run to ``search_retain`` relies on recovery, and this is where that reliance is checked."""
@@ -332,13 +332,13 @@ def _recovered_cut(run: Run, cfg: ArithmeticPrune, method: str, accepted: list[R
     return {"removal": Removal().to_json(), "tried": tried}
 
 
-def _guard_limit(cfg: ArithmeticPrune, base_val: dict) -> float | None:
+def _guard_limit(cfg: PruneRecipe, base_val: dict) -> float | None:
     """--keep-general X: the shipped model's guard perplexity may be at most (1 + X) x the base's."""
     x = cfg.prune.max_guard_increase
     return None if x is None else base_val["guard_perplexity"] * (1 + x)
 
 
-def _build_pruned(run: Run, cfg: ArithmeticPrune, removal: Removal, train: list[Example], val: list[Example]):
+def _build_pruned(run: Run, cfg: PruneRecipe, removal: Removal, train: list[Example], val: list[Example]):
     """The shrunk model, recovered when asked; the recovered model is measured by the same rule as
     the search (validation, and the guard under --keep-general): the rule holds for what is shipped."""
     lm = run.model
@@ -355,7 +355,7 @@ def _build_pruned(run: Run, cfg: ArithmeticPrune, removal: Removal, train: list[
     return small, info
 
 
-def _tasks(run: Run, cfg: ArithmeticPrune, test: list[Example]) -> dict:
+def _tasks(run: Run, cfg: PruneRecipe, test: list[Example]) -> dict:
     """The test prompts go to the harness in memory; data/test.jsonl keeps a copy for the reader."""
     write_text_atomic(run.path("data", "test.jsonl"), "".join(json.dumps({"prompt": e.prompt, "answer": e.answer,
                                                                          **(e.meta or {})}) + "\n" for e in test))
@@ -371,7 +371,7 @@ def _tasks(run: Run, cfg: ArithmeticPrune, test: list[Example]) -> dict:
 GENERAL = "general-text"
 
 
-def _base_validation(run: Run, cfg: ArithmeticPrune, val: list[Example]) -> dict:
+def _base_validation(run: Run, cfg: PruneRecipe, val: list[Example]) -> dict:
     guard = cfg.prune.max_guard_increase is not None
 
     def compute():
@@ -385,7 +385,7 @@ def _base_validation(run: Run, cfg: ArithmeticPrune, val: list[Example]) -> dict
     return run.step("base_validation", compute, reads=(*MODEL_SETTINGS, "prune.max_guard_increase"), uses=("data",))
 
 
-def _search(run: Run, cfg: ArithmeticPrune, method: str, score, val, train, base_val: dict):
+def _search(run: Run, cfg: PruneRecipe, method: str, score, val, train, base_val: dict):
     """One method's search (each round a cached step), then, with recovery, the largest of its cuts
     that recovers. Returns (removal, trace, the step the removal comes from, the recovered cuts tried)."""
     run.log(f"search: {method}")
@@ -408,7 +408,7 @@ def _search(run: Run, cfg: ArithmeticPrune, method: str, score, val, train, base
     return Removal.from_json(cut["removal"]), trace, f"{method}_recovery", cut["tried"]
 
 
-def run(run: Run, cfg: ArithmeticPrune) -> dict:
+def run(run: Run, cfg: PruneRecipe) -> dict:
     methods = list(dict.fromkeys([cfg.prune.method, *cfg.baselines]))
     recover = cfg.recover.method != "none"
     run.plan(["data", "base_validation", "evaluate_base",
@@ -460,7 +460,7 @@ def run(run: Run, cfg: ArithmeticPrune) -> dict:
     return summary
 
 
-def _checkpoint_step(run: Run, cfg: ArithmeticPrune, removal: Removal, train, val, test: list[Example], summary: dict,
+def _checkpoint_step(run: Run, cfg: PruneRecipe, removal: Removal, train, val, test: list[Example], summary: dict,
                      trace) -> str | None:
     def compute():
         if not cfg.save_checkpoint:
@@ -531,7 +531,7 @@ def _summary(cfg, base, results, removals, base_val, tried: dict, n_test: int) -
             "recovery_tries": {m: t for m, t in tried.items() if t}}
 
 
-def headline(cfg: ArithmeticPrune) -> str:
+def headline(cfg: PruneRecipe) -> str:
     """The measure the prune reports lead with: the task kind's (editor.evaluation.kinds)."""
     return SCORERS[_kind(cfg)].headline
 
@@ -593,7 +593,7 @@ def _removed_rows(removal: Removal) -> list[dict]:
     return rows
 
 
-def _rule(cfg: ArithmeticPrune) -> str:
+def _rule(cfg: PruneRecipe) -> str:
     if cfg.recover.method == "none":
         return f"the search kept validation accuracy >= {cfg.prune.retain} x the base's"
     return (f"the search cut while validation accuracy stayed >= {_settings(cfg, cfg.prune.method).retain} x the "
@@ -601,7 +601,7 @@ def _rule(cfg: ArithmeticPrune) -> str:
             f"(else an earlier round's cut was recovered instead)")
 
 
-def _report(run: Run, cfg: ArithmeticPrune, comparison, summary: dict, traces: dict, removal: Removal) -> dict:
+def _report(run: Run, cfg: PruneRecipe, comparison, summary: dict, traces: dict, removal: Removal) -> dict:
     rows = summary["rows"]
     main = next(r for r in rows if r["model"] == cfg.prune.method)
     head = summary["measure"]
