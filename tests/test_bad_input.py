@@ -170,6 +170,10 @@ CASES = [
      "bad --set"),
     ("jobs --server http://127.0.0.1:9 --token abcdefghijklmnopqrstu submit icl-heads --set 'seed=[1'",
      "not valid YAML"),  # read by the one KEY=VALUE parser (editor/settings.py) before any request
+    ("jobs --server http://127.0.0.1:9 --token abcdefghijklmnopqrstu submit attribute heads --nope 1",
+     "no such option '--nope'"),  # a command's options, read off its own definition before any request
+    ("jobs --server http://127.0.0.1:9 --token abcdefghijklmnopqrstu submit edit --zero-heads 0.1 --out x",
+     "set by the service"),
     ("jobs status", "Missing argument"),
     ("evaluate " + M + " --data nosuch", "nosuch"),
     ("evaluate " + M + " --data ''", "empty"),

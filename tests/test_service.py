@@ -236,6 +236,26 @@ def test_the_home_is_private_and_held_by_one_service(server, tmp_path):
         lock.release()
 
 
+@pytest.mark.parametrize("argv", [
+    ["attribute", "heads", "--n", "8", "--method", "gradient", "--no-specificity", "--top", "5"],
+    ["attribute", "patch", "--units", "keys", "--positions", "3", "--method=atp*"],
+    ["edit", "--zero-heads", "0.1", "--scale-neurons", "1.2=0.5", "--no-verify"],
+    ["export", "gguf", "MODEL_DIR", "--type", "f32"],
+])
+def test_a_command_line_becomes_the_request_that_runs_it(argv, tiny_dir):
+    """`lmedit jobs submit CMD ...`: the options read off a command line, sent as a request, make the
+    worker run the same command line (same parsed values)."""
+    from editor.service.jobs import _argv, _lookup, options_from_argv, split_command
+
+    argv = [str(tiny_dir) if a == "MODEL_DIR" else a for a in argv]
+    command, rest = split_command(argv)
+    cmd, ctx = _lookup(command)
+    options = options_from_argv(command, rest)
+    direct = cmd.make_context(command, list(rest), parent=ctx.parent, resilient_parsing=True).params
+    sent = cmd.make_context(command, _argv(cmd, options), parent=ctx.parent, resilient_parsing=True).params
+    assert sent == direct
+
+
 def test_command_options_are_read_by_the_commands_own_definition(tiny_dir):
     """``false`` of an on/off switch is its --no- form (it was dropped, so the default ran); an option
     the command does not have, or a switch given a value, is refused before anything is queued."""
@@ -418,8 +438,11 @@ def test_the_page_links_what_a_job_reported_and_the_docs_work_offline(server, ti
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({"prompt": e.prompt, "answer": e.answer, **e.meta}) + "\n" for e in PAIRS))
     client = Client(server.url, ALICE)
-    job = client.submit(command="attribute patch", options={"model": str(tiny_dir), "data": str(data),
-                                                           "method": "gradient"})
+    submitted = CliRunner().invoke(main, ["jobs", "--server", server.url, "--token", ALICE, "submit", "attribute",
+                                          "patch", "--model", str(tiny_dir), "--data", str(data), "--method=gradient"])
+    assert submitted.exit_code == 0, submitted.output  # a command, as a user would type it
+    job = submitted.stdout.strip()
+    assert client.status(job)["spec"]["command"] == "attribute patch"
     assert wait_for(client, job)["state"] == "succeeded"
     page = httpx.Client(base_url=server.url, follow_redirects=True)
     listed = page.get("/", params={"token": ALICE}).text

@@ -82,24 +82,49 @@ def _client():
     return Client(obj["server"], obj["token"])
 
 
-@jobs.command("submit")
-@click.argument("recipe")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a setting (repeatable).")
+@jobs.command("submit", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--follow", is_flag=True, help="Print progress until the job ends.")
-def jobs_submit(recipe, overrides, follow):
-    """Submit RECIPE (a packaged name, or a recipe file whose text is sent)."""
-    from editor.settings import parse_value, split_assignment
+@click.argument("what", nargs=-1, type=click.UNPROCESSED, required=True)
+def jobs_submit(follow, what):
+    """Submit a recipe or a command as a job.
 
-    values = {}
-    for item in overrides:
-        key, raw = split_assignment(item)
-        values[key] = parse_value(raw, key)
-    text = Path(recipe).read_text(encoding="utf-8") if recipe.endswith((".yaml", ".yml")) and Path(recipe).is_file() else recipe
+    \b
+    lmedit jobs submit RECIPE [--set KEY=VALUE ...]   a packaged name, or a recipe file whose text is sent
+    lmedit jobs submit attribute heads --n 16 ...    a command, with the options you would give it
+    Options of `jobs submit` itself (--follow) come before RECIPE or the command."""
+    from editor.service.jobs import options_from_argv, split_command
+
+    command = split_command(list(what))
     client = _client()
-    job = client.submit(recipe=text, set=values)
+    if command is not None:
+        job = client.submit(command=command[0], options=options_from_argv(*command))
+    else:
+        recipe, values, trailing_follow = _recipe_request(list(what))
+        follow = follow or trailing_follow
+        text = Path(recipe).read_text(encoding="utf-8") if recipe.endswith((".yaml", ".yml")) and Path(recipe).is_file() else recipe
+        job = client.submit(recipe=text, set=values)
     click.echo(job)
     if follow:
         _follow(client, job)
+
+
+def _recipe_request(words: list[str]) -> tuple[str, dict, bool]:
+    """``RECIPE [--set K=V ...] [--follow]`` -> (recipe, {key: value}, follow), values read as
+    `lmedit run --set` reads them."""
+    from editor.settings import parse_value, split_assignment
+
+    recipe, rest, values, follow = words[0], words[1:], {}, False
+    while rest:
+        token = rest.pop(0)
+        if token == "--follow":
+            follow = True
+            continue
+        item = token[len("--set="):] if token.startswith("--set=") else rest.pop(0) if token == "--set" and rest else None
+        if item is None:
+            raise UserError(f"lmedit jobs submit {recipe}: {token!r} is not --set KEY=VALUE or --follow")
+        key, raw = split_assignment(item)
+        values[key] = parse_value(raw, key)
+    return recipe, values, follow
 
 
 def _follow(client, job: str) -> None:

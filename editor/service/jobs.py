@@ -167,19 +167,72 @@ def _argv(cmd: click.Command, options: object) -> list[str]:
     return [positional[n] for n in arguments] + argv
 
 
+def _lookup(command: str) -> tuple[click.Command, click.Context]:
+    """The click command ``command`` names (``attribute heads``) and its parent context."""
+    from editor.cli import main
+
+    cmd, ctx = main, click.Context(main, info_name="lmedit")
+    for word in command.split():
+        cmd = cmd.get_command(ctx, word)
+        ctx = click.Context(cmd, info_name=word, parent=ctx)
+    return cmd, ctx
+
+
+def split_command(words: list[str]) -> tuple[str, list[str]] | None:
+    """``["attribute", "heads", "--n", "16"]`` -> ("attribute heads", ["--n", "16"]), or None when the
+    words do not start with a command a job may run."""
+    for size in (2, 1):
+        if len(words) >= size and " ".join(words[:size]) in COMMANDS:
+            return " ".join(words[:size]), list(words[size:])
+    return None
+
+
+def options_from_argv(command: str, argv: list[str]) -> dict:
+    """A command line's options as a request's ``options`` (the inverse of what a worker runs): each
+    option looked up in the command's own definition; a repeated option becomes a list; the
+    service's own (--out, --force, --json) are refused, since each job writes where the service says."""
+    cmd, _ = _lookup(command)
+    flags = {o: p for p in cmd.params if isinstance(p, click.Option) for o in (*p.opts, *p.secondary_opts)}
+    arguments = [p for p in cmd.params if isinstance(p, click.Argument)]
+    options: dict = {}
+    tokens, position = list(argv), 0
+    while tokens:
+        token = tokens.pop(0)
+        name, eq, inline = token.partition("=") if token.startswith("--") else (token, "", "")
+        param = flags.get(name)
+        if param is None:
+            if token.startswith("-") or position >= len(arguments):
+                raise UserError(f"lmedit {command}: no such option {token!r}")
+            options[arguments[position].name.replace("_", "-")] = token
+            position += 1
+            continue
+        key = max(param.opts, key=len)[2:]
+        if key in RESERVED or param.name == "as_json":
+            raise UserError(f"{name} is set by the service (each job writes to its own run directory)")
+        if param.is_flag:
+            value = name in param.opts
+        elif eq:
+            value = inline
+        elif tokens:
+            value = tokens.pop(0)
+        else:
+            raise UserError(f"lmedit {command}: {name} requires an argument")
+        if param.multiple:
+            options.setdefault(key, []).append(value)
+        else:
+            options[key] = [options[key], value] if key in options else value  # twice: the CLI's own error
+    return options
+
+
 def _command(command: object, options: object) -> dict:
     """Parse the options with the command's own click definition: the CLI's checks and messages."""
-    from editor.cli import main
     from editor.model.names import check_model_name
 
     if command not in COMMANDS:
         raise UserError(f"unknown command {command!r}; one of: {', '.join(COMMANDS)}")
     words = command.split()
     out_flag, out_name, _ = COMMANDS[command]
-    cmd, ctx = main, click.Context(main, info_name="lmedit")
-    for word in words:
-        cmd = cmd.get_command(ctx, word)
-        ctx = click.Context(cmd, info_name=word, parent=ctx)
+    cmd, ctx = _lookup(command)
     argv = _argv(cmd, options)
     with tempfile.TemporaryDirectory() as scratch:  # where the output would go: empty, so ours to check
         args = argv + [out_flag, str(Path(scratch) / out_name)]
