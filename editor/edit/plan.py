@@ -125,7 +125,7 @@ class EditPlan:
     edits: list[Edit | KeepOnly] = field(default_factory=list)
     note: str = ""
     # The components edited so far, kept as edits are appended: a prune's zeroed form holds thousands
-    # of neurons, and scanning the list for each one made building it quadratic (81 s for 9,216).
+    # of neurons, and a duplicate check that scanned the list per component would be quadratic.
     _seen: set = field(default_factory=set, init=False, repr=False, compare=False)
     _seen_upto: int = field(default=0, init=False, repr=False, compare=False)
 

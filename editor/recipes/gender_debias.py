@@ -46,7 +46,7 @@ from editor.tasks.examples import Example
 
 Method = Literal["cna", "gradient", "gradient-heads", "fasp"]
 METHODS: tuple[str, ...] = ("cna", "gradient", "gradient-heads", "fasp")
-DEFAULT_METHODS = METHODS[:3]  # fasp is opt-in: its exact scan of every head costs about 40 min on 2 CPU cores
+DEFAULT_METHODS = METHODS[:3]  # fasp is opt-in: its exact scan of every head is slow (docs/bias.md)
 N_TEMPLATES = len(gender.TEMPLATES)
 assert N_TEMPLATES == len(gender.PRONOUN_TEMPLATES), "both directions split the same template indices"
 

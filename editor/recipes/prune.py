@@ -67,8 +67,8 @@ class Data:
     n_val: int = 200  # the search's stopping rule
     n_test: int = 500  # the reported numbers
     n_train: int = 400  # LoRA recovery prompts (the scoring queries, other demonstrations)
-    # Queries split score : val : test. A validation set of 25 queries let a 15-round search overfit
-    # it (validation kept 0.98 of the base, test 0.90): 40 queries and 200 prompts.
+    # Queries split score : val : test; the validation set is large enough that the search's many
+    # decisions do not fit it (docs/pruning.md).
     query_shares: list[int] = field(default_factory=lambda: [1, 2, 2])
 
 
@@ -83,7 +83,7 @@ class Prune:
     search_retain: float | None = 0.5
     max_guard_increase: float | None = None
     neuron_step: float = 0.125
-    min_neuron_step: float = 0.0625  # 96 of 1536: smaller moves cost a round (~40 s) each for ~1% of the model
+    min_neuron_step: float = 0.0625  # 96 of 1536: a smaller move costs a whole round for about 1% of the model
     layer_tries: int = 4
     max_rounds: int = 60
 
