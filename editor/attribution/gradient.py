@@ -27,10 +27,10 @@ from torch import nn
 from editor.model.capture import model_device
 from editor.progress import progress_bar
 from editor.errors import UserError
-from editor.evaluation.scoring import pad_rows, pad_token_id
+from editor.evaluation.scoring import pad_token_id
 from editor.attribution.results import ComponentScores
 from editor.model.arch import Arch
-from editor.model.capture import with_position_ids
+from editor.model.capture import token_batch
 from editor.tasks.examples import Example, answer_ids, fit_to_tokenizer
 
 
@@ -137,11 +137,11 @@ def gradient_effects(model: nn.Module, tokenizer, examples: list[Example], batch
     with _frozen(model):
         for start in range(0, len(rows), batch_size):
             chunk_rows, chunk_ans = rows[start:start + batch_size], answers[start:start + batch_size]
-            inputs = with_position_ids(model, pad_rows(chunk_rows, pad, "left", device))
+            inputs = token_batch(model, chunk_rows, pad, device)
             base = None
             if other is not None:  # the contrast run's activations, same padding, no gradients
                 with _Recorder(arch) as base, torch.no_grad():
-                    model(**with_position_ids(model, pad_rows(other[start:start + batch_size], pad, "left", device)),
+                    model(**token_batch(model, other[start:start + batch_size], pad, device),
                           use_cache=False, logits_to_keep=1)
             with _Recorder(arch) as rec, torch.enable_grad():
                 metric = gold_logprob(model, inputs, chunk_ans)

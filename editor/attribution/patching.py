@@ -44,9 +44,9 @@ from editor.attribution.patch_metrics import check_metric, read_metric
 from editor.attribution.heads import _resume_at
 from editor.attribution.results import ComponentScores
 from editor.errors import UserError
-from editor.evaluation.scoring import pad_rows, pad_token_id
+from editor.evaluation.scoring import pad_token_id
 from editor.model.arch import Arch
-from editor.model.capture import model_device, with_position_ids
+from editor.model.capture import model_device, token_batch
 from editor.progress import progress_bar
 from editor.tasks.examples import Example, answer_ids, fit_to_tokenizer
 
@@ -259,8 +259,8 @@ def _batches(model, tokenizer, pairs: Pairs, batch_size: int, direction: str):
         part = slice(start, start + batch_size)
         answer = torch.tensor(pairs.answer[part], device=device)
         wrong = torch.tensor(pairs.wrong[part], device=device) if pairs.wrong is not None else None
-        yield (with_position_ids(model, pad_rows(target[part], pad, "left", device)),
-               with_position_ids(model, pad_rows(source[part], pad, "left", device)), answer, wrong)
+        yield (token_batch(model, target[part], pad, device),
+               token_batch(model, source[part], pad, device), answer, wrong)
 
 
 def _last_logits(model, inputs: dict, keep_last: bool) -> torch.Tensor:

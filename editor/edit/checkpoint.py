@@ -85,10 +85,9 @@ def _check_saveable(model: nn.Module) -> None:
 def is_checkpoint(path: Path) -> bool:
     """A directory holding the manifest only ``save_checkpoint`` writes."""
     try:
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_manifest(path).get("format") == MANIFEST_FORMAT
+    except UserError:
         return False
-    return isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT
 
 
 def check_checkpoint_out(out: str | Path, force: bool) -> Path:

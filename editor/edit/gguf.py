@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from editor.edit.checkpoint import MANIFEST, read_manifest
 from editor.errors import UserError
 from editor.events import artifact
 from editor.io import atomic_file
 from editor.model.arch import ARCHITECTURES
 
 TYPES = ("f32", "f16", "q8_0")
-MANIFEST_FILE = "edit_manifest.json"
 # Source metadata written anew from the config (or by the writer) rather than copied.
 _NOT_COPIED = ("GGUF.", "general.architecture", "general.file_type", "general.quantization_version")
 
@@ -188,13 +188,8 @@ def _copy_metadata(reader, writer) -> None:
 def _manifest_chain(path: Path | None) -> list[dict]:
     """The manifests from this checkpoint back to the model the first edit started from."""
     chain = []
-    while path is not None and (path / MANIFEST_FILE).is_file() and len(chain) < 16:
-        try:
-            manifest = json.loads((path / MANIFEST_FILE).read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise UserError(f"{path / MANIFEST_FILE}: not a readable manifest ({exc})") from None
-        if not isinstance(manifest, dict):
-            raise UserError(f"{path / MANIFEST_FILE}: not a manifest (expected a JSON object)")
+    while path is not None and (path / MANIFEST).is_file() and len(chain) < 16:
+        manifest = read_manifest(path)  # the one manifest reader: one-line errors for a damaged file
         chain.append(manifest)
         source = manifest.get("source") or {}
         path = Path(source["path"]) if source.get("kind") == "directory" and source.get("path") else None

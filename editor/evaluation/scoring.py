@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from editor.model.capture import model_device
+from editor.model.capture import model_device, pad_rows, position_ids  # noqa: F401  (pad_rows: imported from here too)
 from editor.progress import progress_bar
 from editor.errors import UserError
 from editor.tasks.examples import answer_ids
@@ -36,23 +36,9 @@ class Continuation:
         return float(sum(self.logprobs))
 
 
-def pad_rows(rows: list[list[int]], pad_id: int, side: str, device) -> dict:
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
-        ids[i, span] = torch.tensor(row)
-        mask[i, span] = 1
-    inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-    return inputs
-
-
 def _forward(model, inputs: dict, keep_last: int | None) -> torch.Tensor:
     params = inspect.signature(model.forward).parameters
-    extra = {}
-    if "position_ids" in params:
-        extra["position_ids"] = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    extra = {"position_ids": position_ids(inputs["attention_mask"])} if "position_ids" in params else {}
     if keep_last is not None and "logits_to_keep" in params:
         extra["logits_to_keep"] = keep_last
     logits = model(**inputs, **extra, use_cache=False).logits

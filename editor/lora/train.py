@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from editor.model.capture import model_device
+from editor.model.capture import model_device, position_ids
 from editor.progress import progress_bar
 from editor.errors import UserError
 from editor.evaluation.scoring import pad_rows, pad_token_id
@@ -164,7 +164,7 @@ def _batch(tokenizer, examples: list[Example], device) -> dict:
     for i, row in enumerate(labels):
         lab[i, :len(row)] = torch.tensor(row)
     inputs["labels"] = lab
-    inputs["position_ids"] = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    inputs["position_ids"] = position_ids(inputs["attention_mask"])
     return inputs
 
 
@@ -180,7 +180,7 @@ def answer_loss(model, tokenizer, examples: list[Example], device) -> torch.Tens
     """
     rows, answers = _prompt_answer_rows(tokenizer, examples)
     inputs = pad_rows(rows, pad_token_id(tokenizer), "left", device)
-    inputs["position_ids"] = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    inputs["position_ids"] = position_ids(inputs["attention_mask"])
     keep = max(map(len, answers)) + 1
     logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits[:, -keep:-1].float()
     # Answer token j of row i is predicted at kept position keep - 1 - len(answer) + j.

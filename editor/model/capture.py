@@ -52,20 +52,41 @@ def encode(tokenizer, prompts: Sequence[str], device: torch.device | str = "cpu"
     return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
 
 
-def with_position_ids(model: nn.Module, inputs: dict) -> dict:
-    """Add ``position_ids`` counted over real tokens, so left padding does not shift positions.
-
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens: 0 at each row's first real token, whatever the padding.
     Models with absolute position embeddings (GPT-2) otherwise give different results for the same
-    prompt under left and right padding.
-    """
+    prompt under left and right padding. The one place position ids are computed."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def with_position_ids(model: nn.Module, inputs: dict) -> dict:
+    """``inputs`` with :func:`position_ids` added where the model's forward takes them."""
     if "position_ids" in inputs or inputs.get("attention_mask") is None:
         return inputs
     import inspect
 
     if "position_ids" not in inspect.signature(model.forward).parameters:
         return inputs
-    mask = inputs["attention_mask"].long()
-    return {**inputs, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+    return {**inputs, "position_ids": position_ids(inputs["attention_mask"])}
+
+
+def pad_rows(rows: list[list[int]], pad_id: int, side: str, device) -> dict:
+    """Token rows padded to one width on ``side``, with their attention mask."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        ids[i, span] = torch.tensor(row)
+        mask[i, span] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def token_batch(model: nn.Module, rows: list[list[int]], pad_id: int, device, side: str = "left") -> dict:
+    """The one batch builder for token rows: padded (left by default, so every row's last token is
+    at the end), with its mask and position ids; what scoring, attribution, pruning scores and
+    patching feed the model."""
+    return with_position_ids(model, pad_rows(rows, pad_id, side, device))
 
 
 @dataclass

@@ -34,10 +34,10 @@ import torch
 from editor.edit.shrink import Removal, kept_indices
 from editor.model.capture import model_device
 from editor.attribution.gradient import gold_logprob, gradient_effects, teacher_forced
-from editor.evaluation.scoring import pad_rows, pad_token_id
+from editor.evaluation.scoring import pad_token_id
 from editor.model.arch import Arch, weight_in_slice, weight_out_rows
 from editor.model.units import Part, Units
-from editor.model.capture import with_position_ids
+from editor.model.capture import token_batch
 from editor.tasks.examples import Example
 
 UNITS = ("neurons", "heads", "layers")
@@ -168,7 +168,7 @@ def _calibrate(model, tokenizer, examples: list[Example], batch_size: int) -> _I
     device, pad = model_device(model), pad_token_id(tokenizer)
     with _InputNorms(arch) as rec:
         for start in range(0, len(rows), batch_size):
-            inputs = with_position_ids(model, pad_rows(rows[start:start + batch_size], pad, "left", device))
+            inputs = token_batch(model, rows[start:start + batch_size], pad, device)
             rec.mask = inputs["attention_mask"].float()
             rec.tokens += int(rec.mask.sum())
             model(**inputs, use_cache=False, logits_to_keep=1)
@@ -215,7 +215,7 @@ def taylor_scores(model, tokenizer, examples: list[Example], batch_size: int = 1
     device, pad = model_device(model), pad_token_id(tokenizer)
     with _gradients_for(model, weights), torch.enable_grad():
         for start in range(0, len(rows), batch_size):
-            inputs = with_position_ids(model, pad_rows(rows[start:start + batch_size], pad, "left", device))
+            inputs = token_batch(model, rows[start:start + batch_size], pad, device)
             loss = -gold_logprob(model, inputs, answers[start:start + batch_size]).sum()
             for total, g in zip(grads, torch.autograd.grad(loss, weights)):
                 total += g.float()
