@@ -240,6 +240,23 @@ def test_fasp_head_effects_equal_each_head_ablated_by_hooks_and_protect_the_cost
     assert [c["estimate"] for c in ranked["0"]] == sorted(float(x) for x in bias_change.flatten())
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2"])
+def test_fasp_layer_by_layer_scan_equals_zeroing_every_head_in_the_weights(family):
+    """The fast scan (one clean pass, then one pass per layer over a copy of the batch per head,
+    started at that layer) gives the numbers of zeroing each head in the weights and rescoring."""
+    from editor.recipes.debias_fasp import head_effects, head_effects_reference
+    from editor.recipes.gender_debias import capability_examples
+
+    model, tok = tiny.tiny_model(family), tiny.char_tokenizer()
+    bias = contrast_examples([0, 5], [("nurse", "woman"), ("pilot", "man")])
+    capability = capability_examples(5)
+    fast = head_effects(model, tok, bias, capability, 3, progress=False)  # batches of 3: a ragged last one
+    reference = head_effects_reference(model, tok, bias, capability, 8)
+    for got, want in zip(fast, reference):
+        assert want.abs().max() > 1e-3, "the heads must matter"
+        assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+
+
 def test_cda_swaps_gendered_words_keeping_case():
     from editor.recipes.debias_cda import swap_gender
 

@@ -115,7 +115,28 @@ def head_ablation_scan_naive(model, tokenizer, examples: list[Example], batch_si
 
 
 @contextmanager
-def _resume_at(arch: Arch, layer: int, hidden: torch.Tensor, output_is_tuple: bool):
+def layer_inputs(arch: Arch):
+    """While inside, every forward records each decoder layer's input hidden state
+    (``cached[layer]``) and whether a layer returns a tuple (``is_tuple[0]``): what
+    :func:`resume_at` needs to rerun the model from any layer."""
+    cached: dict[int, torch.Tensor] = {}
+    is_tuple: list[bool] = []
+
+    def keep(args, kwargs, layer):
+        cached[layer] = args[0] if args else kwargs["hidden_states"]
+
+    handles = [arch.layers[l].register_forward_pre_hook(lambda m, a, k, l=l: keep(a, k, l), with_kwargs=True)
+               for l in range(arch.n_layers)]
+    handles.append(arch.layers[0].register_forward_hook(lambda m, a, out: is_tuple.append(isinstance(out, tuple))))
+    try:
+        yield cached, is_tuple
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def resume_at(arch: Arch, layer: int, hidden: torch.Tensor, output_is_tuple: bool):
     """Make layers below ``layer`` return ``hidden`` (the cached input of ``layer``) without computing.
 
     Only the instance's ``forward`` is replaced, so every family's own model code still builds
@@ -142,7 +163,7 @@ def _resume_at(arch: Arch, layer: int, hidden: torch.Tensor, output_is_tuple: bo
 
 
 @contextmanager
-def _zero_one_head_per_copy(arch: Arch, layer: int, heads: list[int], batch: int):
+def zero_one_head_per_copy(arch: Arch, layer: int, heads: list[int], batch: int):
     """Copy ``i`` of the replicated batch has head ``heads[i]`` of ``layer`` zeroed (projection input)."""
     proj = arch.attn_out(layer)
     mask = torch.ones(len(heads), 1, 1, in_features(proj))
@@ -177,20 +198,8 @@ def head_ablation_scan(model, tokenizer, examples: list[Example], batch_size: in
     for batch in prompt_batches(tokenizer, examples, batch_size, model_device(model), "ablation scan", progress):
         inputs = with_position_ids(model, batch.inputs)
         n = inputs["input_ids"].shape[0]
-        cached: dict[int, torch.Tensor] = {}
-        is_tuple = []
-
-        def keep(module, args, kwargs, layer):
-            cached[layer] = args[0] if args else kwargs["hidden_states"]
-
-        handles = [arch.layers[l].register_forward_pre_hook(lambda m, a, k, l=l: keep(m, a, k, l), with_kwargs=True)
-                   for l in range(arch.n_layers)]
-        handles.append(arch.layers[0].register_forward_hook(lambda m, a, out: is_tuple.append(isinstance(out, tuple))))
-        try:
+        with layer_inputs(arch) as (cached, is_tuple):
             clean = model(**inputs, use_cache=False).logits[:, -1]
-        finally:
-            for h in handles:
-                h.remove()
         gold = batch.targets(clean, "auto")
         lp, ok = _last_logprobs(clean, gold)
         b_lp = torch.full((n, arch.n_layers, arch.n_heads), float("nan"))
@@ -202,7 +211,7 @@ def head_ablation_scan(model, tokenizer, examples: list[Example], batch_size: in
                 r = len(group)
                 rep = {k: v.repeat(r, *([1] * (v.dim() - 1))) for k, v in inputs.items()}
                 hidden = cached[layer].repeat(r, 1, 1)
-                with _resume_at(arch, layer, hidden, is_tuple[0]), _zero_one_head_per_copy(arch, layer, group, n):
+                with resume_at(arch, layer, hidden, is_tuple[0]), zero_one_head_per_copy(arch, layer, group, n):
                     extra = {"logits_to_keep": 1} if keep_last else {}
                     logits = model(**rep, use_cache=False, **extra).logits[:, -1]
                 a_lp, a_ok = _last_logprobs(logits, gold.repeat(r))

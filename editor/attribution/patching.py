@@ -41,7 +41,7 @@ import torch
 
 from editor.attribution.ablations import MeanAccumulator, paired, replaced
 from editor.attribution.patch_metrics import check_metric, read_metric
-from editor.attribution.heads import _resume_at
+from editor.attribution.heads import layer_inputs, resume_at
 from editor.attribution.results import ComponentScores
 from editor.errors import UserError
 from editor.evaluation.scoring import pad_token_id
@@ -300,23 +300,15 @@ def patch_exact(model, tokenizer, examples: list[Example], unit: str = "heads", 
     for target, source, answer, wrong in _batches(model, tokenizer, pairs, batch_size, direction):
         n = answer.shape[0]
         src, src_logits = _source_run(model, arch, unit, source, keep_last, pairs)
-        hidden, is_tuple = {}, []
-        handles = [arch.layers[l].register_forward_pre_hook(
-            lambda m, a, k, l=l: hidden.__setitem__(l, a[0] if a else k["hidden_states"]), with_kwargs=True)
-            for l in range(arch.n_layers)]
-        handles.append(arch.layers[0].register_forward_hook(lambda m, a, out: is_tuple.append(isinstance(out, tuple))))
-        try:
+        with layer_inputs(arch) as (hidden, is_tuple):
             tgt_logits = _last_logits(model, target, keep_last)
-        finally:
-            for h in handles:
-                h.remove()
         out = torch.full((n, len(all_sites)), float("nan"), dtype=torch.float64)
         for layer, group_all in by_layer.items():
             for first in range(0, len(group_all), per_pass):
                 group = group_all[first:first + per_pass]
                 r = len(group)
                 rep = {k: v.repeat(r, *([1] * (v.dim() - 1))) for k, v in target.items()}
-                with _resume_at(arch, layer, hidden[layer].repeat(r, 1, 1), is_tuple[0]), \
+                with resume_at(arch, layer, hidden[layer].repeat(r, 1, 1), is_tuple[0]), \
                         _patched(arch, unit, layer, [(i, p) for _, i, p in group], src[layer], alpha):
                     logits = _last_logits(model, rep, keep_last)
                 got = read_metric(logits, answer.repeat(r), None if wrong is None else wrong.repeat(r), pairs.metric)
