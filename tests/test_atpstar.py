@@ -167,7 +167,7 @@ def test_the_patched_pattern_is_each_sites_own_exact_patch(family, tokenizer):
 def _qk_estimate(model, tokenizer, unit: str, positions: int | None, alpha: float) -> torch.Tensor:
     """The QK-fixed estimate ``[pairs, sites]`` of the patch moved ``alpha`` of the way to the source."""
     from editor.attribution.atpstar import _patterns, patched_patterns, qk_attributions
-    from editor.attribution.gradient import _frozen
+    from editor.attribution.gradient import gradients_only_for
     from editor.attribution.patch_estimates import target_graph
 
     arch = Arch(model)
@@ -179,7 +179,7 @@ def _qk_estimate(model, tokenizer, unit: str, positions: int | None, alpha: floa
         moved = {l: tgt[l] + alpha * (src[l] - tgt[l]) for l in src}
         patched = patched_patterns(model, arch, unit, target, moved, positions, False)
         store = {}
-        with _frozen(model), target_graph(model, arch, unit, target, answer, wrong, False,
+        with gradients_only_for(model), target_graph(model, arch, unit, target, answer, wrong, False,
                                           _patterns(arch, store)) as (m, _):
             nodes = [store[l] for l in range(arch.n_layers)]
             grads = torch.autograd.grad(m.sum(), nodes, allow_unused=True)

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 
 import torch
 
-from editor.attribution.gradient import _frozen
+from editor.attribution.gradient import gradients_only_for
 from editor.attribution.patch_metrics import differentiable, read_metric
 from editor.attribution.patch_estimates import attributions, target_graph
 from editor.attribution.patching import (_batches, _check_positions, _first_key, _last_logits, _patched,
@@ -168,7 +168,7 @@ def patch_atp_star(model, tokenizer, examples: list[Example], unit: str = "heads
     dropped = torch.zeros(n_layers, n_sites, dtype=torch.float64)
     bar = progress_bar(len(pairs.answer), f"AtP* {unit} ({direction})", "pair", progress)
     qk = unit in QK_UNITS
-    with _frozen(model):
+    with gradients_only_for(model):
         for target, source, answer, wrong in _batches(model, tokenizer, pairs, batch_size, direction):
             src, src_logits = _source_run(model, arch, unit, source, keep_last, pairs)
             patched = patched_patterns(model, arch, unit, target, src, positions, keep_last) if qk else None

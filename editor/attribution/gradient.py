@@ -68,11 +68,13 @@ def gold_logprob(model: nn.Module, inputs: dict, answers: list[list[int]]) -> to
 
 
 @contextmanager
-def _frozen(model: nn.Module):
-    """No parameter gradients: only activations are differentiated (and the weights stay untouched)."""
+def gradients_only_for(model: nn.Module, params=()):
+    """Only ``params`` require gradients inside (none by default: only activations are
+    differentiated, and the weights stay untouched); every flag restored after."""
+    wanted = {id(p) for p in params}
     flags = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in flags:
-        p.requires_grad_(False)
+        p.requires_grad_(id(p) in wanted)
     try:
         yield
     finally:
@@ -134,7 +136,7 @@ def gradient_effects(model: nn.Module, tokenizer, examples: list[Example], batch
     device, pad = model_device(model), pad_token_id(tokenizer)
     out_n, out_h, out_l, out_m = [], [], [], []
     bar = progress_bar(len(rows), "gradient attribution", "prompt", progress)
-    with _frozen(model):
+    with gradients_only_for(model):
         for start in range(0, len(rows), batch_size):
             chunk_rows, chunk_ans = rows[start:start + batch_size], answers[start:start + batch_size]
             inputs = token_batch(model, chunk_rows, pad, device)

@@ -10,7 +10,7 @@ from contextlib import ExitStack, contextmanager
 
 import torch
 
-from editor.attribution.gradient import _frozen
+from editor.attribution.gradient import gradients_only_for
 from editor.attribution.patch_metrics import differentiable, read_metric
 from editor.attribution.patching import (_batches, _check_positions, _last_logits, _recorded, _result, _source_run,
                                          patch_exact, prepare, site_features, sites)
@@ -51,7 +51,7 @@ def patch_gradient(model, tokenizer, examples: list[Example], unit: str = "heads
     keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
     target_m, source_m, effects = [], [], []
     bar = progress_bar(len(pairs.answer), f"attribution patching {unit} ({direction})", "pair", progress)
-    with _frozen(model):
+    with gradients_only_for(model):
         for target, source, answer, wrong in _batches(model, tokenizer, pairs, batch_size, direction):
             src, src_logits = _source_run(model, arch, unit, source, keep_last, pairs)
             with target_graph(model, arch, unit, target, answer, wrong, keep_last, kind=pairs.metric) as (m, acts):

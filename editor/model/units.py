@@ -101,6 +101,16 @@ class Units:
     def module(self, layer: int, part: Part) -> nn.Module:
         return self.arch.layer_module(layer, part.module)
 
+    def module_paths(self) -> list[str]:
+        """Every projection a neuron or key/value group owns features of, once each."""
+        return list(dict.fromkeys(p.module for kind in ("neuron", "group") for p in self[kind].parts))
+
+    def per_unit(self, kind: str, per_feature) -> torch.Tensor:
+        """``[count]``: the sum over a unit's parts of ``per_feature(part)`` (one value per owned
+        feature of the part's module, on its side), grouped into units."""
+        table = self[kind]
+        return sum(per_feature(part).view(table.count, part.width).sum(1) for part in table.parts)
+
     def parameters_per_unit(self, kind: str) -> int:
         """Parameters one unit owns (layer 0's shapes): its weight slices, and its bias entries on the
         output side."""

@@ -25,7 +25,6 @@ scores the shrunk model; on a zeroed one, removed units would still count their 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,7 +32,7 @@ import torch
 
 from editor.edit.shrink import Removal, kept_indices
 from editor.model.capture import model_device
-from editor.attribution.gradient import gold_logprob, gradient_effects, teacher_forced
+from editor.attribution.gradient import gold_logprob, gradient_effects, gradients_only_for, teacher_forced
 from editor.evaluation.scoring import pad_token_id
 from editor.model.arch import Arch, weight_in_slice, weight_out_rows
 from editor.model.units import Part, Units
@@ -101,11 +100,7 @@ def _weighted_unit_sums(units: Units, layer: int, power: float, norms: dict | No
             return w.pow(power).sum(1)
         return (w * x[None, :]).sum(1) if part.side == "out" else w.sum(1) * x
 
-    def sums(kind: str) -> torch.Tensor:
-        table = units[kind]
-        return sum(per_feature(p).view(table.count, p.width).sum(1) for p in table.parts)
-
-    return sums("neuron"), sums("group")
+    return units.per_unit("neuron", per_feature), units.per_unit("group", per_feature)
 
 
 @score_method("random")
@@ -140,10 +135,9 @@ class _InputNorms:
         self.sq[key] = self.sq.get(key, 0) + x.pow(2).sum((0, 1))
 
     def __enter__(self):
-        arch, units = self.arch, Units(self.arch)
-        paths = list(dict.fromkeys(p.module for kind in ("neuron", "group") for p in units[kind].parts))
+        arch = self.arch
         for l in range(arch.n_layers):
-            for path in paths:  # the inputs of every projection a unit owns features of
+            for path in Units(arch).module_paths():  # the inputs of every projection a unit owns features of
                 self.handles.append(arch.layer_module(l, path).register_forward_pre_hook(
                     lambda m, a, k, key=(path, l): self._add(key, a[0] if a else next(iter(k.values()))),
                     with_kwargs=True))
@@ -207,13 +201,12 @@ def taylor_scores(model, tokenizer, examples: list[Example], batch_size: int = 1
     ``magnitude``."""
     arch = Arch(model)
     units = Units(arch)
-    paths = list(dict.fromkeys(p.module for kind in ("neuron", "group") for p in units[kind].parts))
-    modules = {(path, l): arch.layer_module(l, path) for l in range(arch.n_layers) for path in paths}
+    modules = {(path, l): arch.layer_module(l, path) for l in range(arch.n_layers) for path in units.module_paths()}
     weights = [m.weight for m in modules.values()]
     grads = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
     rows, answers = teacher_forced(tokenizer, examples)
     device, pad = model_device(model), pad_token_id(tokenizer)
-    with _gradients_for(model, weights), torch.enable_grad():
+    with gradients_only_for(model, weights), torch.enable_grad():
         for start in range(0, len(rows), batch_size):
             inputs = token_batch(model, rows[start:start + batch_size], pad, device)
             loss = -gold_logprob(model, inputs, answers[start:start + batch_size]).sum()
@@ -221,32 +214,13 @@ def taylor_scores(model, tokenizer, examples: list[Example], batch_size: int = 1
                 total += g.float()
     product = {key: (m.weight.detach().float() * g).abs() for (key, m), g in zip(modules.items(), grads)}
 
-    def sums(kind: str, layer: int) -> torch.Tensor:
-        table = units[kind]
-        out = 0
-        for part in table.parts:
-            module, p = modules[(part.module, layer)], product[(part.module, layer)]
-            per_feature = p.sum(1 - part.dim(module))  # one sum per owned feature on the part's side
-            out = out + per_feature.view(table.count, part.width).sum(1)
-        return out
+    def sums(kind: str, layer: int) -> torch.Tensor:  # per owned feature: |w * g| summed over the other side
+        return units.per_unit(kind, lambda part: product[(part.module, layer)].sum(
+            1 - part.dim(modules[(part.module, layer)])))
 
     neurons = torch.stack([sums("neuron", l) for l in range(arch.n_layers)])
     groups = torch.stack([sums("group", l) for l in range(arch.n_layers)])
     return UnitScores(neurons, groups, neurons.sum(1) + groups.sum(1))
-
-
-@contextmanager
-def _gradients_for(model, weights: list[torch.Tensor]):
-    """Only ``weights`` require gradients inside; every flag restored after."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    wanted = {id(w) for w in weights}
-    for p, _ in flags:
-        p.requires_grad_(id(p) in wanted)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def on_original(small: UnitScores, arch: Arch, removal: Removal) -> UnitScores:
